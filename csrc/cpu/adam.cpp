@@ -1,0 +1,99 @@
+// Fused Adam/AdamW on the CPU: one pass reads p, g, m, v (and vmax) and writes p, m, v.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "fastdyn/cpu/update_common.h"
+#include "fastdyn/dispatch.h"
+#include "fastdyn/math/adam.h"
+
+namespace fastdyn {
+namespace cpu {
+namespace {
+
+template <typename P, typename S, bool kMaster, bool kStats>
+void adam_chunk(P* __restrict__ p, const P* __restrict__ g, S* __restrict__ m,
+                S* __restrict__ v, S* __restrict__ vmax, float* __restrict__ master, int64_t n,
+                const math::AdamHyper<typename OpMath<P>::type>& h,
+                const math::AdamStepScalars<typename OpMath<P>::type>& s,
+                typename OpMath<P>::type inv_scale, StatsPartial* stats) {
+  using A = typename OpMath<P>::type;
+  double g2 = 0, p2 = 0, d2 = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    A pv = kMaster ? static_cast<A>(master[i]) : static_cast<A>(p[i]);
+    const A gv = static_cast<A>(g[i]) * inv_scale;
+    A mv = static_cast<A>(m[i]);
+    A vv = static_cast<A>(v[i]);
+    A vm = h.amsgrad ? static_cast<A>(vmax[i]) : A(0);
+    const A p_old = pv;
+    math::adam_update(pv, gv, mv, vv, vm, h, s);
+    if (kMaster) master[i] = static_cast<float>(pv);
+    p[i] = static_cast<P>(pv);
+    m[i] = static_cast<S>(mv);
+    v[i] = static_cast<S>(vv);
+    if (h.amsgrad) vmax[i] = static_cast<S>(vm);
+    if (kStats) {
+      g2 += double(gv) * double(gv);
+      p2 += double(p_old) * double(p_old);
+      d2 += double(pv - p_old) * double(pv - p_old);
+    }
+  }
+  if (kStats) *stats = {g2, p2, d2};
+}
+
+void adam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+           at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,
+           at::TensorList master_params, at::TensorList state_steps, const at::Tensor& lr,
+           double beta1, double beta2, double weight_decay, double eps, bool amsgrad,
+           bool maximize, bool decoupled_weight_decay,
+           const c10::optional<at::Tensor>& grad_scale,
+           const c10::optional<at::Tensor>& found_inf, const c10::optional<at::Tensor>& stats) {
+  const UpdateGroup grp = check_update_group(
+      params, grads,
+      {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}, {"max_exp_avg_sqs", max_exp_avg_sqs}},
+      master_params, state_steps, lr, grad_scale, found_inf, stats);
+  check_same_length("exp_avgs", exp_avgs.size(), "params", params.size());
+  check_same_length("exp_avg_sqs", exp_avg_sqs.size(), "params", params.size());
+  check_same_length("state_steps", state_steps.size(), "params", params.size());
+  if (amsgrad) check_same_length("max_exp_avg_sqs", max_exp_avg_sqs.size(), "params", params.size());
+  if (params.empty()) return;
+  const StepContext ctx = begin_step(state_steps, lr, grad_scale, found_inf);
+  if (ctx.skip) return;
+
+  const ChunkPlan plan = plan_chunks(params);
+  std::vector<StatsPartial> partials(stats.has_value() ? plan.chunks.size() : 0);
+  dispatch_param_state(grp.param_dtype, grp.state_dtype, [&](auto ptag, auto stag) {
+    using P = typename decltype(ptag)::type;
+    using S = typename decltype(stag)::type;
+    using A = typename OpMath<P>::type;
+    const math::AdamHyper<A> h{A(beta1), A(beta2), A(eps), A(weight_decay), amsgrad, maximize,
+                               decoupled_weight_decay};
+    for_each_chunk(plan, [&](const Chunk& c, int64_t ci) {
+      const int64_t t = c.tensor, b = c.begin;
+      const auto s = math::adam_step_scalars<A>(h, A(ctx.lr), A(scalar_value(state_steps[t])));
+      auto run = [&](auto master_c, auto stats_c) {
+        adam_chunk<P, S, decltype(master_c)::value, decltype(stats_c)::value>(
+            list_ptr<P>(params, t, b), list_ptr<const P>(grads, t, b), list_ptr<S>(exp_avgs, t, b),
+            list_ptr<S>(exp_avg_sqs, t, b), amsgrad ? list_ptr<S>(max_exp_avg_sqs, t, b) : nullptr,
+            list_ptr<float>(master_params, t, b), c.end - b, h, s, A(ctx.inv_grad_scale),
+            partials.empty() ? nullptr : &partials[ci]);
+      };
+      using T = std::true_type;
+      using F = std::false_type;
+      if (grp.has_master) {
+        partials.empty() ? run(T{}, F{}) : run(T{}, T{});
+      } else {
+        partials.empty() ? run(F{}, F{}) : run(F{}, T{});
+      }
+    });
+  });
+  if (stats.has_value()) write_stats(*stats, plan, partials, {});
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastdyn, CPU, m) {
+  m.impl("adam_", &adam_);
+}
+
+}  // namespace cpu
+}  // namespace fastdyn

@@ -1,0 +1,148 @@
+// Fused LAMB on the CPU. Phase A updates the moments and accumulates ||p||^2 and ||u||^2
+// per chunk; the trust ratio of each tensor follows; phase B recomputes u from the stored
+// moments and applies it. Batches of tensors (cpu::two_phase) keep phase B's reads in cache.
+// Global gradient clipping arrives folded into grad_scale (the optimizer computes it).
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "fastdyn/cpu/update_common.h"
+#include "fastdyn/dispatch.h"
+#include "fastdyn/math/lamb.h"
+
+namespace fastdyn {
+namespace cpu {
+namespace {
+
+template <typename P, typename S, bool kMaster>
+void lamb_moments_chunk(const P* __restrict__ p, const P* __restrict__ g, S* __restrict__ m,
+                        S* __restrict__ v, const float* __restrict__ master, int64_t n,
+                        const math::LambHyper<typename OpMath<P>::type>& h,
+                        const math::LambStepScalars<typename OpMath<P>::type>& s,
+                        typename OpMath<P>::type inv_scale, StatsPartial* out) {
+  using A = typename OpMath<P>::type;
+  double g2 = 0, p2 = 0, u2 = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const A pv = kMaster ? static_cast<A>(master[i]) : static_cast<A>(p[i]);
+    const A gv = static_cast<A>(g[i]) * inv_scale;
+    A mv = static_cast<A>(m[i]);
+    A vv = static_cast<A>(v[i]);
+    math::lamb_moments(gv, mv, vv, h);
+    const S ms = static_cast<S>(mv), vs = static_cast<S>(vv);
+    m[i] = ms;
+    v[i] = vs;
+    // u from the stored (rounded) moments: phase B recomputes exactly this value.
+    const A u = math::lamb_direction(pv, static_cast<A>(ms), static_cast<A>(vs), h, s);
+    g2 += double(gv) * double(gv);
+    p2 += double(pv) * double(pv);
+    u2 += double(u) * double(u);
+  }
+  *out = {g2, p2, u2};
+}
+
+template <typename P, typename S, bool kMaster>
+void lamb_apply_chunk(P* __restrict__ p, const S* __restrict__ m, const S* __restrict__ v,
+                      float* __restrict__ master, int64_t n,
+                      const math::LambHyper<typename OpMath<P>::type>& h,
+                      const math::LambStepScalars<typename OpMath<P>::type>& s,
+                      typename OpMath<P>::type step) {
+  using A = typename OpMath<P>::type;
+  for (int64_t i = 0; i < n; ++i) {
+    const A pv = kMaster ? static_cast<A>(master[i]) : static_cast<A>(p[i]);
+    const A u = math::lamb_direction(pv, static_cast<A>(m[i]), static_cast<A>(v[i]), h, s);
+    const A out = pv - step * u;
+    if (kMaster) master[i] = static_cast<float>(out);
+    p[i] = static_cast<P>(out);
+  }
+}
+
+void lamb_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+           at::TensorList exp_avg_sqs, at::TensorList master_params, at::TensorList state_steps,
+           const at::Tensor& lr, double beta1, double beta2, double eps, double weight_decay,
+           bool bias_correction, bool grad_averaging, bool trust_clip, bool always_adapt,
+           const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf,
+           const c10::optional<at::Tensor>& stats) {
+  const UpdateGroup grp = check_update_group(
+      params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}}, master_params,
+      state_steps, lr, grad_scale, found_inf, stats);
+  check_same_length("exp_avgs", exp_avgs.size(), "params", params.size());
+  check_same_length("exp_avg_sqs", exp_avg_sqs.size(), "params", params.size());
+  check_same_length("state_steps", state_steps.size(), "params", params.size());
+  if (params.empty()) return;
+  const StepContext ctx = begin_step(state_steps, lr, grad_scale, found_inf);
+  if (ctx.skip) return;
+
+  const bool adapt = weight_decay != 0.0 || always_adapt;
+  const ChunkPlan plan = plan_chunks(params);
+  std::vector<StatsPartial> partials(plan.chunks.size());
+  std::vector<double> ratios(params.size(), 1.0);
+
+  dispatch_param_state(grp.param_dtype, grp.state_dtype, [&](auto ptag, auto stag) {
+    using P = typename decltype(ptag)::type;
+    using S = typename decltype(stag)::type;
+    using A = typename OpMath<P>::type;
+    const math::LambHyper<A> h{A(beta1), A(beta2), grad_averaging ? A(1) - A(beta1) : A(1),
+                               A(eps), A(weight_decay)};
+    auto scalars = [&](int64_t t) {
+      return math::lamb_step_scalars<A>(h, A(scalar_value(state_steps[t])), bias_correction);
+    };
+    auto moments = [&](const Chunk& c, int64_t ci) {
+      const int64_t t = c.tensor, b = c.begin;
+      const auto s = scalars(t);
+      if (grp.has_master) {
+        lamb_moments_chunk<P, S, true>(list_ptr<P>(params, t, b), list_ptr<const P>(grads, t, b),
+                                       list_ptr<S>(exp_avgs, t, b), list_ptr<S>(exp_avg_sqs, t, b),
+                                       list_ptr<float>(master_params, t, b), c.end - b, h, s,
+                                       A(ctx.inv_grad_scale), &partials[ci]);
+      } else {
+        lamb_moments_chunk<P, S, false>(list_ptr<P>(params, t, b), list_ptr<const P>(grads, t, b),
+                                        list_ptr<S>(exp_avgs, t, b), list_ptr<S>(exp_avg_sqs, t, b),
+                                        nullptr, c.end - b, h, s, A(ctx.inv_grad_scale),
+                                        &partials[ci]);
+      }
+    };
+    auto finish = [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        double p2 = 0, u2 = 0;
+        for (int64_t c = plan.first_chunk[t]; c < plan.first_chunk[t + 1]; ++c) {
+          p2 += partials[c][1];
+          u2 += partials[c][2];
+        }
+        ratios[t] = math::lamb_trust_ratio(math::fsqrt(p2), math::fsqrt(u2), adapt, trust_clip);
+      }
+    };
+    auto apply = [&](const Chunk& c, int64_t) {
+      const int64_t t = c.tensor, b = c.begin;
+      const auto s = scalars(t);
+      const A step = A(ctx.lr * ratios[t]);
+      if (grp.has_master) {
+        lamb_apply_chunk<P, S, true>(list_ptr<P>(params, t, b), list_ptr<const S>(exp_avgs, t, b),
+                                     list_ptr<const S>(exp_avg_sqs, t, b),
+                                     list_ptr<float>(master_params, t, b), c.end - b, h, s, step);
+      } else {
+        lamb_apply_chunk<P, S, false>(list_ptr<P>(params, t, b), list_ptr<const S>(exp_avgs, t, b),
+                                      list_ptr<const S>(exp_avg_sqs, t, b), nullptr, c.end - b, h,
+                                      s, step);
+      }
+    };
+    two_phase(plan, moments, finish, apply);
+  });
+  if (stats.has_value()) {
+    // ||update|| = lr * r * ||u||, from the ||u||^2 partials phase A already has.
+    std::vector<double> update_norms(params.size());
+    for (int64_t t = 0; t < grp.size; ++t) {
+      double u2 = 0;
+      for (int64_t c = plan.first_chunk[t]; c < plan.first_chunk[t + 1]; ++c) u2 += partials[c][2];
+      update_norms[t] = ctx.lr * ratios[t] * math::fsqrt(u2);
+    }
+    write_stats(*stats, plan, partials, ratios, update_norms);
+  }
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastdyn, CPU, m) {
+  m.impl("lamb_", &lamb_);
+}
+
+}  // namespace cpu
+}  // namespace fastdyn

@@ -1,0 +1,31 @@
+// multi_tensor_norm on the CPU: one pass over every tensor, chunk-parallel.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "fastdyn/checks.h"
+#include "fastdyn/cpu/norm_kernels.h"
+
+namespace fastdyn {
+namespace cpu {
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> multi_tensor_norm(at::TensorList tensors, double ord,
+                                                     bool per_tensor) {
+  check_norm_ord(ord);
+  check_float_list("tensors", tensors);
+  const auto opts = at::TensorOptions().dtype(at::kFloat).device(at::kCPU);
+  at::Tensor total = at::empty({}, opts);
+  at::Tensor per = at::empty({per_tensor ? static_cast<int64_t>(tensors.size()) : 0}, opts);
+  multi_tensor_norm_into(tensors, ord, total.data_ptr<float>(),
+                         per_tensor ? per.data_ptr<float>() : nullptr);
+  return {total, per};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastdyn, CPU, m) {
+  m.impl("multi_tensor_norm", &multi_tensor_norm);
+}
+
+}  // namespace cpu
+}  // namespace fastdyn

@@ -1,0 +1,80 @@
+// multi_tensor_unscale_norm_ on the CPU: one read and one write of every gradient give
+// the unscaled gradients, the found_inf flag and the norms of the unscaled gradients.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "fastdyn/checks.h"
+#include "fastdyn/cpu/norm_kernels.h"
+
+namespace fastdyn {
+namespace cpu {
+namespace {
+
+template <NormKind K, typename T>
+double unscale_chunk(T* __restrict__ x, int64_t n, float inv_scale, bool* nonfinite) {
+  using A = typename OpMath<T>::type;
+  double acc = 0.0;
+  bool bad = false;
+  for (int64_t i = 0; i < n; ++i) {
+    const A raw = static_cast<A>(x[i]);
+    bad |= !math::is_finite(raw);
+    const T out = static_cast<T>(raw * static_cast<A>(inv_scale));
+    x[i] = out;
+    acc = math::norm_accumulate<K>(acc, static_cast<double>(static_cast<A>(out)));
+  }
+  *nonfinite = bad;
+  return acc;
+}
+
+std::tuple<at::Tensor, at::Tensor> multi_tensor_unscale_norm_(at::TensorList tensors,
+                                                              const at::Tensor& inv_scale,
+                                                              const at::Tensor& found_inf,
+                                                              double ord, bool per_tensor) {
+  check_norm_ord(ord);
+  const at::Device cpu(at::kCPU);
+  check_float_list("tensors", tensors, cpu);
+  check_scalar_tensor("inv_scale", inv_scale, cpu);
+  check_scalar_tensor("found_inf", found_inf, cpu);
+  const float inv = static_cast<float>(scalar_value(inv_scale));
+
+  ChunkPlan plan = plan_chunks(tensors);
+  std::vector<double> partials(plan.chunks.size());
+  std::unique_ptr<bool[]> bad(new bool[plan.chunks.size()]());
+  const auto opts = at::TensorOptions().dtype(at::kFloat).device(at::kCPU);
+  at::Tensor total = at::empty({}, opts);
+  at::Tensor per = at::empty({per_tensor ? static_cast<int64_t>(tensors.size()) : 0}, opts);
+  std::vector<double> per_partials(tensors.size());
+
+  dispatch_norm_kind(ord, [&](auto kind) {
+    constexpr NormKind K = decltype(kind)::value;
+    for_each_chunk(plan, [&](const Chunk& c, int64_t i) {
+      const at::Tensor& t = tensors[c.tensor];
+      dispatch_float(t.scalar_type(), "tensors", [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        partials[i] = unscale_chunk<K>(ptr<T>(t) + c.begin, c.end - c.begin, inv, &bad[i]);
+      });
+    });
+    const double tot = reduce_partials<K>(plan, partials, per_partials.data());
+    total.fill_(math::norm_finish<K>(tot));
+    if (per_tensor) {
+      float* out = per.data_ptr<float>();
+      for (size_t t = 0; t < tensors.size(); ++t) out[t] = math::norm_finish<K>(per_partials[t]);
+    }
+  });
+  for (size_t i = 0; i < plan.chunks.size(); ++i) {
+    if (bad[i]) {
+      set_scalar_value(found_inf, 1.0);
+      break;
+    }
+  }
+  return {total, per};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastdyn, CPU, m) {
+  m.impl("multi_tensor_unscale_norm_", &multi_tensor_unscale_norm_);
+}
+
+}  // namespace cpu
+}  // namespace fastdyn

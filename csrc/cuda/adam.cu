@@ -1,0 +1,118 @@
+// Fused Adam/AdamW on CUDA: one launch for the step counters, one pass over p, g, m, v
+// (and vmax) per group of up to ~400 tensors; the math is csrc/include/fastdyn/math/adam.h.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "fastdyn/cuda/update_common.cuh"
+#include "fastdyn/math/adam.h"
+
+namespace fastdyn {
+namespace cuda {
+namespace {
+
+// Lists in the launch metadata, in this order.
+enum AdamList { kP = 0, kG, kM, kV, kVmax, kMaster, kStep, kAdamDepth };
+
+template <typename P, typename S, bool kHasMaster, bool kStats>
+struct AdamChunkOp : SkipIfFoundInf {
+  using A = typename OpMath<P>::type;
+  math::AdamHyper<A> h;
+  ScalarRef lr;
+  ScalarRef grad_scale;
+  bool steps_double;
+  float* stats_partials;
+
+  __device__ __forceinline__ void operator()(const TensorListMeta<kAdamDepth>& meta, ChunkRef c) const {
+    P* __restrict__ p = static_cast<P*>(meta.addr[kP][c.slot]);
+    const P* __restrict__ g = static_cast<const P*>(meta.addr[kG][c.slot]);
+    S* __restrict__ m = static_cast<S*>(meta.addr[kM][c.slot]);
+    S* __restrict__ v = static_cast<S*>(meta.addr[kV][c.slot]);
+    S* __restrict__ vmax = static_cast<S*>(meta.addr[kVmax][c.slot]);
+    float* __restrict__ master = static_cast<float*>(meta.addr[kMaster][c.slot]);
+    const A step = static_cast<A>(read_scalar(meta.addr[kStep][c.slot], steps_double));
+    const auto s = math::adam_step_scalars<A>(h, static_cast<A>(lr.get()), step);
+    const A inv = static_cast<A>(inverse_grad_scale(grad_scale));
+    float g2 = 0.f, p2 = 0.f, d2 = 0.f;
+    for_chunk_elements(c.begin, c.end, [&](int64_t i) {
+      A pv = kHasMaster ? static_cast<A>(master[i]) : static_cast<A>(p[i]);
+      const A gv = static_cast<A>(g[i]) * inv;
+      A mv = static_cast<A>(m[i]);
+      A vv = static_cast<A>(v[i]);
+      A vm = h.amsgrad ? static_cast<A>(vmax[i]) : A(0);
+      const A p_old = pv;
+      math::adam_update(pv, gv, mv, vv, vm, h, s);
+      if (kHasMaster) master[i] = static_cast<float>(pv);
+      p[i] = static_cast<P>(pv);
+      m[i] = static_cast<S>(mv);
+      v[i] = static_cast<S>(vv);
+      if (h.amsgrad) vmax[i] = static_cast<S>(vm);
+      if (kStats) {
+        g2 += float(gv * gv);
+        p2 += float(p_old * p_old);
+        d2 += float((pv - p_old) * (pv - p_old));
+      }
+    });
+    if (kStats) write_stats_partials(stats_partials, c.global, g2, p2, d2);
+  }
+};
+
+void adam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+           at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,
+           at::TensorList master_params, at::TensorList state_steps, const at::Tensor& lr,
+           double beta1, double beta2, double weight_decay, double eps, bool amsgrad,
+           bool maximize, bool decoupled_weight_decay,
+           const c10::optional<at::Tensor>& grad_scale,
+           const c10::optional<at::Tensor>& found_inf, const c10::optional<at::Tensor>& stats) {
+  const UpdateGroup grp = check_update_group(
+      params, grads,
+      {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}, {"max_exp_avg_sqs", max_exp_avg_sqs}},
+      master_params, state_steps, lr, grad_scale, found_inf, stats);
+  check_same_length("exp_avgs", exp_avgs.size(), "params", params.size());
+  check_same_length("exp_avg_sqs", exp_avg_sqs.size(), "params", params.size());
+  check_same_length("state_steps", state_steps.size(), "params", params.size());
+  if (amsgrad) check_same_length("max_exp_avg_sqs", max_exp_avg_sqs.size(), "params", params.size());
+  if (params.empty()) return;
+  const c10::cuda::CUDAGuard guard(grp.device);
+  const ScalarRef found = scalar_ref(found_inf);
+  increment_steps(state_steps, found);
+
+  const bool want_stats = stats.has_value();
+  at::Tensor partials;
+  if (want_stats) partials = at::empty({3 * std::max<int64_t>(count_chunks(params), 1)}, lr.options().dtype(at::kFloat));
+  float* partials_ptr = want_stats ? partials.data_ptr<float>() : nullptr;
+  const bool steps_double = state_steps[0].scalar_type() == at::kDouble;
+  const at::TensorList none;
+  const std::array<at::TensorList, kAdamDepth> lists = {
+      params, grads, exp_avgs, exp_avg_sqs, amsgrad ? max_exp_avg_sqs : none, master_params, state_steps};
+
+  dispatch_param_state(grp.param_dtype, grp.state_dtype, [&](auto ptag, auto stag) {
+    using P = typename decltype(ptag)::type;
+    using S = typename decltype(stag)::type;
+    using A = typename OpMath<P>::type;
+    const math::AdamHyper<A> h{A(beta1), A(beta2), A(eps), A(weight_decay), amsgrad, maximize,
+                               decoupled_weight_decay};
+    dispatch_flags(grp.has_master, want_stats, [&](auto master_c, auto stats_c) {
+      using Op = AdamChunkOp<P, S, decltype(master_c)::value, decltype(stats_c)::value>;
+      Op op;
+      op.found_inf = found;
+      op.h = h;
+      op.lr = scalar_ref(lr);
+      op.grad_scale = scalar_ref(grad_scale);
+      op.steps_double = steps_double;
+      op.stats_partials = partials_ptr;
+      for_each_batch<kAdamDepth>(lists, [&](const TensorListMeta<kAdamDepth>& meta) {
+        launch_apply(meta, op);
+        if (want_stats) launch_stats(meta, partials_ptr, nullptr, nullptr, stats->data_ptr<float>(), found);
+      });
+    });
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastdyn, CUDA, m) {
+  m.impl("adam_", &adam_);
+}
+
+}  // namespace cuda
+}  // namespace fastdyn

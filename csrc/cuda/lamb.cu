@@ -1,0 +1,189 @@
+// Fused LAMB on CUDA. Per group of up to ~400 tensors: the step counters, the moment pass
+// (writes m, v; per-chunk ||p||^2, ||u||^2), a per-tensor kernel for the trust ratios, and
+// the apply pass (re-reads p, m, v; writes p). Global clipping and loss-scale unscaling
+// arrive folded into grad_scale; found_inf stops every kernel at its first instruction.
+// Bytes per fp32 parameter: 24 (moments) + 16 (apply) = 40, plus 4 for the optimizer's
+// global-norm pass when clipping. The two-pass structure is forced by the trust ratio:
+// ||u|| of the whole tensor is needed before any element of p can move.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "fastdyn/cuda/update_common.cuh"
+#include "fastdyn/math/lamb.h"
+
+namespace fastdyn {
+namespace cuda {
+namespace {
+
+enum LambList { kP = 0, kG, kM, kV, kMaster, kStep, kLambDepth };
+
+template <typename A>
+struct LambCommon : SkipIfFoundInf {
+  math::LambHyper<A> h;
+  bool bias_correction;
+  bool steps_double;
+
+  __device__ __forceinline__ math::LambStepScalars<A> scalars(const TensorListMeta<kLambDepth>& meta,
+                                                              int slot) const {
+    const A step = static_cast<A>(read_scalar(meta.addr[kStep][slot], steps_double));
+    return math::lamb_step_scalars<A>(h, step, bias_correction);
+  }
+};
+
+template <typename P, typename S, bool kHasMaster>
+struct LambMomentsOp : LambCommon<typename OpMath<P>::type> {
+  using A = typename OpMath<P>::type;
+  ScalarRef grad_scale;
+  float* partials;  // [chunk][3]: g^2, p^2, u^2
+
+  __device__ __forceinline__ void operator()(const TensorListMeta<kLambDepth>& meta, ChunkRef c) const {
+    const P* __restrict__ p = static_cast<const P*>(meta.addr[kP][c.slot]);
+    const P* __restrict__ g = static_cast<const P*>(meta.addr[kG][c.slot]);
+    S* __restrict__ m = static_cast<S*>(meta.addr[kM][c.slot]);
+    S* __restrict__ v = static_cast<S*>(meta.addr[kV][c.slot]);
+    const float* __restrict__ master = static_cast<const float*>(meta.addr[kMaster][c.slot]);
+    const auto s = this->scalars(meta, c.slot);
+    const A inv = static_cast<A>(inverse_grad_scale(grad_scale));
+    float g2 = 0.f, p2 = 0.f, u2 = 0.f;
+    for_chunk_elements(c.begin, c.end, [&](int64_t i) {
+      const A pv = kHasMaster ? static_cast<A>(master[i]) : static_cast<A>(p[i]);
+      const A gv = static_cast<A>(g[i]) * inv;
+      A mv = static_cast<A>(m[i]);
+      A vv = static_cast<A>(v[i]);
+      math::lamb_moments(gv, mv, vv, this->h);
+      const S ms = static_cast<S>(mv), vs = static_cast<S>(vv);
+      m[i] = ms;
+      v[i] = vs;
+      const A u = math::lamb_direction(pv, static_cast<A>(ms), static_cast<A>(vs), this->h, s);
+      g2 += float(gv * gv);
+      p2 += float(pv * pv);
+      u2 += float(u * u);
+    });
+    write_stats_partials(partials, c.global, g2, p2, u2);
+  }
+};
+
+template <typename P, typename S, bool kHasMaster>
+struct LambApplyOp : LambCommon<typename OpMath<P>::type> {
+  using A = typename OpMath<P>::type;
+  ScalarRef lr;
+  const float* ratios;
+
+  __device__ __forceinline__ void operator()(const TensorListMeta<kLambDepth>& meta, ChunkRef c) const {
+    P* __restrict__ p = static_cast<P*>(meta.addr[kP][c.slot]);
+    const S* __restrict__ m = static_cast<const S*>(meta.addr[kM][c.slot]);
+    const S* __restrict__ v = static_cast<const S*>(meta.addr[kV][c.slot]);
+    float* __restrict__ master = static_cast<float*>(meta.addr[kMaster][c.slot]);
+    const auto s = this->scalars(meta, c.slot);
+    const A step = static_cast<A>(lr.get()) * static_cast<A>(ratios[meta.tensor_id[c.slot]]);
+    for_chunk_elements(c.begin, c.end, [&](int64_t i) {
+      const A pv = kHasMaster ? static_cast<A>(master[i]) : static_cast<A>(p[i]);
+      const A u = math::lamb_direction(pv, static_cast<A>(m[i]), static_cast<A>(v[i]), this->h, s);
+      const A out = pv - step * u;
+      if (kHasMaster) master[i] = static_cast<float>(out);
+      p[i] = static_cast<P>(out);
+    });
+  }
+};
+
+// One block per tensor: trust ratio from the chunk partials (and ||update|| for stats).
+__global__ void __launch_bounds__(256) lamb_ratio_kernel(TensorListMeta<kLambDepth> meta, const float* partials,
+                                                         float* ratios, float* update_norms, ScalarRef lr,
+                                                         bool adapt, bool trust_clip, SkipIfFoundInf guard) {
+  if (guard.skip()) return;
+  __shared__ float shared[32];
+  const int slot = blockIdx.x;
+  const int64_t c0 = meta.chunk_offset + meta.chunk_begin[slot];
+  const int64_t c1 = meta.chunk_offset + meta.chunk_begin[slot + 1];
+  float p2 = 0.f, u2 = 0.f;
+  for (int64_t c = c0 + threadIdx.x; c < c1; c += blockDim.x) {
+    p2 += partials[3 * c + 1];
+    u2 += partials[3 * c + 2];
+  }
+  p2 = block_reduce(p2, SumOp{}, shared);
+  u2 = block_reduce(u2, SumOp{}, shared);
+  if (threadIdx.x == 0) {
+    const int id = meta.tensor_id[slot];
+    const float un = math::fsqrt(u2);
+    const float r = math::lamb_trust_ratio(math::fsqrt(p2), un, adapt, trust_clip);
+    ratios[id] = r;
+    if (update_norms) update_norms[id] = lr.get() * r * un;
+  }
+}
+
+void lamb_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+           at::TensorList exp_avg_sqs, at::TensorList master_params, at::TensorList state_steps,
+           const at::Tensor& lr, double beta1, double beta2, double eps, double weight_decay,
+           bool bias_correction, bool grad_averaging, bool trust_clip, bool always_adapt,
+           const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf,
+           const c10::optional<at::Tensor>& stats) {
+  const UpdateGroup grp = check_update_group(
+      params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}}, master_params,
+      state_steps, lr, grad_scale, found_inf, stats);
+  check_same_length("exp_avgs", exp_avgs.size(), "params", params.size());
+  check_same_length("exp_avg_sqs", exp_avg_sqs.size(), "params", params.size());
+  check_same_length("state_steps", state_steps.size(), "params", params.size());
+  if (params.empty()) return;
+  const c10::cuda::CUDAGuard guard(grp.device);
+  const ScalarRef found = scalar_ref(found_inf);
+  increment_steps(state_steps, found);
+
+  const bool adapt = weight_decay != 0.0 || always_adapt;
+  const bool want_stats = stats.has_value();
+  const auto fopts = lr.options().dtype(at::kFloat);
+  const int64_t n = grp.size;
+  at::Tensor partials = at::empty({3 * std::max<int64_t>(count_chunks(params), 1)}, fopts);
+  at::Tensor ratios = at::empty({n}, fopts);
+  at::Tensor update_norms = want_stats ? at::empty({n}, fopts) : at::Tensor();
+  float* partials_ptr = partials.data_ptr<float>();
+  const bool steps_double = state_steps[0].scalar_type() == at::kDouble;
+  const std::array<at::TensorList, kLambDepth> lists = {params, grads, exp_avgs, exp_avg_sqs,
+                                                        master_params, state_steps};
+
+  dispatch_param_state(grp.param_dtype, grp.state_dtype, [&](auto ptag, auto stag) {
+    using P = typename decltype(ptag)::type;
+    using S = typename decltype(stag)::type;
+    using A = typename OpMath<P>::type;
+    const math::LambHyper<A> h{A(beta1), A(beta2), grad_averaging ? A(1) - A(beta1) : A(1), A(eps),
+                               A(weight_decay)};
+    dispatch_flags(grp.has_master, false, [&](auto master_c, auto) {
+      constexpr bool kM = decltype(master_c)::value;
+      LambMomentsOp<P, S, kM> moments;
+      moments.found_inf = found;
+      moments.h = h;
+      moments.bias_correction = bias_correction;
+      moments.steps_double = steps_double;
+      moments.grad_scale = scalar_ref(grad_scale);
+      moments.partials = partials_ptr;
+      LambApplyOp<P, S, kM> apply;
+      apply.found_inf = found;
+      apply.h = h;
+      apply.bias_correction = bias_correction;
+      apply.steps_double = steps_double;
+      apply.lr = scalar_ref(lr);
+      apply.ratios = ratios.data_ptr<float>();
+      for_each_batch<kLambDepth>(lists, [&](const TensorListMeta<kLambDepth>& meta) {
+        launch_apply(meta, moments);
+        lamb_ratio_kernel<<<meta.n_tensors, 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
+            meta, partials_ptr, ratios.data_ptr<float>(),
+            want_stats ? update_norms.data_ptr<float>() : nullptr, scalar_ref(lr), adapt, trust_clip,
+            SkipIfFoundInf{found});
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        launch_apply(meta, apply);
+        if (want_stats) {
+          launch_stats(meta, partials_ptr, ratios.data_ptr<float>(), update_norms.data_ptr<float>(),
+                       stats->data_ptr<float>(), found);
+        }
+      });
+    });
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastdyn, CUDA, m) {
+  m.impl("lamb_", &lamb_);
+}
+
+}  // namespace cuda
+}  // namespace fastdyn

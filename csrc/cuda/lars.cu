@@ -1,0 +1,176 @@
+// Fused LARS on CUDA: per-tensor ||p||, ||g|| (skipped when no adaptation is asked for),
+// a per-tensor kernel for the trust ratios, then the trust-scaled SGD-momentum update.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "fastdyn/cuda/update_common.cuh"
+#include "fastdyn/math/lars.h"
+
+namespace fastdyn {
+namespace cuda {
+namespace {
+
+enum LarsList { kP = 0, kG, kBuf, kMaster, kLarsDepth };
+
+template <typename P, bool kHasMaster>
+struct LarsNormsOp : SkipIfFoundInf {
+  using A = typename OpMath<P>::type;
+  ScalarRef grad_scale;
+  float* partials;  // [chunk][3]: g^2, p^2, (update^2 later)
+
+  __device__ __forceinline__ void operator()(const TensorListMeta<kLarsDepth>& meta, ChunkRef c) const {
+    const P* __restrict__ p = static_cast<const P*>(meta.addr[kP][c.slot]);
+    const P* __restrict__ g = static_cast<const P*>(meta.addr[kG][c.slot]);
+    const float* __restrict__ master = static_cast<const float*>(meta.addr[kMaster][c.slot]);
+    const A inv = static_cast<A>(inverse_grad_scale(grad_scale));
+    float g2 = 0.f, p2 = 0.f;
+    for_chunk_elements(c.begin, c.end, [&](int64_t i) {
+      const A pv = kHasMaster ? static_cast<A>(master[i]) : static_cast<A>(p[i]);
+      const A gv = static_cast<A>(g[i]) * inv;
+      g2 += float(gv * gv);
+      p2 += float(pv * pv);
+    });
+    __shared__ float shared[32];
+    g2 = block_reduce(g2, SumOp{}, shared);
+    p2 = block_reduce(p2, SumOp{}, shared);
+    if (threadIdx.x == 0) {
+      partials[3 * c.global + 0] = g2;
+      partials[3 * c.global + 1] = p2;
+    }
+  }
+};
+
+template <typename P, typename S, bool kHasMaster, bool kStats>
+struct LarsUpdateOp : SkipIfFoundInf {
+  using A = typename OpMath<P>::type;
+  math::MomentumHyper<A> mh;
+  A weight_decay;
+  bool adapt;
+  bool first_step;
+  ScalarRef lr;
+  ScalarRef grad_scale;
+  const float* ratios;  // null when not adapting (r = 1)
+  float* partials;
+
+  __device__ __forceinline__ void operator()(const TensorListMeta<kLarsDepth>& meta, ChunkRef c) const {
+    P* __restrict__ p = static_cast<P*>(meta.addr[kP][c.slot]);
+    const P* __restrict__ g = static_cast<const P*>(meta.addr[kG][c.slot]);
+    S* __restrict__ buf = static_cast<S*>(meta.addr[kBuf][c.slot]);
+    float* __restrict__ master = static_cast<float*>(meta.addr[kMaster][c.slot]);
+    const A lr_v = static_cast<A>(lr.get());
+    const A inv = static_cast<A>(inverse_grad_scale(grad_scale));
+    const A r = ratios ? static_cast<A>(ratios[meta.tensor_id[c.slot]]) : A(1);
+    float d2 = 0.f;
+    for_chunk_elements(c.begin, c.end, [&](int64_t i) {
+      const A p_old = kHasMaster ? static_cast<A>(master[i]) : static_cast<A>(p[i]);
+      const A gv = static_cast<A>(g[i]) * inv;
+      A d = math::lars_direction(p_old, gv, weight_decay, r, adapt);
+      if (buf) {
+        A bv = first_step ? A(0) : static_cast<A>(buf[i]);
+        d = math::apply_momentum(d, bv, mh, first_step);
+        buf[i] = static_cast<S>(bv);
+      }
+      const A pv = p_old - lr_v * d;
+      if (kHasMaster) master[i] = static_cast<float>(pv);
+      p[i] = static_cast<P>(pv);
+      if (kStats) d2 += float((pv - p_old) * (pv - p_old));
+    });
+    if (kStats) {
+      __shared__ float shared[32];
+      d2 = block_reduce(d2, SumOp{}, shared);
+      if (threadIdx.x == 0) partials[3 * c.global + 2] = d2;
+    }
+  }
+};
+
+__global__ void __launch_bounds__(256) lars_ratio_kernel(TensorListMeta<kLarsDepth> meta, const float* partials,
+                                                         float* ratios, ScalarRef lr, float trust_coeff,
+                                                         float weight_decay, float eps, bool adapt,
+                                                         bool trust_clip, SkipIfFoundInf guard) {
+  if (guard.skip()) return;
+  __shared__ float shared[32];
+  const int slot = blockIdx.x;
+  const int64_t c0 = meta.chunk_offset + meta.chunk_begin[slot];
+  const int64_t c1 = meta.chunk_offset + meta.chunk_begin[slot + 1];
+  float g2 = 0.f, p2 = 0.f;
+  for (int64_t c = c0 + threadIdx.x; c < c1; c += blockDim.x) {
+    g2 += partials[3 * c + 0];
+    p2 += partials[3 * c + 1];
+  }
+  g2 = block_reduce(g2, SumOp{}, shared);
+  p2 = block_reduce(p2, SumOp{}, shared);
+  if (threadIdx.x == 0) {
+    ratios[meta.tensor_id[slot]] = math::lars_trust_ratio(math::fsqrt(p2), math::fsqrt(g2), trust_coeff,
+                                                          weight_decay, eps, lr.get(), adapt, trust_clip);
+  }
+}
+
+void lars_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+           at::TensorList master_params, const at::Tensor& lr, double momentum, double dampening,
+           double weight_decay, bool nesterov, double trust_coeff, double eps, bool trust_clip,
+           bool always_adapt, bool is_first_step, const c10::optional<at::Tensor>& grad_scale,
+           const c10::optional<at::Tensor>& found_inf, const c10::optional<at::Tensor>& stats) {
+  const UpdateGroup grp =
+      check_update_group(params, grads, {{"momentum_buffers", momentum_buffers}}, master_params,
+                         {}, lr, grad_scale, found_inf, stats);
+  if (momentum != 0.0) {
+    check_same_length("momentum_buffers", momentum_buffers.size(), "params", params.size());
+  }
+  if (params.empty()) return;
+  const c10::cuda::CUDAGuard guard(grp.device);
+  const ScalarRef found = scalar_ref(found_inf);
+  const bool adapt = weight_decay != 0.0 || always_adapt;
+  const bool want_stats = stats.has_value();
+  const bool need_norms = adapt || want_stats;
+  const auto fopts = lr.options().dtype(at::kFloat);
+  at::Tensor partials = need_norms ? at::empty({3 * std::max<int64_t>(count_chunks(params), 1)}, fopts) : at::Tensor();
+  at::Tensor ratios = need_norms ? at::empty({grp.size}, fopts) : at::Tensor();
+  float* partials_ptr = need_norms ? partials.data_ptr<float>() : nullptr;
+  float* ratios_ptr = need_norms ? ratios.data_ptr<float>() : nullptr;
+  const at::TensorList none;
+  const std::array<at::TensorList, kLarsDepth> lists = {
+      params, grads, momentum != 0.0 ? momentum_buffers : none, master_params};
+
+  dispatch_param_state(grp.param_dtype, grp.state_dtype, [&](auto ptag, auto stag) {
+    using P = typename decltype(ptag)::type;
+    using S = typename decltype(stag)::type;
+    using A = typename OpMath<P>::type;
+    dispatch_flags(grp.has_master, want_stats, [&](auto master_c, auto stats_c) {
+      constexpr bool kM = decltype(master_c)::value;
+      LarsNormsOp<P, kM> norms;
+      norms.found_inf = found;
+      norms.grad_scale = scalar_ref(grad_scale);
+      norms.partials = partials_ptr;
+      LarsUpdateOp<P, S, kM, decltype(stats_c)::value> update;
+      update.found_inf = found;
+      update.mh = math::MomentumHyper<A>{A(momentum), A(dampening), nesterov};
+      update.weight_decay = A(weight_decay);
+      update.adapt = adapt;
+      update.first_step = is_first_step;
+      update.lr = scalar_ref(lr);
+      update.grad_scale = scalar_ref(grad_scale);
+      update.ratios = ratios_ptr;
+      update.partials = partials_ptr;
+      for_each_batch<kLarsDepth>(lists, [&](const TensorListMeta<kLarsDepth>& meta) {
+        if (need_norms) {
+          launch_apply(meta, norms);
+          lars_ratio_kernel<<<meta.n_tensors, 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
+              meta, partials_ptr, ratios_ptr, scalar_ref(lr), float(trust_coeff), float(weight_decay),
+              float(eps), adapt, trust_clip, SkipIfFoundInf{found});
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
+        launch_apply(meta, update);
+        if (want_stats) launch_stats(meta, partials_ptr, ratios_ptr, nullptr, stats->data_ptr<float>(), found);
+      });
+    });
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastdyn, CUDA, m) {
+  m.impl("lars_", &lars_);
+}
+
+}  // namespace cuda
+}  // namespace fastdyn

@@ -1,0 +1,83 @@
+// Argument checks shared by every launcher (CPU and CUDA). Each message names the argument
+// and the offending index/value, and raises ValueError or TypeError in Python.
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Optional.h>
+
+#include <string>
+
+namespace fastdyn {
+
+inline bool is_supported_float(at::ScalarType t) {
+  return t == at::kFloat || t == at::kHalf || t == at::kBFloat16 || t == at::kDouble;
+}
+
+// Every tensor of `ts` is a strided, non-overlapping-and-dense, real floating tensor on
+// `device` (the first tensor's device when nullopt). Returns the common device.
+inline c10::optional<at::Device> check_float_list(const char* name, at::TensorList ts,
+                                                  c10::optional<at::Device> device = c10::nullopt) {
+  for (size_t i = 0; i < ts.size(); ++i) {
+    const at::Tensor& t = ts[i];
+    TORCH_CHECK_VALUE(t.defined(), name, "[", i, "] is undefined");
+    TORCH_CHECK_VALUE(t.layout() == at::kStrided, name, "[", i,
+                      "] is sparse or not strided (layout ", t.layout(),
+                      "); fastdyn ops need dense tensors");
+    TORCH_CHECK_TYPE(is_supported_float(t.scalar_type()), name, "[", i, "] has dtype ",
+                     t.scalar_type(),
+                     "; fastdyn ops take float32, float16, bfloat16 or float64 tensors");
+    TORCH_CHECK_VALUE(t.is_non_overlapping_and_dense(), name, "[", i,
+                      "] is not dense (a view with gaps or overlaps, strides ", t.strides(),
+                      "); pass a contiguous tensor");
+    if (!device.has_value()) device = t.device();
+    TORCH_CHECK_VALUE(t.device() == *device, name, "[", i, "] is on ", t.device(),
+                      " but the other tensors are on ", *device);
+  }
+  return device;
+}
+
+inline void check_same_length(const char* name, size_t n, const char* ref_name, size_t ref_n) {
+  TORCH_CHECK_VALUE(n == ref_n, name, " has ", n, " tensors but ", ref_name, " has ", ref_n);
+}
+
+// `ts` pairs element-wise with `ref`: same length, shape and strides (the kernels walk
+// both with one index), on the same device.
+inline void check_like(const char* name, at::TensorList ts, const char* ref_name,
+                       at::TensorList ref) {
+  check_same_length(name, ts.size(), ref_name, ref.size());
+  for (size_t i = 0; i < ts.size(); ++i) {
+    TORCH_CHECK_VALUE(ts[i].sizes() == ref[i].sizes(), name, "[", i, "] has shape ",
+                      ts[i].sizes(), " but ", ref_name, "[", i, "] has shape ", ref[i].sizes());
+    TORCH_CHECK_VALUE(ts[i].strides() == ref[i].strides(), name, "[", i, "] has strides ",
+                      ts[i].strides(), " but ", ref_name, "[", i, "] has strides ",
+                      ref[i].strides(), "; both must have the same memory layout");
+  }
+}
+
+// Every tensor of `ts` has one dtype; returns it.
+inline at::ScalarType common_dtype(const char* name, at::TensorList ts) {
+  TORCH_CHECK_VALUE(!ts.empty(), name, " is empty");
+  at::ScalarType t = ts[0].scalar_type();
+  for (size_t i = 1; i < ts.size(); ++i) {
+    TORCH_CHECK_TYPE(ts[i].scalar_type() == t, name, "[", i, "] has dtype ", ts[i].scalar_type(),
+                     " but ", name, "[0] has ", t, "; split the list by dtype");
+  }
+  return t;
+}
+
+// A one-element floating tensor (lr, grad_scale, found_inf, step) on `device`.
+inline void check_scalar_tensor(const char* name, const at::Tensor& t, at::Device device) {
+  TORCH_CHECK_VALUE(t.defined(), name, " is undefined");
+  TORCH_CHECK_VALUE(t.numel() == 1, name, " must hold one value, got shape ", t.sizes());
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, name,
+                   " must be float32 or float64, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == device, name, " is on ", t.device(),
+                    " but the tensors it applies to are on ", device);
+}
+
+inline void check_norm_ord(double ord) {
+  TORCH_CHECK_VALUE(ord == 2.0 || (std::isinf(ord) && ord > 0), "ord must be 2 or inf, got ", ord,
+                    " (other norms go through fastdyn.reference)");
+}
+
+}  // namespace fastdyn

@@ -1,0 +1,172 @@
+// CUDA pieces of the norm, unscale and clip ops: per-chunk partials, their per-tensor
+// reduction and the total, each combined in a fixed order.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <map>
+#include <vector>
+
+#include "fastdyn/cuda/multi_tensor_apply.cuh"
+#include "fastdyn/dispatch.h"
+#include "fastdyn/math/norm.h"
+
+namespace fastdyn {
+namespace cuda {
+
+using math::NormKind;
+
+template <NormKind K>
+struct NormCombine {
+  __device__ __forceinline__ float operator()(float a, float b) const {
+    return math::norm_combine<K>(a, b);
+  }
+};
+
+// Partial of one chunk: sum of squares (L2) or max |x| (inf), fp32 accumulation.
+template <NormKind K, typename T>
+struct NormChunkOp {
+  float* partials;
+  __device__ __forceinline__ bool skip() const { return false; }
+  __device__ __forceinline__ void operator()(const TensorListMeta<1>& meta, ChunkRef c) const {
+    __shared__ float shared[32];
+    using A = typename OpMath<T>::type;
+    const T* __restrict__ x = static_cast<const T*>(meta.addr[0][c.slot]);
+    A acc = A(0);
+    for_chunk_elements(c.begin, c.end, [&](int64_t i) {
+      acc = math::norm_accumulate<K>(acc, static_cast<A>(x[i]));
+    });
+    const float r = block_reduce(static_cast<float>(acc), NormCombine<K>{}, shared);
+    if (threadIdx.x == 0) partials[c.global] = r;
+  }
+};
+
+// In-place unscale with the inf check and the partial of the unscaled values.
+template <NormKind K, typename T>
+struct UnscaleChunkOp {
+  float* partials;
+  const float* inv_scale;
+  float* found_inf;
+  __device__ __forceinline__ bool skip() const { return false; }
+  __device__ __forceinline__ void operator()(const TensorListMeta<1>& meta, ChunkRef c) const {
+    __shared__ float shared[32];
+    using A = typename OpMath<T>::type;
+    T* __restrict__ x = static_cast<T*>(meta.addr[0][c.slot]);
+    const A inv = static_cast<A>(*inv_scale);
+    A acc = A(0);
+    bool bad = false;
+    for_chunk_elements(c.begin, c.end, [&](int64_t i) {
+      const A raw = static_cast<A>(x[i]);
+      bad |= !math::is_finite(raw);
+      const T out = static_cast<T>(raw * inv);
+      x[i] = out;
+      acc = math::norm_accumulate<K>(acc, static_cast<A>(out));
+    });
+    // Every writer stores the same 1.0, so the race is benign and the result deterministic.
+    if (bad) *found_inf = 1.f;
+    const float r = block_reduce(static_cast<float>(acc), NormCombine<K>{}, shared);
+    if (threadIdx.x == 0) partials[c.global] = r;
+  }
+};
+
+// One block per tensor of the launch: combines its chunk partials in order.
+template <NormKind K, int Depth>
+__global__ void __launch_bounds__(256) per_tensor_kernel(TensorListMeta<Depth> meta,
+                                                         const float* partials, float* per_tensor) {
+  __shared__ float shared[32];
+  const int slot = blockIdx.x;
+  const int64_t c0 = meta.chunk_offset + meta.chunk_begin[slot];
+  const int64_t c1 = meta.chunk_offset + meta.chunk_begin[slot + 1];
+  float acc = 0.f;
+  for (int64_t c = c0 + threadIdx.x; c < c1; c += blockDim.x) acc = math::norm_combine<K>(acc, partials[c]);
+  acc = block_reduce(acc, NormCombine<K>{}, shared);
+  if (threadIdx.x == 0) per_tensor[meta.tensor_id[slot]] = acc;
+}
+
+template <NormKind K, int Depth>
+void launch_per_tensor(const TensorListMeta<Depth>& meta, const float* partials, float* per_tensor) {
+  per_tensor_kernel<K, Depth><<<meta.n_tensors, 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      meta, partials, per_tensor);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Single block: total = finish(combine(per_tensor partials)), per_tensor_out = finish(each);
+// with clip_coef, also torch's clipping coefficient min(max_norm / (total + 1e-6), 1).
+template <NormKind K>
+__global__ void __launch_bounds__(1024) total_kernel(const float* per_tensor, int64_t n, float* total,
+                                                     float* per_tensor_out, float* clip_coef,
+                                                     float max_norm) {
+  __shared__ float shared[32];
+  float acc = 0.f;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const float v = per_tensor[i];
+    acc = math::norm_combine<K>(acc, v);
+    if (per_tensor_out) per_tensor_out[i] = math::norm_finish<K>(v);
+  }
+  acc = block_reduce(acc, NormCombine<K>{}, shared);
+  if (threadIdx.x == 0) {
+    const float t = math::norm_finish<K>(acc);
+    *total = t;
+    if (clip_coef) *clip_coef = math::clip_coefficient(t, max_norm);
+  }
+}
+
+template <NormKind K>
+void launch_total(const float* per_tensor, int64_t n, float* total, float* per_tensor_out,
+                  float* clip_coef = nullptr, float max_norm = 0.f) {
+  total_kernel<K><<<1, 1024, 0, c10::cuda::getCurrentCUDAStream()>>>(per_tensor, n, total,
+                                                                      per_tensor_out, clip_coef, max_norm);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Positions of each dtype in a mixed-dtype list (the kernels are typed per launch).
+inline std::map<at::ScalarType, std::vector<int64_t>> positions_by_dtype(at::TensorList ts) {
+  std::map<at::ScalarType, std::vector<int64_t>> out;
+  for (size_t i = 0; i < ts.size(); ++i) out[ts[i].scalar_type()].push_back(static_cast<int64_t>(i));
+  return out;
+}
+
+inline std::vector<at::Tensor> select(at::TensorList ts, const std::vector<int64_t>& idx) {
+  std::vector<at::Tensor> out;
+  out.reserve(idx.size());
+  for (int64_t i : idx) out.push_back(ts[i]);
+  return out;
+}
+
+template <typename F>
+inline void dispatch_norm_kind(double ord, F&& f) {
+  if (ord == 2.0) {
+    f(std::integral_constant<NormKind, NormKind::L2>{});
+  } else {
+    f(std::integral_constant<NormKind, NormKind::Inf>{});
+  }
+}
+
+// Per-tensor partials (sums of squares / max) of a mixed-dtype list into per_tensor[n],
+// optionally unscaling in place first (inv_scale/found_inf non-null).
+template <NormKind K>
+void per_tensor_partials(at::TensorList ts, float* per_tensor, const float* inv_scale = nullptr,
+                         float* found_inf = nullptr) {
+  const int64_t n_chunks = count_chunks(ts);
+  at::Tensor partials = at::empty({n_chunks > 0 ? n_chunks : 1},
+                                  ts[0].options().dtype(at::kFloat));
+  float* partials_ptr = partials.data_ptr<float>();
+  int64_t chunk_base = 0;
+  for (const auto& kv : positions_by_dtype(ts)) {
+    const std::vector<at::Tensor> sub = select(ts, kv.second);
+    dispatch_float(kv.first, "tensors", [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      for_each_batch<1>({at::TensorList(sub)}, [&](const TensorListMeta<1>& meta) {
+        if (inv_scale) {
+          launch_apply(meta, UnscaleChunkOp<K, T>{partials_ptr, inv_scale, found_inf});
+        } else {
+          launch_apply(meta, NormChunkOp<K, T>{partials_ptr});
+        }
+        launch_per_tensor<K>(meta, partials_ptr, per_tensor);
+      }, &kv.second, chunk_base);
+    });
+    chunk_base += count_chunks(sub);
+  }
+}
+
+}  // namespace cuda
+}  // namespace fastdyn

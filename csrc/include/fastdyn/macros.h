@@ -1,0 +1,66 @@
+// Portability macros shared by the CPU (g++) and CUDA (nvcc) builds of the same headers.
+#pragma once
+
+#if defined(__CUDACC__)
+#define FASTDYN_HD __host__ __device__ __forceinline__
+#else
+#define FASTDYN_HD inline
+#endif
+
+#include <cmath>
+
+namespace fastdyn {
+namespace math {
+
+// One spelling of sqrt/pow that compiles for host and device: on the device the CUDA
+// intrinsics, on the host <cmath>. Kept here so the math headers never branch on the target.
+FASTDYN_HD float fsqrt(float x) {
+#if defined(__CUDA_ARCH__)
+  return ::sqrtf(x);
+#else
+  return std::sqrt(x);
+#endif
+}
+FASTDYN_HD double fsqrt(double x) {
+#if defined(__CUDA_ARCH__)
+  return ::sqrt(x);
+#else
+  return std::sqrt(x);
+#endif
+}
+FASTDYN_HD float fpow(float b, float e) {
+#if defined(__CUDA_ARCH__)
+  return ::powf(b, e);
+#else
+  return std::pow(b, e);
+#endif
+}
+FASTDYN_HD double fpow(double b, double e) {
+#if defined(__CUDA_ARCH__)
+  return ::pow(b, e);
+#else
+  return std::pow(b, e);
+#endif
+}
+
+// max that propagates NaN from either side (fmax drops NaN, which would hide a NaN
+// gradient in an inf-norm or an amsgrad max).
+template <typename T>
+FASTDYN_HD T nan_max(T a, T b) {
+  return (a != a || a > b) ? a : b;
+}
+
+template <typename T>
+FASTDYN_HD T fabs_(T x) {
+  return x < T(0) ? -x : x;
+}
+
+template <typename T>
+FASTDYN_HD bool is_finite(T x) {
+  // x - x is 0 for finite x and NaN for +-inf and NaN; avoids std::isfinite, which
+  // -ffast-math style flags may fold away.
+  return (x - x) == (x - x);
+}
+
+}  // namespace math
+}  // namespace fastdyn

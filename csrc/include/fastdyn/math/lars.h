@@ -1,0 +1,32 @@
+// LARS trust ratio and direction (DESIGN.md contract); the momentum is SGD's.
+#pragma once
+#include "fastdyn/macros.h"
+#include "fastdyn/math/sgd.h"
+
+namespace fastdyn {
+namespace math {
+
+// r = trust_coeff*||p|| / (||g|| + wd*||p|| + eps), 1 where ||p|| or ||g|| is 0;
+// with trust_clip min(r / lr, 1) (applied after the zero-norm rule, as timm's lars.py).
+template <typename T>
+FASTDYN_HD T lars_trust_ratio(T param_norm, T grad_norm, T trust_coeff, T weight_decay, T eps,
+                              T lr, bool adapt, bool trust_clip) {
+  if (!adapt) return T(1);
+  T r = (param_norm > T(0) && grad_norm > T(0))
+            ? trust_coeff * param_norm / (grad_norm + weight_decay * param_norm + eps)
+            : T(1);
+  if (trust_clip) {
+    r = r / lr;
+    r = r < T(1) ? r : T(1);
+  }
+  return r;
+}
+
+// d = (g + wd*p) * r when adapting, else g (weight decay only enters through adaptation).
+template <typename T>
+FASTDYN_HD T lars_direction(T p, T g, T weight_decay, T trust_ratio, bool adapt) {
+  return adapt ? (g + weight_decay * p) * trust_ratio : g;
+}
+
+}  // namespace math
+}  // namespace fastdyn

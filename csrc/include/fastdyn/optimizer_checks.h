@@ -1,0 +1,103 @@
+// Argument checks shared by the fused optimizer ops (adam_, sgd_, lamb_, lars_), CPU and
+// CUDA alike. They run before any tensor is touched, so a bad call changes nothing.
+#pragma once
+#include <initializer_list>
+#include <utility>
+
+#include "fastdyn/checks.h"
+
+namespace fastdyn {
+
+struct NamedList {
+  const char* name;
+  at::TensorList tensors;
+};
+
+struct UpdateGroup {
+  at::Device device = at::Device(at::kCPU);
+  at::ScalarType param_dtype = at::kFloat;
+  at::ScalarType state_dtype = at::kFloat;
+  bool has_master = false;
+  int64_t size = 0;
+};
+
+// params/grads pair up; every list in `states` (empty lists allowed when `optional`) pairs
+// with params and shares one dtype; master_params is empty or float32 copies of params;
+// steps is empty or one scalar per param; lr/grad_scale/found_inf are scalars on the
+// params' device; stats is float32 [n, 4].
+inline UpdateGroup check_update_group(at::TensorList params, at::TensorList grads,
+                                      std::initializer_list<NamedList> states,
+                                      at::TensorList master_params, at::TensorList steps,
+                                      const at::Tensor& lr,
+                                      const c10::optional<at::Tensor>& grad_scale,
+                                      const c10::optional<at::Tensor>& found_inf,
+                                      const c10::optional<at::Tensor>& stats) {
+  UpdateGroup g;
+  g.size = static_cast<int64_t>(params.size());
+  auto device = check_float_list("params", params);
+  g.device = device.has_value() ? *device : lr.device();
+  check_scalar_tensor("lr", lr, g.device);
+  if (grad_scale.has_value()) check_scalar_tensor("grad_scale", *grad_scale, g.device);
+  if (found_inf.has_value()) check_scalar_tensor("found_inf", *found_inf, g.device);
+  check_same_length("grads", grads.size(), "params", params.size());
+  if (params.empty()) return g;
+
+  g.param_dtype = common_dtype("params", params);
+  check_float_list("grads", grads, g.device);
+  check_like("grads", grads, "params", params);
+  TORCH_CHECK_TYPE(common_dtype("grads", grads) == g.param_dtype, "grads have dtype ",
+                   grads[0].scalar_type(), " but params have ", g.param_dtype);
+  bool have_state_dtype = false;
+  for (const NamedList& s : states) {
+    if (s.tensors.empty()) continue;
+    check_float_list(s.name, s.tensors, g.device);
+    check_like(s.name, s.tensors, "params", params);
+    const at::ScalarType t = common_dtype(s.name, s.tensors);
+    TORCH_CHECK_TYPE(!have_state_dtype || t == g.state_dtype, s.name, " has dtype ", t,
+                     " but the other optimizer state has ", g.state_dtype);
+    g.state_dtype = t;
+    have_state_dtype = true;
+  }
+  if (!have_state_dtype) g.state_dtype = g.param_dtype;
+  g.has_master = !master_params.empty();
+  if (g.has_master) {
+    check_float_list("master_params", master_params, g.device);
+    check_like("master_params", master_params, "params", params);
+    TORCH_CHECK_TYPE(common_dtype("master_params", master_params) == at::kFloat,
+                     "master_params must be float32, got ", master_params[0].scalar_type());
+    TORCH_CHECK_TYPE(g.param_dtype == at::kHalf || g.param_dtype == at::kBFloat16,
+                     "master_params are for float16/bfloat16 params, got params of dtype ",
+                     g.param_dtype);
+    TORCH_CHECK_TYPE(g.state_dtype == at::kFloat,
+                     "with master_params the optimizer state must be float32, got ",
+                     g.state_dtype);
+  }
+  if (!steps.empty()) {
+    check_same_length("state_steps", steps.size(), "params", params.size());
+    for (size_t i = 0; i < steps.size(); ++i) {
+      TORCH_CHECK_VALUE(steps[i].defined() && steps[i].numel() == 1, "state_steps[", i,
+                        "] must be a one-element tensor");
+      TORCH_CHECK_TYPE(steps[i].scalar_type() == at::kFloat || steps[i].scalar_type() == at::kDouble,
+                       "state_steps[", i, "] must be float32 or float64, got ",
+                       steps[i].scalar_type());
+      TORCH_CHECK_VALUE(steps[i].device() == g.device, "state_steps[", i, "] is on ",
+                        steps[i].device(), " but params are on ", g.device);
+    }
+  }
+  if (stats.has_value()) {
+    const at::Tensor& s = *stats;
+    TORCH_CHECK_VALUE(s.device() == g.device, "stats is on ", s.device(), " but params are on ",
+                      g.device);
+    TORCH_CHECK_TYPE(s.scalar_type() == at::kFloat, "stats must be float32, got ",
+                     s.scalar_type());
+    TORCH_CHECK_VALUE(s.dim() == 2 && s.size(0) == g.size && s.size(1) == 4 && s.is_contiguous(),
+                      "stats must be a contiguous float32 tensor of shape [", g.size,
+                      ", 4], got shape ", s.sizes());
+  }
+  return g;
+}
+
+// Columns of the stats tensor an update op fills when asked (track_stats).
+enum StatsColumn : int { kGradNorm = 0, kParamNorm = 1, kUpdateNorm = 2, kTrustRatio = 3 };
+
+}  // namespace fastdyn

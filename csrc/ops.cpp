@@ -1,0 +1,36 @@
+// The op schemas, defined once. Every mutated list has its own alias set (like
+// aten::_fused_adam_), so torch.compile's functionalization knows exactly what each op writes.
+// Kernels register themselves per backend in cpu/*.cpp and cuda/*.cu.
+#include <torch/library.h>
+
+TORCH_LIBRARY(fastdyn, m) {
+  m.def("multi_tensor_norm(Tensor[] tensors, float ord=2., bool per_tensor=False) -> (Tensor, Tensor)");
+  m.def("multi_tensor_scale_(Tensor(a!)[] tensors, Tensor scale) -> ()");
+  m.def(
+      "multi_tensor_unscale_norm_(Tensor(a!)[] tensors, Tensor inv_scale, Tensor(b!) found_inf, "
+      "float ord=2., bool per_tensor=False) -> (Tensor, Tensor)");
+  m.def("clip_grad_norm_(Tensor(a!)[] grads, float max_norm, float ord=2.) -> Tensor");
+  m.def(
+      "adam_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+      "Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] master_params, Tensor(f!)[] state_steps, "
+      "Tensor lr, float beta1, float beta2, float weight_decay, float eps, bool amsgrad, "
+      "bool maximize, bool decoupled_weight_decay, Tensor? grad_scale=None, "
+      "Tensor? found_inf=None, Tensor(g!)? stats=None) -> ()");
+  m.def(
+      "sgd_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, "
+      "Tensor(c!)[] master_params, Tensor lr, float momentum, float dampening, "
+      "float weight_decay, bool nesterov, bool maximize, bool is_first_step, "
+      "Tensor? grad_scale=None, Tensor? found_inf=None, Tensor(d!)? stats=None) -> ()");
+  m.def(
+      "lamb_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+      "Tensor(d!)[] master_params, Tensor(e!)[] state_steps, Tensor lr, float beta1, float beta2, "
+      "float eps, float weight_decay, bool bias_correction, bool grad_averaging, bool trust_clip, "
+      "bool always_adapt, Tensor? grad_scale=None, Tensor? found_inf=None, "
+      "Tensor(f!)? stats=None) -> ()");
+  m.def(
+      "lars_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, "
+      "Tensor(c!)[] master_params, Tensor lr, float momentum, float dampening, "
+      "float weight_decay, bool nesterov, float trust_coeff, float eps, bool trust_clip, "
+      "bool always_adapt, bool is_first_step, Tensor? grad_scale=None, Tensor? found_inf=None, "
+      "Tensor(d!)? stats=None) -> ()");
+}

@@ -1,0 +1,10 @@
+"""fastdyn: fused optimizer steps, gradient norms/clipping and training-dynamics tools for PyTorch."""
+
+__version__ = "0.1.0"
+
+from fastdyn import _extension  # noqa: F401  (loads the kernels: torch.ops.fastdyn.*)
+from fastdyn import ops
+from fastdyn.clip import clip_grad_norm_
+from fastdyn.ops import multi_tensor_l2norm
+
+__all__ = ["clip_grad_norm_", "multi_tensor_l2norm", "ops", "__version__"]

@@ -1,0 +1,163 @@
+"""Argument checks of the Python-side backends (Triton, reference), with the same
+messages as the C++ launchers (csrc/include/fastdyn/checks.h), so a bad call fails the
+same way whichever backend runs it, before anything is written."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def check_float_list(name: str, tensors: Sequence[torch.Tensor], device=None):
+    for i, t in enumerate(tensors):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}[{i}] is a {type(t).__name__}, not a tensor")
+        if t.layout != torch.strided:
+            raise ValueError(
+                f"{name}[{i}] is sparse or not strided (layout {t.layout}); "
+                "fastdyn ops need dense tensors"
+            )
+        if t.dtype not in FLOAT_DTYPES:
+            raise TypeError(
+                f"{name}[{i}] has dtype {t.dtype}; fastdyn ops take float32, float16, "
+                "bfloat16 or float64 tensors"
+            )
+        if not _dense(t):
+            raise ValueError(
+                f"{name}[{i}] is not dense (a view with gaps or overlaps, strides {t.stride()}); "
+                "pass a contiguous tensor"
+            )
+        if device is None:
+            device = t.device
+        elif t.device != device:
+            raise ValueError(f"{name}[{i}] is on {t.device} but the other tensors are on {device}")
+    return device
+
+
+def _dense(t: torch.Tensor) -> bool:
+    if t.is_contiguous():
+        return True
+    # non-overlapping and dense: some permutation of the dims is contiguous
+    dims = sorted(range(t.dim()), key=lambda d: t.stride(d))
+    expected = 1
+    for d in dims:
+        if t.size(d) != 1 and t.stride(d) != expected:
+            return False
+        expected *= t.size(d)
+    return True
+
+
+def check_same_length(name: str, n: int, ref_name: str, ref_n: int):
+    if n != ref_n:
+        raise ValueError(f"{name} has {n} tensors but {ref_name} has {ref_n}")
+
+
+def check_like(name, tensors, ref_name, ref):
+    check_same_length(name, len(tensors), ref_name, len(ref))
+    for i, (t, r) in enumerate(zip(tensors, ref)):
+        if t.shape != r.shape:
+            raise ValueError(
+                f"{name}[{i}] has shape {list(t.shape)} but {ref_name}[{i}] has shape {list(r.shape)}"
+            )
+        if t.stride() != r.stride():
+            raise ValueError(
+                f"{name}[{i}] has strides {list(t.stride())} but {ref_name}[{i}] has strides "
+                f"{list(r.stride())}; both must have the same memory layout"
+            )
+
+
+def common_dtype(name, tensors):
+    dtype = tensors[0].dtype
+    for i, t in enumerate(tensors[1:], 1):
+        if t.dtype != dtype:
+            raise TypeError(
+                f"{name}[{i}] has dtype {t.dtype} but {name}[0] has {dtype}; split the list by dtype"
+            )
+    return dtype
+
+
+def check_scalar_tensor(name, t, device):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
+    if t.numel() != 1:
+        raise ValueError(f"{name} must hold one value, got shape {list(t.shape)}")
+    if t.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{name} must be float32 or float64, got {t.dtype}")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device} but the tensors it applies to are on {device}")
+
+
+def check_norm_ord(ord: float):
+    if not (ord == 2.0 or (math.isinf(ord) and ord > 0)):
+        raise ValueError(f"ord must be 2 or inf, got {ord} (other norms go through fastdyn.reference)")
+
+
+def check_update_group(params, grads, states: dict, master_params, steps, lr, grad_scale,
+                       found_inf, stats):
+    """Mirror of check_update_group in csrc/include/fastdyn/optimizer_checks.h."""
+    device = check_float_list("params", params)
+    device = device if device is not None else lr.device
+    check_scalar_tensor("lr", lr, device)
+    if grad_scale is not None:
+        check_scalar_tensor("grad_scale", grad_scale, device)
+    if found_inf is not None:
+        check_scalar_tensor("found_inf", found_inf, device)
+    check_same_length("grads", len(grads), "params", len(params))
+    if not params:
+        return device
+    pdtype = common_dtype("params", params)
+    check_float_list("grads", grads, device)
+    check_like("grads", grads, "params", params)
+    if common_dtype("grads", grads) != pdtype:
+        raise TypeError(f"grads have dtype {grads[0].dtype} but params have {pdtype}")
+    sdtype = None
+    for name, lst in states.items():
+        if not lst:
+            continue
+        check_float_list(name, lst, device)
+        check_like(name, lst, "params", params)
+        t = common_dtype(name, lst)
+        if sdtype is not None and t != sdtype:
+            raise TypeError(f"{name} has dtype {t} but the other optimizer state has {sdtype}")
+        sdtype = t
+    sdtype = sdtype or pdtype
+    if sdtype != pdtype and not (sdtype == torch.float32 and pdtype in (torch.float16, torch.bfloat16)):
+        raise TypeError(
+            f"optimizer state has dtype {sdtype} for params of dtype {pdtype}; state must match "
+            "the params, or be float32 for float16/bfloat16 params"
+        )
+    if master_params:
+        check_float_list("master_params", master_params, device)
+        check_like("master_params", master_params, "params", params)
+        if common_dtype("master_params", master_params) != torch.float32:
+            raise TypeError(f"master_params must be float32, got {master_params[0].dtype}")
+        if pdtype not in (torch.float16, torch.bfloat16):
+            raise TypeError(
+                f"master_params are for float16/bfloat16 params, got params of dtype {pdtype}"
+            )
+        if sdtype != torch.float32:
+            raise TypeError(f"with master_params the optimizer state must be float32, got {sdtype}")
+    if steps:
+        check_same_length("state_steps", len(steps), "params", len(params))
+        for i, s in enumerate(steps):
+            if s.numel() != 1:
+                raise ValueError(f"state_steps[{i}] must be a one-element tensor")
+            if s.dtype not in (torch.float32, torch.float64):
+                raise TypeError(f"state_steps[{i}] must be float32 or float64, got {s.dtype}")
+            if s.device != device:
+                raise ValueError(f"state_steps[{i}] is on {s.device} but params are on {device}")
+    if stats is not None:
+        if stats.device != device:
+            raise ValueError(f"stats is on {stats.device} but params are on {device}")
+        if stats.dtype != torch.float32:
+            raise TypeError(f"stats must be float32, got {stats.dtype}")
+        if stats.dim() != 2 or stats.shape != (len(params), 4) or not stats.is_contiguous():
+            raise ValueError(
+                f"stats must be a contiguous float32 tensor of shape [{len(params)}, 4], "
+                f"got shape {list(stats.shape)}"
+            )
+    return device

@@ -1,0 +1,79 @@
+"""Python entry points of the norm, scale, unscale and clip ops."""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Optional, Tuple
+
+import torch
+
+from fastdyn.ops.registry import for_device
+
+
+def _as_list(tensors) -> list:
+    if isinstance(tensors, torch.Tensor):
+        return [tensors]
+    return list(tensors)
+
+
+def _device_of(name: str, tensors: list) -> torch.device:
+    device = tensors[0].device
+    for i, t in enumerate(tensors):
+        if t.device != device:
+            raise ValueError(
+                f"{name}[{i}] is on {t.device} but {name}[0] is on {device}; "
+                "call the op once per device"
+            )
+    return device
+
+
+def multi_tensor_norm(tensors: Iterable[torch.Tensor], ord: float = 2.0, per_tensor: bool = False
+                      ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Norm (2 or inf) of all `tensors` taken as one vector, and of each of them when
+    `per_tensor`: float32 results on the tensors' device, one pass over memory, fp32 (or
+    wider) accumulation, the same bits on every run."""
+    tensors = _as_list(tensors)
+    ord = float(ord)
+    if not tensors:
+        total = torch.zeros((), dtype=torch.float32)
+        return total, (torch.zeros(0, dtype=torch.float32) if per_tensor else None)
+    device = _device_of("tensors", tensors)
+    if ord == 2.0 or ord == math.inf:
+        total, per = for_device("multi_tensor_norm", device)(tensors, ord, per_tensor)
+    else:
+        from fastdyn.reference import multi_tensor_norm as reference_norm
+
+        total, per = reference_norm(tensors, ord, per_tensor)
+    return total, (per if per_tensor else None)
+
+
+def multi_tensor_l2norm(tensors: Iterable[torch.Tensor], per_tensor: bool = False):
+    """Global L2 norm of `tensors` and, with `per_tensor`, the norm of each: (total, per_tensor_or_None)."""
+    return multi_tensor_norm(tensors, 2.0, per_tensor)
+
+
+def multi_tensor_scale_(tensors: Iterable[torch.Tensor], scale: torch.Tensor) -> None:
+    """tensors *= scale in place; nothing is read or written when scale == 1 (checked on the device)."""
+    tensors = _as_list(tensors)
+    if not tensors:
+        return
+    for_device("multi_tensor_scale_", _device_of("tensors", tensors))(tensors, scale)
+
+
+def multi_tensor_unscale_norm_(tensors: Iterable[torch.Tensor], inv_scale: torch.Tensor,
+                               found_inf: torch.Tensor, ord: float = 2.0, per_tensor: bool = False):
+    """One read and one write of every tensor: tensors *= inv_scale, found_inf = 1 if any
+    element was inf/NaN, and the norms of the unscaled tensors (total, per_tensor_or_None)."""
+    tensors = _as_list(tensors)
+    if not tensors:
+        total = torch.zeros((), dtype=torch.float32, device=found_inf.device)
+        return total, (torch.zeros(0, device=found_inf.device) if per_tensor else None)
+    device = _device_of("tensors", tensors)
+    total, per = for_device("multi_tensor_unscale_norm_", device)(
+        tensors, inv_scale, found_inf, float(ord), per_tensor)
+    return total, (per if per_tensor else None)
+
+
+def clip_grads_(grads: list, max_norm: float, ord: float = 2.0) -> torch.Tensor:
+    """Fused norm + clip of tensors on one device; returns the float32 total norm."""
+    return for_device("clip_grad_norm_", _device_of("grads", grads))(grads, float(max_norm), float(ord))

@@ -1,0 +1,47 @@
+"""Maps an op name and a backend to the callable that runs it. The three backends share
+one signature per op (the schema in csrc/ops.cpp)."""
+
+from __future__ import annotations
+
+import torch
+
+import fastdyn._extension  # noqa: F401  (registers torch.ops.fastdyn)
+from fastdyn.ops.backend import backend_for
+
+OP_NAMES = (
+    "multi_tensor_norm",
+    "multi_tensor_scale_",
+    "multi_tensor_unscale_norm_",
+    "clip_grad_norm_",
+    "adam_",
+    "sgd_",
+    "lamb_",
+    "lars_",
+)
+
+
+def implementation(name: str, backend: str):
+    if backend == "native":
+        return getattr(torch.ops.fastdyn, name)
+    if backend == "triton":
+        import fastdyn.ops.triton  # noqa: F401  (registers torch.ops.fastdyn_triton)
+
+        return getattr(torch.ops.fastdyn_triton, name)
+    if backend == "reference":
+        import fastdyn.reference as reference
+
+        return getattr(reference, name)
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+@torch.compiler.assume_constant_result
+def _backend_name(device_type: str, device_index: int) -> str:
+    # Evaluated once at trace time under torch.compile: the backend is part of the graph.
+    index = device_index if device_index >= 0 else None
+    return backend_for(torch.device(device_type, index))
+
+
+def for_device(name: str, device: torch.device):
+    """The implementation of op `name` for tensors on `device` under the current backend."""
+    backend = _backend_name(device.type, -1 if device.index is None else device.index)
+    return implementation(name, backend)

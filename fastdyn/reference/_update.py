@@ -1,0 +1,33 @@
+"""What every reference optimizer op does around its math (cf. csrc/include/fastdyn/cpu/update_common.h)."""
+
+import torch
+
+
+def begin_step(steps, lr, grad_scale, found_inf):
+    """(skip, lr, inv_grad_scale); advances the step counters unless found_inf is set."""
+    if found_inf is not None and float(found_inf) != 0.0:
+        return True, 0.0, 1.0
+    for s in steps:
+        s.add_(1)
+    inv = 1.0 / float(grad_scale) if grad_scale is not None else 1.0
+    return False, float(lr), inv
+
+
+def write_stats(stats, i, grad, param_before, param_after, trust_ratio=1.0, update_norm=None):
+    if stats is None:
+        return
+    stats[i, 0] = grad.norm()
+    stats[i, 1] = param_before.norm()
+    stats[i, 2] = (param_after - param_before).norm() if update_norm is None else update_norm
+    stats[i, 3] = trust_ratio
+
+
+def source(params, master_params, i):
+    """The tensor holding the authoritative value of param i (its fp32 master if any)."""
+    return master_params[i] if master_params else params[i]
+
+
+def store(params, master_params, i, value: torch.Tensor):
+    if master_params:
+        master_params[i].copy_(value)
+    params[i].copy_(value)

@@ -1,0 +1,43 @@
+"""LARS as DESIGN.md's contract states it, in float64."""
+
+from fastdyn.ops.checks import check_same_length, check_update_group
+from fastdyn.reference._update import begin_step, source, store, write_stats
+from fastdyn.reference.sgd import momentum_step
+
+
+def lars_trust_ratio(param_norm, grad_norm, trust_coeff, weight_decay, eps, lr, adapt, trust_clip):
+    if not adapt:
+        return 1.0
+    if param_norm > 0 and grad_norm > 0:
+        r = trust_coeff * param_norm / (grad_norm + weight_decay * param_norm + eps)
+    else:
+        r = 1.0
+    return min(r / lr, 1.0) if trust_clip else r
+
+
+def lars_(params, grads, momentum_buffers, master_params, lr, momentum, dampening, weight_decay,
+          nesterov, trust_coeff, eps, trust_clip, always_adapt, is_first_step, grad_scale=None,
+          found_inf=None, stats=None):
+    check_update_group(params, grads, {"momentum_buffers": momentum_buffers}, master_params, [],
+                       lr, grad_scale, found_inf, stats)
+    if momentum != 0:
+        check_same_length("momentum_buffers", len(momentum_buffers), "params", len(params))
+    if not params:
+        return
+    skip, lr, inv = begin_step([], lr, grad_scale, found_inf)
+    if skip:
+        return
+    adapt = weight_decay != 0 or always_adapt
+    for i in range(len(params)):
+        p = source(params, master_params, i).double()
+        g = grads[i].double() * inv
+        r = lars_trust_ratio(float(p.norm()), float(g.norm()), trust_coeff, weight_decay, eps, lr,
+                             adapt, trust_clip)
+        d = (g + weight_decay * p) * r if adapt else g
+        d, buf = momentum_step(d, momentum_buffers[i] if momentum != 0 else None, momentum,
+                               dampening, nesterov, is_first_step)
+        if buf is not None:
+            momentum_buffers[i].copy_(buf)
+        new = p - lr * d
+        store(params, master_params, i, new)
+        write_stats(stats, i, g, p, new, r)

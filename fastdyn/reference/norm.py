@@ -1,0 +1,23 @@
+import torch
+
+from fastdyn.ops.checks import check_float_list, check_norm_ord
+
+
+def tensor_norms(tensors, ord: float):
+    """float64 norm of each tensor and of all of them (as one vector)."""
+    # The norm of an empty tensor is 0 for every ord (torch refuses the inf norm of one).
+    per = [torch.linalg.vector_norm(t.detach().double(), ord) if t.numel()
+           else torch.zeros((), dtype=torch.float64, device=t.device) for t in tensors]
+    if not per:
+        return torch.zeros((), dtype=torch.float64), per
+    return torch.linalg.vector_norm(torch.stack([p.to(per[0].device) for p in per]), ord), per
+
+
+def multi_tensor_norm(tensors, ord: float = 2.0, per_tensor: bool = False):
+    check_norm_ord(ord)
+    device = check_float_list("tensors", tensors)
+    total, per = tensor_norms(tensors, ord)
+    per_out = torch.stack(per).float() if (per_tensor and per) else torch.zeros(0, device=device)
+    if not per_tensor:
+        per_out = torch.zeros(0, device=device)
+    return total.float(), per_out

@@ -1,0 +1,36 @@
+from fastdyn.ops.checks import check_same_length, check_update_group
+from fastdyn.reference._update import begin_step, source, store, write_stats
+
+
+def momentum_step(d, buf, momentum, dampening, nesterov, is_first_step):
+    """torch.optim.SGD's momentum on direction d; returns (direction, new buffer)."""
+    if momentum == 0:
+        return d, None
+    buf = d.clone() if is_first_step else buf.double() * momentum + (1 - dampening) * d
+    return (d + momentum * buf if nesterov else buf), buf
+
+
+def sgd_(params, grads, momentum_buffers, master_params, lr, momentum, dampening, weight_decay,
+         nesterov, maximize, is_first_step, grad_scale=None, found_inf=None, stats=None):
+    check_update_group(params, grads, {"momentum_buffers": momentum_buffers}, master_params, [],
+                       lr, grad_scale, found_inf, stats)
+    if momentum != 0:
+        check_same_length("momentum_buffers", len(momentum_buffers), "params", len(params))
+    if not params:
+        return
+    skip, lr, inv = begin_step([], lr, grad_scale, found_inf)
+    if skip:
+        return
+    for i in range(len(params)):
+        p = source(params, master_params, i).double()
+        g = grads[i].double() * inv
+        d = -g if maximize else g
+        if weight_decay != 0:
+            d = d + weight_decay * p
+        d, buf = momentum_step(d, momentum_buffers[i] if momentum != 0 else None, momentum,
+                               dampening, nesterov, is_first_step)
+        if buf is not None:
+            momentum_buffers[i].copy_(buf)
+        new = p - lr * d
+        store(params, master_params, i, new)
+        write_stats(stats, i, g, p, new)

@@ -1,0 +1,128 @@
+"""Build of fastdyn._C: the CPU kernels always, the CUDA kernels when this torch is a CUDA
+build and a CUDA toolkit is found. No GPU is needed to build.
+
+Environment:
+  FASTDYN_CUDA=0|1        force the CUDA kernels off / on (on fails loudly without a toolkit)
+  CUDA_HOME               the toolkit folder (its bin/ holds nvcc, its lib64/ libcudart)
+  TORCH_CUDA_ARCH_LIST    architectures, default "8.0;9.0" (A100, H100/H200)
+"""
+
+import glob
+import os
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_ARCHS = "8.0;9.0"
+
+
+def _is_toolkit(path):
+    return bool(path) and os.path.isfile(os.path.join(path, "bin", "nvcc")) and (
+        glob.glob(os.path.join(path, "lib64", "libcudart.so*"))
+        or glob.glob(os.path.join(path, "lib", "libcudart.so*"))
+    )
+
+
+def find_cuda_toolkit():
+    """The toolkit's own folder. An `nvcc` on PATH may be a wrapper script, which is why
+    torch's own guess (the parent of `which nvcc`) cannot be trusted."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if _is_toolkit(os.environ.get(var)):
+            return os.environ[var]
+    candidates = ["/usr/local/cuda"] + sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
+    for path in candidates:
+        if _is_toolkit(path):
+            return os.path.realpath(path)
+    return None
+
+
+def cpu_arch_flags():
+    """AVX2/FMA/F16C when the building machine has them: the extension is built from source
+    on the machine that runs it. The norm and update loops run ~2x faster with them than
+    with the x86-64 baseline (SSE2, software fp16 conversion). FASTDYN_CPU_FLAGS overrides
+    (e.g. "" for a portable build, "-march=native")."""
+    override = os.environ.get("FASTDYN_CPU_FLAGS")
+    if override is not None:
+        return override.split()
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
+    if {"avx2", "fma", "f16c"} <= set(flags):
+        return ["-mavx2", "-mfma", "-mf16c"]
+    return []
+
+
+def want_cuda(torch_cuda_version, toolkit):
+    flag = os.environ.get("FASTDYN_CUDA")
+    if flag == "0":
+        print("fastdyn: FASTDYN_CUDA=0, building the CPU kernels only")
+        return False
+    if torch_cuda_version is None:
+        msg = "this torch is a CPU-only build"
+    elif toolkit is None:
+        msg = "no CUDA toolkit found (set CUDA_HOME to the folder whose bin/ holds nvcc)"
+    else:
+        return True
+    if flag == "1":
+        sys.exit(f"fastdyn: FASTDYN_CUDA=1 but {msg}")
+    print(f"fastdyn: building the CPU kernels only: {msg}")
+    return False
+
+
+def extension():
+    toolkit = find_cuda_toolkit()
+    if toolkit:
+        # Must be set before torch.utils.cpp_extension is imported: it reads CUDA_HOME once.
+        os.environ["CUDA_HOME"] = toolkit
+    import torch
+    from torch.utils.cpp_extension import CppExtension, CUDAExtension
+
+    with_cuda = want_cuda(torch.version.cuda, toolkit)
+    sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
+    torch_version = torch.__version__.split("+")[0]
+    define = [("FASTDYN_TORCH_VERSION", f'"{torch_version}"')]
+    cxx = ["-O3", "-fopenmp", "-fno-math-errno"] + cpu_arch_flags()
+    include_dirs = [os.path.join(ROOT, "csrc", "include")]
+    if not with_cuda:
+        return CppExtension(
+            "fastdyn._C",
+            sources,
+            include_dirs=include_dirs,
+            define_macros=define,
+            extra_compile_args={"cxx": cxx},
+            extra_link_args=["-fopenmp"],
+        )
+    archs = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCHS)
+    print(f"fastdyn: building the CUDA kernels with {toolkit} for sm {archs}")
+    sources += sorted(glob.glob("csrc/cuda/*.cu"))
+    define += [
+        ("FASTDYN_WITH_CUDA", None),
+        ("FASTDYN_CUDA_VERSION", f'"{torch.version.cuda}"'),
+        ("FASTDYN_CUDA_ARCHS", f'"{archs}"'),
+    ]
+    nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
+    return CUDAExtension(
+        "fastdyn._C",
+        sources,
+        include_dirs=include_dirs,
+        define_macros=define,
+        extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+        extra_link_args=["-fopenmp"],
+    )
+
+
+def main():
+    from torch.utils.cpp_extension import BuildExtension
+
+    setup(
+        packages=find_packages(include=["fastdyn", "fastdyn.*"]),
+        ext_modules=[extension()],
+        cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    )
+
+
+if __name__ == "__main__":
+    main()
