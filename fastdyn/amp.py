@@ -1,0 +1,195 @@
+"""fastdyn.amp.LossScaler: dynamic loss scaling for fp16 training, like
+torch.amp.GradScaler, with the inf/NaN check folded into the optimizer's own pass over the
+gradients.
+
+GradScaler unscales the gradients in a pass of its own (read and write every gradient)
+before a fused optimizer reads them again. With a fastdyn optimizer, LossScaler hands the
+scale to the step, whose kernels divide the gradients as they read them; the non-finite
+check rides on the optimizer's global-norm pass (LAMB with max_grad_norm: no extra pass at
+all) or on one read-only pass. The scale then grows or backs off on the device, with
+GradScaler's rule (torch._amp_update_scale_), so nothing waits for the device.
+
+    scaler = LossScaler()
+    loss = model(x).loss
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)   # skipped on the device if a gradient is inf/NaN
+    scaler.update()
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+import fastdyn.ops as ops
+
+
+class LossScaler:
+    def __init__(self, device: str = "cuda", init_scale: float = 2.0 ** 16,
+                 growth_factor: float = 2.0, backoff_factor: float = 0.5,
+                 growth_interval: int = 2000, enabled: bool = True):
+        if growth_factor <= 1.0:
+            raise ValueError(f"growth_factor must be > 1, got {growth_factor}")
+        if not 0.0 < backoff_factor < 1.0:
+            raise ValueError(f"backoff_factor must be in (0, 1), got {backoff_factor}")
+        if int(growth_interval) <= 0:
+            raise ValueError(f"growth_interval must be a positive int, got {growth_interval}")
+        if init_scale <= 0:
+            raise ValueError(f"init_scale must be > 0, got {init_scale}")
+        self.device = torch.device(device)
+        self.enabled = enabled
+        self._init_scale = float(init_scale)
+        self._growth_factor = float(growth_factor)
+        self._backoff_factor = float(backoff_factor)
+        self._growth_interval = int(growth_interval)
+        self._init_growth_tracker = 0
+        self._scale: Optional[torch.Tensor] = None
+        self._growth_tracker: Optional[torch.Tensor] = None
+        self._found_inf: dict = {}      # id(optimizer) -> found_inf tensor of this iteration
+        self._unscaled: dict = {}       # id(optimizer) -> found_inf from unscale_
+        self.last_grad_norm: Optional[torch.Tensor] = None
+
+    # ------------------------------------------------------------------ scaling
+    def _lazy_init(self, device: torch.device):
+        if self._scale is None:
+            self._scale = torch.full((), self._init_scale, dtype=torch.float32, device=device)
+            self._growth_tracker = torch.full((), self._init_growth_tracker, dtype=torch.int32,
+                                              device=device)
+
+    def scale(self, outputs):
+        """outputs * scale (a tensor, or any nesting of lists/tuples of tensors)."""
+        if not self.enabled:
+            return outputs
+        if isinstance(outputs, torch.Tensor):
+            self._lazy_init(outputs.device)
+            return outputs * self._scale.to(outputs.device, non_blocking=True)
+        if isinstance(outputs, (list, tuple)):
+            return type(outputs)(self.scale(o) for o in outputs)
+        raise TypeError(f"outputs must be a tensor or a list/tuple of tensors, got {type(outputs).__name__}")
+
+    def _new_found_inf(self) -> torch.Tensor:
+        return torch.zeros((), dtype=torch.float32, device=self._scale.device)
+
+    def unscale_(self, optimizer) -> None:
+        """Unscale the gradients in place now (e.g. before clipping them yourself): one fused
+        read and write per device, which also checks them for inf/NaN and gives their norm."""
+        if not self.enabled:
+            return
+        if id(optimizer) in self._unscaled:
+            raise RuntimeError("unscale_() has already been called on this optimizer since the last update().")
+        if self._scale is None:
+            raise RuntimeError("LossScaler.unscale_() called before scale(); nothing was scaled")
+        found_inf = self._new_found_inf()
+        by_device: dict = {}
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    if p.grad.is_sparse:
+                        raise ValueError("LossScaler does not support sparse gradients")
+                    by_device.setdefault(p.grad.device, []).append(p.grad)
+        inv = self._scale.double().reciprocal().float()
+        sq = []
+        for device, grads in by_device.items():
+            f = found_inf if device == found_inf.device else torch.zeros_like(found_inf, device=device)
+            total, _ = ops.multi_tensor_unscale_norm_(grads, inv.to(device), f)
+            if f is not found_inf:
+                found_inf.add_(f.to(found_inf.device))
+            sq.append(total.to(found_inf.device) ** 2)
+        if sq:
+            self.last_grad_norm = torch.stack(sq).sum().sqrt()
+        self._unscaled[id(optimizer)] = found_inf
+
+    def step(self, optimizer, *args, **kwargs):
+        """optimizer.step(), skipped (on the device) when a gradient is inf or NaN."""
+        if not self.enabled:
+            return optimizer.step(*args, **kwargs)
+        if self._scale is None:
+            raise RuntimeError("LossScaler.step() called before scale(); nothing was scaled")
+        if "closure" in kwargs:
+            raise RuntimeError("Closure use is not currently supported if LossScaler is enabled.")
+        unscaled = self._unscaled.get(id(optimizer))
+        if not getattr(optimizer, "_step_supports_amp_scaling", False):
+            # A plain torch optimizer: unscale in a pass of our own, and decide on the host
+            # (as GradScaler does for such optimizers).
+            if unscaled is None:
+                self.unscale_(optimizer)
+                unscaled = self._unscaled[id(optimizer)]
+            self._found_inf[id(optimizer)] = unscaled
+            if unscaled.item() == 0:
+                return optimizer.step(*args, **kwargs)
+            return None
+        found_inf = unscaled if unscaled is not None else self._new_found_inf()
+        optimizer.grad_scale = None if unscaled is not None else self._scale
+        optimizer.found_inf = found_inf
+        optimizer._check_inf = unscaled is None
+        try:
+            out = optimizer.step(*args, **kwargs)
+        finally:
+            del optimizer.grad_scale
+            del optimizer.found_inf
+            del optimizer._check_inf
+        grad_norm = getattr(optimizer, "_last_grad_norm", None)
+        if grad_norm is not None and unscaled is None:
+            self.last_grad_norm = grad_norm
+        self._found_inf[id(optimizer)] = found_inf
+        return out
+
+    def update(self, new_scale: Optional[float] = None) -> None:
+        """Grow the scale after growth_interval good steps, back off after a bad one
+        (GradScaler's rule, on the device)."""
+        if not self.enabled or self._scale is None:
+            return
+        if new_scale is not None:
+            self._scale.fill_(float(new_scale))
+        elif self._found_inf:
+            found = [f.to(self._scale.device, non_blocking=True) for f in self._found_inf.values()]
+            total = found[0]
+            for f in found[1:]:
+                total = total + f
+            torch._amp_update_scale_(self._scale, self._growth_tracker, total, self._growth_factor,
+                                     self._backoff_factor, self._growth_interval)
+        self._found_inf = {}
+        self._unscaled = {}
+
+    # ------------------------------------------------------------------ inspection / state
+    def get_scale(self) -> float:
+        """The current scale (reads the device: not for the hot path)."""
+        if not self.enabled:
+            return 1.0
+        return self._init_scale if self._scale is None else float(self._scale.item())
+
+    def found_inf(self, optimizer) -> Optional[torch.Tensor]:
+        """The device flag of the last step of `optimizer` (nonzero: it was skipped)."""
+        return self._found_inf.get(id(optimizer))
+
+    def is_enabled(self) -> bool:
+        return self.enabled
+
+    def state_dict(self) -> dict:
+        """GradScaler's keys, so the two can load each other's state."""
+        if not self.enabled:
+            return {}
+        return {
+            "scale": self.get_scale(),
+            "growth_factor": self._growth_factor,
+            "backoff_factor": self._backoff_factor,
+            "growth_interval": self._growth_interval,
+            "_growth_tracker": (self._init_growth_tracker if self._growth_tracker is None
+                                else int(self._growth_tracker.item())),
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if not self.enabled:
+            return
+        if not state_dict:
+            raise RuntimeError("The source state dict is empty, possibly because it was saved "
+                               "from a disabled instance of LossScaler.")
+        self._init_scale = float(state_dict["scale"])
+        self._growth_factor = float(state_dict["growth_factor"])
+        self._backoff_factor = float(state_dict["backoff_factor"])
+        self._growth_interval = int(state_dict["growth_interval"])
+        self._init_growth_tracker = int(state_dict["_growth_tracker"])
+        if self._scale is not None:
+            self._scale.fill_(self._init_scale)
+            self._growth_tracker.fill_(self._init_growth_tracker)

@@ -1,0 +1,145 @@
+"""The Triton backend: the same ops as torch.ops.fastdyn, as torch.ops.fastdyn_triton.*
+(opaque custom ops, so torch.compile calls them as they are). On a GPU they run compiled;
+on the CPU, under TRITON_INTERPRET=1, the same kernels run in Triton's interpreter (tests).
+Arguments are checked as the C++ launchers check theirs (fastdyn.ops.checks)."""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+
+from fastdyn.ops import checks
+from fastdyn.ops.triton import adam as _adam
+from fastdyn.ops.triton import clip as _clip
+from fastdyn.ops.triton import lamb as _lamb
+from fastdyn.ops.triton import lars as _lars
+from fastdyn.ops.triton import norm as _norm
+from fastdyn.ops.triton import sgd as _sgd
+
+_NS = "fastdyn_triton"
+
+
+@torch.library.custom_op(f"{_NS}::multi_tensor_norm", mutates_args=())
+def multi_tensor_norm(tensors: List[torch.Tensor], ord: float = 2.0,
+                      per_tensor: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    checks.check_norm_ord(ord)
+    checks.check_float_list("tensors", tensors)
+    return _norm.multi_tensor_norm(tensors, ord, per_tensor)
+
+
+@multi_tensor_norm.register_fake
+def _(tensors, ord=2.0, per_tensor=False):
+    dev = tensors[0].device
+    return (torch.empty((), device=dev), torch.empty((len(tensors) if per_tensor else 0,), device=dev))
+
+
+@torch.library.custom_op(f"{_NS}::multi_tensor_scale_", mutates_args=("tensors",))
+def multi_tensor_scale_(tensors: List[torch.Tensor], scale: torch.Tensor) -> None:
+    device = checks.check_float_list("tensors", tensors)
+    if device is None:
+        return
+    checks.check_scalar_tensor("scale", scale, device)
+    _norm.scale_(tensors, scale)
+
+
+@torch.library.custom_op(f"{_NS}::multi_tensor_unscale_norm_", mutates_args=("tensors", "found_inf"))
+def multi_tensor_unscale_norm_(tensors: List[torch.Tensor], inv_scale: torch.Tensor,
+                               found_inf: torch.Tensor, ord: float = 2.0,
+                               per_tensor: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    checks.check_norm_ord(ord)
+    device = checks.check_float_list("tensors", tensors)
+    checks.check_scalar_tensor("inv_scale", inv_scale, device)
+    checks.check_scalar_tensor("found_inf", found_inf, device)
+    return _norm.multi_tensor_unscale_norm_(tensors, inv_scale, found_inf, ord, per_tensor)
+
+
+@multi_tensor_unscale_norm_.register_fake
+def _(tensors, inv_scale, found_inf, ord=2.0, per_tensor=False):
+    dev = tensors[0].device
+    return (torch.empty((), device=dev), torch.empty((len(tensors) if per_tensor else 0,), device=dev))
+
+
+@torch.library.custom_op(f"{_NS}::clip_grad_norm_", mutates_args=("grads",))
+def clip_grad_norm_(grads: List[torch.Tensor], max_norm: float, ord: float = 2.0) -> torch.Tensor:
+    checks.check_norm_ord(ord)
+    checks.check_float_list("grads", grads)
+    return _clip.clip_grad_norm_(grads, max_norm, ord)
+
+
+@clip_grad_norm_.register_fake
+def _(grads, max_norm, ord=2.0):
+    return torch.empty((), device=grads[0].device)
+
+
+@torch.library.custom_op(
+    f"{_NS}::adam_",
+    mutates_args=("params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "master_params",
+                  "state_steps", "stats"))
+def adam_(params: List[torch.Tensor], grads: List[torch.Tensor], exp_avgs: List[torch.Tensor],
+          exp_avg_sqs: List[torch.Tensor], max_exp_avg_sqs: List[torch.Tensor],
+          master_params: List[torch.Tensor], state_steps: List[torch.Tensor], lr: torch.Tensor,
+          beta1: float, beta2: float, weight_decay: float, eps: float, amsgrad: bool,
+          maximize: bool, decoupled_weight_decay: bool, grad_scale: Optional[torch.Tensor] = None,
+          found_inf: Optional[torch.Tensor] = None, stats: Optional[torch.Tensor] = None) -> None:
+    checks.check_update_group(params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs,
+                                              "max_exp_avg_sqs": max_exp_avg_sqs},
+                              master_params, state_steps, lr, grad_scale, found_inf, stats)
+    checks.check_same_length("exp_avgs", len(exp_avgs), "params", len(params))
+    checks.check_same_length("exp_avg_sqs", len(exp_avg_sqs), "params", len(params))
+    checks.check_same_length("state_steps", len(state_steps), "params", len(params))
+    if amsgrad:
+        checks.check_same_length("max_exp_avg_sqs", len(max_exp_avg_sqs), "params", len(params))
+    _adam.adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, state_steps,
+                lr, beta1, beta2, weight_decay, eps, amsgrad, maximize, decoupled_weight_decay,
+                grad_scale, found_inf, stats)
+
+
+@torch.library.custom_op(f"{_NS}::sgd_", mutates_args=("params", "momentum_buffers",
+                                                       "master_params", "stats"))
+def sgd_(params: List[torch.Tensor], grads: List[torch.Tensor],
+         momentum_buffers: List[torch.Tensor], master_params: List[torch.Tensor],
+         lr: torch.Tensor, momentum: float, dampening: float, weight_decay: float, nesterov: bool,
+         maximize: bool, is_first_step: bool, grad_scale: Optional[torch.Tensor] = None,
+         found_inf: Optional[torch.Tensor] = None, stats: Optional[torch.Tensor] = None) -> None:
+    checks.check_update_group(params, grads, {"momentum_buffers": momentum_buffers}, master_params,
+                              [], lr, grad_scale, found_inf, stats)
+    if momentum != 0:
+        checks.check_same_length("momentum_buffers", len(momentum_buffers), "params", len(params))
+    _sgd.sgd_(params, grads, momentum_buffers, master_params, lr, momentum, dampening,
+              weight_decay, nesterov, maximize, is_first_step, grad_scale, found_inf, stats)
+
+
+@torch.library.custom_op(f"{_NS}::lamb_", mutates_args=("params", "exp_avgs", "exp_avg_sqs",
+                                                        "master_params", "state_steps", "stats"))
+def lamb_(params: List[torch.Tensor], grads: List[torch.Tensor], exp_avgs: List[torch.Tensor],
+          exp_avg_sqs: List[torch.Tensor], master_params: List[torch.Tensor],
+          state_steps: List[torch.Tensor], lr: torch.Tensor, beta1: float, beta2: float,
+          eps: float, weight_decay: float, bias_correction: bool, grad_averaging: bool,
+          trust_clip: bool, always_adapt: bool, grad_scale: Optional[torch.Tensor] = None,
+          found_inf: Optional[torch.Tensor] = None, stats: Optional[torch.Tensor] = None) -> None:
+    checks.check_update_group(params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs},
+                              master_params, state_steps, lr, grad_scale, found_inf, stats)
+    checks.check_same_length("exp_avgs", len(exp_avgs), "params", len(params))
+    checks.check_same_length("exp_avg_sqs", len(exp_avg_sqs), "params", len(params))
+    checks.check_same_length("state_steps", len(state_steps), "params", len(params))
+    _lamb.lamb_(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, beta1,
+                beta2, eps, weight_decay, bias_correction, grad_averaging, trust_clip,
+                always_adapt, grad_scale, found_inf, stats)
+
+
+@torch.library.custom_op(f"{_NS}::lars_", mutates_args=("params", "momentum_buffers",
+                                                        "master_params", "stats"))
+def lars_(params: List[torch.Tensor], grads: List[torch.Tensor],
+          momentum_buffers: List[torch.Tensor], master_params: List[torch.Tensor],
+          lr: torch.Tensor, momentum: float, dampening: float, weight_decay: float,
+          nesterov: bool, trust_coeff: float, eps: float, trust_clip: bool, always_adapt: bool,
+          is_first_step: bool, grad_scale: Optional[torch.Tensor] = None,
+          found_inf: Optional[torch.Tensor] = None, stats: Optional[torch.Tensor] = None) -> None:
+    checks.check_update_group(params, grads, {"momentum_buffers": momentum_buffers}, master_params,
+                              [], lr, grad_scale, found_inf, stats)
+    if momentum != 0:
+        checks.check_same_length("momentum_buffers", len(momentum_buffers), "params", len(params))
+    _lars.lars_(params, grads, momentum_buffers, master_params, lr, momentum, dampening,
+                weight_decay, nesterov, trust_coeff, eps, trust_clip, always_adapt, is_first_step,
+                grad_scale, found_inf, stats)

@@ -1,0 +1,152 @@
+"""Triton multi-tensor plumbing: a chunk table (one row per chunk of CHUNK elements: the
+address of the chunk's tensor in every list, its element offset and length, the tensor's
+index) lets one launch process a whole list of tensors. Tables are cached by the tensors'
+addresses and sizes, so a training loop builds them once; a kernel turns an address back
+into a typed pointer with `.to(tl.pointer_type(...))`.
+
+Per-chunk partial sums go to a [n_chunks, k] buffer and are combined per tensor by
+`segment_sum`, one program per tensor walking its chunks in order: deterministic, no atomics.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+CHUNK = 8192  # elements per program
+BLOCK = 1024  # elements per vector operation inside a program
+
+# float64 is left to the native and reference backends: Triton's math here is fp32.
+TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+
+
+def tl_dtype(dtype: torch.dtype):
+    if dtype not in TL_DTYPES:
+        raise TypeError(f"the Triton backend does not handle dtype {dtype} "
+                        "(float32, float16, bfloat16); use the native backend")
+    return TL_DTYPES[dtype]
+
+
+class ChunkTable(NamedTuple):
+    rows: torch.Tensor         # int64 [n_chunks, n_lists + 3]
+    chunk_begin: torch.Tensor  # int64 [n_tensors + 1]: chunks of tensor i are rows [begin[i], begin[i+1])
+    n_chunks: int
+    n_cols: int
+
+
+_tables: "OrderedDict[tuple, ChunkTable]" = OrderedDict()
+_MAX_TABLES = 64
+
+
+def chunk_table(lists, device: torch.device) -> ChunkTable:
+    """Table of `lists` (equal-length lists of tensors, list 0 sets the sizes; an empty list
+    gives address 0)."""
+    n = len(lists[0])
+    key = (device, tuple(tuple(t.data_ptr() for t in lst) if len(lst) else None for lst in lists),
+           tuple(t.numel() for t in lists[0]))
+    hit = _tables.get(key)
+    if hit is not None:
+        _tables.move_to_end(key)
+        return hit
+    n_cols = len(lists) + 3
+    rows = []
+    begin = [0]
+    for i in range(n):
+        numel = lists[0][i].numel()
+        addrs = [lst[i].data_ptr() if len(lst) else 0 for lst in lists]
+        for off in range(0, numel, CHUNK):
+            rows.append(addrs + [off, min(CHUNK, numel - off), i])
+        begin.append(len(rows))
+    flat = torch.tensor(rows if rows else [[0] * n_cols], dtype=torch.int64)
+    table = ChunkTable(flat.to(device), torch.tensor(begin, dtype=torch.int64).to(device),
+                       len(rows), n_cols)
+    _tables[key] = table
+    if len(_tables) > _MAX_TABLES:
+        _tables.popitem(last=False)
+    return table
+
+
+@triton.jit
+def _segment_sum_kernel(partials_ptr, begin_ptr, out_ptr, K: tl.constexpr, COL: tl.constexpr,
+                        IS_MAX: tl.constexpr, SEG_BLOCK: tl.constexpr):
+    t = tl.program_id(0)
+    start = tl.load(begin_ptr + t)
+    end = tl.load(begin_ptr + t + 1)
+    offs = tl.arange(0, SEG_BLOCK)
+    acc = tl.zeros([SEG_BLOCK], dtype=tl.float32)
+    for s in range(start, end, SEG_BLOCK):
+        idx = s + offs
+        v = tl.load(partials_ptr + idx * K + COL, mask=idx < end, other=0.0)
+        if IS_MAX:
+            acc = tl.where((acc != acc) | (acc > v), acc, v)
+        else:
+            acc += v
+    if IS_MAX:
+        # NaN-propagating max over the lanes
+        has_nan = tl.sum((acc != acc).to(tl.int32), axis=0) > 0
+        r = tl.max(acc, axis=0)
+        r = tl.where(has_nan, float("nan"), r)
+    else:
+        r = tl.sum(acc, axis=0)
+    tl.store(out_ptr + t, r)
+
+
+def segment_sum(partials: torch.Tensor, table: ChunkTable, n_tensors: int, col: int = 0,
+                is_max: bool = False) -> torch.Tensor:
+    """Per-tensor combination of column `col` of the chunk partials [n_chunks, k]."""
+    out = torch.empty(n_tensors, dtype=torch.float32, device=partials.device)
+    if n_tensors == 0:
+        return out
+    k = partials.shape[1] if partials.dim() == 2 else 1
+    _segment_sum_kernel[(n_tensors,)](partials, table.chunk_begin, out, K=k, COL=col,
+                                      IS_MAX=is_max, SEG_BLOCK=128)
+    return out
+
+
+@triton.jit
+def _increment_steps_kernel(rows_ptr, found_inf_ptr, N_COLS: tl.constexpr,
+                            HAS_FOUND_INF: tl.constexpr, STEP_DTYPE: tl.constexpr):
+    pid = tl.program_id(0)
+    skip = False
+    if HAS_FOUND_INF:
+        skip = tl.load(found_inf_ptr) != 0
+    if not skip:
+        p = tl.load(rows_ptr + pid * N_COLS).to(tl.pointer_type(STEP_DTYPE))
+        tl.store(p, tl.load(p) + 1)
+
+
+def increment_steps(steps: list, found_inf) -> None:
+    """steps[i] += 1 for all i, unless found_inf is set: one launch."""
+    if not steps:
+        return
+    table = chunk_table([steps], steps[0].device)
+    _increment_steps_kernel[(table.n_chunks,)](
+        table.rows, found_inf if found_inf is not None else table.rows, N_COLS=table.n_cols,
+        HAS_FOUND_INF=found_inf is not None,
+        STEP_DTYPE=tl.float64 if steps[0].dtype == torch.float64 else tl.float32)
+
+
+def as_float32(t):
+    """A float32 one-element device scalar (kernels read scalars as float32)."""
+    if t is None:
+        return None
+    return t if t.dtype == torch.float32 else t.float()
+
+
+def write_stats(stats, found_inf, grad_sq, param_sq, update_norm, ratio) -> None:
+    """stats[:] = (||g||, ||p||, ||update||, r), left untouched when the step was skipped."""
+    new = torch.stack([grad_sq.sqrt(), param_sq.sqrt(), update_norm, ratio], dim=1)
+    if found_inf is not None:
+        new = torch.where(found_inf.reshape(()) != 0, stats, new)
+    stats.copy_(new)
+
+
+def bias_corrections(steps: list, beta: float) -> torch.Tensor:
+    """1 - beta^step of every tensor, computed in float64 on the device (one stack of the
+    step counters), as float32 [n]."""
+    t = torch.stack([s.reshape(()) for s in steps]).double()
+    return (1.0 - torch.pow(torch.tensor(beta, dtype=torch.float64, device=t.device), t)).float()

@@ -1,0 +1,113 @@
+"""Triton Adam/AdamW (mirrors csrc/cuda/adam.cu; math of csrc/include/fastdyn/math/adam.h)."""
+
+import torch
+import triton
+import triton.language as tl
+
+from fastdyn.ops.triton._multi_tensor import (BLOCK, CHUNK, as_float32, bias_corrections,
+                                              chunk_table, increment_steps, segment_sum, tl_dtype,
+                                              write_stats)
+
+
+@triton.jit
+def _adam_kernel(rows_ptr, lr_ptr, scale_ptr, found_inf_ptr, bc1_ptr, bc2_ptr, partials_ptr,
+                 beta1, beta2, eps, weight_decay,
+                 N_COLS: tl.constexpr, P_DT: tl.constexpr, S_DT: tl.constexpr,
+                 HAS_MASTER: tl.constexpr, AMSGRAD: tl.constexpr, MAXIMIZE: tl.constexpr,
+                 DECOUPLED: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr,
+                 STATS: tl.constexpr, CHUNK_: tl.constexpr, BLOCK_: tl.constexpr):
+    pid = tl.program_id(0)
+    skip = False
+    if HAS_FOUND_INF:
+        skip = tl.load(found_inf_ptr) != 0
+    if not skip:
+        row = rows_ptr + pid * N_COLS
+        p_ptr = tl.load(row).to(tl.pointer_type(P_DT))
+        g_ptr = tl.load(row + 1).to(tl.pointer_type(P_DT))
+        m_ptr = tl.load(row + 2).to(tl.pointer_type(S_DT))
+        v_ptr = tl.load(row + 3).to(tl.pointer_type(S_DT))
+        vmax_ptr = tl.load(row + 4).to(tl.pointer_type(S_DT))
+        master_ptr = tl.load(row + 5).to(tl.pointer_type(tl.float32))
+        off = tl.load(row + 6)
+        length = tl.load(row + 7)
+        t = tl.load(row + 8)
+        lr = tl.load(lr_ptr)
+        step_size = lr / tl.load(bc1_ptr + t)
+        bc2_sqrt = tl.sqrt(tl.load(bc2_ptr + t))
+        inv = 1.0
+        if HAS_SCALE:
+            inv = 1.0 / tl.load(scale_ptr)
+        offs = tl.arange(0, BLOCK_)
+        g2 = tl.zeros([BLOCK_], dtype=tl.float32)
+        p2 = tl.zeros([BLOCK_], dtype=tl.float32)
+        d2 = tl.zeros([BLOCK_], dtype=tl.float32)
+        for start in range(0, CHUNK_, BLOCK_):
+            idx = off + start + offs
+            mask = start + offs < length
+            if HAS_MASTER:
+                p = tl.load(master_ptr + idx, mask=mask, other=0.0)
+            else:
+                p = tl.load(p_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+            g_seen = tl.load(g_ptr + idx, mask=mask, other=0.0).to(tl.float32) * inv
+            g = g_seen
+            if MAXIMIZE:
+                g = -g
+            p_old = p
+            if weight_decay != 0.0:
+                if DECOUPLED:
+                    p = p - lr * weight_decay * p
+                else:
+                    g = g + weight_decay * p
+            m = beta1 * tl.load(m_ptr + idx, mask=mask, other=0.0).to(tl.float32) + (1.0 - beta1) * g
+            v = beta2 * tl.load(v_ptr + idx, mask=mask, other=0.0).to(tl.float32) + (1.0 - beta2) * g * g
+            second = v
+            if AMSGRAD:
+                vm = tl.load(vmax_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+                vm = tl.where((vm != vm) | (vm > v), vm, v)
+                tl.store(vmax_ptr + idx, vm.to(S_DT), mask=mask)
+                second = vm
+            p = p - step_size * m / (tl.sqrt(second) / bc2_sqrt + eps)
+            if HAS_MASTER:
+                tl.store(master_ptr + idx, p, mask=mask)
+            tl.store(p_ptr + idx, p.to(P_DT), mask=mask)
+            tl.store(m_ptr + idx, m.to(S_DT), mask=mask)
+            tl.store(v_ptr + idx, v.to(S_DT), mask=mask)
+            if STATS:
+                g2 += g_seen * g_seen
+                p2 += p_old * p_old
+                d2 += (p - p_old) * (p - p_old)
+        if STATS:
+            tl.store(partials_ptr + pid * 3, tl.sum(g2, axis=0))
+            tl.store(partials_ptr + pid * 3 + 1, tl.sum(p2, axis=0))
+            tl.store(partials_ptr + pid * 3 + 2, tl.sum(d2, axis=0))
+
+
+def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, state_steps, lr,
+          beta1, beta2, weight_decay, eps, amsgrad, maximize, decoupled_weight_decay,
+          grad_scale=None, found_inf=None, stats=None):
+    if not params:
+        return
+    device = params[0].device
+    found_inf = as_float32(found_inf)
+    increment_steps(state_steps, found_inf)
+    table = chunk_table([params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else [],
+                         master_params], device)
+    bc1 = bias_corrections(state_steps, beta1)
+    bc2 = bias_corrections(state_steps, beta2)
+    partials = torch.zeros((max(table.n_chunks, 1), 3), dtype=torch.float32, device=device)
+    if table.n_chunks:
+        lr32 = as_float32(lr)
+        _adam_kernel[(table.n_chunks,)](
+            table.rows, lr32, as_float32(grad_scale) if grad_scale is not None else lr32,
+            found_inf if found_inf is not None else lr32, bc1, bc2, partials,
+            float(beta1), float(beta2), float(eps), float(weight_decay),
+            N_COLS=table.n_cols, P_DT=tl_dtype(params[0].dtype), S_DT=tl_dtype(exp_avgs[0].dtype),
+            HAS_MASTER=len(master_params) > 0, AMSGRAD=bool(amsgrad), MAXIMIZE=bool(maximize),
+            DECOUPLED=bool(decoupled_weight_decay), HAS_SCALE=grad_scale is not None,
+            HAS_FOUND_INF=found_inf is not None, STATS=stats is not None, CHUNK_=CHUNK,
+            BLOCK_=BLOCK)
+    if stats is not None:
+        n = len(params)
+        write_stats(stats, found_inf, segment_sum(partials, table, n, 0),
+                    segment_sum(partials, table, n, 1), segment_sum(partials, table, n, 2).sqrt(),
+                    torch.ones(n, device=device))

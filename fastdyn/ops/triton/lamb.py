@@ -1,0 +1,148 @@
+"""Triton LAMB (mirrors csrc/cuda/lamb.cu; math of csrc/include/fastdyn/math/lamb.h): the
+moment pass with per-chunk ||p||^2, ||u||^2, the trust ratios, the apply pass."""
+
+import torch
+import triton
+import triton.language as tl
+
+from fastdyn.ops.triton._multi_tensor import (BLOCK, CHUNK, as_float32, bias_corrections,
+                                              chunk_table, increment_steps, segment_sum, tl_dtype,
+                                              write_stats)
+
+
+@triton.jit
+def _lamb_direction(p, m, v, bc1, bc2, eps, weight_decay):
+    u = (m / bc1) / (tl.sqrt(v / bc2) + eps)
+    if weight_decay != 0.0:
+        u = u + weight_decay * p
+    return u
+
+
+@triton.jit
+def _lamb_moments_kernel(rows_ptr, scale_ptr, found_inf_ptr, bc1_ptr, bc2_ptr, partials_ptr,
+                         beta1, beta2, grad_coef, eps, weight_decay,
+                         N_COLS: tl.constexpr, P_DT: tl.constexpr, S_DT: tl.constexpr,
+                         HAS_MASTER: tl.constexpr, HAS_SCALE: tl.constexpr,
+                         HAS_FOUND_INF: tl.constexpr, CHUNK_: tl.constexpr, BLOCK_: tl.constexpr):
+    pid = tl.program_id(0)
+    skip = False
+    if HAS_FOUND_INF:
+        skip = tl.load(found_inf_ptr) != 0
+    if not skip:
+        row = rows_ptr + pid * N_COLS
+        p_ptr = tl.load(row).to(tl.pointer_type(P_DT))
+        g_ptr = tl.load(row + 1).to(tl.pointer_type(P_DT))
+        m_ptr = tl.load(row + 2).to(tl.pointer_type(S_DT))
+        v_ptr = tl.load(row + 3).to(tl.pointer_type(S_DT))
+        master_ptr = tl.load(row + 4).to(tl.pointer_type(tl.float32))
+        off = tl.load(row + 5)
+        length = tl.load(row + 6)
+        t = tl.load(row + 7)
+        bc1 = tl.load(bc1_ptr + t)
+        bc2 = tl.load(bc2_ptr + t)
+        inv = 1.0
+        if HAS_SCALE:
+            inv = 1.0 / tl.load(scale_ptr)
+        offs = tl.arange(0, BLOCK_)
+        g2 = tl.zeros([BLOCK_], dtype=tl.float32)
+        p2 = tl.zeros([BLOCK_], dtype=tl.float32)
+        u2 = tl.zeros([BLOCK_], dtype=tl.float32)
+        for start in range(0, CHUNK_, BLOCK_):
+            idx = off + start + offs
+            mask = start + offs < length
+            if HAS_MASTER:
+                p = tl.load(master_ptr + idx, mask=mask, other=0.0)
+            else:
+                p = tl.load(p_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+            g = tl.load(g_ptr + idx, mask=mask, other=0.0).to(tl.float32) * inv
+            m = (beta1 * tl.load(m_ptr + idx, mask=mask, other=0.0).to(tl.float32) + grad_coef * g).to(S_DT)
+            v = (beta2 * tl.load(v_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+                 + (1.0 - beta2) * g * g).to(S_DT)
+            tl.store(m_ptr + idx, m, mask=mask)
+            tl.store(v_ptr + idx, v, mask=mask)
+            u = _lamb_direction(p, m.to(tl.float32), v.to(tl.float32), bc1, bc2, eps, weight_decay)
+            u = tl.where(mask, u, 0.0)
+            g2 += g * g
+            p2 += p * p
+            u2 += u * u
+        tl.store(partials_ptr + pid * 3, tl.sum(g2, axis=0))
+        tl.store(partials_ptr + pid * 3 + 1, tl.sum(p2, axis=0))
+        tl.store(partials_ptr + pid * 3 + 2, tl.sum(u2, axis=0))
+
+
+@triton.jit
+def _lamb_apply_kernel(rows_ptr, lr_ptr, found_inf_ptr, bc1_ptr, bc2_ptr, ratio_ptr, eps,
+                       weight_decay, N_COLS: tl.constexpr, P_DT: tl.constexpr, S_DT: tl.constexpr,
+                       HAS_MASTER: tl.constexpr, HAS_FOUND_INF: tl.constexpr,
+                       CHUNK_: tl.constexpr, BLOCK_: tl.constexpr):
+    pid = tl.program_id(0)
+    skip = False
+    if HAS_FOUND_INF:
+        skip = tl.load(found_inf_ptr) != 0
+    if not skip:
+        row = rows_ptr + pid * N_COLS
+        p_ptr = tl.load(row).to(tl.pointer_type(P_DT))
+        m_ptr = tl.load(row + 2).to(tl.pointer_type(S_DT))
+        v_ptr = tl.load(row + 3).to(tl.pointer_type(S_DT))
+        master_ptr = tl.load(row + 4).to(tl.pointer_type(tl.float32))
+        off = tl.load(row + 5)
+        length = tl.load(row + 6)
+        t = tl.load(row + 7)
+        bc1 = tl.load(bc1_ptr + t)
+        bc2 = tl.load(bc2_ptr + t)
+        step = tl.load(lr_ptr) * tl.load(ratio_ptr + t)
+        offs = tl.arange(0, BLOCK_)
+        for start in range(0, CHUNK_, BLOCK_):
+            idx = off + start + offs
+            mask = start + offs < length
+            if HAS_MASTER:
+                p = tl.load(master_ptr + idx, mask=mask, other=0.0)
+            else:
+                p = tl.load(p_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+            m = tl.load(m_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+            v = tl.load(v_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+            new = p - step * _lamb_direction(p, m, v, bc1, bc2, eps, weight_decay)
+            if HAS_MASTER:
+                tl.store(master_ptr + idx, new, mask=mask)
+            tl.store(p_ptr + idx, new.to(P_DT), mask=mask)
+
+
+def lamb_(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, beta1, beta2, eps,
+          weight_decay, bias_correction, grad_averaging, trust_clip, always_adapt,
+          grad_scale=None, found_inf=None, stats=None):
+    if not params:
+        return
+    device = params[0].device
+    n = len(params)
+    found_inf = as_float32(found_inf)
+    increment_steps(state_steps, found_inf)
+    table = chunk_table([params, grads, exp_avgs, exp_avg_sqs, master_params], device)
+    if bias_correction:
+        bc1, bc2 = bias_corrections(state_steps, beta1), bias_corrections(state_steps, beta2)
+    else:
+        bc1 = bc2 = torch.ones(n, dtype=torch.float32, device=device)
+    partials = torch.zeros((max(table.n_chunks, 1), 3), dtype=torch.float32, device=device)
+    lr32 = as_float32(lr)
+    common = dict(N_COLS=table.n_cols, P_DT=tl_dtype(params[0].dtype),
+                  S_DT=tl_dtype(exp_avgs[0].dtype), HAS_MASTER=len(master_params) > 0,
+                  HAS_FOUND_INF=found_inf is not None, CHUNK_=CHUNK, BLOCK_=BLOCK)
+    fi = found_inf if found_inf is not None else lr32
+    if table.n_chunks:
+        _lamb_moments_kernel[(table.n_chunks,)](
+            table.rows, as_float32(grad_scale) if grad_scale is not None else lr32, fi, bc1, bc2,
+            partials, float(beta1), float(beta2), (1.0 - beta1) if grad_averaging else 1.0,
+            float(eps), float(weight_decay), HAS_SCALE=grad_scale is not None, **common)
+    pn = segment_sum(partials, table, n, 1).sqrt()
+    un = segment_sum(partials, table, n, 2).sqrt()
+    if weight_decay != 0 or always_adapt:
+        r = torch.where((pn > 0) & (un > 0), pn / un, torch.ones_like(pn))
+        if trust_clip:
+            r = torch.clamp(r, max=1.0)
+    else:
+        r = torch.ones_like(pn)
+    if table.n_chunks:
+        _lamb_apply_kernel[(table.n_chunks,)](table.rows, lr32, fi, bc1, bc2, r, float(eps),
+                                              float(weight_decay), **common)
+    if stats is not None:
+        write_stats(stats, found_inf, segment_sum(partials, table, n, 0), pn * pn,
+                    lr32.reshape(()) * r * un, r)

@@ -1,0 +1,132 @@
+"""Triton multi_tensor_norm, multi_tensor_unscale_norm_ and the scaling kernel (mirrors
+csrc/cuda/{norm,unscale,scale}.cu)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from fastdyn.ops.triton._multi_tensor import BLOCK, CHUNK, chunk_table, segment_sum, tl_dtype
+
+
+@triton.jit
+def _norm_chunks_kernel(rows_ptr, partials_ptr, inv_scale_ptr, found_inf_ptr,
+                        N_COLS: tl.constexpr, ELEM: tl.constexpr, IS_MAX: tl.constexpr,
+                        UNSCALE: tl.constexpr, CHUNK_: tl.constexpr, BLOCK_: tl.constexpr):
+    pid = tl.program_id(0)
+    row = rows_ptr + pid * N_COLS
+    x_ptr = tl.load(row).to(tl.pointer_type(ELEM))
+    off = tl.load(row + 1)
+    length = tl.load(row + 2)
+    offs = tl.arange(0, BLOCK_)
+    acc = tl.zeros([BLOCK_], dtype=tl.float32)
+    bad = tl.zeros([BLOCK_], dtype=tl.int32)
+    inv = 1.0
+    if UNSCALE:
+        inv = tl.load(inv_scale_ptr)
+    for start in range(0, CHUNK_, BLOCK_):
+        idx = start + offs
+        mask = idx < length
+        x = tl.load(x_ptr + off + idx, mask=mask, other=0.0).to(tl.float32)
+        if UNSCALE:
+            bad = bad | ((x - x) != (x - x)).to(tl.int32)
+            out = (x * inv).to(ELEM)
+            tl.store(x_ptr + off + idx, out, mask=mask)
+            x = out.to(tl.float32)
+        if IS_MAX:
+            a = tl.abs(x)
+            acc = tl.where((acc != acc) | (acc > a), acc, a)
+        else:
+            acc += x * x
+    if IS_MAX:
+        has_nan = tl.sum((acc != acc).to(tl.int32), axis=0) > 0
+        r = tl.where(has_nan, float("nan"), tl.max(acc, axis=0))
+    else:
+        r = tl.sum(acc, axis=0)
+    tl.store(partials_ptr + pid, r)
+    if UNSCALE:
+        if tl.max(bad, axis=0) > 0:
+            tl.store(found_inf_ptr, 1.0)
+
+
+def per_tensor_partials(tensors, is_max: bool, inv_scale=None, found_inf=None) -> torch.Tensor:
+    """Sum of squares (or max |x|) of every tensor, float32 [n]; unscales in place first
+    when inv_scale is given."""
+    n = len(tensors)
+    device = tensors[0].device
+    out = torch.zeros(n, dtype=torch.float32, device=device)
+    by_dtype: dict = {}
+    for i, t in enumerate(tensors):
+        by_dtype.setdefault(t.dtype, []).append(i)
+    for dtype, idx in by_dtype.items():
+        sub = [tensors[i] for i in idx]
+        table = chunk_table([sub], device)
+        if table.n_chunks == 0:
+            continue
+        partials = torch.empty(table.n_chunks, dtype=torch.float32, device=device)
+        _norm_chunks_kernel[(table.n_chunks,)](
+            table.rows, partials, inv_scale if inv_scale is not None else partials,
+            found_inf if found_inf is not None else partials, N_COLS=table.n_cols,
+            ELEM=tl_dtype(dtype), IS_MAX=is_max, UNSCALE=inv_scale is not None,
+            CHUNK_=CHUNK, BLOCK_=BLOCK)
+        out[torch.tensor(idx, device=device)] = segment_sum(partials, table, len(sub), is_max=is_max)
+    return out
+
+
+def finish(per: torch.Tensor, is_max: bool):
+    """(total, per-tensor norms) from per-tensor partials."""
+    if is_max:
+        total = per.max() if per.numel() else per.new_zeros(())
+        if per.numel():
+            total = torch.where(per.isnan().any(), per.new_tensor(float("nan")), total)
+        return total, per
+    return per.sum().sqrt(), per.sqrt()
+
+
+def multi_tensor_norm(tensors, ord: float, per_tensor: bool):
+    is_max = math.isinf(ord)
+    total, per = finish(per_tensor_partials(tensors, is_max), is_max)
+    return total, (per if per_tensor else per.new_zeros(0))
+
+
+def multi_tensor_unscale_norm_(tensors, inv_scale, found_inf, ord: float, per_tensor: bool):
+    is_max = math.isinf(ord)
+    inv = inv_scale.float().reshape(1)
+    if found_inf.dtype != torch.float32:
+        raise TypeError(f"found_inf must be float32 (as GradScaler's), got {found_inf.dtype}")
+    total, per = finish(per_tensor_partials(tensors, is_max, inv, found_inf), is_max)
+    return total, (per if per_tensor else per.new_zeros(0))
+
+
+@triton.jit
+def _scale_kernel(rows_ptr, scale_ptr, N_COLS: tl.constexpr, ELEM: tl.constexpr,
+                  CHUNK_: tl.constexpr, BLOCK_: tl.constexpr):
+    pid = tl.program_id(0)
+    s = tl.load(scale_ptr)
+    # scale == 1 changes no bit: the program reads nothing more
+    if s != 1.0:
+        row = rows_ptr + pid * N_COLS
+        x_ptr = tl.load(row).to(tl.pointer_type(ELEM))
+        off = tl.load(row + 1)
+        length = tl.load(row + 2)
+        offs = tl.arange(0, BLOCK_)
+        for start in range(0, CHUNK_, BLOCK_):
+            idx = start + offs
+            mask = idx < length
+            x = tl.load(x_ptr + off + idx, mask=mask, other=0.0).to(tl.float32)
+            tl.store(x_ptr + off + idx, (x * s).to(ELEM), mask=mask)
+
+
+def scale_(tensors, scale) -> None:
+    s = scale.float().reshape(1)
+    by_dtype: dict = {}
+    for t in tensors:
+        by_dtype.setdefault(t.dtype, []).append(t)
+    for dtype, sub in by_dtype.items():
+        table = chunk_table([sub], sub[0].device)
+        if table.n_chunks:
+            _scale_kernel[(table.n_chunks,)](table.rows, s, N_COLS=table.n_cols,
+                                             ELEM=tl_dtype(dtype), CHUNK_=CHUNK, BLOCK_=BLOCK)

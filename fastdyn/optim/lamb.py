@@ -1,0 +1,81 @@
+"""fastdyn.optim.LAMB (You et al. 2019, "Large Batch Optimization for Deep Learning").
+
+The contract (DESIGN.md) step, per parameter tensor p with gradient g, t the step count:
+ 1. with max_grad_norm: G = global L2 norm of all gradients; g <- g / max(G / max_grad_norm, 1)
+ 2. m <- b1 m + (1-b1) g (m <- b1 m + g without grad_averaging); v <- b2 v + (1-b2) g^2
+ 3. u <- (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)  (no divisors without bias_correction)
+ 4. u <- u + weight_decay p
+ 5. r = ||p|| / ||u|| when both > 0 else 1 (min(r, 1) with trust_clip), when weight_decay != 0
+    or always_adapt; else r = 1
+ 6. p <- p - lr r u
+
+Memory traffic per fp32 parameter: 4 bytes for the global-norm pass (only with clipping or
+LossScaler's inf check), then 24 (read p, g, m, v; write m, v) + 16 (read p, m, v; write
+p) = 44 bytes. A single pass (28 bytes) is impossible: ||u|| of the whole tensor must be
+known before p moves. Clipping and loss-scale unscaling fold into the second pass's read of
+g (g / (grad_scale * max(G/max_grad_norm, 1))), and the inf check into the first.
+"""
+
+from __future__ import annotations
+
+import torch
+
+import fastdyn.ops as ops
+from fastdyn.optim.optimizer import FusedOptimizer, _check_float
+
+
+class LAMB(FusedOptimizer):
+    _state_keys = ("exp_avg", "exp_avg_sq")
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, *,
+                 bias_correction=True, grad_averaging=True, max_grad_norm=None, trust_clip=False,
+                 always_adapt=False, master_weights=False, track_stats=False):
+        if max_grad_norm is not None:
+            _check_float("max_grad_norm", max_grad_norm, 0.0, low_inclusive=False)
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                        bias_correction=bias_correction, grad_averaging=grad_averaging,
+                        max_grad_norm=max_grad_norm, trust_clip=trust_clip,
+                        always_adapt=always_adapt)
+        super().__init__(params, defaults, master_weights=master_weights, track_stats=track_stats)
+
+    def _validate_group(self, group):
+        super()._validate_group(group)
+        if len(group["betas"]) != 2:
+            raise ValueError(f"Invalid betas: {group['betas']} (need two values)")
+        beta1, beta2 = group["betas"]
+        _check_float("beta parameter at index 0", beta1, 0.0, 1.0)
+        _check_float("beta parameter at index 1", beta2, 0.0, 1.0)
+        _check_float("epsilon value", group["eps"], 0.0, low_inclusive=False)
+        _check_float("weight_decay value", group["weight_decay"])
+
+    def _prepare(self, plan, grads, grad_scale, found_inf):
+        max_norm = self.defaults["max_grad_norm"]
+        check_inf = getattr(self, "_check_inf", False) and found_inf is not None
+        if max_norm is None:
+            if check_inf:
+                self._check_nonfinite(plan, grads, found_inf)
+            return grad_scale
+        # One read of every gradient gives the clipping coefficient and, folded in, the
+        # inf check; the divisor then rides into the update kernels with grad_scale.
+        total = self._global_grad_norm(plan, grads)
+        if check_inf:
+            found_inf.add_((~torch.isfinite(total)).to(found_inf.dtype).to(found_inf.device))
+        if grad_scale is not None:
+            total = total / grad_scale.to(total.device)
+            self._last_grad_norm = total
+        clip = torch.clamp(total / max_norm, min=1.0)
+        return clip if grad_scale is None else grad_scale.to(clip.device) * clip
+
+    def _check_nonfinite(self, plan, grads, found_inf):
+        # Already folded into the clipping pass when max_grad_norm is set.
+        if self.defaults["max_grad_norm"] is None:
+            super()._check_nonfinite(plan, grads, found_inf)
+
+    def _run_bucket(self, b, grads, lr, grad_scale, found_inf, stats):
+        g = b.group
+        beta1, beta2 = g["betas"]
+        ops.lamb_(b.params, grads, b.state["exp_avg"], b.state["exp_avg_sq"], b.master_params,
+                  b.steps, lr, float(beta1), float(beta2), float(g["eps"]),
+                  float(g["weight_decay"]), bool(g["bias_correction"]), bool(g["grad_averaging"]),
+                  bool(g["trust_clip"]), bool(g["always_adapt"]), grad_scale=grad_scale,
+                  found_inf=found_inf, stats=stats)

@@ -1,0 +1,343 @@
+"""FusedOptimizer: what fastdyn's drop-in optimizers share.
+
+A step groups the parameters that have gradients by (param group, device, dtype) and runs
+one fused op per bucket (a few kernel launches whatever the number of tensors). The bucket
+lists are cached as a plan and rebuilt only when the set of parameters with gradients or
+the optimizer state changes, so the Python cost of a step does not grow with per-parameter
+dictionary lookups.
+
+Scalars that change between steps travel as tensors on the parameters' device: the learning
+rate (a float lr is written into a cached device tensor), the step counters, and, under
+`torch.amp.GradScaler` or `fastdyn.amp.LossScaler`, `grad_scale` and `found_inf`: the
+kernels unscale the gradients as they read them and skip the whole step on the device when
+found_inf is set. Nothing in a step waits for the device.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Optional
+
+import torch
+from torch.optim import Optimizer
+
+import fastdyn.ops as ops
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+STATS_COLUMNS = ("grad_norm", "param_norm", "update_norm", "trust_ratio")
+
+
+class StepStats(NamedTuple):
+    """Per-tensor statistics of the last step (`track_stats=True`).
+
+    values[i] = (||g||, ||p|| before the step, ||update applied||, trust ratio) of params[i],
+    float32 on the device of the first parameter; NaN rows when the step was skipped
+    (found_inf). grad_norm: the global gradient norm when the step computed one, else None.
+    """
+
+    params: list
+    values: torch.Tensor
+    grad_norm: Optional[torch.Tensor]
+    columns: tuple = STATS_COLUMNS
+
+
+@dataclass
+class Bucket:
+    """Parameters of one param group on one device with one dtype, and their state lists."""
+
+    group: dict
+    device: torch.device
+    dtype: torch.dtype
+    params: list = field(default_factory=list)
+    state: dict = field(default_factory=dict)  # state key -> list of tensors
+    steps: list = field(default_factory=list)
+    master_params: list = field(default_factory=list)
+    first_step: bool = False  # buffers created this step (SGD/LARS with dampening)
+
+
+def _check_float(name: str, value: Any, low: float = 0.0, high: Optional[float] = None,
+                 low_inclusive: bool = True, high_inclusive: bool = False):
+    v = float(value)
+    ok_low = v >= low if low_inclusive else v > low
+    ok_high = True if high is None else (v <= high if high_inclusive else v < high)
+    if not (ok_low and ok_high) or v != v:
+        lo = "[" if low_inclusive else "("
+        hi = "" if high is None else (f", {high}]" if high_inclusive else f", {high})")
+        raise ValueError(f"Invalid {name}: {value} (must be in {lo}{low}{hi or ', inf)'})")
+
+
+class FusedOptimizer(Optimizer):
+    """Base of the fastdyn optimizers. Subclasses set `_state_keys` and implement
+    `_validate_group`, `_new_state` and `_run_bucket`."""
+
+    # torch.amp.GradScaler hands grad_scale/found_inf to the step instead of unscaling.
+    _step_supports_amp_scaling = True
+    # per-parameter state tensors shaped like the parameter (besides "step")
+    _state_keys: tuple = ()
+    _has_step = True
+
+    def __init__(self, params, defaults: dict, *, master_weights: bool = False,
+                 track_stats: bool = False):
+        self.master_weights = bool(master_weights)
+        self.track_stats = bool(track_stats)
+        self._plan_cache = None
+        self._plan_key = None
+        self._lr_tensors: dict = {}
+        self._last_stats: Optional[StepStats] = None
+        self._last_grad_norm: Optional[torch.Tensor] = None
+        super().__init__(params, defaults)
+
+    # ---------------------------------------------------------------- validation
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            self._validate_group(group)
+            for i, p in enumerate(group["params"]):
+                if p.is_complex():
+                    raise TypeError(f"params[{i}] is complex ({p.dtype}); {type(self).__name__} "
+                                    "takes real floating-point parameters")
+                if not p.is_floating_point():
+                    raise TypeError(f"params[{i}] has dtype {p.dtype}; {type(self).__name__} takes "
+                                    "floating-point parameters")
+                if p.is_sparse:
+                    raise ValueError(f"params[{i}] is sparse; {type(self).__name__} takes dense parameters")
+                if not ops.checks._dense(p):
+                    raise ValueError(f"params[{i}] is not dense (strides {p.stride()}); pass a "
+                                     "contiguous parameter")
+        except (TypeError, ValueError):
+            self.param_groups.pop()
+            raise
+        self._invalidate()
+
+    def _validate_group(self, group: dict) -> None:
+        lr = group["lr"]
+        if isinstance(lr, torch.Tensor):
+            if lr.numel() != 1:
+                raise ValueError("Tensor lr must be 1-element")
+            if not lr.is_floating_point():
+                raise TypeError(f"Tensor lr must be floating point, got {lr.dtype}")
+        else:
+            _check_float("learning rate", lr)
+        if isinstance(lr, torch.Tensor) and lr.device.type == "cpu":
+            _check_float("learning rate", float(lr))
+
+    # ---------------------------------------------------------------- state
+    def _invalidate(self) -> None:
+        self._plan_cache = None
+        self._plan_key = None
+
+    def _state_dtype(self, p: torch.Tensor) -> torch.dtype:
+        return torch.float32 if (self.master_weights and p.dtype in _LOW_PRECISION) else p.dtype
+
+    def _ensure_state(self, p: torch.Tensor, group: dict) -> bool:
+        """Creates or repairs the state of p (after a load, a new option); True if a
+        momentum-like buffer was created (its first step)."""
+        state = self.state[p]
+        sdtype = self._state_dtype(p)
+        created = False
+        for key in self._required_keys(group):
+            t = state.get(key)
+            if t is None:
+                state[key] = self._new_state(key, p, sdtype)
+                created = True
+            elif t.dtype != sdtype or t.device != p.device:
+                state[key] = t.to(device=p.device, dtype=sdtype)
+        if self._has_step:
+            step = state.get("step")
+            if step is None:
+                state["step"] = torch.zeros((), dtype=_scalar_dtype(), device=p.device)
+            elif not isinstance(step, torch.Tensor):
+                state["step"] = torch.tensor(float(step), dtype=_scalar_dtype(), device=p.device)
+            elif step.device != p.device or not step.is_floating_point():
+                state["step"] = step.to(device=p.device, dtype=torch.float32)
+        if self.master_weights and p.dtype in _LOW_PRECISION:
+            master = state.get("master_param")
+            if master is None:
+                state["master_param"] = p.detach().to(torch.float32).clone(
+                    memory_format=torch.preserve_format)
+            elif master.dtype != torch.float32 or master.device != p.device:
+                state["master_param"] = master.to(device=p.device, dtype=torch.float32)
+        return created
+
+    def _required_keys(self, group: dict) -> tuple:
+        return self._state_keys
+
+    def _new_state(self, key: str, p: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+
+    # ---------------------------------------------------------------- plan
+    def _plan(self) -> list:
+        key = tuple(tuple(p.grad is not None for p in g["params"]) for g in self.param_groups)
+        if self._plan_cache is not None and key == self._plan_key:
+            return self._plan_cache
+        buckets: dict = {}
+        for group in self.param_groups:
+            for i, p in enumerate(group["params"]):
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise ValueError(f"{type(self).__name__} does not support sparse gradients "
+                                     f"(params[{i}] of a param group has one)")
+                created = self._ensure_state(p, group)
+                bkey = (id(group), p.device, p.dtype, created and self._first_step_matters(group))
+                b = buckets.get(bkey)
+                if b is None:
+                    b = buckets[bkey] = Bucket(group, p.device, p.dtype, first_step=bkey[3])
+                state = self.state[p]
+                b.params.append(p)
+                for k in self._required_keys(group):
+                    b.state.setdefault(k, []).append(state[k])
+                if self._has_step:
+                    b.steps.append(state["step"])
+                if "master_param" in state and self.master_weights and p.dtype in _LOW_PRECISION:
+                    b.master_params.append(state["master_param"])
+        plan = list(buckets.values())
+        # A bucket whose buffers were created this step changes after it: rebuild next time.
+        rebuild = any(b.first_step for b in plan)
+        self._plan_cache, self._plan_key = (None, None) if rebuild else (plan, key)
+        return plan
+
+    def _first_step_matters(self, group: dict) -> bool:
+        return False
+
+    # ---------------------------------------------------------------- scalars
+    def _lr_tensor(self, group: dict, device: torch.device) -> torch.Tensor:
+        lr = group["lr"]
+        if isinstance(lr, torch.Tensor):
+            return lr if lr.device == device else lr.to(device, non_blocking=True)
+        key = (id(group), device)
+        cached = self._lr_tensors.get(key)
+        if cached is None:
+            cached = self._lr_tensors[key] = [torch.tensor(float(lr), dtype=torch.float32,
+                                                           device=device), float(lr)]
+        elif cached[1] != lr:
+            cached[0].fill_(lr)
+            cached[1] = lr
+        return cached[0]
+
+    @staticmethod
+    def _on(t: Optional[torch.Tensor], device: torch.device) -> Optional[torch.Tensor]:
+        if t is None:
+            return None
+        return t if t.device == device else t.to(device, non_blocking=True)
+
+    def _amp_scalars(self):
+        """grad_scale and found_inf set by GradScaler (or LossScaler) for this step."""
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        if not isinstance(found_inf, torch.Tensor):
+            found_inf = None  # GradScaler passes 0 when no inf check was recorded
+        if not isinstance(grad_scale, torch.Tensor):
+            grad_scale = None if grad_scale is None or grad_scale == 1 else torch.tensor(float(grad_scale))
+        return grad_scale, found_inf
+
+    # ---------------------------------------------------------------- step
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One optimizer step; `closure` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        plan = self._plan()
+        if not plan:
+            return loss
+        grad_scale, found_inf = self._amp_scalars()
+        grads = {id(b): [p.grad for p in b.params] for b in plan}
+        if getattr(self, "_check_inf", False) and found_inf is not None:
+            self._check_nonfinite(plan, grads, found_inf)
+        grad_scale = self._prepare(plan, grads, grad_scale, found_inf)
+        stats = []
+        for b in plan:
+            st = None
+            if self.track_stats:
+                st = torch.full((len(b.params), 4), float("nan"), dtype=torch.float32, device=b.device)
+                stats.append((b.params, st))
+            self._run_bucket(b, grads[id(b)], self._lr_tensor(b.group, b.device),
+                             self._on(grad_scale, b.device), self._on(found_inf, b.device), st)
+        if self.track_stats:
+            first = plan[0].device
+            self._last_stats = StepStats(
+                params=[p for ps, _ in stats for p in ps],
+                values=torch.cat([s.to(first, non_blocking=True) for _, s in stats]),
+                grad_norm=self._last_grad_norm)
+        return loss
+
+    def _check_nonfinite(self, plan, grads, found_inf):
+        """LossScaler's inf check for optimizers whose update has no global read pass of the
+        gradients before it: one read-only pass (GradScaler reads and writes them). It also
+        gives the global gradient norm for free."""
+        total = self._global_grad_norm(plan, grads)
+        found_inf.add_((~torch.isfinite(total)).to(found_inf.dtype).to(found_inf.device))
+
+    def _global_grad_norm(self, plan, grads) -> torch.Tensor:
+        """L2 norm of every gradient of the optimizer (still scaled, if a scaler is on)."""
+        by_device: dict = {}
+        for b in plan:
+            by_device.setdefault(b.device, []).extend(grads[id(b)])
+        first = plan[0].device
+        sq = [ops.multi_tensor_l2norm(gs)[0].to(first, non_blocking=True) for gs in by_device.values()]
+        total = sq[0] if len(sq) == 1 else torch.linalg.vector_norm(torch.stack(sq))
+        self._last_grad_norm = total
+        return total
+
+    def _prepare(self, plan, grads, grad_scale, found_inf):
+        """Hook before the updates (LAMB's global clipping); returns the gradient divisor."""
+        return grad_scale
+
+    def _run_bucket(self, bucket: Bucket, grads: list, lr: torch.Tensor, grad_scale, found_inf,
+                    stats) -> None:
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- monitoring
+    def last_stats(self) -> Optional[StepStats]:
+        """Per-tensor ||g||, ||p||, ||update|| and trust ratio of the last step, computed
+        inside the update kernels (`track_stats=True`), or None."""
+        return self._last_stats
+
+    # ---------------------------------------------------------------- state dict
+    def state_dict(self):
+        return super().state_dict()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        # torch's loader casts every state tensor to its param's dtype; fp32 master weights
+        # and fp32 moments of fp16/bf16 params must keep their precision, so they are set
+        # aside and restored after it.
+        state_dict = copy.copy(state_dict)
+        saved_state = {k: dict(v) for k, v in state_dict["state"].items()}
+        keep = {}
+        for pid, st in saved_state.items():
+            kept = {k: v for k, v in st.items()
+                    if isinstance(v, torch.Tensor) and k != "step" and v.dtype == torch.float32}
+            keep[pid] = kept
+        state_dict["state"] = saved_state
+        super().load_state_dict(state_dict)
+        id_map = dict(zip((i for g in state_dict["param_groups"] for i in g["params"]),
+                          (p for g in self.param_groups for p in g["params"])))
+        for pid, kept in keep.items():
+            p = id_map.get(pid)
+            if p is None:
+                continue
+            for k, v in kept.items():
+                if k == "master_param" or (self.master_weights and p.dtype in _LOW_PRECISION):
+                    self.state[p][k] = v.to(device=p.device, dtype=torch.float32)
+            step = self.state[p].get("step")
+            if isinstance(step, torch.Tensor) and step.device != p.device:
+                self.state[p]["step"] = step.to(device=p.device, dtype=torch.float32)
+        self._invalidate()
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("master_weights", False)
+        self.__dict__.setdefault("track_stats", False)
+        self._plan_cache = None
+        self._plan_key = None
+        self._lr_tensors = {}
+        self._last_stats = None
+        self._last_grad_norm = None
+
+
+def _scalar_dtype() -> torch.dtype:
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
