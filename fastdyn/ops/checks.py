@@ -124,7 +124,8 @@ def check_update_group(params, grads, states: dict, master_params, steps, lr, gr
         if sdtype is not None and t != sdtype:
             raise TypeError(f"{name} has dtype {t} but the other optimizer state has {sdtype}")
         sdtype = t
-    sdtype = sdtype or pdtype
+    # No state lists (SGD without momentum): nothing to match; fp32 goes with master weights.
+    sdtype = sdtype or (torch.float32 if master_params else pdtype)
     if sdtype != pdtype and not (sdtype == torch.float32 and pdtype in (torch.float16, torch.bfloat16)):
         raise TypeError(
             f"optimizer state has dtype {sdtype} for params of dtype {pdtype}; state must match "

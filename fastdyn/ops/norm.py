@@ -7,7 +7,8 @@ from typing import Iterable, Optional, Tuple
 
 import torch
 
-from fastdyn.ops.registry import for_device
+from fastdyn.ops import checks
+from fastdyn.ops.registry import call
 
 
 def _as_list(tensors) -> list:
@@ -16,15 +17,8 @@ def _as_list(tensors) -> list:
     return list(tensors)
 
 
-def _device_of(name: str, tensors: list) -> torch.device:
-    device = tensors[0].device
-    for i, t in enumerate(tensors):
-        if t.device != device:
-            raise ValueError(
-                f"{name}[{i}] is on {t.device} but {name}[0] is on {device}; "
-                "call the op once per device"
-            )
-    return device
+def _explain(name: str, tensors: list):
+    return lambda: checks.check_float_list(name, tensors)
 
 
 def multi_tensor_norm(tensors: Iterable[torch.Tensor], ord: float = 2.0, per_tensor: bool = False
@@ -37,9 +31,9 @@ def multi_tensor_norm(tensors: Iterable[torch.Tensor], ord: float = 2.0, per_ten
     if not tensors:
         total = torch.zeros((), dtype=torch.float32)
         return total, (torch.zeros(0, dtype=torch.float32) if per_tensor else None)
-    device = _device_of("tensors", tensors)
     if ord == 2.0 or ord == math.inf:
-        total, per = for_device("multi_tensor_norm", device)(tensors, ord, per_tensor)
+        total, per = call("multi_tensor_norm", tensors[0].device, _explain("tensors", tensors),
+                          tensors, ord, per_tensor)
     else:
         from fastdyn.reference import multi_tensor_norm as reference_norm
 
@@ -57,7 +51,7 @@ def multi_tensor_scale_(tensors: Iterable[torch.Tensor], scale: torch.Tensor) ->
     tensors = _as_list(tensors)
     if not tensors:
         return
-    for_device("multi_tensor_scale_", _device_of("tensors", tensors))(tensors, scale)
+    call("multi_tensor_scale_", tensors[0].device, _explain("tensors", tensors), tensors, scale)
 
 
 def multi_tensor_unscale_norm_(tensors: Iterable[torch.Tensor], inv_scale: torch.Tensor,
@@ -68,12 +62,12 @@ def multi_tensor_unscale_norm_(tensors: Iterable[torch.Tensor], inv_scale: torch
     if not tensors:
         total = torch.zeros((), dtype=torch.float32, device=found_inf.device)
         return total, (torch.zeros(0, device=found_inf.device) if per_tensor else None)
-    device = _device_of("tensors", tensors)
-    total, per = for_device("multi_tensor_unscale_norm_", device)(
-        tensors, inv_scale, found_inf, float(ord), per_tensor)
+    total, per = call("multi_tensor_unscale_norm_", tensors[0].device, _explain("tensors", tensors),
+                      tensors, inv_scale, found_inf, float(ord), per_tensor)
     return total, (per if per_tensor else None)
 
 
 def clip_grads_(grads: list, max_norm: float, ord: float = 2.0) -> torch.Tensor:
     """Fused norm + clip of tensors on one device; returns the float32 total norm."""
-    return for_device("clip_grad_norm_", _device_of("grads", grads))(grads, float(max_norm), float(ord))
+    return call("clip_grad_norm_", grads[0].device, _explain("grads", grads), grads,
+                float(max_norm), float(ord))

@@ -45,3 +45,13 @@ def for_device(name: str, device: torch.device):
     """The implementation of op `name` for tensors on `device` under the current backend."""
     backend = _backend_name(device.type, -1 if device.index is None else device.index)
     return implementation(name, backend)
+
+
+def call(name: str, device: torch.device, explain, *args, **kwargs):
+    """Runs op `name` on `device`. When the dispatcher finds no kernel (a sparse tensor, a
+    device without kernels), `explain()` runs the Python checks, which name the argument."""
+    try:
+        return for_device(name, device)(*args, **kwargs)
+    except NotImplementedError:
+        explain()
+        raise

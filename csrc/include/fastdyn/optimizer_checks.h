@@ -58,8 +58,9 @@ inline UpdateGroup check_update_group(at::TensorList params, at::TensorList grad
     g.state_dtype = t;
     have_state_dtype = true;
   }
-  if (!have_state_dtype) g.state_dtype = g.param_dtype;
   g.has_master = !master_params.empty();
+  // No state lists (SGD without momentum): nothing to match; fp32 goes with master weights.
+  if (!have_state_dtype) g.state_dtype = g.has_master ? at::kFloat : g.param_dtype;
   if (g.has_master) {
     check_float_list("master_params", master_params, g.device);
     check_like("master_params", master_params, "params", params);

@@ -1,0 +1,137 @@
+"""multi_tensor_norm / multi_tensor_l2norm against the float64 reference."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import fastdyn
+from fastdyn import reference
+from fastdyn.ops import use_backend
+from helpers import BACKEND_DEVICES, DTYPES, NORM_RTOL, cuda_only, rand_tensors
+
+# 0, 1, primes, both sides of every backend's chunk size (CPU 32768, CUDA 65536, Triton 8192)
+ODD_SIZES = [0, 1, 2, 3, 7, 31, 127, 8191, 8192, 8193, 32767, 32768, 32769, 65537]
+
+sizes_st = st.lists(st.sampled_from(ODD_SIZES + [5, 13, 1009, 4099]), min_size=0, max_size=6)
+dtype_st = st.sampled_from(DTYPES)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("ord", [2.0, math.inf])
+@given(sizes=sizes_st, dtypes=st.lists(dtype_st, min_size=6, max_size=6), seed=st.integers(0, 99))
+def test_norm_matches_reference(backend, device, ord, sizes, dtypes, seed):
+    tensors = [rand_tensors([n], dt, device, seed + i)[0] for i, (n, dt) in enumerate(zip(sizes, dtypes))]
+    with use_backend(backend):
+        total, per = fastdyn.ops.multi_tensor_norm(tensors, ord, per_tensor=True)
+    ref_total, ref_per = reference.multi_tensor_norm(tensors, ord, True) if tensors else (
+        torch.zeros(()), torch.zeros(0))
+    assert total.dtype == torch.float32 and per.dtype == torch.float32
+    if tensors:
+        assert total.device == tensors[0].device
+    torch.testing.assert_close(total.cpu(), ref_total.cpu(), rtol=NORM_RTOL, atol=1e-30)
+    torch.testing.assert_close(per.cpu(), ref_per.cpu(), rtol=NORM_RTOL, atol=1e-30)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+def test_l2norm_contract(backend, device):
+    ts = rand_tensors([3, 4], torch.float16, device)
+    with use_backend(backend):
+        total, per = fastdyn.multi_tensor_l2norm(ts)
+        assert per is None
+        total2, per2 = fastdyn.multi_tensor_l2norm(ts, per_tensor=True)
+    assert per2.shape == (2,) and per2.dtype == torch.float32
+    assert torch.equal(total, total2)
+    expected = torch.cat([t.double().flatten() for t in ts]).norm()
+    torch.testing.assert_close(total.double().cpu(), expected.cpu(), rtol=NORM_RTOL, atol=0)
+
+
+def test_empty_list():
+    total, per = fastdyn.multi_tensor_l2norm([], per_tensor=True)
+    assert total.item() == 0.0 and per.shape == (0,)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+def test_many_tiny_tensors(backend, device):
+    n = 3000 if backend == "native" else 300
+    ts = rand_tensors([1 + i % 5 for i in range(n)], torch.float32, device, seed=3)
+    with use_backend(backend):
+        total, per = fastdyn.ops.multi_tensor_norm(ts, 2.0, True)
+    ref_total, ref_per = reference.multi_tensor_norm(ts, 2.0, True)
+    torch.testing.assert_close(per.cpu(), ref_per.cpu(), rtol=NORM_RTOL, atol=0)
+    torch.testing.assert_close(total.cpu(), ref_total.cpu(), rtol=NORM_RTOL, atol=0)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+def test_one_large_tensor(backend, device):
+    n = 3_000_017 if backend == "native" else 100_003
+    t = rand_tensors([n], torch.float32, device, seed=4)
+    with use_backend(backend):
+        total, _ = fastdyn.multi_tensor_l2norm(t)
+    torch.testing.assert_close(total.double().cpu(), t[0].double().norm().cpu(), rtol=NORM_RTOL, atol=0)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("ord", [2.0, math.inf])
+def test_nonfinite_propagates(backend, device, bad, ord):
+    ts = rand_tensors([100, 40000], torch.float32, device)
+    ts[1][12345] = bad
+    with use_backend(backend):
+        total, per = fastdyn.ops.multi_tensor_norm(ts, ord, True)
+    assert not torch.isfinite(total).item()
+    assert torch.isfinite(per[0]).item() and not torch.isfinite(per[1]).item()
+    if bad != bad:
+        assert total.isnan().item()
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+def test_deterministic_bits(backend, device):
+    ts = rand_tensors([70001, 3, 40000, 1], torch.float32, device, seed=9)
+    with use_backend(backend):
+        first = fastdyn.ops.multi_tensor_norm(ts, 2.0, True)
+        for _ in range(3):
+            again = fastdyn.ops.multi_tensor_norm(ts, 2.0, True)
+            assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+
+
+def test_cpu_bits_do_not_depend_on_thread_count():
+    ts = rand_tensors([200_003, 70_001, 5], torch.float32, "cpu", seed=5)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append(fastdyn.ops.multi_tensor_norm(ts, 2.0, True))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+def test_other_norm_types_use_the_reference():
+    ts = rand_tensors([10, 20], torch.float32, "cpu")
+    total, _ = fastdyn.ops.multi_tensor_norm(ts, 3.0)
+    expected = torch.cat([t.flatten() for t in ts]).double().norm(3.0)
+    torch.testing.assert_close(total.double(), expected, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+def test_bad_inputs(backend, device):
+    with use_backend(backend):
+        with pytest.raises(TypeError, match=r"tensors\[1\] has dtype (Int|torch.int32)"):
+            fastdyn.ops.multi_tensor_norm([torch.ones(2, device=device),
+                                           torch.ones(2, dtype=torch.int32, device=device)])
+        with pytest.raises(TypeError, match=r"tensors\[0\] has dtype (ComplexFloat|torch.complex64)"):
+            fastdyn.ops.multi_tensor_norm([torch.ones(2, dtype=torch.complex64, device=device)])
+        with pytest.raises(ValueError, match="sparse"):
+            fastdyn.ops.multi_tensor_norm([torch.ones(2, device=device).to_sparse()])
+        with pytest.raises(ValueError, match="not dense"):
+            fastdyn.ops.multi_tensor_norm([torch.ones(4, 4, device=device)[:, :2]])
+
+
+@cuda_only
+def test_mismatched_devices_named():
+    with pytest.raises(ValueError, match=r"tensors\[0\] is on cpu"):
+        fastdyn.ops.multi_tensor_norm([torch.ones(2), torch.ones(2, device="cuda")])

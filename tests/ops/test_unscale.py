@@ -1,0 +1,63 @@
+"""multi_tensor_unscale_norm_: one pass gives the unscaled gradients, found_inf and the norms."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import fastdyn
+from fastdyn import reference
+from fastdyn.ops import use_backend
+from helpers import BACKEND_DEVICES, DTYPES, NORM_RTOL, assert_close, rand_tensors
+
+SIZES = st.lists(st.sampled_from([0, 1, 5, 8193, 32769, 65537]), min_size=1, max_size=4)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@given(sizes=SIZES, dtype=st.sampled_from(DTYPES), ord=st.sampled_from([2.0, math.inf]))
+def test_unscale_matches_reference(backend, device, sizes, dtype, ord):
+    ts = rand_tensors(sizes, dtype, device, seed=7, scale=1024.0)
+    ref = [t.clone() for t in ts]
+    inv = torch.tensor(1 / 1024.0, device=device)
+    found, ref_found = torch.zeros((), device=device), torch.zeros((), device=device)
+    with use_backend(backend):
+        total, per = fastdyn.ops.multi_tensor_unscale_norm_(ts, inv, found, ord, per_tensor=True)
+    ref_total, ref_per = reference.multi_tensor_unscale_norm_(ref, inv, ref_found, ord, True)
+    for a, b in zip(ts, ref):
+        assert_close(a, b, dtype)
+    torch.testing.assert_close(total.cpu(), ref_total.cpu(), rtol=NORM_RTOL, atol=1e-30)
+    torch.testing.assert_close(per.cpu(), ref_per.cpu(), rtol=NORM_RTOL, atol=1e-30)
+    assert found.item() == 0.0
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_found_inf_set(backend, device, bad, dtype):
+    ts = rand_tensors([33, 70000, 4], dtype, device)
+    ts[1][69999] = bad
+    found = torch.zeros((), device=device)
+    with use_backend(backend):
+        total, _ = fastdyn.ops.multi_tensor_unscale_norm_(ts, torch.tensor(0.5, device=device), found)
+    assert found.item() == 1.0
+    assert not torch.isfinite(total).item()
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+def test_found_inf_never_cleared(backend, device):
+    found = torch.ones((), device=device)
+    with use_backend(backend):
+        fastdyn.ops.multi_tensor_unscale_norm_(rand_tensors([10], torch.float32, device),
+                                               torch.tensor(1.0, device=device), found)
+    assert found.item() == 1.0
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+def test_unscale_bad_found_inf(backend, device):
+    with use_backend(backend):
+        with pytest.raises((TypeError, ValueError), match="found_inf"):
+            fastdyn.ops.multi_tensor_unscale_norm_([torch.ones(3, device=device)],
+                                                   torch.tensor(1.0, device=device),
+                                                   torch.zeros(2, device=device))
