@@ -18,8 +18,8 @@ void lars_norms_chunk(const P* __restrict__ p, const P* __restrict__ g,
   double g2 = 0, p2 = 0;
 #pragma omp simd reduction(+ : g2, p2)
   for (int64_t i = 0; i < n; ++i) {
-    const double pv = kMaster ? double(master[i]) : double(static_cast<float>(p[i]));
-    const double gv = double(static_cast<float>(g[i]));
+    const double pv = kMaster ? double(master[i]) : static_cast<double>(static_cast<typename OpMath<P>::type>(p[i]));
+    const double gv = static_cast<double>(static_cast<typename OpMath<P>::type>(g[i]));
     g2 += gv * gv;
     p2 += pv * pv;
   }

@@ -20,7 +20,7 @@ struct AdamChunkOp : SkipIfFoundInf {
   ScalarRef lr;
   ScalarRef grad_scale;
   bool steps_double;
-  float* stats_partials;
+  double* stats_partials;
 
   __device__ __forceinline__ void operator()(const TensorListMeta<kAdamDepth>& meta, ChunkRef c) const {
     P* __restrict__ p = static_cast<P*>(meta.addr[kP][c.slot]);
@@ -32,7 +32,7 @@ struct AdamChunkOp : SkipIfFoundInf {
     const A step = static_cast<A>(read_scalar(meta.addr[kStep][c.slot], steps_double));
     const auto s = math::adam_step_scalars<A>(h, static_cast<A>(lr.get()), step);
     const A inv = static_cast<A>(inverse_grad_scale(grad_scale));
-    float g2 = 0.f, p2 = 0.f, d2 = 0.f;
+    A g2 = A(0), p2 = A(0), d2 = A(0);
     for_chunk_elements(c.begin, c.end, [&](int64_t i) {
       A pv = kHasMaster ? static_cast<A>(master[i]) : static_cast<A>(p[i]);
       const A gv = static_cast<A>(g[i]) * inv;
@@ -47,9 +47,9 @@ struct AdamChunkOp : SkipIfFoundInf {
       v[i] = static_cast<S>(vv);
       if (h.amsgrad) vmax[i] = static_cast<S>(vm);
       if (kStats) {
-        g2 += float(gv * gv);
-        p2 += float(p_old * p_old);
-        d2 += float((pv - p_old) * (pv - p_old));
+        g2 += gv * gv;
+        p2 += p_old * p_old;
+        d2 += (pv - p_old) * (pv - p_old);
       }
     });
     if (kStats) write_stats_partials(stats_partials, c.global, g2, p2, d2);
@@ -78,8 +78,8 @@ void adam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
 
   const bool want_stats = stats.has_value();
   at::Tensor partials;
-  if (want_stats) partials = at::empty({3 * std::max<int64_t>(count_chunks(params), 1)}, lr.options().dtype(at::kFloat));
-  float* partials_ptr = want_stats ? partials.data_ptr<float>() : nullptr;
+  if (want_stats) partials = at::empty({3 * std::max<int64_t>(count_chunks(params), 1)}, lr.options().dtype(at::kDouble));
+  double* partials_ptr = want_stats ? partials.data_ptr<double>() : nullptr;
   const bool steps_double = state_steps[0].scalar_type() == at::kDouble;
   const at::TensorList none;
   const std::array<at::TensorList, kAdamDepth> lists = {

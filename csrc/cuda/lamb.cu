@@ -34,7 +34,7 @@ template <typename P, typename S, bool kHasMaster>
 struct LambMomentsOp : LambCommon<typename OpMath<P>::type> {
   using A = typename OpMath<P>::type;
   ScalarRef grad_scale;
-  float* partials;  // [chunk][3]: g^2, p^2, u^2
+  double* partials;  // [chunk][3]: g^2, p^2, u^2
 
   __device__ __forceinline__ void operator()(const TensorListMeta<kLambDepth>& meta, ChunkRef c) const {
     const P* __restrict__ p = static_cast<const P*>(meta.addr[kP][c.slot]);
@@ -44,7 +44,7 @@ struct LambMomentsOp : LambCommon<typename OpMath<P>::type> {
     const float* __restrict__ master = static_cast<const float*>(meta.addr[kMaster][c.slot]);
     const auto s = this->scalars(meta, c.slot);
     const A inv = static_cast<A>(inverse_grad_scale(grad_scale));
-    float g2 = 0.f, p2 = 0.f, u2 = 0.f;
+    A g2 = A(0), p2 = A(0), u2 = A(0);
     for_chunk_elements(c.begin, c.end, [&](int64_t i) {
       const A pv = kHasMaster ? static_cast<A>(master[i]) : static_cast<A>(p[i]);
       const A gv = static_cast<A>(g[i]) * inv;
@@ -55,9 +55,9 @@ struct LambMomentsOp : LambCommon<typename OpMath<P>::type> {
       m[i] = ms;
       v[i] = vs;
       const A u = math::lamb_direction(pv, static_cast<A>(ms), static_cast<A>(vs), this->h, s);
-      g2 += float(gv * gv);
-      p2 += float(pv * pv);
-      u2 += float(u * u);
+      g2 += gv * gv;
+      p2 += pv * pv;
+      u2 += u * u;
     });
     write_stats_partials(partials, c.global, g2, p2, u2);
   }
@@ -67,7 +67,7 @@ template <typename P, typename S, bool kHasMaster>
 struct LambApplyOp : LambCommon<typename OpMath<P>::type> {
   using A = typename OpMath<P>::type;
   ScalarRef lr;
-  const float* ratios;
+  const double* ratios;
 
   __device__ __forceinline__ void operator()(const TensorListMeta<kLambDepth>& meta, ChunkRef c) const {
     P* __restrict__ p = static_cast<P*>(meta.addr[kP][c.slot]);
@@ -87,15 +87,15 @@ struct LambApplyOp : LambCommon<typename OpMath<P>::type> {
 };
 
 // One block per tensor: trust ratio from the chunk partials (and ||update|| for stats).
-__global__ void __launch_bounds__(256) lamb_ratio_kernel(TensorListMeta<kLambDepth> meta, const float* partials,
-                                                         float* ratios, float* update_norms, ScalarRef lr,
+__global__ void __launch_bounds__(256) lamb_ratio_kernel(TensorListMeta<kLambDepth> meta, const double* partials,
+                                                         double* ratios, double* update_norms, ScalarRef lr,
                                                          bool adapt, bool trust_clip, SkipIfFoundInf guard) {
   if (guard.skip()) return;
-  __shared__ float shared[32];
+  __shared__ double shared[32];
   const int slot = blockIdx.x;
   const int64_t c0 = meta.chunk_offset + meta.chunk_begin[slot];
   const int64_t c1 = meta.chunk_offset + meta.chunk_begin[slot + 1];
-  float p2 = 0.f, u2 = 0.f;
+  double p2 = 0.0, u2 = 0.0;
   for (int64_t c = c0 + threadIdx.x; c < c1; c += blockDim.x) {
     p2 += partials[3 * c + 1];
     u2 += partials[3 * c + 2];
@@ -104,8 +104,8 @@ __global__ void __launch_bounds__(256) lamb_ratio_kernel(TensorListMeta<kLambDep
   u2 = block_reduce(u2, SumOp{}, shared);
   if (threadIdx.x == 0) {
     const int id = meta.tensor_id[slot];
-    const float un = math::fsqrt(u2);
-    const float r = math::lamb_trust_ratio(math::fsqrt(p2), un, adapt, trust_clip);
+    const double un = math::fsqrt(u2);
+    const double r = math::lamb_trust_ratio(math::fsqrt(p2), un, adapt, trust_clip);
     ratios[id] = r;
     if (update_norms) update_norms[id] = lr.get() * r * un;
   }
@@ -130,12 +130,12 @@ void lamb_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
 
   const bool adapt = weight_decay != 0.0 || always_adapt;
   const bool want_stats = stats.has_value();
-  const auto fopts = lr.options().dtype(at::kFloat);
+  const auto fopts = lr.options().dtype(at::kDouble);
   const int64_t n = grp.size;
   at::Tensor partials = at::empty({3 * std::max<int64_t>(count_chunks(params), 1)}, fopts);
   at::Tensor ratios = at::empty({n}, fopts);
   at::Tensor update_norms = want_stats ? at::empty({n}, fopts) : at::Tensor();
-  float* partials_ptr = partials.data_ptr<float>();
+  double* partials_ptr = partials.data_ptr<double>();
   const bool steps_double = state_steps[0].scalar_type() == at::kDouble;
   const std::array<at::TensorList, kLambDepth> lists = {params, grads, exp_avgs, exp_avg_sqs,
                                                         master_params, state_steps};
@@ -161,17 +161,17 @@ void lamb_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
       apply.bias_correction = bias_correction;
       apply.steps_double = steps_double;
       apply.lr = scalar_ref(lr);
-      apply.ratios = ratios.data_ptr<float>();
+      apply.ratios = ratios.data_ptr<double>();
       for_each_batch<kLambDepth>(lists, [&](const TensorListMeta<kLambDepth>& meta) {
         launch_apply(meta, moments);
         lamb_ratio_kernel<<<meta.n_tensors, 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
-            meta, partials_ptr, ratios.data_ptr<float>(),
-            want_stats ? update_norms.data_ptr<float>() : nullptr, scalar_ref(lr), adapt, trust_clip,
+            meta, partials_ptr, ratios.data_ptr<double>(),
+            want_stats ? update_norms.data_ptr<double>() : nullptr, scalar_ref(lr), adapt, trust_clip,
             SkipIfFoundInf{found});
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         launch_apply(meta, apply);
         if (want_stats) {
-          launch_stats(meta, partials_ptr, ratios.data_ptr<float>(), update_norms.data_ptr<float>(),
+          launch_stats(meta, partials_ptr, ratios.data_ptr<double>(), update_norms.data_ptr<double>(),
                        stats->data_ptr<float>(), found);
         }
       });

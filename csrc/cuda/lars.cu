@@ -16,26 +16,26 @@ template <typename P, bool kHasMaster>
 struct LarsNormsOp : SkipIfFoundInf {
   using A = typename OpMath<P>::type;
   ScalarRef grad_scale;
-  float* partials;  // [chunk][3]: g^2, p^2, (update^2 later)
+  double* partials;  // [chunk][3]: g^2, p^2, (update^2 later)
 
   __device__ __forceinline__ void operator()(const TensorListMeta<kLarsDepth>& meta, ChunkRef c) const {
     const P* __restrict__ p = static_cast<const P*>(meta.addr[kP][c.slot]);
     const P* __restrict__ g = static_cast<const P*>(meta.addr[kG][c.slot]);
     const float* __restrict__ master = static_cast<const float*>(meta.addr[kMaster][c.slot]);
     const A inv = static_cast<A>(inverse_grad_scale(grad_scale));
-    float g2 = 0.f, p2 = 0.f;
+    A g2 = A(0), p2 = A(0);
     for_chunk_elements(c.begin, c.end, [&](int64_t i) {
       const A pv = kHasMaster ? static_cast<A>(master[i]) : static_cast<A>(p[i]);
       const A gv = static_cast<A>(g[i]) * inv;
-      g2 += float(gv * gv);
-      p2 += float(pv * pv);
+      g2 += gv * gv;
+      p2 += pv * pv;
     });
-    __shared__ float shared[32];
-    g2 = block_reduce(g2, SumOp{}, shared);
-    p2 = block_reduce(p2, SumOp{}, shared);
+    __shared__ double shared[32];
+    const double g2s = block_reduce(double(g2), SumOp{}, shared);
+    const double p2s = block_reduce(double(p2), SumOp{}, shared);
     if (threadIdx.x == 0) {
-      partials[3 * c.global + 0] = g2;
-      partials[3 * c.global + 1] = p2;
+      partials[3 * c.global + 0] = g2s;
+      partials[3 * c.global + 1] = p2s;
     }
   }
 };
@@ -49,8 +49,8 @@ struct LarsUpdateOp : SkipIfFoundInf {
   bool first_step;
   ScalarRef lr;
   ScalarRef grad_scale;
-  const float* ratios;  // null when not adapting (r = 1)
-  float* partials;
+  const double* ratios;  // null when not adapting (r = 1)
+  double* partials;
 
   __device__ __forceinline__ void operator()(const TensorListMeta<kLarsDepth>& meta, ChunkRef c) const {
     P* __restrict__ p = static_cast<P*>(meta.addr[kP][c.slot]);
@@ -60,7 +60,7 @@ struct LarsUpdateOp : SkipIfFoundInf {
     const A lr_v = static_cast<A>(lr.get());
     const A inv = static_cast<A>(inverse_grad_scale(grad_scale));
     const A r = ratios ? static_cast<A>(ratios[meta.tensor_id[c.slot]]) : A(1);
-    float d2 = 0.f;
+    A d2 = A(0);
     for_chunk_elements(c.begin, c.end, [&](int64_t i) {
       const A p_old = kHasMaster ? static_cast<A>(master[i]) : static_cast<A>(p[i]);
       const A gv = static_cast<A>(g[i]) * inv;
@@ -73,26 +73,26 @@ struct LarsUpdateOp : SkipIfFoundInf {
       const A pv = p_old - lr_v * d;
       if (kHasMaster) master[i] = static_cast<float>(pv);
       p[i] = static_cast<P>(pv);
-      if (kStats) d2 += float((pv - p_old) * (pv - p_old));
+      if (kStats) d2 += (pv - p_old) * (pv - p_old);
     });
     if (kStats) {
-      __shared__ float shared[32];
-      d2 = block_reduce(d2, SumOp{}, shared);
-      if (threadIdx.x == 0) partials[3 * c.global + 2] = d2;
+      __shared__ double shared[32];
+      const double d2s = block_reduce(double(d2), SumOp{}, shared);
+      if (threadIdx.x == 0) partials[3 * c.global + 2] = d2s;
     }
   }
 };
 
-__global__ void __launch_bounds__(256) lars_ratio_kernel(TensorListMeta<kLarsDepth> meta, const float* partials,
-                                                         float* ratios, ScalarRef lr, float trust_coeff,
-                                                         float weight_decay, float eps, bool adapt,
+__global__ void __launch_bounds__(256) lars_ratio_kernel(TensorListMeta<kLarsDepth> meta, const double* partials,
+                                                         double* ratios, ScalarRef lr, double trust_coeff,
+                                                         double weight_decay, double eps, bool adapt,
                                                          bool trust_clip, SkipIfFoundInf guard) {
   if (guard.skip()) return;
-  __shared__ float shared[32];
+  __shared__ double shared[32];
   const int slot = blockIdx.x;
   const int64_t c0 = meta.chunk_offset + meta.chunk_begin[slot];
   const int64_t c1 = meta.chunk_offset + meta.chunk_begin[slot + 1];
-  float g2 = 0.f, p2 = 0.f;
+  double g2 = 0.0, p2 = 0.0;
   for (int64_t c = c0 + threadIdx.x; c < c1; c += blockDim.x) {
     g2 += partials[3 * c + 0];
     p2 += partials[3 * c + 1];
@@ -122,11 +122,11 @@ void lars_(at::TensorList params, at::TensorList grads, at::TensorList momentum_
   const bool adapt = weight_decay != 0.0 || always_adapt;
   const bool want_stats = stats.has_value();
   const bool need_norms = adapt || want_stats;
-  const auto fopts = lr.options().dtype(at::kFloat);
+  const auto fopts = lr.options().dtype(at::kDouble);
   at::Tensor partials = need_norms ? at::empty({3 * std::max<int64_t>(count_chunks(params), 1)}, fopts) : at::Tensor();
   at::Tensor ratios = need_norms ? at::empty({grp.size}, fopts) : at::Tensor();
-  float* partials_ptr = need_norms ? partials.data_ptr<float>() : nullptr;
-  float* ratios_ptr = need_norms ? ratios.data_ptr<float>() : nullptr;
+  double* partials_ptr = need_norms ? partials.data_ptr<double>() : nullptr;
+  double* ratios_ptr = need_norms ? ratios.data_ptr<double>() : nullptr;
   const at::TensorList none;
   const std::array<at::TensorList, kLarsDepth> lists = {
       params, grads, momentum != 0.0 ? momentum_buffers : none, master_params};
@@ -155,8 +155,8 @@ void lars_(at::TensorList params, at::TensorList grads, at::TensorList momentum_
         if (need_norms) {
           launch_apply(meta, norms);
           lars_ratio_kernel<<<meta.n_tensors, 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
-              meta, partials_ptr, ratios_ptr, scalar_ref(lr), float(trust_coeff), float(weight_decay),
-              float(eps), adapt, trust_clip, SkipIfFoundInf{found});
+              meta, partials_ptr, ratios_ptr, scalar_ref(lr), trust_coeff, weight_decay, eps, adapt,
+              trust_clip, SkipIfFoundInf{found});
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         }
         launch_apply(meta, update);

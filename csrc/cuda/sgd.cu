@@ -20,7 +20,7 @@ struct SgdChunkOp : SkipIfFoundInf {
   bool first_step;
   ScalarRef lr;
   ScalarRef grad_scale;
-  float* stats_partials;
+  double* stats_partials;
 
   __device__ __forceinline__ void operator()(const TensorListMeta<kSgdDepth>& meta, ChunkRef c) const {
     P* __restrict__ p = static_cast<P*>(meta.addr[kP][c.slot]);
@@ -29,7 +29,7 @@ struct SgdChunkOp : SkipIfFoundInf {
     float* __restrict__ master = static_cast<float*>(meta.addr[kMaster][c.slot]);
     const A lr_v = static_cast<A>(lr.get());
     const A inv = static_cast<A>(inverse_grad_scale(grad_scale));
-    float g2 = 0.f, p2 = 0.f, d2 = 0.f;
+    A g2 = A(0), p2 = A(0), d2 = A(0);
     for_chunk_elements(c.begin, c.end, [&](int64_t i) {
       const A p_old = kHasMaster ? static_cast<A>(master[i]) : static_cast<A>(p[i]);
       const A gv = static_cast<A>(g[i]) * inv;
@@ -43,9 +43,9 @@ struct SgdChunkOp : SkipIfFoundInf {
       if (kHasMaster) master[i] = static_cast<float>(pv);
       p[i] = static_cast<P>(pv);
       if (kStats) {
-        g2 += float(gv * gv);
-        p2 += float(p_old * p_old);
-        d2 += float((pv - p_old) * (pv - p_old));
+        g2 += gv * gv;
+        p2 += p_old * p_old;
+        d2 += (pv - p_old) * (pv - p_old);
       }
     });
     if (kStats) write_stats_partials(stats_partials, c.global, g2, p2, d2);
@@ -68,8 +68,8 @@ void sgd_(at::TensorList params, at::TensorList grads, at::TensorList momentum_b
   const ScalarRef found = scalar_ref(found_inf);
   const bool want_stats = stats.has_value();
   at::Tensor partials;
-  if (want_stats) partials = at::empty({3 * std::max<int64_t>(count_chunks(params), 1)}, lr.options().dtype(at::kFloat));
-  float* partials_ptr = want_stats ? partials.data_ptr<float>() : nullptr;
+  if (want_stats) partials = at::empty({3 * std::max<int64_t>(count_chunks(params), 1)}, lr.options().dtype(at::kDouble));
+  double* partials_ptr = want_stats ? partials.data_ptr<double>() : nullptr;
   const at::TensorList none;
   const std::array<at::TensorList, kSgdDepth> lists = {
       params, grads, momentum != 0.0 ? momentum_buffers : none, master_params};

@@ -210,7 +210,9 @@ class FusedOptimizer(Optimizer):
         key = (id(group), device)
         cached = self._lr_tensors.get(key)
         if cached is None:
-            cached = self._lr_tensors[key] = [torch.tensor(float(lr), dtype=torch.float32,
+            # float64: the kernels read it in their compute type, so float64 params keep
+            # every digit of a Python-float lr (as torch's own optimizers do).
+            cached = self._lr_tensors[key] = [torch.tensor(float(lr), dtype=torch.float64,
                                                            device=device), float(lr)]
         elif cached[1] != lr:
             cached[0].fill_(lr)

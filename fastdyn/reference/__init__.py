@@ -7,6 +7,7 @@ from fastdyn.reference.clip import clip_grad_norm_
 from fastdyn.reference.lamb import lamb_
 from fastdyn.reference.lars import lars_
 from fastdyn.reference.norm import multi_tensor_norm
+from fastdyn.reference.optimizers import LambReference, LarsReference
 from fastdyn.reference.scale import multi_tensor_scale_
 from fastdyn.reference.sgd import sgd_
 from fastdyn.reference.unscale import multi_tensor_unscale_norm_
@@ -14,6 +15,8 @@ from fastdyn.reference.unscale import multi_tensor_unscale_norm_
 __all__ = [
     "adam_",
     "clip_grad_norm_",
+    "LambReference",
+    "LarsReference",
     "lamb_",
     "lars_",
     "multi_tensor_norm",

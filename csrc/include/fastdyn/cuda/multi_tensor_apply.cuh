@@ -184,9 +184,10 @@ struct SumOp {
   __device__ __forceinline__ T operator()(T a, T b) const { return a + b; }
 };
 
-// Reads a one-element float32/float64 device scalar.
-__device__ __forceinline__ float read_scalar(const void* p, bool is_double) {
-  return is_double ? static_cast<float>(*static_cast<const double*>(p)) : *static_cast<const float*>(p);
+// Reads a one-element float32/float64 device scalar (as double: a float64 lr must keep its
+// precision for float64 params).
+__device__ __forceinline__ double read_scalar(const void* p, bool is_double) {
+  return is_double ? *static_cast<const double*>(p) : static_cast<double>(*static_cast<const float*>(p));
 }
 
 // A device scalar argument: address and width, passed by value into kernels.
@@ -194,7 +195,7 @@ struct ScalarRef {
   const void* ptr = nullptr;
   bool is_double = false;
   __device__ __forceinline__ bool present() const { return ptr != nullptr; }
-  __device__ __forceinline__ float get() const { return read_scalar(ptr, is_double); }
+  __device__ __forceinline__ double get() const { return read_scalar(ptr, is_double); }
 };
 
 inline ScalarRef scalar_ref(const at::Tensor& t) {

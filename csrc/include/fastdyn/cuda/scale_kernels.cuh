@@ -11,7 +11,7 @@ namespace cuda {
 template <typename T>
 struct ScaleChunkOp {
   ScalarRef scale;
-  __device__ __forceinline__ bool skip() const { return scale.get() == 1.f; }
+  __device__ __forceinline__ bool skip() const { return scale.get() == 1.0; }
   __device__ __forceinline__ void operator()(const TensorListMeta<1>& meta, ChunkRef c) const {
     using A = typename OpMath<T>::type;
     T* __restrict__ x = static_cast<T*>(meta.addr[0][c.slot]);

@@ -14,11 +14,11 @@ namespace cuda {
 // Skip test shared by every update kernel: found_inf set means this step does not happen.
 struct SkipIfFoundInf {
   ScalarRef found_inf;
-  __device__ __forceinline__ bool skip() const { return found_inf.present() && found_inf.get() != 0.f; }
+  __device__ __forceinline__ bool skip() const { return found_inf.present() && found_inf.get() != 0.0; }
 };
 
-__device__ __forceinline__ float inverse_grad_scale(const ScalarRef& grad_scale) {
-  return grad_scale.present() ? 1.f / grad_scale.get() : 1.f;
+__device__ __forceinline__ double inverse_grad_scale(const ScalarRef& grad_scale) {
+  return grad_scale.present() ? 1.0 / grad_scale.get() : 1.0;
 }
 
 template <bool kDouble>
@@ -50,10 +50,11 @@ inline void increment_steps(at::TensorList steps, ScalarRef found_inf) {
 }
 
 // Writes the three per-chunk sums (g^2, p^2, update^2 at partials[3*chunk + k]) of one
-// block's chunk. Every thread of the block must call it.
-__device__ __forceinline__ void write_stats_partials(float* partials, int64_t chunk, float g2, float p2,
-                                                     float d2) {
-  __shared__ float shared[32];
+// block's chunk. Every thread of the block must call it. Partials and their reductions are
+// double: float64 params keep their precision, and fp32 sums lose nothing when combined.
+__device__ __forceinline__ void write_stats_partials(double* partials, int64_t chunk, double g2, double p2,
+                                                     double d2) {
+  __shared__ double shared[32];
   g2 = block_reduce(g2, SumOp{}, shared);
   p2 = block_reduce(p2, SumOp{}, shared);
   d2 = block_reduce(d2, SumOp{}, shared);
@@ -67,40 +68,37 @@ __device__ __forceinline__ void write_stats_partials(float* partials, int64_t ch
 // One block per tensor: stats[id] = (||g||, ||p||, ||update||, r) from the chunk partials;
 // ratios (trust ratio per tensor) and update_norms may be null (1 and the partials then).
 template <int Depth>
-__global__ void __launch_bounds__(256) stats_kernel(TensorListMeta<Depth> meta, const float* partials,
-                                                    const float* ratios, const float* update_norms,
+__global__ void __launch_bounds__(256) stats_kernel(TensorListMeta<Depth> meta, const double* partials,
+                                                    const double* ratios, const double* update_norms,
                                                     float* stats, SkipIfFoundInf guard) {
   if (guard.skip()) return;
-  __shared__ float shared[32];
+  __shared__ double shared[32];
   const int slot = blockIdx.x;
   const int64_t c0 = meta.chunk_offset + meta.chunk_begin[slot];
   const int64_t c1 = meta.chunk_offset + meta.chunk_begin[slot + 1];
-  float sums[3];
+  double sums[3];
 #pragma unroll
   for (int k = 0; k < 3; ++k) {
-    float acc = 0.f;
+    double acc = 0.0;
     for (int64_t c = c0 + threadIdx.x; c < c1; c += blockDim.x) acc += partials[3 * c + k];
     sums[k] = block_reduce(acc, SumOp{}, shared);
   }
   if (threadIdx.x == 0) {
     const int id = meta.tensor_id[slot];
-    stats[4 * id + kGradNorm] = math::fsqrt(sums[0]);
-    stats[4 * id + kParamNorm] = math::fsqrt(sums[1]);
-    stats[4 * id + kUpdateNorm] = update_norms ? update_norms[id] : math::fsqrt(sums[2]);
-    stats[4 * id + kTrustRatio] = ratios ? ratios[id] : 1.f;
+    stats[4 * id + kGradNorm] = static_cast<float>(math::fsqrt(sums[0]));
+    stats[4 * id + kParamNorm] = static_cast<float>(math::fsqrt(sums[1]));
+    stats[4 * id + kUpdateNorm] = static_cast<float>(update_norms ? update_norms[id] : math::fsqrt(sums[2]));
+    stats[4 * id + kTrustRatio] = static_cast<float>(ratios ? ratios[id] : 1.0);
   }
 }
 
 template <int Depth>
-void launch_stats(const TensorListMeta<Depth>& meta, const float* partials, const float* ratios,
-                  const float* update_norms, float* stats, ScalarRef found_inf) {
+void launch_stats(const TensorListMeta<Depth>& meta, const double* partials, const double* ratios,
+                  const double* update_norms, float* stats, ScalarRef found_inf) {
   stats_kernel<Depth><<<meta.n_tensors, 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
       meta, partials, ratios, update_norms, stats, SkipIfFoundInf{found_inf});
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
-
-// Float32 copies of lr/grad_scale when they come as float64 are not needed: ScalarRef
-// reads either width on the device.
 
 using TrueT = std::true_type;
 using FalseT = std::false_type;

@@ -1,0 +1,53 @@
+"""torch.library.opcheck of every op on every backend with kernels here: schema (declared
+mutations are the real ones), fake kernels, autograd registration, AOT dispatch."""
+
+import pytest
+import torch
+
+import fastdyn  # noqa: F401
+from helpers import BACKEND_DEVICES
+
+
+def _namespace(backend):
+    if backend == "triton":
+        import fastdyn.ops.triton  # noqa: F401
+        return torch.ops.fastdyn_triton
+    return torch.ops.fastdyn
+
+
+def _lists(device, n=3, dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(s, generator=g).to(dtype).to(device) for s in (5, 70, 1)[:n]]
+
+
+def samples(device):
+    d = device
+    lr = torch.tensor(0.01, device=d)
+    steps = lambda: [torch.tensor(2.0, device=d) for _ in range(3)]  # noqa: E731
+    pos = lambda: [t.abs() for t in _lists(d)]  # noqa: E731
+    yield "multi_tensor_norm", (_lists(d), 2.0, True), {}
+    yield "multi_tensor_norm", (_lists(d), float("inf"), False), {}
+    yield "multi_tensor_scale_", (_lists(d), torch.tensor(0.5, device=d)), {}
+    yield "multi_tensor_unscale_norm_", (_lists(d), torch.tensor(0.5, device=d),
+                                         torch.zeros((), device=d), 2.0, True), {}
+    yield "clip_grad_norm_", (_lists(d), 0.1, 2.0), {}
+    yield "adam_", (_lists(d), _lists(d), _lists(d), pos(), pos(), [], steps(), lr, 0.9, 0.999,
+                    0.01, 1e-8, True, False, True), dict(stats=torch.zeros(3, 4, device=d))
+    yield "adam_", (_lists(d, dtype=torch.float16), _lists(d, dtype=torch.float16), _lists(d),
+                    pos(), [], _lists(d), steps(), lr, 0.9, 0.999, 0.0, 1e-8, False, True, False), \
+        dict(grad_scale=torch.tensor(4.0, device=d), found_inf=torch.zeros((), device=d))
+    yield "sgd_", (_lists(d), _lists(d), _lists(d), [], lr, 0.9, 0.0, 1e-4, True, False, False), {}
+    yield "lamb_", (_lists(d), _lists(d), _lists(d), pos(), [], steps(), lr, 0.9, 0.999, 1e-6, 0.01,
+                    True, True, True, False), dict(stats=torch.zeros(3, 4, device=d))
+    yield "lars_", (_lists(d), _lists(d), _lists(d), [], lr, 0.9, 0.0, 1e-4, False, 0.001, 1e-8,
+                    True, False, False), dict(found_inf=torch.zeros((), device=d))
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+def test_opcheck_every_op(backend, device):
+    ns = _namespace(backend)
+    seen = set()
+    for name, args, kwargs in samples(device):
+        torch.library.opcheck(getattr(ns, name).default, args, kwargs)
+        seen.add(name)
+    assert seen == set(fastdyn.ops.registry.OP_NAMES)

@@ -1,0 +1,141 @@
+"""fastdyn.optim.LAMB / LARS against the float64 contract references
+(fastdyn.reference.LambReference / LarsReference) for every option."""
+
+import copy
+import itertools
+
+import pytest
+import torch
+
+import fastdyn
+from fastdyn.ops import use_backend
+from fastdyn.reference import LambReference, LarsReference
+from helpers import BACKEND_DEVICES, INTERPRETED
+from optim.models import mlp, mlp_loss, regression_data
+
+LAMB_OPTIONS = [
+    dict(),
+    dict(max_grad_norm=0.05),          # clipping active (the grads' norm is ~0.1-1)
+    dict(max_grad_norm=1e3),           # clipping inactive
+    dict(weight_decay=0.0),
+    dict(weight_decay=0.0, always_adapt=True),
+    dict(trust_clip=True),
+    dict(bias_correction=False),
+    dict(grad_averaging=False),
+    dict(trust_clip=True, max_grad_norm=0.1, bias_correction=False, grad_averaging=False),
+]
+LARS_OPTIONS = [
+    dict(),
+    dict(weight_decay=1e-3),
+    dict(weight_decay=1e-3, trust_clip=True),
+    dict(always_adapt=True),
+    dict(weight_decay=1e-3, nesterov=True),
+    dict(weight_decay=1e-3, dampening=0.3),
+    dict(weight_decay=1e-3, momentum=0.0),
+]
+
+
+def compare(ours_cls, ref_cls, kw, backend, device, dtype, steps):
+    model = mlp(dtype=dtype).to(device)
+    ref_model = copy.deepcopy(model).double()
+    # a zero tensor exercises the "norm is 0 -> r = 1" rule
+    with torch.no_grad():
+        model[0].bias.zero_()
+        ref_model[0].bias.zero_()
+    ours = ours_cls(model.parameters(), **kw)
+    ref = ref_cls(ref_model.parameters(), **kw)
+    x, y = (t.to(device) for t in regression_data())
+    for _ in range(steps):
+        for m, o, cast in ((model, ours, dtype), (ref_model, ref, torch.float64)):
+            o.zero_grad()
+            mlp_loss(m, (x.to(cast), y.to(cast))).backward()
+            with use_backend(backend if o is ours else None):
+                o.step()
+    return model, ref_model
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("kw", LAMB_OPTIONS, ids=str)
+def test_lamb_float64_matches_contract(backend, device, kw):
+    if backend == "triton":
+        pytest.skip("Triton's kernels are fp32; see test_lamb_float32_close_to_contract")
+    model, ref = compare(fastdyn.optim.LAMB, LambReference, dict(lr=1e-2, **kw), backend, device,
+                         torch.float64, steps=20)
+    # The global norm behind max_grad_norm is a float32 result (the norm op's contract), so
+    # the clipping coefficient, and with it the update, carries ~1e-7 relative error.
+    tol = dict(rtol=1e-6, atol=1e-9) if kw.get("max_grad_norm") else dict(rtol=1e-10, atol=1e-12)
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p.cpu(), q.cpu(), **tol)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("kw", LAMB_OPTIONS[:3], ids=str)
+def test_lamb_float32_close_to_contract(backend, device, kw):
+    steps = 3 if (backend == "triton" and INTERPRETED) else 20
+    model, ref = compare(fastdyn.optim.LAMB, LambReference, dict(lr=1e-2, **kw), backend, device,
+                         torch.float32, steps=steps)
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p.double().cpu(), q.cpu(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("kw", LARS_OPTIONS, ids=str)
+def test_lars_matches_contract(backend, device, kw):
+    dtype = torch.float32 if backend == "triton" else torch.float64
+    steps = 3 if (backend == "triton" and INTERPRETED) else 20
+    model, ref = compare(fastdyn.optim.LARS, LarsReference, dict(lr=0.5, **kw), backend, device,
+                         dtype, steps=steps)
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p.double().cpu(), q.cpu(), **tol)
+
+
+def test_lamb_defaults_match_contract():
+    import inspect
+    sig = inspect.signature(fastdyn.optim.LAMB)
+    expected = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, bias_correction=True,
+                    grad_averaging=True, max_grad_norm=None, trust_clip=False, always_adapt=False)
+    for k, v in expected.items():
+        assert sig.parameters[k].default == v, k
+    for k in ("bias_correction", "grad_averaging", "max_grad_norm", "trust_clip", "always_adapt"):
+        assert sig.parameters[k].kind == inspect.Parameter.KEYWORD_ONLY
+
+
+def test_lars_defaults_match_contract():
+    import inspect
+    sig = inspect.signature(fastdyn.optim.LARS)
+    expected = dict(lr=1.0, momentum=0.9, dampening=0.0, weight_decay=0.0, nesterov=False,
+                    trust_coeff=0.001, eps=1e-8, trust_clip=False, always_adapt=False)
+    for k, v in expected.items():
+        assert sig.parameters[k].default == v, k
+    for k in ("trust_coeff", "eps", "trust_clip", "always_adapt"):
+        assert sig.parameters[k].kind == inspect.Parameter.KEYWORD_ONLY
+
+
+def test_lamb_never_modifies_grads():
+    model = mlp()
+    opt = fastdyn.optim.LAMB(model.parameters(), lr=1e-2, max_grad_norm=0.01)
+    mlp_loss(model, regression_data()).backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    opt.step()
+    for p, g in zip(model.parameters(), grads):
+        assert torch.equal(p.grad, g)
+
+
+def test_lamb_state_keys():
+    model = mlp()
+    opt = fastdyn.optim.LAMB(model.parameters())
+    mlp_loss(model, regression_data()).backward()
+    opt.step()
+    for p in model.parameters():
+        assert set(opt.state[p]) == {"step", "exp_avg", "exp_avg_sq"}
+        assert opt.state[p]["step"].item() == 1
+
+
+def test_lars_state_keys():
+    model = mlp()
+    opt = fastdyn.optim.LARS(model.parameters(), lr=0.1)
+    mlp_loss(model, regression_data()).backward()
+    opt.step()
+    for p in model.parameters():
+        assert set(opt.state[p]) == {"momentum_buffer"}
