@@ -1,0 +1,218 @@
+"""Mixed precision: torch.amp.GradScaler and fastdyn.amp.LossScaler drive the optimizers;
+an inf/NaN gradient leaves params, state and step counts bit-identical; training goes on
+after the backoff; LossScaler's scale grows and backs off like GradScaler's."""
+
+import copy
+
+import pytest
+import torch
+
+import fastdyn
+from fastdyn.amp import LossScaler
+from fastdyn.ops import use_backend
+from helpers import BACKEND_DEVICES
+from optim.models import mlp, mlp_loss, regression_data
+
+OPTS = {
+    "Adam": dict(lr=1e-2),
+    "AdamW": dict(lr=1e-2, amsgrad=True),
+    "SGD": dict(lr=0.05, momentum=0.9),
+    "LAMB": dict(lr=1e-2, max_grad_norm=1.0),
+    "LAMB-noclip": dict(lr=1e-2),
+    "LARS": dict(lr=0.5, weight_decay=1e-3),
+}
+
+
+def make(name, model, **extra):
+    cls = getattr(fastdyn.optim, name.split("-")[0])
+    return cls(model.parameters(), **OPTS[name], **extra)
+
+
+def snapshot(model, opt):
+    return ([p.detach().clone() for p in model.parameters()],
+            copy.deepcopy({k: v for k, v in opt.state_dict()["state"].items()}))
+
+
+def assert_same(a, b):
+    for x, y in zip(a[0], b[0]):
+        assert torch.equal(x, y)
+    assert a[1].keys() == b[1].keys()
+    for k in a[1]:
+        for key in a[1][k]:
+            assert torch.equal(a[1][k][key], b[1][k][key]), key
+
+
+def poison(model):
+    next(model.parameters()).grad[0, 0] = float("inf")
+
+
+def scaler_for(kind, device):
+    if kind == "GradScaler":
+        return torch.amp.GradScaler(device, init_scale=2.0 ** 10, growth_interval=2)
+    return LossScaler(device, init_scale=2.0 ** 10, growth_interval=2)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("kind", ["GradScaler", "LossScaler"])
+@pytest.mark.parametrize("name", list(OPTS))
+def test_inf_step_is_skipped_bit_for_bit_and_training_continues(backend, device, kind, name):
+    model = mlp().to(device)
+    opt = make(name, model)
+    scaler = scaler_for(kind, device)
+    data = tuple(t.to(device) for t in regression_data())
+    with use_backend(backend):
+        for _ in range(2):
+            opt.zero_grad()
+            scaler.scale(mlp_loss(model, data)).backward()
+            scaler.step(opt)
+            scaler.update()
+        before = snapshot(model, opt)
+        scale_before = scaler.get_scale()
+        opt.zero_grad()
+        scaler.scale(mlp_loss(model, data)).backward()
+        poison(model)
+        scaler.step(opt)
+        scaler.update()
+        assert_same(before, snapshot(model, opt))
+        assert scaler.get_scale() == scale_before / 2
+        losses = []
+        for _ in range(5):
+            opt.zero_grad()
+            loss = mlp_loss(model, data)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            losses.append(loss.item())
+    after = snapshot(model, opt)
+    assert not torch.equal(after[0][0], before[0][0])
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("name", ["Adam", "LAMB", "SGD"])
+def test_scaled_training_matches_unscaled(name):
+    """Unscaling inside the kernels gives the same step as unscaled gradients."""
+    plain, scaled = mlp(), mlp()
+    o1, o2 = make(name, plain), make(name, scaled)
+    scaler = LossScaler("cpu", init_scale=2.0 ** 8, growth_interval=10 ** 6)
+    data = regression_data()
+    for _ in range(5):
+        o1.zero_grad()
+        mlp_loss(plain, data).backward()
+        o1.step()
+        o2.zero_grad()
+        scaler.scale(mlp_loss(scaled, data)).backward()
+        scaler.step(o2)
+        scaler.update()
+    for p, q in zip(plain.parameters(), scaled.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_gradscaler_matches_torch_optimizer():
+    ours, theirs = mlp(), mlp()
+    o1 = fastdyn.optim.AdamW(ours.parameters(), lr=1e-2)
+    o2 = torch.optim.AdamW(theirs.parameters(), lr=1e-2)
+    s1 = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
+    s2 = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
+    data = regression_data()
+    for i in range(6):
+        for m, o, s in ((ours, o1, s1), (theirs, o2, s2)):
+            o.zero_grad()
+            s.scale(mlp_loss(m, data)).backward()
+            if i == 3:
+                poison(m)
+            s.step(o)
+            s.update()
+    assert s1.get_scale() == s2.get_scale()
+    for p, q in zip(ours.parameters(), theirs.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_loss_scaler_growth_backoff_and_state_dict():
+    s = LossScaler("cpu", init_scale=4.0, growth_factor=2.0, backoff_factor=0.25, growth_interval=3)
+    g = torch.amp.GradScaler("cpu", init_scale=4.0, growth_factor=2.0, backoff_factor=0.25,
+                             growth_interval=3)
+    model, twin = mlp(), mlp()
+    o1, o2 = fastdyn.optim.SGD(model.parameters(), lr=0.0), fastdyn.optim.SGD(twin.parameters(), lr=0.0)
+    data = regression_data()
+    for i in range(10):
+        for m, o, sc in ((model, o1, s), (twin, o2, g)):
+            o.zero_grad()
+            sc.scale(mlp_loss(m, data)).backward()
+            if i in (4, 5):
+                poison(m)
+            sc.step(o)
+            sc.update()
+        assert s.get_scale() == g.get_scale(), i
+    state = s.state_dict()
+    assert state.keys() == g.state_dict().keys()
+    fresh = LossScaler("cpu")
+    fresh.load_state_dict(g.state_dict())
+    assert fresh.get_scale() == g.get_scale()
+    g2 = torch.amp.GradScaler("cpu")
+    g2.load_state_dict(state)
+    assert g2.get_scale() == s.get_scale()
+
+
+def test_loss_scaler_unscale_then_clip_then_step():
+    model = mlp()
+    opt = fastdyn.optim.AdamW(model.parameters(), lr=1e-2)
+    s = LossScaler("cpu", init_scale=2.0 ** 8)
+    opt.zero_grad()
+    s.scale(mlp_loss(model, regression_data())).backward()
+    s.unscale_(opt)
+    norm = fastdyn.clip_grad_norm_(model.parameters(), 1e9)
+    torch.testing.assert_close(norm, s.last_grad_norm, rtol=1e-5, atol=0)
+    s.step(opt)
+    assert s.found_inf(opt).item() == 0.0  # valid until update()
+    s.update()
+    with pytest.raises(RuntimeError, match="already been called"):
+        s.unscale_(opt)
+        s.unscale_(opt)
+
+
+def test_loss_scaler_with_a_torch_optimizer():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    s = LossScaler("cpu", init_scale=2.0 ** 8)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.zero_grad()
+    s.scale(mlp_loss(model, regression_data())).backward()
+    poison(model)
+    s.step(opt)
+    s.update()
+    for p, b in zip(model.parameters(), before):
+        assert torch.equal(p, b)
+    assert s.get_scale() == 2.0 ** 7
+
+
+def test_loss_scaler_bad_arguments():
+    with pytest.raises(ValueError, match="growth_factor"):
+        LossScaler("cpu", growth_factor=1.0)
+    with pytest.raises(ValueError, match="backoff_factor"):
+        LossScaler("cpu", backoff_factor=1.5)
+    with pytest.raises(ValueError, match="growth_interval"):
+        LossScaler("cpu", growth_interval=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_master_weights_train_low_precision_params(dtype):
+    """With fp32 master weights, low-precision params follow the fp32 run closely; without
+    them, small updates are lost to rounding."""
+    ref = mlp()
+    low = mlp(dtype=dtype)
+    o_ref = fastdyn.optim.AdamW(ref.parameters(), lr=1e-3)
+    o_low = fastdyn.optim.AdamW(low.parameters(), lr=1e-3, master_weights=True)
+    x, y = regression_data()
+    for _ in range(20):
+        o_ref.zero_grad()
+        mlp_loss(ref, (x, y)).backward()
+        o_ref.step()
+        o_low.zero_grad()
+        mlp_loss(low, (x.to(dtype), y.to(dtype))).backward()
+        o_low.step()
+    st = o_low.state[next(low.parameters())]
+    assert st["master_param"].dtype == torch.float32 and st["exp_avg"].dtype == torch.float32
+    for p, q in zip(low.parameters(), o_low.param_groups[0]["params"]):
+        assert torch.equal(p, o_low.state[q]["master_param"].to(dtype))
+    for p, q in zip(ref.parameters(), low.parameters()):
+        torch.testing.assert_close(q.float(), p, rtol=0.05, atol=0.02)

@@ -1,0 +1,85 @@
+"""Bad hyperparameters and bad params fail at construction with a message naming them; a
+failed step leaves everything untouched."""
+
+import pytest
+import torch
+
+import fastdyn
+from optim.models import mlp, mlp_loss, regression_data
+
+P = lambda: [torch.nn.Parameter(torch.randn(3))]  # noqa: E731
+
+BAD = [
+    ("Adam", dict(lr=-1.0), "learning rate"),
+    ("Adam", dict(betas=(1.0, 0.9)), "beta parameter at index 0"),
+    ("Adam", dict(betas=(0.9, -0.1)), "beta parameter at index 1"),
+    ("Adam", dict(eps=-1e-8), "epsilon"),
+    ("Adam", dict(weight_decay=-1.0), "weight_decay"),
+    ("AdamW", dict(lr=float("nan")), "learning rate"),
+    ("SGD", dict(lr=-0.1), "learning rate"),
+    ("SGD", dict(momentum=-0.5), "momentum"),
+    ("SGD", dict(nesterov=True), "Nesterov"),
+    ("LAMB", dict(lr=-1e-3), "learning rate"),
+    ("LAMB", dict(betas=(0.9, 1.0)), "beta parameter at index 1"),
+    ("LAMB", dict(eps=0.0), "epsilon"),
+    ("LAMB", dict(max_grad_norm=0.0), "max_grad_norm"),
+    ("LAMB", dict(weight_decay=-0.1), "weight_decay"),
+    ("LARS", dict(lr=-1.0), "learning rate"),
+    ("LARS", dict(trust_coeff=0.0), "trust_coeff"),
+    ("LARS", dict(momentum=-0.9), "momentum"),
+    ("LARS", dict(dampening=2.0), "dampening"),
+]
+
+
+@pytest.mark.parametrize("name,kw,match", BAD, ids=[f"{n}-{list(k)[0]}" for n, k, _ in BAD])
+def test_bad_hyperparameters(name, kw, match):
+    with pytest.raises(ValueError, match=match):
+        getattr(fastdyn.optim, name)(P(), **kw)
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "SGD", "LAMB", "LARS"])
+def test_bad_params(name):
+    cls = getattr(fastdyn.optim, name)
+    with pytest.raises(TypeError, match=r"params\[1\] is complex"):
+        cls([torch.nn.Parameter(torch.randn(2)), torch.nn.Parameter(torch.randn(2, dtype=torch.complex64))])
+    with pytest.raises(TypeError, match=r"params\[0\] has dtype torch.int64"):
+        cls([torch.zeros(2, dtype=torch.int64)])
+    p = torch.nn.Parameter(torch.randn(2))
+    with pytest.raises(ValueError, match="more than one parameter group"):
+        cls([{"params": [p]}, {"params": [p]}])
+    with pytest.raises(ValueError, match="not dense"):
+        cls([torch.randn(4, 4)[:, :2]])
+    with pytest.raises(ValueError, match="Invalid learning rate"):
+        cls([{"params": P()}, {"params": P(), "lr": -1.0}])
+
+
+@pytest.mark.parametrize("name", ["Adam", "SGD", "LAMB", "LARS"])
+def test_sparse_grad_fails_before_anything_moves(name):
+    cls = getattr(fastdyn.optim, name)
+    ps = [torch.nn.Parameter(torch.randn(4)), torch.nn.Parameter(torch.randn(4))]
+    opt = cls(ps, lr=0.1)
+    ps[0].grad = torch.randn(4)
+    ps[1].grad = torch.randn(4).to_sparse()
+    before = [p.detach().clone() for p in ps]
+    with pytest.raises(ValueError, match="sparse gradients"):
+        opt.step()
+    for p, b in zip(ps, before):
+        assert torch.equal(p, b)
+
+
+def test_mismatched_grad_layout_fails_cleanly():
+    p = torch.nn.Parameter(torch.randn(4, 4))
+    q = torch.nn.Parameter(torch.randn(3))
+    opt = fastdyn.optim.AdamW([p, q], lr=0.1)
+    p.grad = torch.randn(4, 4).t()  # same shape, transposed strides
+    q.grad = torch.randn(3)
+    before = [p.detach().clone(), q.detach().clone()]
+    with pytest.raises(ValueError, match=r"grads\[0\] has strides"):
+        opt.step()
+    assert torch.equal(p, before[0]) and torch.equal(q, before[1])
+    assert all(s.get("step") is None or s["step"].item() == 0 for s in opt.state.values())
+
+
+def test_differentiable_rejected():
+    with pytest.raises(ValueError, match="differentiable"):
+        fastdyn.optim.Adam(P(), differentiable=True)

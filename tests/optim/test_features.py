@@ -1,0 +1,116 @@
+"""What a torch.optim user relies on: groups, add_param_group, zero_grad, closures,
+params without grads, schedulers, mixed dtypes per group, track_stats."""
+
+import copy
+
+import pytest
+import torch
+
+import fastdyn
+from optim.models import mlp, mlp_loss, regression_data, train
+
+
+def test_closure_returns_loss_and_steps():
+    model = mlp()
+    opt = fastdyn.optim.AdamW(model.parameters(), lr=1e-2)
+    data = regression_data()
+
+    def closure():
+        opt.zero_grad()
+        loss = mlp_loss(model, data)
+        loss.backward()
+        return loss
+
+    first = opt.step(closure).item()
+    for _ in range(10):
+        last = opt.step(closure).item()
+    assert last < first
+
+
+def test_params_without_grads_are_skipped():
+    model = mlp()
+    frozen = model[0].weight
+    frozen.requires_grad_(False)
+    opt = fastdyn.optim.LAMB(model.parameters(), lr=1e-2)
+    before = frozen.detach().clone()
+    train(model, opt, mlp_loss, regression_data(), 3)
+    assert torch.equal(frozen, before)
+    assert frozen not in opt.state
+
+
+def test_add_param_group_and_zero_grad():
+    model = mlp()
+    params = list(model.parameters())
+    opt = fastdyn.optim.SGD(params[:2], lr=0.1, momentum=0.9)
+    train(model, opt, mlp_loss, regression_data(), 2)
+    opt.add_param_group({"params": params[2:], "lr": 0.01})
+    assert opt.param_groups[1]["momentum"] == 0.9
+    train(model, opt, mlp_loss, regression_data(), 2)
+    assert all("momentum_buffer" in opt.state[p] for p in params)
+    opt.zero_grad()
+    assert all(p.grad is None for p in params)
+    with pytest.raises(ValueError, match="more than one parameter group"):
+        opt.add_param_group({"params": params[:1]})
+
+
+@pytest.mark.parametrize("sched", ["StepLR", "OneCycleLR", "CosineAnnealingLR", "ReduceLROnPlateau"])
+def test_schedulers_work_unchanged(sched):
+    model, twin = mlp(), mlp()
+    ours = fastdyn.optim.AdamW(model.parameters(), lr=1e-2)
+    theirs = torch.optim.AdamW(twin.parameters(), lr=1e-2)
+    make = {
+        "StepLR": lambda o: torch.optim.lr_scheduler.StepLR(o, 3, gamma=0.5),
+        "OneCycleLR": lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.05, total_steps=12),
+        "CosineAnnealingLR": lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, 12),
+        "ReduceLROnPlateau": lambda o: torch.optim.lr_scheduler.ReduceLROnPlateau(o, patience=0),
+    }[sched]
+    s1, s2 = make(ours), make(theirs)
+    data = regression_data()
+    for i in range(12):
+        for m, o, s in ((model, ours, s1), (twin, theirs, s2)):
+            o.zero_grad()
+            loss = mlp_loss(m, data)
+            loss.backward()
+            o.step()
+            s.step(loss.item() * (1 + i % 2)) if sched == "ReduceLROnPlateau" else s.step()
+        assert ours.param_groups[0]["lr"] == theirs.param_groups[0]["lr"]
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+
+
+def test_mixed_dtypes_in_one_group():
+    a = torch.nn.Parameter(torch.randn(10))
+    b = torch.nn.Parameter(torch.randn(10, dtype=torch.bfloat16))
+    c = torch.nn.Parameter(torch.randn(10, dtype=torch.float64))
+    opt = fastdyn.optim.Adam([a, b, c], lr=0.1)
+    for p in (a, b, c):
+        p.grad = torch.ones_like(p)
+    opt.step()
+    for p in (a, b, c):
+        assert opt.state[p]["exp_avg"].dtype == p.dtype
+        torch.testing.assert_close(p.grad.float(), torch.ones(10))  # grads untouched
+
+
+def test_track_stats():
+    model = mlp()
+    opt = fastdyn.optim.LAMB(model.parameters(), lr=1e-2, track_stats=True)
+    assert opt.last_stats() is None
+    train(model, opt, mlp_loss, regression_data(), 1)
+    before = [p.detach().clone() for p in model.parameters()]
+    train(model, opt, mlp_loss, regression_data(), 1)
+    st = opt.last_stats()
+    assert st.values.shape == (len(before), 4) and st.columns[0] == "grad_norm"
+    for i, p in enumerate(model.parameters()):
+        torch.testing.assert_close(st.values[i, 1].double(), before[i].double().norm(), rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(st.values[i, 2].double(), (p - before[i]).double().norm(),
+                                   rtol=1e-3, atol=1e-7)
+        torch.testing.assert_close(st.values[i, 0].double(), p.grad.double().norm(), rtol=1e-5, atol=1e-7)
+    assert (st.values[:, 3] > 0).all()
+
+
+def test_optimizers_pickle_and_deepcopy():
+    model = mlp()
+    opt = fastdyn.optim.LARS(model.parameters(), lr=0.1, weight_decay=1e-4)
+    train(model, opt, mlp_loss, regression_data(), 2)
+    clone = copy.deepcopy(opt)
+    assert clone.state_dict()["param_groups"] == opt.state_dict()["param_groups"]
