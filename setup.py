@@ -5,6 +5,10 @@ Environment:
   FASTDYN_CUDA=0|1        force the CUDA kernels off / on (on fails loudly without a toolkit)
   CUDA_HOME               the toolkit folder (its bin/ holds nvcc, its lib64/ libcudart)
   TORCH_CUDA_ARCH_LIST    architectures, default "8.0;9.0" (A100, H100/H200)
+  FASTDYN_CPU_FLAGS       compiler flags for the CPU kernels (default: AVX2/FMA/F16C if present)
+  FASTDYN_NO_EXT=1        install the Python package only; build the extension afterwards
+                          with `python setup.py build_ext --inplace` (incremental, what
+                          scripts/setup.sh does)
 """
 
 import glob
@@ -117,9 +121,10 @@ def extension():
 def main():
     from torch.utils.cpp_extension import BuildExtension
 
+    no_ext = os.environ.get("FASTDYN_NO_EXT") == "1"
     setup(
         packages=find_packages(include=["fastdyn", "fastdyn.*"]),
-        ext_modules=[extension()],
+        ext_modules=[] if no_ext else [extension()],
         cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     )
 

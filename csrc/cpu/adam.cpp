@@ -10,27 +10,28 @@ namespace fastdyn {
 namespace cpu {
 namespace {
 
-template <typename P, typename S, bool kMaster, bool kStats>
+template <typename P, typename S, bool kMaster, bool kStats, bool kAmsgrad>
 void adam_chunk(P* __restrict__ p, const P* __restrict__ g, S* __restrict__ m,
                 S* __restrict__ v, S* __restrict__ vmax, float* __restrict__ master, int64_t n,
-                const math::AdamHyper<typename OpMath<P>::type>& h,
-                const math::AdamStepScalars<typename OpMath<P>::type>& s,
+                const math::AdamHyper<typename OpMath<P>::type> h,
+                const math::AdamStepScalars<typename OpMath<P>::type> s,
                 typename OpMath<P>::type inv_scale, StatsPartial* stats) {
   using A = typename OpMath<P>::type;
   double g2 = 0, p2 = 0, d2 = 0;
+#pragma omp simd reduction(+ : g2, p2, d2)
   for (int64_t i = 0; i < n; ++i) {
     A pv = kMaster ? static_cast<A>(master[i]) : static_cast<A>(p[i]);
     const A gv = static_cast<A>(g[i]) * inv_scale;
     A mv = static_cast<A>(m[i]);
     A vv = static_cast<A>(v[i]);
-    A vm = h.amsgrad ? static_cast<A>(vmax[i]) : A(0);
+    A vm = kAmsgrad ? static_cast<A>(vmax[i]) : A(0);
     const A p_old = pv;
-    math::adam_update(pv, gv, mv, vv, vm, h, s);
+    math::adam_update(pv, gv, mv, vv, vm, kAmsgrad, h, s);
     if (kMaster) master[i] = static_cast<float>(pv);
     p[i] = static_cast<P>(pv);
     m[i] = static_cast<S>(mv);
     v[i] = static_cast<S>(vv);
-    if (h.amsgrad) vmax[i] = static_cast<S>(vm);
+    if (kAmsgrad) vmax[i] = static_cast<S>(vm);
     if (kStats) {
       g2 += double(gv) * double(gv);
       p2 += double(p_old) * double(p_old);
@@ -71,7 +72,9 @@ void adam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
       const int64_t t = c.tensor, b = c.begin;
       const auto s = math::adam_step_scalars<A>(h, A(ctx.lr), A(scalar_value(state_steps[t])));
       auto run = [&](auto master_c, auto stats_c) {
-        adam_chunk<P, S, decltype(master_c)::value, decltype(stats_c)::value>(
+        auto kernel = amsgrad ? adam_chunk<P, S, decltype(master_c)::value, decltype(stats_c)::value, true>
+                              : adam_chunk<P, S, decltype(master_c)::value, decltype(stats_c)::value, false>;
+        kernel(
             list_ptr<P>(params, t, b), list_ptr<const P>(grads, t, b), list_ptr<S>(exp_avgs, t, b),
             list_ptr<S>(exp_avg_sqs, t, b), amsgrad ? list_ptr<S>(max_exp_avg_sqs, t, b) : nullptr,
             list_ptr<float>(master_params, t, b), c.end - b, h, s, A(ctx.inv_grad_scale),

@@ -16,11 +16,12 @@ namespace {
 template <typename P, typename S, bool kMaster>
 void lamb_moments_chunk(const P* __restrict__ p, const P* __restrict__ g, S* __restrict__ m,
                         S* __restrict__ v, const float* __restrict__ master, int64_t n,
-                        const math::LambHyper<typename OpMath<P>::type>& h,
-                        const math::LambStepScalars<typename OpMath<P>::type>& s,
+                        const math::LambHyper<typename OpMath<P>::type> h,
+                        const math::LambStepScalars<typename OpMath<P>::type> s,
                         typename OpMath<P>::type inv_scale, StatsPartial* out) {
   using A = typename OpMath<P>::type;
   double g2 = 0, p2 = 0, u2 = 0;
+#pragma omp simd reduction(+ : g2, p2, u2)
   for (int64_t i = 0; i < n; ++i) {
     const A pv = kMaster ? static_cast<A>(master[i]) : static_cast<A>(p[i]);
     const A gv = static_cast<A>(g[i]) * inv_scale;
@@ -42,10 +43,11 @@ void lamb_moments_chunk(const P* __restrict__ p, const P* __restrict__ g, S* __r
 template <typename P, typename S, bool kMaster>
 void lamb_apply_chunk(P* __restrict__ p, const S* __restrict__ m, const S* __restrict__ v,
                       float* __restrict__ master, int64_t n,
-                      const math::LambHyper<typename OpMath<P>::type>& h,
-                      const math::LambStepScalars<typename OpMath<P>::type>& s,
+                      const math::LambHyper<typename OpMath<P>::type> h,
+                      const math::LambStepScalars<typename OpMath<P>::type> s,
                       typename OpMath<P>::type step) {
   using A = typename OpMath<P>::type;
+#pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     const A pv = kMaster ? static_cast<A>(master[i]) : static_cast<A>(p[i]);
     const A u = math::lamb_direction(pv, static_cast<A>(m[i]), static_cast<A>(v[i]), h, s);

@@ -10,22 +10,23 @@ namespace fastdyn {
 namespace cpu {
 namespace {
 
-template <typename P, typename S, bool kMaster, bool kStats>
+template <typename P, typename S, bool kMaster, bool kStats, bool kMomentum>
 void sgd_chunk(P* __restrict__ p, const P* __restrict__ g, S* __restrict__ buf,
                float* __restrict__ master, int64_t n, typename OpMath<P>::type lr,
                typename OpMath<P>::type weight_decay, bool maximize,
-               const math::MomentumHyper<typename OpMath<P>::type>& mh, bool first_step,
+               const math::MomentumHyper<typename OpMath<P>::type> mh, bool first_step,
                typename OpMath<P>::type inv_scale, StatsPartial* stats) {
   using A = typename OpMath<P>::type;
   double g2 = 0, p2 = 0, d2 = 0;
+#pragma omp simd reduction(+ : g2, p2, d2)
   for (int64_t i = 0; i < n; ++i) {
     const A p_old = kMaster ? static_cast<A>(master[i]) : static_cast<A>(p[i]);
     const A gv = static_cast<A>(g[i]) * inv_scale;
-    A d = math::sgd_direction(p_old, gv, weight_decay, maximize);
-    if (buf) {
-      A bv = first_step ? A(0) : static_cast<A>(buf[i]);
-      d = math::apply_momentum(d, bv, mh, first_step);
+    A d = math::sgd_direction(p_old, gv, weight_decay, maximize ? A(-1) : A(1));
+    if (kMomentum) {
+      const A bv = math::momentum_buffer(d, static_cast<A>(buf[i]), mh, first_step);
       buf[i] = static_cast<S>(bv);
+      d = math::momentum_direction(d, bv, mh);
     }
     const A pv = p_old - lr * d;
     if (kMaster) master[i] = static_cast<float>(pv);
@@ -65,7 +66,9 @@ void sgd_(at::TensorList params, at::TensorList grads, at::TensorList momentum_b
       const int64_t t = c.tensor, b = c.begin;
       S* buf = momentum != 0.0 ? list_ptr<S>(momentum_buffers, t, b) : nullptr;
       auto run = [&](auto master_c, auto stats_c) {
-        sgd_chunk<P, S, decltype(master_c)::value, decltype(stats_c)::value>(
+        auto kernel = buf ? sgd_chunk<P, S, decltype(master_c)::value, decltype(stats_c)::value, true>
+                          : sgd_chunk<P, S, decltype(master_c)::value, decltype(stats_c)::value, false>;
+        kernel(
             list_ptr<P>(params, t, b), list_ptr<const P>(grads, t, b), buf,
             list_ptr<float>(master_params, t, b), c.end - b, A(ctx.lr), A(weight_decay),
             maximize, mh, is_first_step, A(ctx.inv_grad_scale),

@@ -40,7 +40,7 @@ struct AdamChunkOp : SkipIfFoundInf {
       A vv = static_cast<A>(v[i]);
       A vm = h.amsgrad ? static_cast<A>(vmax[i]) : A(0);
       const A p_old = pv;
-      math::adam_update(pv, gv, mv, vv, vm, h, s);
+      math::adam_update(pv, gv, mv, vv, vm, h.amsgrad, h, s);
       if (kHasMaster) master[i] = static_cast<float>(pv);
       p[i] = static_cast<P>(pv);
       m[i] = static_cast<S>(mv);

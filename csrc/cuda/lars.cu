@@ -65,10 +65,10 @@ struct LarsUpdateOp : SkipIfFoundInf {
       const A p_old = kHasMaster ? static_cast<A>(master[i]) : static_cast<A>(p[i]);
       const A gv = static_cast<A>(g[i]) * inv;
       A d = math::lars_direction(p_old, gv, weight_decay, r, adapt);
-      if (buf) {
-        A bv = first_step ? A(0) : static_cast<A>(buf[i]);
-        d = math::apply_momentum(d, bv, mh, first_step);
+      if (buf) {  // null when momentum is 0
+        const A bv = math::momentum_buffer(d, first_step ? A(0) : static_cast<A>(buf[i]), mh, first_step);
         buf[i] = static_cast<S>(bv);
+        d = math::momentum_direction(d, bv, mh);
       }
       const A pv = p_old - lr_v * d;
       if (kHasMaster) master[i] = static_cast<float>(pv);

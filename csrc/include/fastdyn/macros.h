@@ -1,8 +1,12 @@
 // Portability macros shared by the CPU (g++) and CUDA (nvcc) builds of the same headers.
 #pragma once
 
+// Always inlined: the CPU loops only vectorize when the per-element math is inlined into
+// them (measured: GCC 12 left adam_update as a call, and the AdamW loop ran 5x slower).
 #if defined(__CUDACC__)
 #define FASTDYN_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+#define FASTDYN_HD inline __attribute__((always_inline))
 #else
 #define FASTDYN_HD inline
 #endif
@@ -45,9 +49,10 @@ FASTDYN_HD double fpow(double b, double e) {
 
 // max that propagates NaN from either side (fmax drops NaN, which would hide a NaN
 // gradient in an inf-norm or an amsgrad max).
+// (Bitwise |, not ||: a short-circuit is control flow, which stops loop vectorization.)
 template <typename T>
 FASTDYN_HD T nan_max(T a, T b) {
-  return (a != a || a > b) ? a : b;
+  return ((a != a) | (a > b)) ? a : b;
 }
 
 template <typename T>

@@ -55,7 +55,7 @@ def _adam_kernel(rows_ptr, lr_ptr, scale_ptr, found_inf_ptr, bc1_ptr, bc2_ptr, p
             p_old = p
             if weight_decay != 0.0:
                 if DECOUPLED:
-                    p = p - lr * weight_decay * p
+                    p = p * (1.0 - lr * weight_decay)
                 else:
                     g = g + weight_decay * p
             m = beta1 * tl.load(m_ptr + idx, mask=mask, other=0.0).to(tl.float32) + (1.0 - beta1) * g

@@ -41,9 +41,8 @@ FASTDYN_HD void lamb_moments(T g, T& m, T& v, const LambHyper<T>& h) {
 // u = (m / bc1) / (sqrt(v / bc2) + eps) + weight_decay * p
 template <typename T>
 FASTDYN_HD T lamb_direction(T p, T m, T v, const LambHyper<T>& h, const LambStepScalars<T>& s) {
-  T u = (m / s.bias_correction1) / (fsqrt(v / s.bias_correction2) + h.eps);
-  if (h.weight_decay != T(0)) u += h.weight_decay * p;
-  return u;
+  const T u = (m / s.bias_correction1) / (fsqrt(v / s.bias_correction2) + h.eps);
+  return h.weight_decay != T(0) ? u + h.weight_decay * p : u;
 }
 
 // r = ||p|| / ||u|| when both are > 0, else 1; min(r, 1) with trust_clip; 1 unless adapting.

@@ -1,0 +1,5 @@
+import sys
+
+from fastdyn.cli import main
+
+sys.exit(main())

@@ -1,0 +1,129 @@
+"""The benchmark cases: for each op, fastdyn's implementation and torch's (or a plain
+PyTorch one) on the same tensors, with the bytes per element fastdyn's design moves."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict
+
+import torch
+
+import fastdyn
+from fastdyn.bench import baselines
+from fastdyn.bench.params import PARAM_SETS, make_params, numel
+
+
+@dataclass
+class Case:
+    op: str
+    param_set: str
+    n_elems: int
+    bytes_per_elem: float  # memory traffic of fastdyn's design, per element, fp32
+    bandwidth_kind: str    # "read" (norms) or "copy" (updates read and write)
+    arrays: int = 1        # distinct arrays of n_elems touched: the working set is 4*arrays*n_elems bytes
+    impls: Dict[str, Callable] = field(default_factory=dict)  # "fastdyn" first
+    baseline: str = ""     # the implementation the ratio is taken against
+    note: str = ""
+
+
+def _norm(params, device, set_name):
+    grads = [p.grad for p in params]
+    return Case("norm", set_name, numel(params), 4, "read", 1, {
+        "fastdyn": lambda: fastdyn.multi_tensor_l2norm(grads),
+        "torch foreach": lambda: torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))),
+    }, baseline="torch foreach")
+
+
+def _clip(params, device, set_name, clipping: bool):
+    # Clipping: max_norm just under the norm, so every call scales (by ~1 after the first)
+    # and the values stay put; not clipping: max_norm far above the norm.
+    total = float(fastdyn.multi_tensor_l2norm([p.grad for p in params])[0])
+    max_norm = 0.5 * total if clipping else 1e6 * total
+    return Case("clip" + (" (clipping)" if clipping else " (under max_norm)"), set_name,
+                numel(params), 12 if clipping else 4, "read", 1, {
+                    "fastdyn": lambda: fastdyn.clip_grad_norm_(params, max_norm),
+                    "torch foreach": lambda: torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True),
+                }, baseline="torch foreach",
+                note="4 B/elem: one read; clipping adds a read and a write")
+
+
+def _optimizer_case(op, params, make_ours, torch_variants, bytes_per_elem, set_name, baseline, arrays):
+    impls = {}
+    ours = make_ours(params)
+    impls["fastdyn"] = ours.step
+    for name, make in torch_variants.items():
+        opt = make(params)
+        impls[name] = opt.step
+    return Case(op, set_name, numel(params), bytes_per_elem, "copy", arrays, impls, baseline=baseline)
+
+
+def _adamw(params, device, set_name):
+    variants = {
+        "torch fused": lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True),
+        "torch foreach": lambda ps: torch.optim.AdamW(ps, lr=1e-3, foreach=True),
+        "torch for-loop": lambda ps: torch.optim.AdamW(ps, lr=1e-3, foreach=False),
+    }
+    return _optimizer_case("adamw", params, lambda ps: fastdyn.optim.AdamW(ps, lr=1e-3), variants,
+                           28, set_name, "torch fused", arrays=4)
+
+
+def _sgd(params, device, set_name):
+    variants = {
+        "torch fused": lambda ps: torch.optim.SGD(ps, lr=1e-3, momentum=0.9, fused=True),
+        "torch foreach": lambda ps: torch.optim.SGD(ps, lr=1e-3, momentum=0.9, foreach=True),
+        "torch for-loop": lambda ps: torch.optim.SGD(ps, lr=1e-3, momentum=0.9, foreach=False),
+    }
+    return _optimizer_case("sgd", params, lambda ps: fastdyn.optim.SGD(ps, lr=1e-3, momentum=0.9),
+                           variants, 20, set_name, "torch fused", arrays=3)
+
+
+class _Compiled:
+    """A torch.compile'd single-tensor reference step, with its own state."""
+
+    def __init__(self, fn, params, n_state, **kw):
+        self.params = params
+        self.state = [[torch.zeros_like(p) for p in params] for _ in range(n_state)]
+        self.fn = torch.compile(fn, fullgraph=True, dynamic=False)
+        self.kw = kw
+        self.t = 0
+
+    @torch.no_grad()
+    def step(self):
+        self.t = min(self.t + 1, 10)  # a few distinct step values, then one graph
+        self.fn(self.params, [p.grad for p in self.params], *self.state, **self.kw)
+
+
+def _lamb(params, device, set_name, with_compile=True):
+    variants = {"timm-style foreach": lambda ps: baselines.ForeachLamb(ps, lr=1e-3, max_grad_norm=1.0)}
+    if with_compile:
+        variants["torch.compile reference"] = lambda ps: _Compiled(
+            baselines.lamb_reference_step, ps, 2, step=10, lr=1e-3)
+    return _optimizer_case("lamb (max_grad_norm)", params,
+                           lambda ps: fastdyn.optim.LAMB(ps, lr=1e-3, max_grad_norm=1.0), variants,
+                           44, set_name, "timm-style foreach", arrays=4)
+
+
+def _lars(params, device, set_name, with_compile=True):
+    variants = {"timm-style foreach": lambda ps: baselines.ForeachLars(ps, lr=1e-3, weight_decay=1e-4)}
+    if with_compile:
+        variants["torch.compile reference"] = lambda ps: _Compiled(
+            baselines.lars_reference_step, ps, 1, lr=1e-3)
+    return _optimizer_case("lars", params,
+                           lambda ps: fastdyn.optim.LARS(ps, lr=1e-3, weight_decay=1e-4), variants,
+                           28, set_name, "timm-style foreach", arrays=3)
+
+
+BUILDERS = {
+    "norm": _norm,
+    "clip": lambda p, d, s: _clip(p, d, s, clipping=False),
+    "clip-clipping": lambda p, d, s: _clip(p, d, s, clipping=True),
+    "adamw": _adamw,
+    "sgd": _sgd,
+    "lamb": _lamb,
+    "lars": _lars,
+}
+
+
+def build(op: str, set_name: str, device: torch.device, **kw) -> Case:
+    params = make_params(PARAM_SETS[set_name](), device)
+    return BUILDERS[op](params, device, set_name, **kw) if kw else BUILDERS[op](params, device, set_name)

@@ -1,0 +1,55 @@
+"""Parameter sets the benchmarks run on."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def gpt2_small_shapes() -> list:
+    """The 148 parameter tensors of GPT-2 small (124M parameters)."""
+    d, vocab, ctx, layers = 768, 50257, 1024, 12
+    shapes = [(vocab, d), (ctx, d)]
+    for _ in range(layers):
+        shapes += [(d,), (d,), (d, 3 * d), (3 * d,), (d, d), (d,), (d,), (d,), (d, 4 * d), (4 * d,),
+                   (4 * d, d), (d,)]
+    return shapes + [(d,), (d,)]
+
+
+def small_shapes(n: int = 1000, size: int = 4096) -> list:
+    """Many small tensors (biases, norms, adapters): where per-tensor dispatch dominates."""
+    return [(size,)] * n
+
+
+def scale() -> float:
+    """FASTDYN_BENCH_SCALE shrinks every set (smoke tests); 1 = the real sizes."""
+    return float(os.environ.get("FASTDYN_BENCH_SCALE", "1"))
+
+
+def scaled(shapes: list) -> list:
+    s = scale()
+    if s == 1:
+        return shapes
+    return [tuple(max(1, int(round(d * s ** (1 / len(sh))))) for d in sh) for sh in shapes]
+
+
+PARAM_SETS = {
+    "gpt2-small": gpt2_small_shapes,
+    "1000-small": small_shapes,
+}
+
+
+def make_params(shapes, device, dtype=torch.float32, seed=0, grad_scale=1e-3):
+    """nn.Parameters with random gradients set."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    params = []
+    for sh in scaled(shapes):
+        p = torch.nn.Parameter((torch.randn(sh, generator=g) * 0.02).to(device=device, dtype=dtype))
+        p.grad = (torch.randn(sh, generator=g) * grad_scale).to(device=device, dtype=dtype)
+        params.append(p)
+    return params
+
+
+def numel(params) -> int:
+    return sum(p.numel() for p in params)
