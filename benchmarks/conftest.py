@@ -1,0 +1,72 @@
+"""pytest-benchmark setup: each bench_<op>.py times fastdyn and the torch baselines of one
+op on the same tensors in the same run (one benchmark group per op and parameter set); the
+summary adds the speedups and GB/s against the bandwidth measured in this run.
+
+    .venv/bin/python -m pytest benchmarks                # all
+    .venv/bin/python -m pytest benchmarks/bench_lamb.py  # one op
+    FASTDYN_BENCH_SETS=1000-small pytest benchmarks      # one parameter set
+"""
+
+import os
+
+import pytest
+import torch
+
+from fastdyn.bench import bandwidth, cases
+
+DEVICE = torch.device(os.environ.get("FASTDYN_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu"))
+SETS = os.environ.get("FASTDYN_BENCH_SETS", "gpt2-small,1000-small").split(",")
+
+_cases: dict = {}
+_info: dict = {}
+
+
+def get_case(op: str, set_name: str) -> cases.Case:
+    key = (op, set_name)
+    if key not in _cases:
+        _cases.clear()  # one case's tensors in memory at a time
+        if DEVICE.type == "cuda":
+            torch.cuda.empty_cache()
+        _cases[key] = cases.build(op, set_name, DEVICE)
+        c = _cases[key]
+        _info[f"{c.op} / {set_name}"] = dict(case=c, bw=bandwidth.measure(c.n_elems * 4 * c.arrays, DEVICE, rounds=5))
+    return _cases[key]
+
+
+def run(benchmark, op, set_name, impl):
+    case = get_case(op, set_name)
+    if impl not in case.impls:
+        pytest.skip(f"{impl} not available for {op}")
+    fn = case.impls[impl]
+    benchmark.group = f"{case.op} / {set_name}"
+    benchmark.extra_info.update(impl=impl, elements=case.n_elems, bytes_per_elem=case.bytes_per_elem)
+    if DEVICE.type == "cuda":
+        def timed():
+            fn()
+            torch.cuda.synchronize()
+    else:
+        timed = fn
+    timed()
+    benchmark.pedantic(timed, rounds=7, iterations=3, warmup_rounds=1)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    session = getattr(config, "_benchmarksession", None)
+    if session is None or not session.benchmarks:
+        return
+    groups: dict = {}
+    for b in session.benchmarks:
+        groups.setdefault(b.group, {})[b.extra_info["impl"]] = b.stats.median
+    terminalreporter.section("fastdyn: speedups and bandwidth")
+    for group, meds in groups.items():
+        ours = meds.get("fastdyn")
+        info = _info.get(group)
+        if ours is None or info is None:
+            continue
+        c, bw = info["case"], info["bw"]
+        gbs = c.n_elems * c.bytes_per_elem / ours / 1e9
+        ratios = ", ".join(f"{k} {v / ours:.2f}x" for k, v in meds.items() if k != "fastdyn")
+        terminalreporter.write_line(
+            f"{group}: fastdyn {ours * 1e3:.2f} ms; vs {ratios}; {gbs:.1f} GB/s = "
+            f"{100 * gbs / bw[c.bandwidth_kind]:.0f}% of the measured {c.bandwidth_kind} "
+            f"bandwidth ({bw[c.bandwidth_kind]:.1f} GB/s)")
