@@ -76,11 +76,14 @@ def want_cuda(torch_cuda_version, toolkit):
     return False
 
 
+TOOLKIT = find_cuda_toolkit()
+if TOOLKIT:
+    # torch.utils.cpp_extension reads CUDA_HOME once, when first imported: set it before.
+    os.environ["CUDA_HOME"] = TOOLKIT
+
+
 def extension():
-    toolkit = find_cuda_toolkit()
-    if toolkit:
-        # Must be set before torch.utils.cpp_extension is imported: it reads CUDA_HOME once.
-        os.environ["CUDA_HOME"] = toolkit
+    toolkit = TOOLKIT
     import torch
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 

@@ -79,6 +79,8 @@ def main(argv=None) -> int:
     p_bench.add_argument("--only", default=None, help="comma list: norm,clip,adamw,lamb,lars,sgd")
     p_bench.add_argument("--device", default=None)
     p_bench.add_argument("--json", default=None, help="also write the results to this file")
+    p_bench.add_argument("--sets", default="gpt2-small,1000-small",
+                         help="parameter sets: gpt2-small, gpt-1b, 1000-small")
     args = parser.parse_args(argv)
 
     if args.command == "info":
@@ -97,7 +99,8 @@ def main(argv=None) -> int:
     if args.command == "bench":
         from fastdyn.bench import run_cli
 
-        return run_cli(quick=args.quick, only=args.only, device=args.device, json_path=args.json)
+        return run_cli(quick=args.quick, only=args.only, device=args.device, json_path=args.json,
+                       sets=tuple(args.sets.split(",")))
     return 2
 
 

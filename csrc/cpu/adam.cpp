@@ -2,6 +2,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "fastdyn/cpu/convert.h"
 #include "fastdyn/cpu/update_common.h"
 #include "fastdyn/dispatch.h"
 #include "fastdyn/math/adam.h"
@@ -20,18 +21,18 @@ void adam_chunk(P* __restrict__ p, const P* __restrict__ g, S* __restrict__ m,
   double g2 = 0, p2 = 0, d2 = 0;
 #pragma omp simd reduction(+ : g2, p2, d2)
   for (int64_t i = 0; i < n; ++i) {
-    A pv = kMaster ? static_cast<A>(master[i]) : static_cast<A>(p[i]);
-    const A gv = static_cast<A>(g[i]) * inv_scale;
-    A mv = static_cast<A>(m[i]);
-    A vv = static_cast<A>(v[i]);
-    A vm = kAmsgrad ? static_cast<A>(vmax[i]) : A(0);
+    A pv = kMaster ? static_cast<A>(master[i]) : load<A>(p[i]);
+    const A gv = load<A>(g[i]) * inv_scale;
+    A mv = load<A>(m[i]);
+    A vv = load<A>(v[i]);
+    A vm = kAmsgrad ? load<A>(vmax[i]) : A(0);
     const A p_old = pv;
     math::adam_update(pv, gv, mv, vv, vm, kAmsgrad, h, s);
     if (kMaster) master[i] = static_cast<float>(pv);
-    p[i] = static_cast<P>(pv);
-    m[i] = static_cast<S>(mv);
-    v[i] = static_cast<S>(vv);
-    if (kAmsgrad) vmax[i] = static_cast<S>(vm);
+    p[i] = store<P>(pv);
+    m[i] = store<S>(mv);
+    v[i] = store<S>(vv);
+    if (kAmsgrad) vmax[i] = store<S>(vm);
     if (kStats) {
       g2 += double(gv) * double(gv);
       p2 += double(p_old) * double(p_old);

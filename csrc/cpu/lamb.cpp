@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "fastdyn/cpu/convert.h"
 #include "fastdyn/cpu/update_common.h"
 #include "fastdyn/dispatch.h"
 #include "fastdyn/math/lamb.h"
@@ -23,16 +24,16 @@ void lamb_moments_chunk(const P* __restrict__ p, const P* __restrict__ g, S* __r
   double g2 = 0, p2 = 0, u2 = 0;
 #pragma omp simd reduction(+ : g2, p2, u2)
   for (int64_t i = 0; i < n; ++i) {
-    const A pv = kMaster ? static_cast<A>(master[i]) : static_cast<A>(p[i]);
-    const A gv = static_cast<A>(g[i]) * inv_scale;
-    A mv = static_cast<A>(m[i]);
-    A vv = static_cast<A>(v[i]);
+    const A pv = kMaster ? static_cast<A>(master[i]) : load<A>(p[i]);
+    const A gv = load<A>(g[i]) * inv_scale;
+    A mv = load<A>(m[i]);
+    A vv = load<A>(v[i]);
     math::lamb_moments(gv, mv, vv, h);
-    const S ms = static_cast<S>(mv), vs = static_cast<S>(vv);
+    const S ms = store<S>(mv), vs = store<S>(vv);
     m[i] = ms;
     v[i] = vs;
     // u from the stored (rounded) moments: phase B recomputes exactly this value.
-    const A u = math::lamb_direction(pv, static_cast<A>(ms), static_cast<A>(vs), h, s);
+    const A u = math::lamb_direction(pv, load<A>(ms), load<A>(vs), h, s);
     g2 += double(gv) * double(gv);
     p2 += double(pv) * double(pv);
     u2 += double(u) * double(u);
@@ -49,11 +50,11 @@ void lamb_apply_chunk(P* __restrict__ p, const S* __restrict__ m, const S* __res
   using A = typename OpMath<P>::type;
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
-    const A pv = kMaster ? static_cast<A>(master[i]) : static_cast<A>(p[i]);
-    const A u = math::lamb_direction(pv, static_cast<A>(m[i]), static_cast<A>(v[i]), h, s);
+    const A pv = kMaster ? static_cast<A>(master[i]) : load<A>(p[i]);
+    const A u = math::lamb_direction(pv, load<A>(m[i]), load<A>(v[i]), h, s);
     const A out = pv - step * u;
     if (kMaster) master[i] = static_cast<float>(out);
-    p[i] = static_cast<P>(out);
+    p[i] = store<P>(out);
   }
 }
 

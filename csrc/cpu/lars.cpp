@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "fastdyn/cpu/convert.h"
 #include "fastdyn/cpu/update_common.h"
 #include "fastdyn/dispatch.h"
 #include "fastdyn/math/lars.h"
@@ -18,8 +19,8 @@ void lars_norms_chunk(const P* __restrict__ p, const P* __restrict__ g,
   double g2 = 0, p2 = 0;
 #pragma omp simd reduction(+ : g2, p2)
   for (int64_t i = 0; i < n; ++i) {
-    const double pv = kMaster ? double(master[i]) : static_cast<double>(static_cast<typename OpMath<P>::type>(p[i]));
-    const double gv = static_cast<double>(static_cast<typename OpMath<P>::type>(g[i]));
+    const double pv = kMaster ? double(master[i]) : static_cast<double>(load<typename OpMath<P>::type>(p[i]));
+    const double gv = static_cast<double>(load<typename OpMath<P>::type>(g[i]));
     g2 += gv * gv;
     p2 += pv * pv;
   }
@@ -36,17 +37,17 @@ void lars_update_chunk(P* __restrict__ p, const P* __restrict__ g, S* __restrict
   double d2 = 0;
 #pragma omp simd reduction(+ : d2)
   for (int64_t i = 0; i < n; ++i) {
-    const A p_old = kMaster ? static_cast<A>(master[i]) : static_cast<A>(p[i]);
-    const A gv = static_cast<A>(g[i]) * inv_scale;
+    const A p_old = kMaster ? static_cast<A>(master[i]) : load<A>(p[i]);
+    const A gv = load<A>(g[i]) * inv_scale;
     A d = math::lars_direction(p_old, gv, weight_decay, trust_ratio, adapt);
     if (kMomentum) {
-      const A bv = math::momentum_buffer(d, static_cast<A>(buf[i]), mh, first_step);
-      buf[i] = static_cast<S>(bv);
+      const A bv = math::momentum_buffer(d, load<A>(buf[i]), mh, first_step);
+      buf[i] = store<S>(bv);
       d = math::momentum_direction(d, bv, mh);
     }
     const A pv = p_old - lr * d;
     if (kMaster) master[i] = static_cast<float>(pv);
-    p[i] = static_cast<P>(pv);
+    p[i] = store<P>(pv);
     if (kStats) d2 += double(pv - p_old) * double(pv - p_old);
   }
   if (kStats) *update_sq = d2;

@@ -2,6 +2,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "fastdyn/cpu/convert.h"
 #include "fastdyn/cpu/update_common.h"
 #include "fastdyn/dispatch.h"
 #include "fastdyn/math/sgd.h"
@@ -20,17 +21,17 @@ void sgd_chunk(P* __restrict__ p, const P* __restrict__ g, S* __restrict__ buf,
   double g2 = 0, p2 = 0, d2 = 0;
 #pragma omp simd reduction(+ : g2, p2, d2)
   for (int64_t i = 0; i < n; ++i) {
-    const A p_old = kMaster ? static_cast<A>(master[i]) : static_cast<A>(p[i]);
-    const A gv = static_cast<A>(g[i]) * inv_scale;
+    const A p_old = kMaster ? static_cast<A>(master[i]) : load<A>(p[i]);
+    const A gv = load<A>(g[i]) * inv_scale;
     A d = math::sgd_direction(p_old, gv, weight_decay, maximize ? A(-1) : A(1));
     if (kMomentum) {
-      const A bv = math::momentum_buffer(d, static_cast<A>(buf[i]), mh, first_step);
-      buf[i] = static_cast<S>(bv);
+      const A bv = math::momentum_buffer(d, load<A>(buf[i]), mh, first_step);
+      buf[i] = store<S>(bv);
       d = math::momentum_direction(d, bv, mh);
     }
     const A pv = p_old - lr * d;
     if (kMaster) master[i] = static_cast<float>(pv);
-    p[i] = static_cast<P>(pv);
+    p[i] = store<P>(pv);
     if (kStats) {
       g2 += double(gv) * double(gv);
       p2 += double(p_old) * double(p_old);

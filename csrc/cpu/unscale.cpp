@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include "fastdyn/checks.h"
+#include "fastdyn/cpu/convert.h"
 #include "fastdyn/cpu/norm_kernels.h"
 
 namespace fastdyn {
@@ -16,11 +17,11 @@ double unscale_chunk(T* __restrict__ x, int64_t n, float inv_scale, bool* nonfin
   double acc = 0.0;
   bool bad = false;
   for (int64_t i = 0; i < n; ++i) {
-    const A raw = static_cast<A>(x[i]);
+    const A raw = load<A>(x[i]);
     bad |= !math::is_finite(raw);
-    const T out = static_cast<T>(raw * static_cast<A>(inv_scale));
+    const T out = store<T>(raw * static_cast<A>(inv_scale));
     x[i] = out;
-    acc = math::norm_accumulate<K>(acc, static_cast<double>(static_cast<A>(out)));
+    acc = math::norm_accumulate<K>(acc, static_cast<double>(load<A>(out)));
   }
   *nonfinite = bad;
   return acc;

@@ -17,6 +17,16 @@ def gpt2_small_shapes() -> list:
     return shapes + [(d,), (d,)]
 
 
+def gpt_1b_shapes() -> list:
+    """A 1.1B-parameter GPT (d=2048, 20 layers, vocab 50257, context 2048): 243 tensors."""
+    d, vocab, ctx, layers = 2048, 50257, 2048, 20
+    shapes = [(vocab, d), (ctx, d)]
+    for _ in range(layers):
+        shapes += [(d,), (d,), (d, 3 * d), (3 * d,), (d, d), (d,), (d,), (d,), (d, 4 * d), (4 * d,),
+                   (4 * d, d), (d,)]
+    return shapes + [(d,), (d,)]
+
+
 def small_shapes(n: int = 1000, size: int = 4096) -> list:
     """Many small tensors (biases, norms, adapters): where per-tensor dispatch dominates."""
     return [(size,)] * n
@@ -36,6 +46,7 @@ def scaled(shapes: list) -> list:
 
 PARAM_SETS = {
     "gpt2-small": gpt2_small_shapes,
+    "gpt-1b": gpt_1b_shapes,
     "1000-small": small_shapes,
 }
 

@@ -300,9 +300,6 @@ class FusedOptimizer(Optimizer):
         return self._last_stats
 
     # ---------------------------------------------------------------- state dict
-    def state_dict(self):
-        return super().state_dict()
-
     def load_state_dict(self, state_dict: dict) -> None:
         # torch's loader casts every state tensor to its param's dtype; fp32 master weights
         # and fp32 moments of fp16/bf16 params must keep their precision, so they are set

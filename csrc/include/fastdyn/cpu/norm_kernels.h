@@ -1,6 +1,7 @@
 // CPU building blocks of the norm, unscale and clip ops: per-chunk partials (double
 // accumulation: free on a memory-bound loop) and their deterministic per-tensor reduction.
 #pragma once
+#include "fastdyn/cpu/convert.h"
 #include "fastdyn/cpu/multi_tensor.h"
 #include "fastdyn/dispatch.h"
 #include "fastdyn/math/norm.h"
@@ -28,13 +29,13 @@ inline double chunk_norm_partial(const T* __restrict__ x, int64_t n) {
     for (int64_t k = 0; k < kBlock; k += kLanes) {
 #pragma omp simd
       for (int j = 0; j < kLanes; ++j) {
-        lanes[j] = math::norm_accumulate<K>(lanes[j], static_cast<A>(x[i + k + j]));
+        lanes[j] = math::norm_accumulate<K>(lanes[j], load<A>(x[i + k + j]));
       }
     }
     for (int j = 0; j < kLanes; ++j) acc = math::norm_combine<K>(acc, static_cast<double>(lanes[j]));
   }
   for (; i < n; ++i) {
-    acc = math::norm_accumulate<K>(acc, static_cast<double>(static_cast<A>(x[i])));
+    acc = math::norm_accumulate<K>(acc, static_cast<double>(load<A>(x[i])));
   }
   return acc;
 }

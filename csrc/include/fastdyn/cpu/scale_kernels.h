@@ -1,5 +1,6 @@
 // CPU in-place scaling of a tensor list, shared by multi_tensor_scale_ and clip_grad_norm_.
 #pragma once
+#include "fastdyn/cpu/convert.h"
 #include "fastdyn/cpu/multi_tensor.h"
 #include "fastdyn/dispatch.h"
 
@@ -20,7 +21,7 @@ inline void scale_tensors_(at::TensorList ts, double s) {
       T* __restrict__ x = ptr<T>(t) + c.begin;
       const int64_t n = c.end - c.begin;
 #pragma omp simd
-      for (int64_t i = 0; i < n; ++i) x[i] = static_cast<T>(static_cast<A>(x[i]) * sa);
+      for (int64_t i = 0; i < n; ++i) x[i] = store<T>(load<A>(x[i]) * sa);
     });
   });
 }
