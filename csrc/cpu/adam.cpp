@@ -49,14 +49,9 @@ void adam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
            bool maximize, bool decoupled_weight_decay,
            const c10::optional<at::Tensor>& grad_scale,
            const c10::optional<at::Tensor>& found_inf, const c10::optional<at::Tensor>& stats) {
-  const UpdateGroup grp = check_update_group(
-      params, grads,
-      {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}, {"max_exp_avg_sqs", max_exp_avg_sqs}},
-      master_params, state_steps, lr, grad_scale, found_inf, stats);
-  check_same_length("exp_avgs", exp_avgs.size(), "params", params.size());
-  check_same_length("exp_avg_sqs", exp_avg_sqs.size(), "params", params.size());
-  check_same_length("state_steps", state_steps.size(), "params", params.size());
-  if (amsgrad) check_same_length("max_exp_avg_sqs", max_exp_avg_sqs.size(), "params", params.size());
+  const UpdateGroup grp = check_adam_args(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
+                                          master_params, state_steps, lr, amsgrad, grad_scale,
+                                          found_inf, stats);
   if (params.empty()) return;
   const StepContext ctx = begin_step(state_steps, lr, grad_scale, found_inf);
   if (ctx.skip) return;
@@ -81,13 +76,7 @@ void adam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
             list_ptr<float>(master_params, t, b), c.end - b, h, s, A(ctx.inv_grad_scale),
             partials.empty() ? nullptr : &partials[ci]);
       };
-      using T = std::true_type;
-      using F = std::false_type;
-      if (grp.has_master) {
-        partials.empty() ? run(T{}, F{}) : run(T{}, T{});
-      } else {
-        partials.empty() ? run(F{}, F{}) : run(F{}, T{});
-      }
+      dispatch_flags(grp.has_master, !partials.empty(), run);
     });
   });
   if (stats.has_value()) write_stats(*stats, plan, partials, {});

@@ -58,12 +58,8 @@ void lars_(at::TensorList params, at::TensorList grads, at::TensorList momentum_
            double weight_decay, bool nesterov, double trust_coeff, double eps, bool trust_clip,
            bool always_adapt, bool is_first_step, const c10::optional<at::Tensor>& grad_scale,
            const c10::optional<at::Tensor>& found_inf, const c10::optional<at::Tensor>& stats) {
-  const UpdateGroup grp =
-      check_update_group(params, grads, {{"momentum_buffers", momentum_buffers}}, master_params,
-                         {}, lr, grad_scale, found_inf, stats);
-  if (momentum != 0.0) {
-    check_same_length("momentum_buffers", momentum_buffers.size(), "params", params.size());
-  }
+  const UpdateGroup grp = check_momentum_args(params, grads, momentum_buffers, master_params, lr,
+                                              momentum, grad_scale, found_inf, stats);
   if (params.empty()) return;
   const StepContext ctx = begin_step({}, lr, grad_scale, found_inf);
   if (ctx.skip) return;
@@ -112,13 +108,7 @@ void lars_(at::TensorList params, at::TensorList grads, at::TensorList momentum_
             list_ptr<float>(master_params, t, b), c.end - b, A(ctx.lr), A(weight_decay),
             A(ratios[t]), adapt, mh, is_first_step, A(ctx.inv_grad_scale), &partials[ci][2]);
       };
-      using T = std::true_type;
-      using F = std::false_type;
-      if (grp.has_master) {
-        want_stats ? run(T{}, T{}) : run(T{}, F{});
-      } else {
-        want_stats ? run(F{}, T{}) : run(F{}, F{});
-      }
+      dispatch_flags(grp.has_master, want_stats, run);
     };
     if (adapt || want_stats) {
       two_phase(plan, norms, finish, update);

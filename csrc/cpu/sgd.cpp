@@ -46,12 +46,8 @@ void sgd_(at::TensorList params, at::TensorList grads, at::TensorList momentum_b
           double weight_decay, bool nesterov, bool maximize, bool is_first_step,
           const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf,
           const c10::optional<at::Tensor>& stats) {
-  const UpdateGroup grp =
-      check_update_group(params, grads, {{"momentum_buffers", momentum_buffers}}, master_params,
-                         {}, lr, grad_scale, found_inf, stats);
-  if (momentum != 0.0) {
-    check_same_length("momentum_buffers", momentum_buffers.size(), "params", params.size());
-  }
+  const UpdateGroup grp = check_momentum_args(params, grads, momentum_buffers, master_params, lr,
+                                              momentum, grad_scale, found_inf, stats);
   if (params.empty()) return;
   const StepContext ctx = begin_step({}, lr, grad_scale, found_inf);
   if (ctx.skip) return;
@@ -75,13 +71,7 @@ void sgd_(at::TensorList params, at::TensorList grads, at::TensorList momentum_b
             maximize, mh, is_first_step, A(ctx.inv_grad_scale),
             partials.empty() ? nullptr : &partials[ci]);
       };
-      using T = std::true_type;
-      using F = std::false_type;
-      if (grp.has_master) {
-        partials.empty() ? run(T{}, F{}) : run(T{}, T{});
-      } else {
-        partials.empty() ? run(F{}, F{}) : run(F{}, T{});
-      }
+      dispatch_flags(grp.has_master, !partials.empty(), run);
     });
   });
   if (stats.has_value()) write_stats(*stats, plan, partials, {});

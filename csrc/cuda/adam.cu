@@ -63,14 +63,9 @@ void adam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
            bool maximize, bool decoupled_weight_decay,
            const c10::optional<at::Tensor>& grad_scale,
            const c10::optional<at::Tensor>& found_inf, const c10::optional<at::Tensor>& stats) {
-  const UpdateGroup grp = check_update_group(
-      params, grads,
-      {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}, {"max_exp_avg_sqs", max_exp_avg_sqs}},
-      master_params, state_steps, lr, grad_scale, found_inf, stats);
-  check_same_length("exp_avgs", exp_avgs.size(), "params", params.size());
-  check_same_length("exp_avg_sqs", exp_avg_sqs.size(), "params", params.size());
-  check_same_length("state_steps", state_steps.size(), "params", params.size());
-  if (amsgrad) check_same_length("max_exp_avg_sqs", max_exp_avg_sqs.size(), "params", params.size());
+  const UpdateGroup grp = check_adam_args(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
+                                          master_params, state_steps, lr, amsgrad, grad_scale,
+                                          found_inf, stats);
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(grp.device);
   const ScalarRef found = scalar_ref(found_inf);

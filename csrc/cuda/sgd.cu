@@ -57,12 +57,8 @@ void sgd_(at::TensorList params, at::TensorList grads, at::TensorList momentum_b
           double weight_decay, bool nesterov, bool maximize, bool is_first_step,
           const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf,
           const c10::optional<at::Tensor>& stats) {
-  const UpdateGroup grp =
-      check_update_group(params, grads, {{"momentum_buffers", momentum_buffers}}, master_params,
-                         {}, lr, grad_scale, found_inf, stats);
-  if (momentum != 0.0) {
-    check_same_length("momentum_buffers", momentum_buffers.size(), "params", params.size());
-  }
+  const UpdateGroup grp = check_momentum_args(params, grads, momentum_buffers, master_params, lr,
+                                              momentum, grad_scale, found_inf, stats);
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(grp.device);
   const ScalarRef found = scalar_ref(found_inf);

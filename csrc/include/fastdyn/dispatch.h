@@ -6,6 +6,8 @@
 #include <c10/util/Exception.h>
 #include <c10/util/Half.h>
 
+#include <type_traits>
+
 namespace fastdyn {
 
 template <typename T>
@@ -37,6 +39,19 @@ void dispatch_param_state(at::ScalarType param, at::ScalarType state, F&& f) {
     f(Tag<c10::Half>{}, Tag<float>{});
   } else {
     f(Tag<c10::BFloat16>{}, Tag<float>{});
+  }
+}
+
+// Calls f(master, stats) with std::true_type/std::false_type for two runtime flags, so
+// kernels can take them as template parameters (no per-element branch).
+template <typename F>
+void dispatch_flags(bool master, bool stats, F&& f) {
+  using T = std::true_type;
+  using N = std::false_type;
+  if (master) {
+    stats ? f(T{}, T{}) : f(T{}, N{});
+  } else {
+    stats ? f(N{}, T{}) : f(N{}, N{});
   }
 }
 

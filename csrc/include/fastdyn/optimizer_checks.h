@@ -98,6 +98,56 @@ inline UpdateGroup check_update_group(at::TensorList params, at::TensorList grad
   return g;
 }
 
+// The checks of each update op, shared by its CPU and CUDA launchers.
+inline UpdateGroup check_adam_args(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                                   at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,
+                                   at::TensorList master_params, at::TensorList state_steps,
+                                   const at::Tensor& lr, bool amsgrad,
+                                   const c10::optional<at::Tensor>& grad_scale,
+                                   const c10::optional<at::Tensor>& found_inf,
+                                   const c10::optional<at::Tensor>& stats) {
+  const UpdateGroup grp = check_update_group(
+      params, grads,
+      {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}, {"max_exp_avg_sqs", max_exp_avg_sqs}},
+      master_params, state_steps, lr, grad_scale, found_inf, stats);
+  check_same_length("exp_avgs", exp_avgs.size(), "params", params.size());
+  check_same_length("exp_avg_sqs", exp_avg_sqs.size(), "params", params.size());
+  check_same_length("state_steps", state_steps.size(), "params", params.size());
+  if (amsgrad) check_same_length("max_exp_avg_sqs", max_exp_avg_sqs.size(), "params", params.size());
+  return grp;
+}
+
+inline UpdateGroup check_lamb_args(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                                   at::TensorList exp_avg_sqs, at::TensorList master_params,
+                                   at::TensorList state_steps, const at::Tensor& lr,
+                                   const c10::optional<at::Tensor>& grad_scale,
+                                   const c10::optional<at::Tensor>& found_inf,
+                                   const c10::optional<at::Tensor>& stats) {
+  const UpdateGroup grp = check_update_group(
+      params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}}, master_params,
+      state_steps, lr, grad_scale, found_inf, stats);
+  check_same_length("exp_avgs", exp_avgs.size(), "params", params.size());
+  check_same_length("exp_avg_sqs", exp_avg_sqs.size(), "params", params.size());
+  check_same_length("state_steps", state_steps.size(), "params", params.size());
+  return grp;
+}
+
+// SGD and LARS: a momentum buffer per param when momentum is nonzero, none otherwise.
+inline UpdateGroup check_momentum_args(at::TensorList params, at::TensorList grads,
+                                       at::TensorList momentum_buffers, at::TensorList master_params,
+                                       const at::Tensor& lr, double momentum,
+                                       const c10::optional<at::Tensor>& grad_scale,
+                                       const c10::optional<at::Tensor>& found_inf,
+                                       const c10::optional<at::Tensor>& stats) {
+  const UpdateGroup grp =
+      check_update_group(params, grads, {{"momentum_buffers", momentum_buffers}}, master_params,
+                         {}, lr, grad_scale, found_inf, stats);
+  if (momentum != 0.0) {
+    check_same_length("momentum_buffers", momentum_buffers.size(), "params", params.size());
+  }
+  return grp;
+}
+
 // Columns of the stats tensor an update op fills when asked (track_stats).
 enum StatsColumn : int { kGradNorm = 0, kParamNorm = 1, kUpdateNorm = 2, kTrustRatio = 3 };
 

@@ -62,7 +62,9 @@ def chunk_table(lists, device: torch.device) -> ChunkTable:
             rows.append(addrs + [off, min(CHUNK, numel - off), i])
         begin.append(len(rows))
     flat = torch.tensor(rows if rows else [[0] * n_cols], dtype=torch.int64)
-    table = ChunkTable(flat.to(device), torch.tensor(begin, dtype=torch.int64).to(device),
+    # non_blocking: no stream sync (a pageable source is staged before the call returns)
+    table = ChunkTable(flat.to(device, non_blocking=True),
+                       torch.tensor(begin, dtype=torch.int64).to(device, non_blocking=True),
                        len(rows), n_cols)
     _tables[key] = table
     if len(_tables) > _MAX_TABLES:
@@ -149,4 +151,5 @@ def bias_corrections(steps: list, beta: float) -> torch.Tensor:
     """1 - beta^step of every tensor, computed in float64 on the device (one stack of the
     step counters), as float32 [n]."""
     t = torch.stack([s.reshape(()) for s in steps]).double()
-    return (1.0 - torch.pow(torch.tensor(beta, dtype=torch.float64, device=t.device), t)).float()
+    # a Python-float base: no host-to-device copy (that would sync)
+    return (1.0 - torch.pow(float(beta), t)).float()

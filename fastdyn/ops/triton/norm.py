@@ -55,24 +55,29 @@ def _norm_chunks_kernel(rows_ptr, partials_ptr, inv_scale_ptr, found_inf_ptr,
 def per_tensor_partials(tensors, is_max: bool, inv_scale=None, found_inf=None) -> torch.Tensor:
     """Sum of squares (or max |x|) of every tensor, float32 [n]; unscales in place first
     when inv_scale is given."""
-    n = len(tensors)
     device = tensors[0].device
-    out = torch.zeros(n, dtype=torch.float32, device=device)
     by_dtype: dict = {}
     for i, t in enumerate(tensors):
         by_dtype.setdefault(t.dtype, []).append(i)
+    parts = []
     for dtype, idx in by_dtype.items():
         sub = [tensors[i] for i in idx]
         table = chunk_table([sub], device)
-        if table.n_chunks == 0:
-            continue
-        partials = torch.empty(table.n_chunks, dtype=torch.float32, device=device)
-        _norm_chunks_kernel[(table.n_chunks,)](
-            table.rows, partials, inv_scale if inv_scale is not None else partials,
-            found_inf if found_inf is not None else partials, N_COLS=table.n_cols,
-            ELEM=tl_dtype(dtype), IS_MAX=is_max, UNSCALE=inv_scale is not None,
-            CHUNK_=CHUNK, BLOCK_=BLOCK)
-        out[torch.tensor(idx, device=device)] = segment_sum(partials, table, len(sub), is_max=is_max)
+        partials = torch.zeros(max(table.n_chunks, 1), dtype=torch.float32, device=device)
+        if table.n_chunks:
+            _norm_chunks_kernel[(table.n_chunks,)](
+                table.rows, partials, inv_scale if inv_scale is not None else partials,
+                found_inf if found_inf is not None else partials, N_COLS=table.n_cols,
+                ELEM=tl_dtype(dtype), IS_MAX=is_max, UNSCALE=inv_scale is not None,
+                CHUNK_=CHUNK, BLOCK_=BLOCK)
+        parts.append(segment_sum(partials, table, len(sub), is_max=is_max))
+    if len(parts) == 1:
+        return parts[0]
+    # mixed dtypes: put each group's results back in list order (the order is built on the
+    # host, and so is this permutation; it goes to the device once per call)
+    order = [i for idx in by_dtype.values() for i in idx]
+    out = torch.empty(len(tensors), dtype=torch.float32, device=device)
+    out[torch.tensor(order).to(device, non_blocking=True)] = torch.cat(parts)
     return out
 
 

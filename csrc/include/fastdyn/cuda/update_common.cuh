@@ -100,18 +100,5 @@ void launch_stats(const TensorListMeta<Depth>& meta, const double* partials, con
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-using TrueT = std::true_type;
-using FalseT = std::false_type;
-
-// Calls f(master_tag, stats_tag) with compile-time booleans.
-template <typename F>
-void dispatch_flags(bool master, bool stats, F&& f) {
-  if (master) {
-    stats ? f(TrueT{}, TrueT{}) : f(TrueT{}, FalseT{});
-  } else {
-    stats ? f(FalseT{}, TrueT{}) : f(FalseT{}, FalseT{});
-  }
-}
-
 }  // namespace cuda
 }  // namespace fastdyn
