@@ -18,3 +18,16 @@ settings.register_profile(
     "fastdyn", deadline=None, max_examples=25, derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fastdyn"))
+
+
+# FASTDYN_FAILURE_LOG=path: each failure's traceback is appended to that file as it happens
+# (a GPU run cut off at its time limit still tells what failed and why).
+_FAILURE_LOG = os.environ.get("FASTDYN_FAILURE_LOG")
+
+if _FAILURE_LOG:
+
+    def pytest_runtest_logreport(report):
+        # under xdist the controller sees each worker's report again (with .node): once is enough
+        if report.failed and not (hasattr(report, "node") and report.when != "???"):
+            with open(_FAILURE_LOG, "a") as f:
+                f.write(f"==== {report.nodeid} ({report.when})\n{report.longreprtext[-3000:]}\n")

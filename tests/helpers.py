@@ -21,10 +21,8 @@ cuda_only = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device (none v
 def backend_devices():
     """(backend, device) pairs with kernels here; CUDA ones are marked and skipped without a GPU."""
     out = [pytest.param("native", "cpu", id="native-cpu")]
-    if triton_available() and (INTERPRETED or HAS_CUDA):
-        out.append(pytest.param("triton", "cpu" if INTERPRETED else "cuda",
-                                id="triton-" + ("interp" if INTERPRETED else "cuda"),
-                                marks=pytest.mark.triton))
+    if triton_available() and INTERPRETED:
+        out.append(pytest.param("triton", "cpu", id="triton-interp", marks=pytest.mark.triton))
     out.append(pytest.param("native", "cuda", id="native-cuda",
                             marks=[pytest.mark.cuda,
                                    pytest.mark.skipif(not (HAS_CUDA and BUILT_CUDA),

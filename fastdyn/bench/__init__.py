@@ -12,7 +12,7 @@ import torch
 from fastdyn.bench import bandwidth, cases
 from fastdyn.bench.timing import compare
 
-DEFAULT_OPS = ["norm", "clip", "clip-clipping", "adamw", "sgd", "lamb", "lars"]
+DEFAULT_OPS = ["norm", "clip", "clip-clipping", "adamw", "sgd", "lamb", "lamb-amp", "lars"]
 
 
 def run_case(case: cases.Case, device: torch.device, rounds: int) -> dict:
@@ -76,12 +76,16 @@ def run_cli(quick=False, only=None, device=None, json_path=None, sets=("gpt2-sma
             r = run_case(case, device, rounds)
             results.append(r)
             print(format_table([r]).splitlines()[-1], flush=True)
+            if json_path:  # after every case: a run cut short keeps what it measured
+                _write_json(json_path, env, results)
             del case
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     print()
     print(format_table(results))
-    if json_path:
-        with open(json_path, "w") as f:
-            json.dump({"environment": env, "results": results}, f, indent=2)
     return 0
+
+
+def _write_json(path: str, env: dict, results: list) -> None:
+    with open(path, "w") as f:
+        json.dump({"environment": env, "results": results}, f, indent=2)

@@ -11,9 +11,12 @@ class ForeachLamb:
     """timm-style LAMB with torch._foreach_* ops (the contract's math, fp32)."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01,
-                 max_grad_norm=1.0):
+                 max_grad_norm=1.0, loss_scale=False):
         self.params = list(params)
         self.lr, self.betas, self.eps, self.wd, self.max_norm = lr, betas, eps, weight_decay, max_grad_norm
+        # GradScaler's own unscale + inf check (in place on the grads), by 1 so values stay put
+        self.inv_scale = torch.ones((), device=self.params[0].device) if loss_scale else None
+        self.found_inf = torch.zeros((), device=self.params[0].device) if loss_scale else None
         self.m = [torch.zeros_like(p) for p in self.params]
         self.v = [torch.zeros_like(p) for p in self.params]
         self.step_count = 0
@@ -24,6 +27,8 @@ class ForeachLamb:
         b1, b2 = self.betas
         grads = [p.grad for p in self.params]
         one = torch.ones((), device=grads[0].device)
+        if self.inv_scale is not None:
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, self.found_inf, self.inv_scale)
         if self.max_norm is not None:
             total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
             clip = torch.where(total > self.max_norm, total / self.max_norm, one)
@@ -76,8 +81,12 @@ class ForeachLars:
 
 def lamb_reference_step(params, grads, ms, vs, step: int, lr: float = 1e-3, b1: float = 0.9,
                         b2: float = 0.999, eps: float = 1e-6, wd: float = 0.01,
-                        max_norm: float = 1.0):
-    """Single-tensor fp32 LAMB step (the contract), for torch.compile to fuse."""
+                        max_norm: float = 1.0, inv_scale=None):
+    """Single-tensor fp32 LAMB step (the contract), for torch.compile to fuse; with inv_scale
+    (a tensor) it also unscales the grads and skips the update when any is non-finite."""
+    if inv_scale is not None:
+        grads = [g * inv_scale for g in grads]
+        finite = torch.stack([torch.isfinite(g).all() for g in grads]).all()
     total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
     clip = torch.clamp(total / max_norm, min=1.0)
     bc1, bc2 = 1 - b1 ** step, 1 - b2 ** step
@@ -88,6 +97,8 @@ def lamb_reference_step(params, grads, ms, vs, step: int, lr: float = 1e-3, b1: 
         u = (m / bc1) / ((v / bc2).sqrt() + eps) + wd * p
         pn, un = p.norm(), u.norm()
         r = torch.where((pn > 0) & (un > 0), pn / un, torch.ones_like(pn))
+        if inv_scale is not None:
+            r = torch.where(finite, r, torch.zeros_like(r))  # (m, v would be rolled back too)
         p.sub_(lr * r * u)
 
 

@@ -1,5 +1,7 @@
 """Python entry points of the fused optimizer updates: each runs one (device, dtype) group
-on the current backend. Arguments are those of the schemas in csrc/ops.cpp."""
+on the current backend. Arguments are those of the schemas in csrc/ops.cpp, passed by
+position: torch 2.11's custom_op finds mutated arguments by position only (a mutated
+`stats` passed by keyword raised IndexError there, seen on an H100)."""
 
 from fastdyn.ops import checks
 from fastdyn.ops.registry import call
@@ -19,7 +21,7 @@ def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, 
     call("adam_", lr.device, explain,
          params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, state_steps, lr,
          beta1, beta2, weight_decay, eps, amsgrad, maximize, decoupled_weight_decay,
-         grad_scale=grad_scale, found_inf=found_inf, stats=stats)
+         grad_scale, found_inf, stats)
 
 
 def sgd_(params, grads, momentum_buffers, master_params, lr, momentum, dampening, weight_decay,
@@ -28,8 +30,7 @@ def sgd_(params, grads, momentum_buffers, master_params, lr, momentum, dampening
                        lr, grad_scale, found_inf, stats)
     call("sgd_", lr.device, explain,
          params, grads, momentum_buffers, master_params, lr, momentum, dampening, weight_decay,
-         nesterov, maximize, is_first_step, grad_scale=grad_scale, found_inf=found_inf,
-         stats=stats)
+         nesterov, maximize, is_first_step, grad_scale, found_inf, stats)
 
 
 def lamb_(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, beta1, beta2, eps,
@@ -40,7 +41,7 @@ def lamb_(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, 
     call("lamb_", lr.device, explain,
          params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, beta1, beta2, eps,
          weight_decay, bias_correction, grad_averaging, trust_clip, always_adapt,
-         grad_scale=grad_scale, found_inf=found_inf, stats=stats)
+         grad_scale, found_inf, stats)
 
 
 def lars_(params, grads, momentum_buffers, master_params, lr, momentum, dampening, weight_decay,
@@ -51,4 +52,4 @@ def lars_(params, grads, momentum_buffers, master_params, lr, momentum, dampenin
     call("lars_", lr.device, explain,
          params, grads, momentum_buffers, master_params, lr, momentum, dampening, weight_decay,
          nesterov, trust_coeff, eps, trust_clip, always_adapt, is_first_step,
-         grad_scale=grad_scale, found_inf=found_inf, stats=stats)
+         grad_scale, found_inf, stats)

@@ -26,12 +26,26 @@ def implementation(name: str, backend: str):
     if backend == "triton":
         import fastdyn.ops.triton  # noqa: F401  (registers torch.ops.fastdyn_triton)
 
-        return getattr(torch.ops.fastdyn_triton, name)
+        return _by_position(getattr(torch.ops.fastdyn_triton, name))
     if backend == "reference":
         import fastdyn.reference as reference
 
         return getattr(reference, name)
     raise ValueError(f"unknown backend {backend!r}")
+
+
+def _by_position(op):
+    """torch 2.11's Python custom ops (the Triton backend) find mutated arguments by position
+    only: one passed by keyword raised IndexError there (seen on an H100). Keywords are
+    folded into positions; fastdyn's own callers pass none."""
+    arguments = op.default._schema.arguments
+
+    def run(*args, **kwargs):
+        if kwargs:
+            args = (*args, *(kwargs.get(a.name, a.default_value) for a in arguments[len(args):]))
+        return op(*args)
+
+    return run
 
 
 @torch.compiler.assume_constant_result

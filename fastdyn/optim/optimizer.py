@@ -54,6 +54,7 @@ class Bucket:
     steps: list = field(default_factory=list)
     master_params: list = field(default_factory=list)
     first_step: bool = False  # buffers created this step (SGD/LARS with dampening)
+    group_index: int = 0
 
 
 def _check_float(name: str, value: Any, low: float = 0.0, high: Optional[float] = None,
@@ -173,7 +174,7 @@ class FusedOptimizer(Optimizer):
         if self._plan_cache is not None and key == self._plan_key:
             return self._plan_cache
         buckets: dict = {}
-        for group in self.param_groups:
+        for gi, group in enumerate(self.param_groups):
             for i, p in enumerate(group["params"]):
                 if p.grad is None:
                     continue
@@ -181,10 +182,12 @@ class FusedOptimizer(Optimizer):
                     raise ValueError(f"{type(self).__name__} does not support sparse gradients "
                                      f"(params[{i}] of a param group has one)")
                 created = self._ensure_state(p, group)
-                bkey = (id(group), p.device, p.dtype, created and self._first_step_matters(group))
+                # the group's index, not id(group): torch 2.11's dynamo cannot trace id() of a dict
+                bkey = (gi, p.device, p.dtype, created and self._first_step_matters(group))
                 b = buckets.get(bkey)
                 if b is None:
-                    b = buckets[bkey] = Bucket(group, p.device, p.dtype, first_step=bkey[3])
+                    b = buckets[bkey] = Bucket(group, p.device, p.dtype, first_step=bkey[3],
+                                                  group_index=gi)
                 state = self.state[p]
                 b.params.append(p)
                 for k in self._required_keys(group):
@@ -203,11 +206,11 @@ class FusedOptimizer(Optimizer):
         return False
 
     # ---------------------------------------------------------------- scalars
-    def _lr_tensor(self, group: dict, device: torch.device) -> torch.Tensor:
-        lr = group["lr"]
+    def _lr_tensor(self, bucket: Bucket) -> torch.Tensor:
+        lr, device = bucket.group["lr"], bucket.device
         if isinstance(lr, torch.Tensor):
             return lr if lr.device == device else lr.to(device, non_blocking=True)
-        key = (id(group), device)
+        key = (bucket.group_index, device)
         cached = self._lr_tensors.get(key)
         if cached is None:
             # float64: the kernels read it in their compute type, so float64 params keep
@@ -247,17 +250,17 @@ class FusedOptimizer(Optimizer):
         if not plan:
             return loss
         grad_scale, found_inf = self._amp_scalars()
-        grads = {id(b): [p.grad for p in b.params] for b in plan}
+        grads = [[p.grad for p in b.params] for b in plan]  # aligned with plan
         if getattr(self, "_check_inf", False) and found_inf is not None:
             self._check_nonfinite(plan, grads, found_inf)
         grad_scale = self._prepare(plan, grads, grad_scale, found_inf)
         stats = []
-        for b in plan:
+        for b, bucket_grads in zip(plan, grads):
             st = None
             if self.track_stats:
                 st = torch.full((len(b.params), 4), float("nan"), dtype=torch.float32, device=b.device)
                 stats.append((b.params, st))
-            self._run_bucket(b, grads[id(b)], self._lr_tensor(b.group, b.device),
+            self._run_bucket(b, bucket_grads, self._lr_tensor(b),
                              self._on(grad_scale, b.device), self._on(found_inf, b.device), st)
         if self.track_stats:
             first = plan[0].device
@@ -277,8 +280,8 @@ class FusedOptimizer(Optimizer):
     def _global_grad_norm(self, plan, grads) -> torch.Tensor:
         """L2 norm of every gradient of the optimizer (still scaled, if a scaler is on)."""
         by_device: dict = {}
-        for b in plan:
-            by_device.setdefault(b.device, []).extend(grads[id(b)])
+        for b, bucket_grads in zip(plan, grads):
+            by_device.setdefault(b.device, []).extend(bucket_grads)
         first = plan[0].device
         sq = [ops.multi_tensor_l2norm(gs)[0].to(first, non_blocking=True) for gs in by_device.values()]
         total = sq[0] if len(sq) == 1 else torch.linalg.vector_norm(torch.stack(sq))

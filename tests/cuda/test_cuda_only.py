@@ -67,7 +67,10 @@ def test_cuda_graph_capture_and_replay(backend, name):
                     o.step()
         torch.cuda.current_stream().wait_stream(s)
         graph = torch.cuda.CUDAGraph()
-        opt.zero_grad(set_to_none=False)
+        # None, not zeros: the captured backward then writes fresh grads on each replay
+        # instead of adding to the last ones (torch's whole-network capture recipe; seen on
+        # an H100: with zeros every replayed step used the sum of all gradients so far)
+        opt.zero_grad(set_to_none=True)
         with torch.cuda.graph(graph):
             mlp_loss(model, (static_x, static_y)).backward()
             opt.step()

@@ -6,7 +6,10 @@ import torch
 import torch._dynamo
 
 import fastdyn
+from helpers import cuda_only
 from optim.models import mlp, mlp_loss, regression_data
+
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, cuda_only])]
 
 CASES = {
     "AdamW": dict(weight_decay=0.01),
@@ -16,15 +19,16 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", list(CASES))
-def test_compiled_step_fullgraph_no_recompile(name):
+def test_compiled_step_fullgraph_no_recompile(name, device):
     torch._dynamo.reset()
-    model, twin = mlp(), mlp()
-    lr = torch.tensor(1e-2)
+    model, twin = mlp().to(device), mlp().to(device)
+    lr = torch.tensor(1e-2, device=device)
     cls = getattr(fastdyn.optim, name)
     opt = cls(model.parameters(), lr=lr, **CASES[name])
     eager = cls(twin.parameters(), lr=lr.clone(), **CASES[name])
-    data = regression_data()
+    data = tuple(t.to(device) for t in regression_data())
 
     frames = []
 
@@ -51,11 +55,12 @@ def test_compiled_step_fullgraph_no_recompile(name):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
 
 
-def test_compiled_step_with_inductor():
+@pytest.mark.parametrize("device", DEVICES)
+def test_compiled_step_with_inductor(device):
     torch._dynamo.reset()
-    model = mlp()
-    opt = fastdyn.optim.AdamW(model.parameters(), lr=torch.tensor(1e-2))
-    data = regression_data()
+    model = mlp().to(device)
+    opt = fastdyn.optim.AdamW(model.parameters(), lr=torch.tensor(1e-2, device=device))
+    data = tuple(t.to(device) for t in regression_data())
     step = torch.compile(opt.step, fullgraph=True)
     losses = []
     for _ in range(5):
