@@ -55,6 +55,8 @@ class Bucket:
     master_params: list = field(default_factory=list)
     first_step: bool = False  # buffers created this step (SGD/LARS with dampening)
     group_index: int = 0
+    indices: list = field(default_factory=list)  # positions of params in group["params"]
+    whole_group: bool = False  # params is all of group["params"], in order
 
 
 def _check_float(name: str, value: Any, low: float = 0.0, high: Optional[float] = None,
@@ -169,16 +171,18 @@ class FusedOptimizer(Optimizer):
         return torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
 
     # ---------------------------------------------------------------- plan
-    def _plan(self) -> list:
-        key = tuple(tuple(p.grad is not None for p in g["params"]) for g in self.param_groups)
+    def _plan(self, group_grads: list) -> list:
+        """Buckets of the params that have grads; `group_grads[i]` holds the grads of group i."""
+        key = tuple(tuple([g is not None for g in gg]) for gg in group_grads)
         if self._plan_cache is not None and key == self._plan_key:
             return self._plan_cache
         buckets: dict = {}
         for gi, group in enumerate(self.param_groups):
             for i, p in enumerate(group["params"]):
-                if p.grad is None:
+                grad = group_grads[gi][i]
+                if grad is None:
                     continue
-                if p.grad.is_sparse:
+                if grad.is_sparse:
                     raise ValueError(f"{type(self).__name__} does not support sparse gradients "
                                      f"(params[{i}] of a param group has one)")
                 created = self._ensure_state(p, group)
@@ -190,6 +194,7 @@ class FusedOptimizer(Optimizer):
                                                   group_index=gi)
                 state = self.state[p]
                 b.params.append(p)
+                b.indices.append(i)
                 for k in self._required_keys(group):
                     b.state.setdefault(k, []).append(state[k])
                 if self._has_step:
@@ -197,6 +202,8 @@ class FusedOptimizer(Optimizer):
                 if "master_param" in state and self.master_weights and p.dtype in _LOW_PRECISION:
                     b.master_params.append(state["master_param"])
         plan = list(buckets.values())
+        for b in plan:
+            b.whole_group = len(b.params) == len(b.group["params"])
         # A bucket whose buffers were created this step changes after it: rebuild next time.
         rebuild = any(b.first_step for b in plan)
         self._plan_cache, self._plan_key = (None, None) if rebuild else (plan, key)
@@ -246,11 +253,15 @@ class FusedOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        plan = self._plan()
+        # each .grad read once a step: a Parameter's .grad costs ~0.2 us, 1,000 params read
+        # twice took 0.4 ms of a 1.6 ms step (measured, tiny tensors on the CPU)
+        group_grads = [[p.grad for p in g["params"]] for g in self.param_groups]
+        plan = self._plan(group_grads)
         if not plan:
             return loss
         grad_scale, found_inf = self._amp_scalars()
-        grads = [[p.grad for p in b.params] for b in plan]  # aligned with plan
+        grads = [group_grads[b.group_index] if b.whole_group
+                 else [group_grads[b.group_index][i] for i in b.indices] for b in plan]
         if getattr(self, "_check_inf", False) and found_inf is not None:
             self._check_nonfinite(plan, grads, found_inf)
         grad_scale = self._prepare(plan, grads, grad_scale, found_inf)
