@@ -28,7 +28,8 @@ def run_case(case: cases.Case, device: torch.device, rounds: int) -> dict:
         "speedup_vs": {k: v / ours for k, v in times.items() if k != "fastdyn"},
         "baseline": case.baseline,
         "gb_s": gbs, "machine_gb_s": machine, "bandwidth_kind": case.bandwidth_kind,
-        "fraction_of_bandwidth": gbs / machine,
+        "fraction_of_bandwidth": gbs / machine, "machine_bandwidth": bw,
+        "fraction_of_copy_bandwidth": gbs / bw["copy"],
     }
 
 
@@ -58,7 +59,9 @@ def format_table(results: list) -> str:
         lines.append(
             f"| {r['op']} | {r['set']} | {r['ms']['fastdyn']:.2f} | {r['ms'][base]:.2f} ({base}) | "
             f"{r['speedup_vs'][base]:.2f}x | {others} | {r['gb_s']:.1f} | "
-            f"{100 * r['fraction_of_bandwidth']:.0f}% of {r['machine_gb_s']:.1f} ({r['bandwidth_kind']}) |")
+            f"{100 * r['fraction_of_bandwidth']:.0f}% of {r['machine_gb_s']:.1f} ({r['bandwidth_kind']})"
+            + (f", {100 * r['fraction_of_copy_bandwidth']:.0f}% of copy" if r["bandwidth_kind"] != "read" else "")
+            + " |")
     return "\n".join(lines)
 
 

@@ -35,13 +35,13 @@ def implementation(name: str, backend: str):
 
 
 def _by_position(op):
-    """torch 2.11's Python custom ops (the Triton backend) find mutated arguments by position
-    only: one passed by keyword raised IndexError there (seen on an H100). Keywords are
-    folded into positions; fastdyn's own callers pass none."""
+    """The Triton ops take every argument by position (see fastdyn/ops/triton/__init__.py:
+    torch 2.11 loses mutated arguments passed by keyword or left at their default); this
+    fills the trailing ones from keywords or the C++ schema's defaults (None)."""
     arguments = op.default._schema.arguments
 
     def run(*args, **kwargs):
-        if kwargs:
+        if len(args) < len(arguments):
             args = (*args, *(kwargs.get(a.name, a.default_value) for a in arguments[len(args):]))
         return op(*args)
 

@@ -56,7 +56,6 @@ class Bucket:
     first_step: bool = False  # buffers created this step (SGD/LARS with dampening)
     group_index: int = 0
     indices: list = field(default_factory=list)  # positions of params in group["params"]
-    whole_group: bool = False  # params is all of group["params"], in order
 
 
 def _check_float(name: str, value: Any, low: float = 0.0, high: Optional[float] = None,
@@ -202,8 +201,6 @@ class FusedOptimizer(Optimizer):
                 if "master_param" in state and self.master_weights and p.dtype in _LOW_PRECISION:
                     b.master_params.append(state["master_param"])
         plan = list(buckets.values())
-        for b in plan:
-            b.whole_group = len(b.params) == len(b.group["params"])
         # A bucket whose buffers were created this step changes after it: rebuild next time.
         rebuild = any(b.first_step for b in plan)
         self._plan_cache, self._plan_key = (None, None) if rebuild else (plan, key)
@@ -260,8 +257,11 @@ class FusedOptimizer(Optimizer):
         if not plan:
             return loss
         grad_scale, found_inf = self._amp_scalars()
-        grads = [group_grads[b.group_index] if b.whole_group
-                 else [group_grads[b.group_index][i] for i in b.indices] for b in plan]
+        grads = []  # aligned with plan
+        for b in plan:
+            gg = group_grads[b.group_index]
+            # a bucket with as many params as its group holds all of them, in order
+            grads.append(gg if len(b.indices) == len(gg) else [gg[i] for i in b.indices])
         if getattr(self, "_check_inf", False) and found_inf is not None:
             self._check_nonfinite(plan, grads, found_inf)
         grad_scale = self._prepare(plan, grads, grad_scale, found_inf)

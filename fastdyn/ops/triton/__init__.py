@@ -19,6 +19,11 @@ from fastdyn.ops.triton import sgd as _sgd
 
 _NS = "fastdyn_triton"
 
+# The update ops' trailing grad_scale / found_inf / stats have no defaults here (the C++
+# schemas give them None): torch 2.11 drops trailing arguments equal to their default before
+# the ADInplaceOrView kernel of a Python custom op bumps the versions of the mutated ones,
+# and then fails on the missing mutated `stats` (IndexError, seen on an H100).
+
 
 @torch.library.custom_op(f"{_NS}::multi_tensor_norm", mutates_args=())
 def multi_tensor_norm(tensors: List[torch.Tensor], ord: float = 2.0,
@@ -80,8 +85,8 @@ def adam_(params: List[torch.Tensor], grads: List[torch.Tensor], exp_avgs: List[
           exp_avg_sqs: List[torch.Tensor], max_exp_avg_sqs: List[torch.Tensor],
           master_params: List[torch.Tensor], state_steps: List[torch.Tensor], lr: torch.Tensor,
           beta1: float, beta2: float, weight_decay: float, eps: float, amsgrad: bool,
-          maximize: bool, decoupled_weight_decay: bool, grad_scale: Optional[torch.Tensor] = None,
-          found_inf: Optional[torch.Tensor] = None, stats: Optional[torch.Tensor] = None) -> None:
+          maximize: bool, decoupled_weight_decay: bool, grad_scale: Optional[torch.Tensor],
+          found_inf: Optional[torch.Tensor], stats: Optional[torch.Tensor]) -> None:
     checks.check_update_group(params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs,
                                               "max_exp_avg_sqs": max_exp_avg_sqs},
                               master_params, state_steps, lr, grad_scale, found_inf, stats)
@@ -100,8 +105,8 @@ def adam_(params: List[torch.Tensor], grads: List[torch.Tensor], exp_avgs: List[
 def sgd_(params: List[torch.Tensor], grads: List[torch.Tensor],
          momentum_buffers: List[torch.Tensor], master_params: List[torch.Tensor],
          lr: torch.Tensor, momentum: float, dampening: float, weight_decay: float, nesterov: bool,
-         maximize: bool, is_first_step: bool, grad_scale: Optional[torch.Tensor] = None,
-         found_inf: Optional[torch.Tensor] = None, stats: Optional[torch.Tensor] = None) -> None:
+         maximize: bool, is_first_step: bool, grad_scale: Optional[torch.Tensor],
+         found_inf: Optional[torch.Tensor], stats: Optional[torch.Tensor]) -> None:
     checks.check_update_group(params, grads, {"momentum_buffers": momentum_buffers}, master_params,
                               [], lr, grad_scale, found_inf, stats)
     if momentum != 0:
@@ -116,8 +121,8 @@ def lamb_(params: List[torch.Tensor], grads: List[torch.Tensor], exp_avgs: List[
           exp_avg_sqs: List[torch.Tensor], master_params: List[torch.Tensor],
           state_steps: List[torch.Tensor], lr: torch.Tensor, beta1: float, beta2: float,
           eps: float, weight_decay: float, bias_correction: bool, grad_averaging: bool,
-          trust_clip: bool, always_adapt: bool, grad_scale: Optional[torch.Tensor] = None,
-          found_inf: Optional[torch.Tensor] = None, stats: Optional[torch.Tensor] = None) -> None:
+          trust_clip: bool, always_adapt: bool, grad_scale: Optional[torch.Tensor],
+          found_inf: Optional[torch.Tensor], stats: Optional[torch.Tensor]) -> None:
     checks.check_update_group(params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs},
                               master_params, state_steps, lr, grad_scale, found_inf, stats)
     checks.check_same_length("exp_avgs", len(exp_avgs), "params", len(params))
@@ -134,8 +139,8 @@ def lars_(params: List[torch.Tensor], grads: List[torch.Tensor],
           momentum_buffers: List[torch.Tensor], master_params: List[torch.Tensor],
           lr: torch.Tensor, momentum: float, dampening: float, weight_decay: float,
           nesterov: bool, trust_coeff: float, eps: float, trust_clip: bool, always_adapt: bool,
-          is_first_step: bool, grad_scale: Optional[torch.Tensor] = None,
-          found_inf: Optional[torch.Tensor] = None, stats: Optional[torch.Tensor] = None) -> None:
+          is_first_step: bool, grad_scale: Optional[torch.Tensor],
+          found_inf: Optional[torch.Tensor], stats: Optional[torch.Tensor]) -> None:
     checks.check_update_group(params, grads, {"momentum_buffers": momentum_buffers}, master_params,
                               [], lr, grad_scale, found_inf, stats)
     if momentum != 0:
