@@ -129,7 +129,7 @@ class LossScaler:
             del optimizer.grad_scale
             del optimizer.found_inf
             del optimizer._check_inf
-        grad_norm = getattr(optimizer, "_last_grad_norm", None)
+        grad_norm = getattr(optimizer, "_runtime", {}).get("grad_norm")
         if grad_norm is not None and unscaled is None:
             self.last_grad_norm = grad_norm
         self._found_inf[id(optimizer)] = found_inf

@@ -62,7 +62,7 @@ class LAMB(FusedOptimizer):
             found_inf.add_((~torch.isfinite(total)).to(found_inf.dtype).to(found_inf.device))
         if grad_scale is not None:
             total = total / grad_scale.to(total.device)
-            self._last_grad_norm = total
+            self._runtime["grad_norm"] = total
         clip = torch.clamp(total / max_norm, min=1.0)
         return clip if grad_scale is None else grad_scale.to(clip.device) * clip
 

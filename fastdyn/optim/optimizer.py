@@ -83,11 +83,7 @@ class FusedOptimizer(Optimizer):
                  track_stats: bool = False):
         self.master_weights = bool(master_weights)
         self.track_stats = bool(track_stats)
-        self._plan_cache = None
-        self._plan_key = None
-        self._lr_tensors: dict = {}
-        self._last_stats: Optional[StepStats] = None
-        self._last_grad_norm: Optional[torch.Tensor] = None
+        self._reset_runtime()
         super().__init__(params, defaults)
 
     # ---------------------------------------------------------------- validation
@@ -126,9 +122,15 @@ class FusedOptimizer(Optimizer):
             _check_float("learning rate", float(lr))
 
     # ---------------------------------------------------------------- state
+    def _reset_runtime(self) -> None:
+        # What a step leaves for the next one, in dicts: torch.compile (torch 2.11's dynamo)
+        # traces item assignment into them but not setattr on the optimizer.
+        self._runtime: dict = {"plan": None, "plan_key": None, "stats": None, "grad_norm": None}
+        self._lr_tensors: dict = {}
+
     def _invalidate(self) -> None:
-        self._plan_cache = None
-        self._plan_key = None
+        self._runtime["plan"] = None
+        self._runtime["plan_key"] = None
 
     def _state_dtype(self, p: torch.Tensor) -> torch.dtype:
         return torch.float32 if (self.master_weights and p.dtype in _LOW_PRECISION) else p.dtype
@@ -173,8 +175,8 @@ class FusedOptimizer(Optimizer):
     def _plan(self, group_grads: list) -> list:
         """Buckets of the params that have grads; `group_grads[i]` holds the grads of group i."""
         key = tuple(tuple([g is not None for g in gg]) for gg in group_grads)
-        if self._plan_cache is not None and key == self._plan_key:
-            return self._plan_cache
+        if self._runtime["plan"] is not None and key == self._runtime["plan_key"]:
+            return self._runtime["plan"]
         buckets: dict = {}
         for gi, group in enumerate(self.param_groups):
             for i, p in enumerate(group["params"]):
@@ -203,7 +205,7 @@ class FusedOptimizer(Optimizer):
         plan = list(buckets.values())
         # A bucket whose buffers were created this step changes after it: rebuild next time.
         rebuild = any(b.first_step for b in plan)
-        self._plan_cache, self._plan_key = (None, None) if rebuild else (plan, key)
+        self._runtime["plan"], self._runtime["plan_key"] = (None, None) if rebuild else (plan, key)
         return plan
 
     def _first_step_matters(self, group: dict) -> bool:
@@ -275,10 +277,10 @@ class FusedOptimizer(Optimizer):
                              self._on(grad_scale, b.device), self._on(found_inf, b.device), st)
         if self.track_stats:
             first = plan[0].device
-            self._last_stats = StepStats(
+            self._runtime["stats"] = StepStats(
                 params=[p for ps, _ in stats for p in ps],
                 values=torch.cat([s.to(first, non_blocking=True) for _, s in stats]),
-                grad_norm=self._last_grad_norm)
+                grad_norm=self._runtime["grad_norm"])
         return loss
 
     def _check_nonfinite(self, plan, grads, found_inf):
@@ -296,7 +298,7 @@ class FusedOptimizer(Optimizer):
         first = plan[0].device
         sq = [ops.multi_tensor_l2norm(gs)[0].to(first, non_blocking=True) for gs in by_device.values()]
         total = sq[0] if len(sq) == 1 else torch.linalg.vector_norm(torch.stack(sq))
-        self._last_grad_norm = total
+        self._runtime["grad_norm"] = total
         return total
 
     def _prepare(self, plan, grads, grad_scale, found_inf):
@@ -311,7 +313,7 @@ class FusedOptimizer(Optimizer):
     def last_stats(self) -> Optional[StepStats]:
         """Per-tensor ||g||, ||p||, ||update|| and trust ratio of the last step, computed
         inside the update kernels (`track_stats=True`), or None."""
-        return self._last_stats
+        return self._runtime["stats"]
 
     # ---------------------------------------------------------------- state dict
     def load_state_dict(self, state_dict: dict) -> None:
@@ -345,11 +347,7 @@ class FusedOptimizer(Optimizer):
         super().__setstate__(state)
         self.__dict__.setdefault("master_weights", False)
         self.__dict__.setdefault("track_stats", False)
-        self._plan_cache = None
-        self._plan_key = None
-        self._lr_tensors = {}
-        self._last_stats = None
-        self._last_grad_norm = None
+        self._reset_runtime()
 
 
 def _scalar_dtype() -> torch.dtype:
