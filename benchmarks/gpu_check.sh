@@ -80,7 +80,8 @@ build() {
   if nm -D --defined-only fastdyn/_C*.so | grep -q "_ZNSo9_M_insertIlEERSoT_"; then
     echo "  WARNING: the extension carries its own libstdc++ (static link)" | tee -a "$OUT/env.txt"
   fi
-  check_errors_raise | tee -a "$OUT/env.txt"
+  # a crash here is reported, not fatal: the tests still run and show what else works
+  check_errors_raise 2>&1 | tee -a "$OUT/env.txt" || true
 }
 
 run_tests() {
