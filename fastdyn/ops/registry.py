@@ -39,9 +39,10 @@ def _by_position(op):
     torch 2.11 loses mutated arguments passed by keyword or left at their default); this
     fills the trailing ones from keywords or the C++ schema's defaults (None)."""
     arguments = op.default._schema.arguments
+    n_arguments = len(arguments)  # fastdyn's own callers pass all: only an int is traced then
 
     def run(*args, **kwargs):
-        if len(args) < len(arguments):
+        if len(args) < n_arguments:
             args = (*args, *(kwargs.get(a.name, a.default_value) for a in arguments[len(args):]))
         return op(*args)
 

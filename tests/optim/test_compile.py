@@ -101,3 +101,35 @@ def test_scheduler_changes_tensor_lr_without_recompiling():
         step()
         sched.step()
     assert len(frames) == n_graphs, "a changed lr recompiled the step"
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("device", DEVICES)
+def test_compiled_step_on_the_triton_backend(device):
+    from helpers import INTERPRETED
+    from fastdyn.ops import use_backend
+    from fastdyn.ops.backend import triton_available
+
+    if not triton_available() or (device == "cpu" and not INTERPRETED):
+        pytest.skip("Triton runs on a GPU, or on the CPU under TRITON_INTERPRET=1")
+    torch._dynamo.reset()
+    model, twin = mlp().to(device), mlp().to(device)
+    opt = fastdyn.optim.LAMB(model.parameters(), lr=torch.tensor(1e-2, device=device), max_grad_norm=1.0)
+    eager = fastdyn.optim.LAMB(twin.parameters(), lr=torch.tensor(1e-2, device=device), max_grad_norm=1.0)
+    data = tuple(t.to(device) for t in regression_data())
+    frames = []
+
+    @torch.compile(fullgraph=True, backend=lambda gm, _: frames.append(gm) or gm.forward)
+    def step():
+        opt.step()
+
+    with use_backend("triton"):
+        for _ in range(3):
+            for m, o in ((model, opt), (twin, eager)):
+                o.zero_grad()
+                mlp_loss(m, data).backward()
+            step()
+            eager.step()
+    assert len(frames) <= 2
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
