@@ -29,20 +29,24 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 pick_compiler() {
   # A g++ that links libstdc++ statically into the extension makes every C++ error message
-  # crash (writing an integer to an ostream segfaulted; seen on the lent H100 with
-  # /opt/gcc/bin/g++): take the first g++ whose shared-object link uses the shared libstdc++.
-  echo 'int main() { return 0; }' > /tmp/fastdyn_probe.cc
-  local cxx
-  for cxx in ${CXX:-} c++ g++ /usr/bin/g++ /usr/bin/g++-13 /usr/bin/x86_64-linux-gnu-g++-13; do
+  # crash (writing an integer to an ostream segfaulted; seen on the lent H100, whose
+  # /opt/gcc/bin/g++ wrapper points the linker at a folder holding only libstdc++.a; its
+  # `-###` output looks dynamic). So link a probe that formats an integer, and keep the first
+  # g++ whose probe leaves std::ostream::_M_insert<long> to the shared libstdc++.
+  printf '#include <sstream>\n#include <string>\nstd::string f(long x) { std::ostringstream s; s << x; return s.str(); }\n' \
+    > /tmp/fastdyn_probe.cc
+  local cxx real
+  for cxx in ${CXX:-} /usr/bin/g++ /usr/bin/g++-13 c++ g++; do
     command -v "$cxx" > /dev/null || continue
-    cxx=$(command -v "$cxx")
-    if "$cxx" -### -shared -fPIC /tmp/fastdyn_probe.cc -o /tmp/fastdyn_probe.so 2>&1 \
-        | grep -q -e "-Bstatic" -e "libstdc++\.a" -e "static-libstdc"; then
-      echo "  $cxx links libstdc++ statically: not used"; continue
+    real=$(readlink -f "$(command -v "$cxx")")
+    if ! "$real" -shared -fPIC /tmp/fastdyn_probe.cc -o /tmp/fastdyn_probe.so 2> /dev/null; then
+      echo "  $cxx ($real) cannot link a shared object: not used"; continue
     fi
-    export CXX=$cxx LDSHARED="$cxx -shared"
-    local cc=${cxx%g++*}gcc${cxx##*g++}
-    [ -x "$cc" ] && export CC=$cc
+    if nm -D --defined-only /tmp/fastdyn_probe.so | grep -q "_ZNSo9_M_insertIlEERSoT_"; then
+      echo "  $cxx ($real) links libstdc++ statically: not used"; continue
+    fi
+    export CXX=$real LDSHARED="$real -shared"
+    case "$real" in *g++*) [ -x "${real/g++/gcc}" ] && export CC=${real/g++/gcc} ;; esac
     echo "  compilers: CXX=$CXX CC=${CC:-default}"; return 0
   done
   echo "  no g++ found that links libstdc++ dynamically; using the default (C++ errors may crash)"
