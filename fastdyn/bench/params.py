@@ -7,24 +7,24 @@ import os
 import torch
 
 
-def gpt2_small_shapes() -> list:
-    """The 148 parameter tensors of GPT-2 small (124M parameters)."""
-    d, vocab, ctx, layers = 768, 50257, 1024, 12
+def gpt_shapes(d: int, vocab: int, ctx: int, layers: int) -> list:
+    """Parameter shapes of a GPT-2-style model: embeddings, then per layer two LayerNorms,
+    attention (fused qkv + projection) and the 4x MLP, then the final LayerNorm."""
     shapes = [(vocab, d), (ctx, d)]
     for _ in range(layers):
         shapes += [(d,), (d,), (d, 3 * d), (3 * d,), (d, d), (d,), (d,), (d,), (d, 4 * d), (4 * d,),
                    (4 * d, d), (d,)]
     return shapes + [(d,), (d,)]
+
+
+def gpt2_small_shapes() -> list:
+    """The 148 parameter tensors of GPT-2 small (124M parameters)."""
+    return gpt_shapes(d=768, vocab=50257, ctx=1024, layers=12)
 
 
 def gpt_1b_shapes() -> list:
-    """A 1.1B-parameter GPT (d=2048, 20 layers, vocab 50257, context 2048): 243 tensors."""
-    d, vocab, ctx, layers = 2048, 50257, 2048, 20
-    shapes = [(vocab, d), (ctx, d)]
-    for _ in range(layers):
-        shapes += [(d,), (d,), (d, 3 * d), (3 * d,), (d, d), (d,), (d,), (d,), (d, 4 * d), (4 * d,),
-                   (4 * d, d), (d,)]
-    return shapes + [(d,), (d,)]
+    """A 1.1B-parameter GPT (d=2048, 20 layers, vocab 50257, context 2048): 244 tensors."""
+    return gpt_shapes(d=2048, vocab=50257, ctx=2048, layers=20)
 
 
 def small_shapes(n: int = 1000, size: int = 4096) -> list:
