@@ -10,42 +10,25 @@
 #include "fastdyn/math/lars.h"
 #include "fastdyn/math/norm.h"
 #include "fastdyn/math/sgd.h"
+#include "check.h"
 
 using namespace fastdyn::math;
-
-static int failures = 0;
-
-#define CHECK_NEAR(a, b, tol)                                                                  \
-  do {                                                                                         \
-    const double _a = (a), _b = (b);                                                           \
-    if (!(std::fabs(_a - _b) <= (tol) * (1.0 + std::fabs(_b)))) {                              \
-      std::printf("%s:%d: %s = %.17g, expected %.17g\n", __FILE__, __LINE__, #a, _a, _b);     \
-      ++failures;                                                                              \
-    }                                                                                          \
-  } while (0)
-#define CHECK(cond)                                                                            \
-  do {                                                                                         \
-    if (!(cond)) {                                                                             \
-      std::printf("%s:%d: failed: %s\n", __FILE__, __LINE__, #cond);                          \
-      ++failures;                                                                              \
-    }                                                                                          \
-  } while (0)
 
 static void test_norm() {
   double acc = 0;
   for (double x : {3.0, -4.0}) acc = norm_accumulate<NormKind::L2>(acc, x);
-  CHECK_NEAR(norm_finish<NormKind::L2>(acc), 5.0, 1e-15);
+  EXPECT_NEAR(norm_finish<NormKind::L2>(acc), 5.0, 1e-15);
   double m = 0;
   for (double x : {1.0, -7.0, 2.0}) m = norm_accumulate<NormKind::Inf>(m, x);
-  CHECK_NEAR(m, 7.0, 0);
+  EXPECT_NEAR(m, 7.0, 0);
   const double nan = std::numeric_limits<double>::quiet_NaN();
-  CHECK(std::isnan(nan_max(nan, 1.0)) && std::isnan(nan_max(1.0, nan)));
-  CHECK(std::isnan(norm_combine<NormKind::Inf>(2.0, nan)));
-  CHECK(is_finite(1.0) && !is_finite(nan) && !is_finite(std::numeric_limits<double>::infinity()));
+  EXPECT(std::isnan(nan_max(nan, 1.0)) && std::isnan(nan_max(1.0, nan)));
+  EXPECT(std::isnan(norm_combine<NormKind::Inf>(2.0, nan)));
+  EXPECT(is_finite(1.0) && !is_finite(nan) && !is_finite(std::numeric_limits<double>::infinity()));
   // torch's clip rule: min(max_norm / (total + 1e-6), 1); NaN stays NaN
-  CHECK_NEAR(clip_coefficient(10.0, 1.0), 1.0 / (10.0 + 1e-6), 1e-15);
-  CHECK_NEAR(clip_coefficient(0.5, 1.0), 1.0, 0);
-  CHECK(std::isnan(clip_coefficient(nan, 1.0)));
+  EXPECT_NEAR(clip_coefficient(10.0, 1.0), 1.0 / (10.0 + 1e-6), 1e-15);
+  EXPECT_NEAR(clip_coefficient(0.5, 1.0), 1.0, 0);
+  EXPECT(std::isnan(clip_coefficient(nan, 1.0)));
 }
 
 static void test_adam() {
@@ -54,68 +37,68 @@ static void test_adam() {
   const auto s = adam_step_scalars<double>(h, 0.1, 1.0);
   double p = 1.0, m = 0, v = 0, vmax = 0;
   adam_update(p, 2.0, m, v, vmax, false, h, s);
-  CHECK_NEAR(m, 0.2, 1e-15);
-  CHECK_NEAR(v, 0.004, 1e-15);
-  CHECK_NEAR(p, 1.0 - 0.1 * (0.2 / 0.1) / (std::sqrt(0.004) / std::sqrt(0.001) + 1e-8), 1e-14);
+  EXPECT_NEAR(m, 0.2, 1e-15);
+  EXPECT_NEAR(v, 0.004, 1e-15);
+  EXPECT_NEAR(p, 1.0 - 0.1 * (0.2 / 0.1) / (std::sqrt(0.004) / std::sqrt(0.001) + 1e-8), 1e-14);
   // AdamW decays p before the step; Adam adds wd*p to g; maximize flips g
   AdamHyper<double> hw{0.9, 0.999, 1e-8, 0.5, false, false, true};
   p = 2.0, m = v = 0;
   adam_update(p, 0.0, m, v, vmax, false, hw, adam_step_scalars<double>(hw, 0.1, 1.0));
-  CHECK_NEAR(p, 2.0 * (1.0 - 0.1 * 0.5), 1e-15);  // torch's p *= 1 - lr*wd
+  EXPECT_NEAR(p, 2.0 * (1.0 - 0.1 * 0.5), 1e-15);  // torch's p *= 1 - lr*wd
   AdamHyper<double> hl{0.9, 0.999, 1e-8, 0.5, false, true, false};
   p = 2.0, m = v = 0;
   adam_update(p, 1.0, m, v, vmax, false, hl, adam_step_scalars<double>(hl, 0.1, 1.0));
-  CHECK_NEAR(m, 0.1 * (-1.0 + 0.5 * 2.0), 1e-15);  // maximize, then + wd*p
+  EXPECT_NEAR(m, 0.1 * (-1.0 + 0.5 * 2.0), 1e-15);  // maximize, then + wd*p
   // amsgrad keeps the max of v
   AdamHyper<double> ha{0.9, 0.999, 1e-8, 0.0, true, false, false};
   p = 0, m = 0, v = 0, vmax = 5.0;
   adam_update(p, 1.0, m, v, vmax, true, ha, s);
-  CHECK_NEAR(vmax, 5.0, 0);
+  EXPECT_NEAR(vmax, 5.0, 0);
 }
 
 static void test_sgd_and_lars() {
   MomentumHyper<double> mh{0.9, 0.1, false};
-  CHECK_NEAR(momentum_buffer(2.0, 123.0, mh, true), 2.0, 0);  // first step: buf = d
-  CHECK_NEAR(momentum_buffer(1.0, 2.0, mh, false), 0.9 * 2.0 + 0.9 * 1.0, 1e-15);
-  CHECK_NEAR(momentum_direction(1.0, 2.7, mh), 2.7, 0);
+  EXPECT_NEAR(momentum_buffer(2.0, 123.0, mh, true), 2.0, 0);  // first step: buf = d
+  EXPECT_NEAR(momentum_buffer(1.0, 2.0, mh, false), 0.9 * 2.0 + 0.9 * 1.0, 1e-15);
+  EXPECT_NEAR(momentum_direction(1.0, 2.7, mh), 2.7, 0);
   MomentumHyper<double> nest{0.9, 0.0, true};
   const double buf = momentum_buffer(1.0, 1.0, nest, false);
-  CHECK_NEAR(buf, 1.9, 1e-15);
-  CHECK_NEAR(momentum_direction(1.0, buf, nest), 1.0 + 0.9 * 1.9, 1e-15);
-  CHECK_NEAR(sgd_direction(2.0, 1.0, 0.1, -1.0), -1.0 + 0.2, 1e-15);
+  EXPECT_NEAR(buf, 1.9, 1e-15);
+  EXPECT_NEAR(momentum_direction(1.0, buf, nest), 1.0 + 0.9 * 1.9, 1e-15);
+  EXPECT_NEAR(sgd_direction(2.0, 1.0, 0.1, -1.0), -1.0 + 0.2, 1e-15);
   // LARS: r = tc ||p|| / (||g|| + wd ||p|| + eps); 1 when a norm is 0; trust_clip: min(r/lr, 1)
-  CHECK_NEAR(lars_trust_ratio(2.0, 3.0, 0.001, 0.1, 0.0, 1.0, true, false), 0.002 / 3.2, 1e-15);
-  CHECK_NEAR(lars_trust_ratio(0.0, 3.0, 0.001, 0.1, 0.0, 1.0, true, false), 1.0, 0);
-  CHECK_NEAR(lars_trust_ratio(2.0, 0.0, 0.001, 0.1, 0.0, 0.5, true, true), 1.0, 0);
-  CHECK_NEAR(lars_trust_ratio(2.0, 3.0, 0.001, 0.1, 0.0, 0.01, true, true), (0.002 / 3.2) / 0.01, 1e-14);
-  CHECK_NEAR(lars_trust_ratio(2.0, 3.0, 0.001, 0.1, 0.0, 1.0, false, false), 1.0, 0);
-  CHECK_NEAR(lars_direction(2.0, 1.0, 0.1, 0.5, true), (1.0 + 0.2) * 0.5, 1e-15);
-  CHECK_NEAR(lars_direction(2.0, 1.0, 0.1, 0.5, false), 1.0, 0);
+  EXPECT_NEAR(lars_trust_ratio(2.0, 3.0, 0.001, 0.1, 0.0, 1.0, true, false), 0.002 / 3.2, 1e-15);
+  EXPECT_NEAR(lars_trust_ratio(0.0, 3.0, 0.001, 0.1, 0.0, 1.0, true, false), 1.0, 0);
+  EXPECT_NEAR(lars_trust_ratio(2.0, 0.0, 0.001, 0.1, 0.0, 0.5, true, true), 1.0, 0);
+  EXPECT_NEAR(lars_trust_ratio(2.0, 3.0, 0.001, 0.1, 0.0, 0.01, true, true), (0.002 / 3.2) / 0.01, 1e-14);
+  EXPECT_NEAR(lars_trust_ratio(2.0, 3.0, 0.001, 0.1, 0.0, 1.0, false, false), 1.0, 0);
+  EXPECT_NEAR(lars_direction(2.0, 1.0, 0.1, 0.5, true), (1.0 + 0.2) * 0.5, 1e-15);
+  EXPECT_NEAR(lars_direction(2.0, 1.0, 0.1, 0.5, false), 1.0, 0);
 }
 
 static void test_lamb() {
   LambHyper<double> h{0.9, 0.999, 0.1, 1e-6, 0.01};
   double m = 0, v = 0;
   lamb_moments(2.0, m, v, h);
-  CHECK_NEAR(m, 0.2, 1e-15);
-  CHECK_NEAR(v, 0.004, 1e-15);
+  EXPECT_NEAR(m, 0.2, 1e-15);
+  EXPECT_NEAR(v, 0.004, 1e-15);
   const auto s = lamb_step_scalars<double>(h, 1.0, true);
-  CHECK_NEAR(s.bias_correction1, 0.1, 1e-15);
+  EXPECT_NEAR(s.bias_correction1, 0.1, 1e-15);
   const double u = lamb_direction(3.0, m, v, h, s);
-  CHECK_NEAR(u, (0.2 / 0.1) / (std::sqrt(0.004 / 0.001) + 1e-6) + 0.01 * 3.0, 1e-14);
+  EXPECT_NEAR(u, (0.2 / 0.1) / (std::sqrt(0.004 / 0.001) + 1e-6) + 0.01 * 3.0, 1e-14);
   const auto off = lamb_step_scalars<double>(h, 5.0, false);
-  CHECK_NEAR(off.bias_correction1, 1.0, 0);
-  CHECK_NEAR(off.bias_correction2, 1.0, 0);
-  CHECK_NEAR(lamb_trust_ratio(4.0, 2.0, true, false), 2.0, 0);
-  CHECK_NEAR(lamb_trust_ratio(4.0, 2.0, true, true), 1.0, 0);
-  CHECK_NEAR(lamb_trust_ratio(0.0, 2.0, true, false), 1.0, 0);
-  CHECK_NEAR(lamb_trust_ratio(4.0, 0.0, true, false), 1.0, 0);
-  CHECK_NEAR(lamb_trust_ratio(4.0, 2.0, false, false), 1.0, 0);
+  EXPECT_NEAR(off.bias_correction1, 1.0, 0);
+  EXPECT_NEAR(off.bias_correction2, 1.0, 0);
+  EXPECT_NEAR(lamb_trust_ratio(4.0, 2.0, true, false), 2.0, 0);
+  EXPECT_NEAR(lamb_trust_ratio(4.0, 2.0, true, true), 1.0, 0);
+  EXPECT_NEAR(lamb_trust_ratio(0.0, 2.0, true, false), 1.0, 0);
+  EXPECT_NEAR(lamb_trust_ratio(4.0, 0.0, true, false), 1.0, 0);
+  EXPECT_NEAR(lamb_trust_ratio(4.0, 2.0, false, false), 1.0, 0);
   // float computes the same formula
   LambHyper<float> hf{0.9f, 0.999f, 0.1f, 1e-6f, 0.01f};
   float mf = 0, vf = 0;
   lamb_moments(2.0f, mf, vf, hf);
-  CHECK_NEAR(mf, 0.2, 1e-6);
+  EXPECT_NEAR(mf, 0.2, 1e-6);
 }
 
 int main() {

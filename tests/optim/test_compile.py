@@ -1,12 +1,14 @@
-"""torch.compile of a whole optimizer step: fullgraph (no graph break), and no recompile
-when a tensor lr changes."""
+"""torch.compile of a whole optimizer step: fullgraph (no graph break) on the native and
+Triton backends, and no recompile when a tensor lr changes."""
 
 import pytest
 import torch
 import torch._dynamo
 
 import fastdyn
-from helpers import cuda_only
+from fastdyn.ops import use_backend
+from fastdyn.ops.backend import triton_available
+from helpers import INTERPRETED, cuda_only
 from optim.models import mlp, mlp_loss, regression_data
 
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, cuda_only])]
@@ -19,9 +21,12 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("backend", ["native", pytest.param("triton", marks=pytest.mark.triton)])
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", list(CASES))
-def test_compiled_step_fullgraph_no_recompile(name, device):
+def test_compiled_step_fullgraph_no_recompile(name, device, backend):
+    if backend == "triton" and not (triton_available() and (device == "cuda" or INTERPRETED)):
+        pytest.skip("Triton runs on a GPU, or on the CPU under TRITON_INTERPRET=1")
     torch._dynamo.reset()
     model, twin = mlp().to(device), mlp().to(device)
     lr = torch.tensor(1e-2, device=device)
@@ -40,16 +45,17 @@ def test_compiled_step_fullgraph_no_recompile(name, device):
     def step():
         opt.step()
 
-    for i in range(4):
-        for m, o in ((model, opt), (twin, eager)):
-            o.zero_grad()
-            mlp_loss(m, data).backward()
-        # the first step creates the state; steps after it must reuse one graph
-        step()
-        eager.step()
-        new_lr = 1e-2 / (i + 2)
-        opt.param_groups[0]["lr"].fill_(new_lr)
-        eager.param_groups[0]["lr"].fill_(new_lr)
+    with use_backend(backend):
+        for i in range(4):
+            for m, o in ((model, opt), (twin, eager)):
+                o.zero_grad()
+                mlp_loss(m, data).backward()
+            # the first step creates the state; steps after it must reuse one graph
+            step()
+            eager.step()
+            new_lr = 1e-2 / (i + 2)
+            opt.param_groups[0]["lr"].fill_(new_lr)
+            eager.param_groups[0]["lr"].fill_(new_lr)
     assert len(frames) <= 2, f"{len(frames)} graphs for 4 steps: lr changes recompiled"
     for p, q in zip(model.parameters(), twin.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
@@ -102,34 +108,3 @@ def test_scheduler_changes_tensor_lr_without_recompiling():
         sched.step()
     assert len(frames) == n_graphs, "a changed lr recompiled the step"
 
-
-@pytest.mark.triton
-@pytest.mark.parametrize("device", DEVICES)
-def test_compiled_step_on_the_triton_backend(device):
-    from helpers import INTERPRETED
-    from fastdyn.ops import use_backend
-    from fastdyn.ops.backend import triton_available
-
-    if not triton_available() or (device == "cpu" and not INTERPRETED):
-        pytest.skip("Triton runs on a GPU, or on the CPU under TRITON_INTERPRET=1")
-    torch._dynamo.reset()
-    model, twin = mlp().to(device), mlp().to(device)
-    opt = fastdyn.optim.LAMB(model.parameters(), lr=torch.tensor(1e-2, device=device), max_grad_norm=1.0)
-    eager = fastdyn.optim.LAMB(twin.parameters(), lr=torch.tensor(1e-2, device=device), max_grad_norm=1.0)
-    data = tuple(t.to(device) for t in regression_data())
-    frames = []
-
-    @torch.compile(fullgraph=True, backend=lambda gm, _: frames.append(gm) or gm.forward)
-    def step():
-        opt.step()
-
-    with use_backend("triton"):
-        for _ in range(3):
-            for m, o in ((model, opt), (twin, eager)):
-                o.zero_grad()
-                mlp_loss(m, data).backward()
-            step()
-            eager.step()
-    assert len(frames) <= 2
-    for p, q in zip(model.parameters(), twin.parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
