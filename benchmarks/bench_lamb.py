@@ -4,7 +4,7 @@ import pytest
 
 from conftest import SETS, run
 
-IMPLS = ["fastdyn", "timm-style_foreach", "torch.compile_reference"]
+IMPLS = ["fastdyn", "fastdyn_triton", "timm-style_foreach", "torch.compile_reference"]
 
 
 @pytest.mark.parametrize("set_name", SETS)

@@ -3,7 +3,7 @@ import pytest
 
 from conftest import SETS, run
 
-IMPLS = ["fastdyn", "torch_foreach"]
+IMPLS = ["fastdyn", "fastdyn_triton", "torch_foreach"]
 
 
 @pytest.mark.parametrize("set_name", SETS)

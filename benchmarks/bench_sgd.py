@@ -3,7 +3,7 @@ import pytest
 
 from conftest import SETS, run
 
-IMPLS = ["fastdyn", "torch_fused", "torch_foreach", "torch_for-loop"]
+IMPLS = ["fastdyn", "fastdyn_triton", "torch_fused", "torch_foreach", "torch_for-loop"]
 
 
 @pytest.mark.parametrize("set_name", SETS)

@@ -10,6 +10,7 @@ import torch
 
 import fastdyn
 from fastdyn.bench import baselines
+from fastdyn.ops.backend import triton_available, use_backend
 from fastdyn.bench.params import PARAM_SETS, make_params, numel
 
 
@@ -24,12 +25,24 @@ class Case:
     impls: Dict[str, Callable] = field(default_factory=dict)  # "fastdyn" first
     baseline: str = ""     # the implementation the ratio is taken against
     note: str = ""
+    params: list = field(default_factory=list)  # the tensors the implementations share
 
 
-def _norm(params, device, set_name):
+TRITON = "fastdyn triton"
+
+
+def _on_triton(fn):
+    def run():
+        with use_backend("triton"):
+            return fn()
+    return run
+
+
+def _norm(params, device, set_name, with_compile):
     grads = [p.grad for p in params]
     return Case("norm", set_name, numel(params), 4, "read", 1, {
         "fastdyn": lambda: fastdyn.multi_tensor_l2norm(grads),
+        TRITON: _on_triton(lambda: fastdyn.multi_tensor_l2norm(grads)),
         "torch foreach": lambda: torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))),
     }, baseline="torch foreach")
 
@@ -51,15 +64,13 @@ class _ShrinkingMaxNorm:
         return value
 
 
-def _clip(params, device, set_name, clipping: bool):
+def _clip(params, device, set_name, with_compile, clipping: bool):
     total = float(fastdyn.multi_tensor_l2norm([p.grad for p in params])[0])
-    if clipping:
-        max_norm = _ShrinkingMaxNorm(total)
-        impls = {"fastdyn": lambda: fastdyn.clip_grad_norm_(params, max_norm()),
-                 "torch foreach": lambda: torch.nn.utils.clip_grad_norm_(params, max_norm(), foreach=True)}
-    else:  # max_norm far above the norm: the coefficient is 1
-        impls = {"fastdyn": lambda: fastdyn.clip_grad_norm_(params, 1e6 * total),
-                 "torch foreach": lambda: torch.nn.utils.clip_grad_norm_(params, 1e6 * total, foreach=True)}
+    # clipping: a max_norm under the norm at every call; else far above it (coefficient 1)
+    max_norm = _ShrinkingMaxNorm(total) if clipping else (lambda: 1e6 * total)
+    impls = {"fastdyn": lambda: fastdyn.clip_grad_norm_(params, max_norm()),
+             TRITON: _on_triton(lambda: fastdyn.clip_grad_norm_(params, max_norm())),
+             "torch foreach": lambda: torch.nn.utils.clip_grad_norm_(params, max_norm(), foreach=True)}
     # 4 B/elem: one read; clipping adds a read and a write (in place)
     return Case("clip" + (" (clipping)" if clipping else " (under max_norm)"), set_name,
                 numel(params), 12 if clipping else 4, "update" if clipping else "read", 1, impls,
@@ -67,16 +78,14 @@ def _clip(params, device, set_name, clipping: bool):
 
 
 def _optimizer_case(op, params, make_ours, torch_variants, bytes_per_elem, set_name, baseline, arrays):
-    impls = {}
-    ours = make_ours(params)
-    impls["fastdyn"] = ours.step
+    impls = {"fastdyn": make_ours(params).step, TRITON: _on_triton(make_ours(params).step)}
     for name, make in torch_variants.items():
         opt = make(params)
         impls[name] = opt.step
     return Case(op, set_name, numel(params), bytes_per_elem, "update", arrays, impls, baseline=baseline)
 
 
-def _adamw(params, device, set_name):
+def _adamw(params, device, set_name, with_compile):
     variants = {
         "torch fused": lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True),
         "torch foreach": lambda ps: torch.optim.AdamW(ps, lr=1e-3, foreach=True),
@@ -86,7 +95,7 @@ def _adamw(params, device, set_name):
                            28, set_name, "torch fused", arrays=4)
 
 
-def _sgd(params, device, set_name):
+def _sgd(params, device, set_name, with_compile):
     variants = {
         "torch fused": lambda ps: torch.optim.SGD(ps, lr=1e-3, momentum=0.9, fused=True),
         "torch foreach": lambda ps: torch.optim.SGD(ps, lr=1e-3, momentum=0.9, foreach=True),
@@ -102,18 +111,18 @@ COMPILE_MAX_TENSORS = 300
 
 
 class _Compiled:
-    """A torch.compile'd single-tensor reference step, with its own state."""
+    """A torch.compile'd single-tensor reference step, with its own state. Its keyword
+    arguments (LAMB's `step` among them) are fixed, so one graph serves every call; the
+    work of a step does not depend on their values."""
 
     def __init__(self, fn, params, n_state, **kw):
         self.params = params
         self.state = [[torch.zeros_like(p) for p in params] for _ in range(n_state)]
         self.fn = torch.compile(fn, fullgraph=True, dynamic=False)
         self.kw = kw
-        self.t = 0
 
     @torch.no_grad()
     def step(self):
-        self.t = min(self.t + 1, 10)  # a few distinct step values, then one graph
         self.fn(self.params, [p.grad for p in self.params], *self.state, **self.kw)
 
 
@@ -125,7 +134,7 @@ def _with_loss_scale(opt):
     return opt
 
 
-def _lamb(params, device, set_name, with_compile=True, loss_scale=False):
+def _lamb(params, device, set_name, with_compile, loss_scale=False):
     with_compile = with_compile and len(params) <= COMPILE_MAX_TENSORS
     variants = {"timm-style foreach": lambda ps: baselines.ForeachLamb(
         ps, lr=1e-3, max_grad_norm=1.0, loss_scale=loss_scale)}
@@ -142,7 +151,7 @@ def _lamb(params, device, set_name, with_compile=True, loss_scale=False):
     return _optimizer_case(name, params, ours, variants, 44, set_name, "timm-style foreach", arrays=4)
 
 
-def _lars(params, device, set_name, with_compile=True):
+def _lars(params, device, set_name, with_compile):
     with_compile = with_compile and len(params) <= COMPILE_MAX_TENSORS
     variants = {"timm-style foreach": lambda ps: baselines.ForeachLars(ps, lr=1e-3, weight_decay=1e-4)}
     if with_compile:
@@ -155,16 +164,26 @@ def _lars(params, device, set_name, with_compile=True):
 
 BUILDERS = {
     "norm": _norm,
-    "clip": lambda p, d, s: _clip(p, d, s, clipping=False),
-    "clip-clipping": lambda p, d, s: _clip(p, d, s, clipping=True),
+    "clip": lambda *a: _clip(*a, clipping=False),
+    "clip-clipping": lambda *a: _clip(*a, clipping=True),
     "adamw": _adamw,
     "sgd": _sgd,
     "lamb": _lamb,
-    "lamb-amp": lambda p, d, s: _lamb(p, d, s, loss_scale=True),
+    "lamb-amp": lambda *a: _lamb(*a, loss_scale=True),
     "lars": _lars,
 }
 
 
-def build(op: str, set_name: str, device: torch.device, **kw) -> Case:
-    params = make_params(PARAM_SETS[set_name](), device)
-    return BUILDERS[op](params, device, set_name, **kw) if kw else BUILDERS[op](params, device, set_name)
+def build(op: str, set_name: str, device: torch.device, with_compile: bool = True,
+          with_triton: bool | None = None, dtype: torch.dtype = torch.float32) -> Case:
+    """The case `op` on parameter set `set_name`. The Triton backend is timed beside the
+    native one on GPUs (by default); torch.compile baselines only when `with_compile`."""
+    device = torch.device(device)
+    params = make_params(PARAM_SETS[set_name](), device, dtype=dtype)
+    case = BUILDERS[op](params, device, set_name, with_compile)
+    case.params = params
+    if with_triton is None:
+        with_triton = device.type == "cuda" and triton_available()
+    if not with_triton:
+        del case.impls[TRITON]
+    return case

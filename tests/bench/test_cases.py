@@ -1,0 +1,133 @@
+"""The benchmarks compare like with like: every implementation a case times (torch's
+optimizers, the timm-style foreach LAMB/LARS, torch.compile's reference steps) computes the
+same step as fastdyn's, on the same parameter sets shrunk to a few thousand elements.
+
+float64, so that a step (lr 1e-3: ~1e-8 per element for LARS) stands far above the rounding
+of the parameters: a wrong weight decay or bias correction in a baseline moves the result by
+~1e-3 of the step, the tolerance below is 1e-7 of it."""
+
+import pytest
+import torch
+
+import fastdyn
+from fastdyn.bench import baselines, cases
+from helpers import INTERPRETED
+from fastdyn.ops import registry
+from fastdyn.ops.backend import triton_available
+
+DEVICE = torch.device("cpu")
+SETS = ["gpt2-small", "1000-small"]
+STEP_RTOL = 1e-7  # of the largest change fastdyn's optimizer step makes
+# fastdyn's norms are float32 whatever the input (the contract), so a norm, and gradients
+# clipped by a coefficient computed from it, agree with torch's float64 ones to float32 rounding
+NORM_RTOL = 1e-6
+
+
+@pytest.fixture(autouse=True)
+def small_sets(monkeypatch):
+    monkeypatch.setenv("FASTDYN_BENCH_SCALE", "0.002")
+
+
+def _outcome(op: str, case: cases.Case, impl: str):
+    """Run `impl` once on the case's fresh tensors: (norm it returned or None, tensors it changed)."""
+    out = case.impls[impl]()
+    if op == "norm":
+        return (out[0] if isinstance(out, tuple) else out), []
+    if op.startswith("clip"):
+        return out, [p.grad.clone() for p in case.params]
+    return None, [p.detach().clone() for p in case.params]
+
+
+def _max_diff(xs, ys):
+    return max((x - y).abs().max() for x, y in zip(xs, ys))
+
+
+@pytest.mark.parametrize("set_name", SETS)
+@pytest.mark.parametrize("op", sorted(cases.BUILDERS))
+def test_every_implementation_computes_fastdyns_step(op, set_name):
+    def fresh():  # same seed: the same tensors for every implementation
+        return cases.build(op, set_name, DEVICE, with_compile=False, with_triton=False,
+                           dtype=torch.float64)
+
+    case = fresh()
+    before = [(p.grad if op.startswith("clip") else p).detach().clone() for p in case.params]
+    norm, tensors = _outcome(op, case, "fastdyn")
+    if op.startswith("clip"):
+        tol = NORM_RTOL * max(t.abs().max() for t in before)
+        assert (_max_diff(tensors, before) > 0) == (op == "clip-clipping")
+    else:
+        step = _max_diff(tensors, before) if tensors else 0
+        assert bool(tensors) == (step > 0), "the step changed nothing: the comparison would mean nothing"
+        tol = STEP_RTOL * step
+    others = [name for name in case.impls if name != "fastdyn"]
+    assert case.baseline in others
+    for name in others:
+        got_norm, got = _outcome(op, fresh(), name)
+        if norm is not None:
+            assert float(got_norm) == pytest.approx(float(norm), rel=NORM_RTOL), name
+        if tensors:
+            err = _max_diff(got, tensors)
+            assert err <= tol, f"{name} differs from fastdyn by {err:.2e} (tolerance {tol:.2e})"
+
+
+@pytest.mark.triton
+@pytest.mark.skipif(not (triton_available() and INTERPRETED), reason="needs Triton's interpreter")
+@pytest.mark.parametrize("op", ["norm", "clip-clipping", "sgd"])
+def test_triton_implementation_runs_the_triton_backend(op, monkeypatch):
+    """The benchmarks' "fastdyn triton" column (timed on GPUs) in fp32, here interpreted: it
+    runs the Triton kernels and computes what the native ones compute, to float32 rounding."""
+    def fresh():
+        return cases.build(op, "gpt2-small", DEVICE, with_compile=False, with_triton=True)
+
+    case = fresh()
+    before = [(p.grad if op.startswith("clip") else p).detach().clone() for p in case.params]
+    norm, expected = _outcome(op, case, "fastdyn")
+    case = fresh()
+    backends_used = []
+    implementation = registry.implementation
+    monkeypatch.setattr(registry, "implementation",
+                        lambda name, backend: backends_used.append(backend) or implementation(name, backend))
+    norm_t, got = _outcome(op, case, cases.TRITON)
+    assert backends_used and set(backends_used) == {"triton"}
+    if norm is not None:
+        assert float(norm_t) == pytest.approx(float(norm), rel=1e-5)
+    if expected:
+        step = _max_diff(expected, before)
+        assert step > 0 and _max_diff(got, expected) <= 1e-2 * step
+
+
+@pytest.mark.parametrize("loss_scale", [False, True], ids=["plain", "inv_scale"])
+def test_compiled_lamb_reference_is_lamb(loss_scale):
+    """The function torch.compile fuses in the LAMB benchmark, run eagerly: fastdyn's first step."""
+    params = cases.make_params(cases.PARAM_SETS["gpt2-small"](), DEVICE, dtype=torch.float64)
+    before = [p.detach().clone() for p in params]
+    ms = [torch.zeros_like(p) for p in params]
+    vs = [torch.zeros_like(p) for p in params]
+    inv = {"inv_scale": torch.ones((), dtype=torch.float64)} if loss_scale else {}
+    with torch.no_grad():
+        baselines.lamb_reference_step(params, [p.grad for p in params], ms, vs, step=1, lr=1e-3,
+                                      max_norm=1.0, **inv)
+    got = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p, b in zip(params, before):
+            p.copy_(b)
+    fastdyn.optim.LAMB(params, lr=1e-3, max_grad_norm=1.0).step()
+    scale = max((p - b).abs().max() for p, b in zip(params, before))
+    err = max((g - p).abs().max() for g, p in zip(got, params))
+    assert scale > 0 and err <= STEP_RTOL * scale
+
+
+def test_compiled_lars_reference_is_lars():
+    params = cases.make_params(cases.PARAM_SETS["gpt2-small"](), DEVICE, dtype=torch.float64)
+    before = [p.detach().clone() for p in params]
+    bufs = [torch.zeros_like(p) for p in params]
+    with torch.no_grad():
+        baselines.lars_reference_step(params, [p.grad for p in params], bufs, lr=1e-3)
+    got = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p, b in zip(params, before):
+            p.copy_(b)
+    fastdyn.optim.LARS(params, lr=1e-3, weight_decay=1e-4).step()
+    scale = max((p - b).abs().max() for p, b in zip(params, before))
+    err = max((g - p).abs().max() for g, p in zip(got, params))
+    assert scale > 0 and err <= STEP_RTOL * scale
