@@ -33,25 +33,30 @@ struct AdamChunkOp : SkipIfFoundInf {
     const auto s = math::adam_step_scalars<A>(h, static_cast<A>(lr.get()), step);
     const A inv = static_cast<A>(inverse_grad_scale(grad_scale));
     A g2 = A(0), p2 = A(0), d2 = A(0);
-    for_chunk_elements(c.begin, c.end, [&](int64_t i) {
-      A pv = kHasMaster ? static_cast<A>(master[i]) : static_cast<A>(p[i]);
-      const A gv = static_cast<A>(g[i]) * inv;
-      A mv = static_cast<A>(m[i]);
-      A vv = static_cast<A>(v[i]);
-      A vm = h.amsgrad ? static_cast<A>(vmax[i]) : A(0);
-      const A p_old = pv;
-      math::adam_update(pv, gv, mv, vv, vm, h.amsgrad, h, s);
-      if (kHasMaster) master[i] = static_cast<float>(pv);
-      p[i] = static_cast<P>(pv);
-      m[i] = static_cast<S>(mv);
-      v[i] = static_cast<S>(vv);
-      if (h.amsgrad) vmax[i] = static_cast<S>(vm);
-      if (kStats) {
-        g2 += gv * gv;
-        p2 += p_old * p_old;
-        d2 += (pv - p_old) * (pv - p_old);
-      }
-    });
+    struct Elem {
+      A p, g, m, v, vmax;
+    };
+    for_chunk_elements(
+        c.begin, c.end,
+        [&](int64_t i) {
+          return Elem{kHasMaster ? static_cast<A>(master[i]) : static_cast<A>(p[i]),
+                      static_cast<A>(g[i]) * inv, static_cast<A>(m[i]), static_cast<A>(v[i]),
+                      h.amsgrad ? static_cast<A>(vmax[i]) : A(0)};
+        },
+        [&](int64_t i, Elem e) {
+          const A p_old = e.p;
+          math::adam_update(e.p, e.g, e.m, e.v, e.vmax, h.amsgrad, h, s);
+          if (kHasMaster) master[i] = static_cast<float>(e.p);
+          p[i] = static_cast<P>(e.p);
+          m[i] = static_cast<S>(e.m);
+          v[i] = static_cast<S>(e.v);
+          if (h.amsgrad) vmax[i] = static_cast<S>(e.vmax);
+          if (kStats) {
+            g2 += e.g * e.g;
+            p2 += p_old * p_old;
+            d2 += (e.p - p_old) * (e.p - p_old);
+          }
+        });
     if (kStats) write_stats_partials(stats_partials, c.global, g2, p2, d2);
   }
 };

@@ -45,20 +45,26 @@ struct LambMomentsOp : LambCommon<typename OpMath<P>::type> {
     const auto s = this->scalars(meta, c.slot);
     const A inv = static_cast<A>(inverse_grad_scale(grad_scale));
     A g2 = A(0), p2 = A(0), u2 = A(0);
-    for_chunk_elements(c.begin, c.end, [&](int64_t i) {
-      const A pv = kHasMaster ? static_cast<A>(master[i]) : static_cast<A>(p[i]);
-      const A gv = static_cast<A>(g[i]) * inv;
-      A mv = static_cast<A>(m[i]);
-      A vv = static_cast<A>(v[i]);
-      math::lamb_moments(gv, mv, vv, this->h);
-      const S ms = static_cast<S>(mv), vs = static_cast<S>(vv);
-      m[i] = ms;
-      v[i] = vs;
-      const A u = math::lamb_direction(pv, static_cast<A>(ms), static_cast<A>(vs), this->h, s);
-      g2 += gv * gv;
-      p2 += pv * pv;
-      u2 += u * u;
-    });
+    struct Elem {
+      A p, g, m, v;
+    };
+    for_chunk_elements(
+        c.begin, c.end,
+        [&](int64_t i) {
+          return Elem{kHasMaster ? static_cast<A>(master[i]) : static_cast<A>(p[i]),
+                      static_cast<A>(g[i]) * inv, static_cast<A>(m[i]), static_cast<A>(v[i])};
+        },
+        [&](int64_t i, Elem e) {
+          math::lamb_moments(e.g, e.m, e.v, this->h);
+          const S ms = static_cast<S>(e.m), vs = static_cast<S>(e.v);
+          m[i] = ms;
+          v[i] = vs;
+          // from the stored (rounded) moments: what the apply pass will read back
+          const A u = math::lamb_direction(e.p, static_cast<A>(ms), static_cast<A>(vs), this->h, s);
+          g2 += e.g * e.g;
+          p2 += e.p * e.p;
+          u2 += u * u;
+        });
     write_stats_partials(partials, c.global, g2, p2, u2);
   }
 };
@@ -76,13 +82,20 @@ struct LambApplyOp : LambCommon<typename OpMath<P>::type> {
     float* __restrict__ master = static_cast<float*>(meta.addr[kMaster][c.slot]);
     const auto s = this->scalars(meta, c.slot);
     const A step = static_cast<A>(lr.get()) * static_cast<A>(ratios[meta.tensor_id[c.slot]]);
-    for_chunk_elements(c.begin, c.end, [&](int64_t i) {
-      const A pv = kHasMaster ? static_cast<A>(master[i]) : static_cast<A>(p[i]);
-      const A u = math::lamb_direction(pv, static_cast<A>(m[i]), static_cast<A>(v[i]), this->h, s);
-      const A out = pv - step * u;
-      if (kHasMaster) master[i] = static_cast<float>(out);
-      p[i] = static_cast<P>(out);
-    });
+    struct Elem {
+      A p, m, v;
+    };
+    for_chunk_elements(
+        c.begin, c.end,
+        [&](int64_t i) {
+          return Elem{kHasMaster ? static_cast<A>(master[i]) : static_cast<A>(p[i]),
+                      static_cast<A>(m[i]), static_cast<A>(v[i])};
+        },
+        [&](int64_t i, const Elem& e) {
+          const A out = e.p - step * math::lamb_direction(e.p, e.m, e.v, this->h, s);
+          if (kHasMaster) master[i] = static_cast<float>(out);
+          p[i] = static_cast<P>(out);
+        });
   }
 };
 

@@ -24,12 +24,19 @@ struct LarsNormsOp : SkipIfFoundInf {
     const float* __restrict__ master = static_cast<const float*>(meta.addr[kMaster][c.slot]);
     const A inv = static_cast<A>(inverse_grad_scale(grad_scale));
     A g2 = A(0), p2 = A(0);
-    for_chunk_elements(c.begin, c.end, [&](int64_t i) {
-      const A pv = kHasMaster ? static_cast<A>(master[i]) : static_cast<A>(p[i]);
-      const A gv = static_cast<A>(g[i]) * inv;
-      g2 += gv * gv;
-      p2 += pv * pv;
-    });
+    struct Elem {
+      A p, g;
+    };
+    for_chunk_elements(
+        c.begin, c.end,
+        [&](int64_t i) {
+          return Elem{kHasMaster ? static_cast<A>(master[i]) : static_cast<A>(p[i]),
+                      static_cast<A>(g[i]) * inv};
+        },
+        [&](int64_t, const Elem& e) {
+          g2 += e.g * e.g;
+          p2 += e.p * e.p;
+        });
     __shared__ double shared[32];
     const double g2s = block_reduce(double(g2), SumOp{}, shared);
     const double p2s = block_reduce(double(p2), SumOp{}, shared);
@@ -61,20 +68,28 @@ struct LarsUpdateOp : SkipIfFoundInf {
     const A inv = static_cast<A>(inverse_grad_scale(grad_scale));
     const A r = ratios ? static_cast<A>(ratios[meta.tensor_id[c.slot]]) : A(1);
     A d2 = A(0);
-    for_chunk_elements(c.begin, c.end, [&](int64_t i) {
-      const A p_old = kHasMaster ? static_cast<A>(master[i]) : static_cast<A>(p[i]);
-      const A gv = static_cast<A>(g[i]) * inv;
-      A d = math::lars_direction(p_old, gv, weight_decay, r, adapt);
-      if (buf) {  // null when momentum is 0
-        const A bv = math::momentum_buffer(d, first_step ? A(0) : static_cast<A>(buf[i]), mh, first_step);
-        buf[i] = static_cast<S>(bv);
-        d = math::momentum_direction(d, bv, mh);
-      }
-      const A pv = p_old - lr_v * d;
-      if (kHasMaster) master[i] = static_cast<float>(pv);
-      p[i] = static_cast<P>(pv);
-      if (kStats) d2 += (pv - p_old) * (pv - p_old);
-    });
+    struct Elem {
+      A p, g, buf;
+    };
+    const bool read_buf = buf && !first_step;  // buf is null when momentum is 0
+    for_chunk_elements(
+        c.begin, c.end,
+        [&](int64_t i) {
+          return Elem{kHasMaster ? static_cast<A>(master[i]) : static_cast<A>(p[i]),
+                      static_cast<A>(g[i]) * inv, read_buf ? static_cast<A>(buf[i]) : A(0)};
+        },
+        [&](int64_t i, const Elem& e) {
+          A d = math::lars_direction(e.p, e.g, weight_decay, r, adapt);
+          if (buf) {
+            const A bv = math::momentum_buffer(d, e.buf, mh, first_step);
+            buf[i] = static_cast<S>(bv);
+            d = math::momentum_direction(d, bv, mh);
+          }
+          const A pv = e.p - lr_v * d;
+          if (kHasMaster) master[i] = static_cast<float>(pv);
+          p[i] = static_cast<P>(pv);
+          if (kStats) d2 += (pv - e.p) * (pv - e.p);
+        });
     if (kStats) {
       __shared__ double shared[32];
       const double d2s = block_reduce(double(d2), SumOp{}, shared);

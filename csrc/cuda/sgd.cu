@@ -30,24 +30,32 @@ struct SgdChunkOp : SkipIfFoundInf {
     const A lr_v = static_cast<A>(lr.get());
     const A inv = static_cast<A>(inverse_grad_scale(grad_scale));
     A g2 = A(0), p2 = A(0), d2 = A(0);
-    for_chunk_elements(c.begin, c.end, [&](int64_t i) {
-      const A p_old = kHasMaster ? static_cast<A>(master[i]) : static_cast<A>(p[i]);
-      const A gv = static_cast<A>(g[i]) * inv;
-      A d = math::sgd_direction(p_old, gv, weight_decay, maximize ? A(-1) : A(1));
-      if (buf) {  // null when momentum is 0
-        const A bv = math::momentum_buffer(d, first_step ? A(0) : static_cast<A>(buf[i]), mh, first_step);
-        buf[i] = static_cast<S>(bv);
-        d = math::momentum_direction(d, bv, mh);
-      }
-      const A pv = p_old - lr_v * d;
-      if (kHasMaster) master[i] = static_cast<float>(pv);
-      p[i] = static_cast<P>(pv);
-      if (kStats) {
-        g2 += gv * gv;
-        p2 += p_old * p_old;
-        d2 += (pv - p_old) * (pv - p_old);
-      }
-    });
+    struct Elem {
+      A p, g, buf;
+    };
+    const bool read_buf = buf && !first_step;  // buf is null when momentum is 0
+    for_chunk_elements(
+        c.begin, c.end,
+        [&](int64_t i) {
+          return Elem{kHasMaster ? static_cast<A>(master[i]) : static_cast<A>(p[i]),
+                      static_cast<A>(g[i]) * inv, read_buf ? static_cast<A>(buf[i]) : A(0)};
+        },
+        [&](int64_t i, const Elem& e) {
+          A d = math::sgd_direction(e.p, e.g, weight_decay, maximize ? A(-1) : A(1));
+          if (buf) {
+            const A bv = math::momentum_buffer(d, e.buf, mh, first_step);
+            buf[i] = static_cast<S>(bv);
+            d = math::momentum_direction(d, bv, mh);
+          }
+          const A pv = e.p - lr_v * d;
+          if (kHasMaster) master[i] = static_cast<float>(pv);
+          p[i] = static_cast<P>(pv);
+          if (kStats) {
+            g2 += e.g * e.g;
+            p2 += e.p * e.p;
+            d2 += (pv - e.p) * (pv - e.p);
+          }
+        });
     if (kStats) write_stats_partials(stats_partials, c.global, g2, p2, d2);
   }
 };

@@ -32,9 +32,9 @@ struct NormChunkOp {
     using A = typename OpMath<T>::type;
     const T* __restrict__ x = static_cast<const T*>(meta.addr[0][c.slot]);
     A acc = A(0);
-    for_chunk_elements(c.begin, c.end, [&](int64_t i) {
-      acc = math::norm_accumulate<K>(acc, static_cast<A>(x[i]));
-    });
+    for_chunk_elements(
+        c.begin, c.end, [&](int64_t i) { return static_cast<A>(x[i]); },
+        [&](int64_t, A xv) { acc = math::norm_accumulate<K>(acc, xv); });
     const float r = block_reduce(static_cast<float>(acc), NormCombine<K>{}, shared);
     if (threadIdx.x == 0) partials[c.global] = r;
   }
@@ -54,13 +54,14 @@ struct UnscaleChunkOp {
     const A inv = static_cast<A>(*inv_scale);
     A acc = A(0);
     bool bad = false;
-    for_chunk_elements(c.begin, c.end, [&](int64_t i) {
-      const A raw = static_cast<A>(x[i]);
-      bad |= !math::is_finite(raw);
-      const T out = static_cast<T>(raw * inv);
-      x[i] = out;
-      acc = math::norm_accumulate<K>(acc, static_cast<A>(out));
-    });
+    for_chunk_elements(
+        c.begin, c.end, [&](int64_t i) { return static_cast<A>(x[i]); },
+        [&](int64_t i, A raw) {
+          bad |= !math::is_finite(raw);
+          const T out = static_cast<T>(raw * inv);
+          x[i] = out;
+          acc = math::norm_accumulate<K>(acc, static_cast<A>(out));
+        });
     // Every writer stores the same 1.0, so the race is benign and the result deterministic.
     if (bad) *found_inf = 1.f;
     const float r = block_reduce(static_cast<float>(acc), NormCombine<K>{}, shared);

@@ -16,7 +16,9 @@ struct ScaleChunkOp {
     using A = typename OpMath<T>::type;
     T* __restrict__ x = static_cast<T*>(meta.addr[0][c.slot]);
     const A s = static_cast<A>(scale.get());
-    for_chunk_elements(c.begin, c.end, [&](int64_t i) { x[i] = static_cast<T>(static_cast<A>(x[i]) * s); });
+    for_chunk_elements(
+        c.begin, c.end, [&](int64_t i) { return static_cast<A>(x[i]); },
+        [&](int64_t i, A xv) { x[i] = static_cast<T>(xv * s); });
   }
 };
 
