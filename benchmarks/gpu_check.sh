@@ -3,8 +3,10 @@
 # should do, in as few device calls as possible (each call is limited to 10 minutes):
 #
 #   bash benchmarks/gpu_check.sh build-test   # build for sm_90, fastdyn info, every test (CUDA + Triton)
-#   bash benchmarks/gpu_check.sh bench        # GPU benchmarks (gpt-1b, 1000-small, gpt2-small)
-#   bash benchmarks/gpu_check.sh all          # both
+#   bash benchmarks/gpu_check.sh bench        # GPU benchmarks (gpt-1b, 1000-small, gpt2-small),
+#                                             # then an ncu profile of one step per optimizer
+#   bash benchmarks/gpu_check.sh profile      # the ncu profile alone (PROFILE_OPS="adamw lamb")
+#   bash benchmarks/gpu_check.sh all          # all of it
 # DEADLINE (seconds after the start, default 570) bounds tests and benchmarks; TEST_ARGS adds
 # pytest arguments (e.g. "-m cuda" for the GPU tests alone); failures stream to $OUT/failures.log.
 #
@@ -107,11 +109,37 @@ bench() {
     --sets "${BENCH_SETS:-gpt-1b,1000-small,gpt2-small}" 2>&1 | tee "$OUT/bench.log" | tail -40
 }
 
+find_ncu() {
+  command -v ncu 2> /dev/null && return 0
+  compgen -G "/usr/local/cuda*/bin/ncu" | head -1 && return 0
+  compgen -G "/opt/nvidia/nsight-compute/*/ncu" | head -1
+}
+
+profile() {
+  # Nsight Compute on one step per op (benchmarks/profile_step.py): bandwidth, occupancy,
+  # registers of each kernel, fastdyn's beside torch's fused ones; best effort, bounded by DEADLINE
+  local ncu op left
+  ncu=$(find_ncu) || true
+  [ -n "$ncu" ] || { echo "== profile: no ncu on this machine"; return 0; }
+  echo "== profile ($ncu)"
+  for op in ${PROFILE_OPS:-adamw torch-adamw lamb sgd torch-sgd}; do
+    left=$(( ${DEADLINE:-570} - SECONDS ))
+    [ "$left" -gt 30 ] || { echo "  (out of time before $op)"; break; }
+    timeout "$left" "$ncu" --profile-from-start off --section SpeedOfLight \
+      --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
+      $PY benchmarks/profile_step.py "$op" > "$OUT/ncu-$op.txt" 2>&1
+    echo "  $op: $(grep -cE '^  [A-Za-z_].*\(' "$OUT/ncu-$op.txt") kernels -> ncu-$op.txt"
+    grep -E "^  [A-Za-z_]|DRAM Throughput|Duration|Registers Per Thread|Achieved Occupancy|==ERROR==" \
+      "$OUT/ncu-$op.txt" | cut -c1-110 | head -24
+  done
+}
+
 case "$stage" in
   build) build ;;
   build-test) build && run_tests ;;
   test) build && run_tests ;;
-  bench) build && bench ;;
-  all) build && run_tests && bench ;;
-  *) echo "usage: $0 build-test|bench|all" >&2; exit 2 ;;
+  bench) build && bench && profile ;;
+  profile) build && profile ;;
+  all) build && run_tests && bench && profile ;;
+  *) echo "usage: $0 build|build-test|test|bench|profile|all" >&2; exit 2 ;;
 esac
