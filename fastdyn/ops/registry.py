@@ -24,9 +24,9 @@ def implementation(name: str, backend: str):
     if backend == "native":
         return getattr(torch.ops.fastdyn, name)
     if backend == "triton":
-        import fastdyn.ops.triton  # noqa: F401  (registers torch.ops.fastdyn_triton)
+        import fastdyn.ops.triton as triton_ops  # (registers torch.ops.fastdyn_triton)
 
-        return _by_position(getattr(torch.ops.fastdyn_triton, name))
+        return _by_position(getattr(torch.ops.fastdyn_triton, name), triton_ops.ARGUMENTS[name])
     if backend == "reference":
         import fastdyn.reference as reference
 
@@ -34,16 +34,16 @@ def implementation(name: str, backend: str):
     raise ValueError(f"unknown backend {backend!r}")
 
 
-def _by_position(op):
+def _by_position(op, arguments: tuple):
     """The Triton ops take every argument by position (see fastdyn/ops/triton/__init__.py:
     torch 2.11 loses mutated arguments passed by keyword or left at their default); this
-    fills the trailing ones from keywords or the C++ schema's defaults (None)."""
-    arguments = op.default._schema.arguments
-    n_arguments = len(arguments)  # fastdyn's own callers pass all: only an int is traced then
+    fills the trailing ones from keywords or the defaults in `arguments` ((name, default)
+    pairs; None where the schema has none)."""
+    n_arguments = len(arguments)
 
     def run(*args, **kwargs):
         if len(args) < n_arguments:
-            args = (*args, *(kwargs.get(a.name, a.default_value) for a in arguments[len(args):]))
+            args = (*args, *(kwargs.get(name, default) for name, default in arguments[len(args):]))
         return op(*args)
 
     return run

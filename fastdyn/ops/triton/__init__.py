@@ -148,3 +148,15 @@ def lars_(params: List[torch.Tensor], grads: List[torch.Tensor],
     _lars.lars_(params, grads, momentum_buffers, master_params, lr, momentum, dampening,
                 weight_decay, nesterov, trust_coeff, eps, trust_clip, always_adapt, is_first_step,
                 grad_scale, found_inf, stats)
+
+
+def _arguments(name: str) -> tuple:
+    return tuple((a.name, a.default_value)
+                 for a in getattr(torch.ops.fastdyn_triton, name).default._schema.arguments)
+
+
+# (name, default) of every argument of every op, read once at import for
+# fastdyn.ops.registry: torch 2.11's dynamo cannot trace a FunctionSchema inside a step.
+ARGUMENTS = {name: _arguments(name) for name in (
+    "multi_tensor_norm", "multi_tensor_scale_", "multi_tensor_unscale_norm_", "clip_grad_norm_",
+    "adam_", "sgd_", "lamb_", "lars_")}

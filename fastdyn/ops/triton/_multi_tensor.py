@@ -36,6 +36,7 @@ class ChunkTable(NamedTuple):
     chunk_begin: torch.Tensor  # int64 [n_tensors + 1]: chunks of tensor i are rows [begin[i], begin[i+1])
     n_chunks: int
     n_cols: int
+    max_tensor_chunks: int     # chunks of the largest tensor
 
 
 _tables: "OrderedDict[tuple, ChunkTable]" = OrderedDict()
@@ -65,7 +66,8 @@ def chunk_table(lists, device: torch.device) -> ChunkTable:
     # non_blocking: no stream sync (a pageable source is staged before the call returns)
     table = ChunkTable(flat.to(device, non_blocking=True),
                        torch.tensor(begin, dtype=torch.int64).to(device, non_blocking=True),
-                       len(rows), n_cols)
+                       len(rows), n_cols,
+                       max((b - a for a, b in zip(begin, begin[1:])), default=0))
     _tables[key] = table
     if len(_tables) > _MAX_TABLES:
         _tables.popitem(last=False)
@@ -74,14 +76,16 @@ def chunk_table(lists, device: torch.device) -> ChunkTable:
 
 @triton.jit
 def _segment_sum_kernel(partials_ptr, begin_ptr, out_ptr, K: tl.constexpr, COL: tl.constexpr,
-                        IS_MAX: tl.constexpr, SEG_BLOCK: tl.constexpr):
+                        IS_MAX: tl.constexpr, SEG_BLOCK: tl.constexpr, N_BLOCKS: tl.constexpr):
     t = tl.program_id(0)
     start = tl.load(begin_ptr + t)
     end = tl.load(begin_ptr + t + 1)
     offs = tl.arange(0, SEG_BLOCK)
     acc = tl.zeros([SEG_BLOCK], dtype=tl.float32)
-    for s in range(start, end, SEG_BLOCK):
-        idx = s + offs
+    # A constant trip count (enough for the largest tensor; masked past a tensor's end):
+    # Triton 3.6's interpreter cannot take bounds loaded from memory in range().
+    for b in range(N_BLOCKS):
+        idx = start + b * SEG_BLOCK + offs
         v = tl.load(partials_ptr + idx * K + COL, mask=idx < end, other=0.0)
         if IS_MAX:
             acc = tl.where((acc != acc) | (acc > v), acc, v)
@@ -104,8 +108,11 @@ def segment_sum(partials: torch.Tensor, table: ChunkTable, n_tensors: int, col: 
     if n_tensors == 0:
         return out
     k = partials.shape[1] if partials.dim() == 2 else 1
+    seg_block = 128
+    # a power of two: few distinct compiled variants however the tensor sizes vary
+    n_blocks = triton.next_power_of_2(max(1, triton.cdiv(table.max_tensor_chunks, seg_block)))
     _segment_sum_kernel[(n_tensors,)](partials, table.chunk_begin, out, K=k, COL=col,
-                                      IS_MAX=is_max, SEG_BLOCK=128)
+                                      IS_MAX=is_max, SEG_BLOCK=seg_block, N_BLOCKS=n_blocks)
     return out
 
 
