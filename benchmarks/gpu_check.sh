@@ -12,7 +12,9 @@
 #
 # A first call builds the extension and leaves it in $OUT/ext.tgz.part-*; carried back
 # as .devbuild/ (git-ignored), the next call skips the build. Python packages the machine
-# lacks travel as wheels in .whl/ (expecttest, which opcheck needs). Logs and results go to
+# lacks travel as wheels in .whl/ (expecttest, which opcheck needs): run
+# `bash benchmarks/gpu_check.sh wheels` on the development machine first (it has the package
+# index) and carry .whl/ (or leave it untracked and not ignored). Logs and results go to
 # $OUT (the device tool brings them back) or benchmarks/results/; commit
 # benchmarks/results/<date>-<gpu>.json and the test summary afterwards.
 set -uo pipefail
@@ -134,12 +136,19 @@ profile() {
   done
 }
 
+fetch_wheels() {
+  # on the development machine: wheels for the lent machine's Python (3.12, no internet there)
+  $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 -d .whl expecttest==0.3.0 && ls .whl
+}
+
 case "$stage" in
+  wheels) fetch_wheels ;;
   build) build ;;
   build-test) build && run_tests ;;
   test) build && run_tests ;;
   bench) build && bench && profile ;;
   profile) build && profile ;;
   all) build && run_tests && bench && profile ;;
-  *) echo "usage: $0 build|build-test|test|bench|profile|all" >&2; exit 2 ;;
+  *) echo "usage: $0 wheels|build|build-test|test|bench|profile|all" >&2; exit 2 ;;
 esac
