@@ -162,3 +162,77 @@ def check_update_group(params, grads, states: dict, master_params, steps, lr, gr
                 f"got shape {list(stats.shape)}"
             )
     return device
+
+
+# ---- every op's arguments, checked in one place: by the fake (meta) kernels, the Triton
+# ops and the references, as the C++ launchers check theirs. A fake kernel that checked
+# nothing let [cpu tensor, meta tensor] dispatch to it and return an uninitialised "norm".
+
+def norm_args(tensors, ord=2.0, per_tensor=False):
+    check_norm_ord(ord)
+    return check_float_list("tensors", tensors)
+
+
+def scale_args(tensors, scale):
+    device = check_float_list("tensors", tensors)
+    if device is not None:
+        check_scalar_tensor("scale", scale, device)
+    return device
+
+
+def unscale_norm_args(tensors, inv_scale, found_inf, ord=2.0, per_tensor=False):
+    device = norm_args(tensors, ord)
+    if device is not None:
+        check_scalar_tensor("inv_scale", inv_scale, device)
+        check_scalar_tensor("found_inf", found_inf, device)
+    return device
+
+
+def clip_args(grads, max_norm, ord=2.0):
+    check_norm_ord(ord)
+    return check_float_list("grads", grads)
+
+
+def adam_args(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, state_steps,
+              lr, beta1, beta2, weight_decay, eps, amsgrad, maximize, decoupled_weight_decay,
+              grad_scale=None, found_inf=None, stats=None):
+    check_update_group(params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs,
+                                       "max_exp_avg_sqs": max_exp_avg_sqs},
+                       master_params, state_steps, lr, grad_scale, found_inf, stats)
+    check_same_length("exp_avgs", len(exp_avgs), "params", len(params))
+    check_same_length("exp_avg_sqs", len(exp_avg_sqs), "params", len(params))
+    check_same_length("state_steps", len(state_steps), "params", len(params))
+    if amsgrad:
+        check_same_length("max_exp_avg_sqs", len(max_exp_avg_sqs), "params", len(params))
+
+
+def _momentum_args(params, grads, momentum_buffers, master_params, lr, momentum, grad_scale,
+                   found_inf, stats):
+    check_update_group(params, grads, {"momentum_buffers": momentum_buffers}, master_params, [],
+                       lr, grad_scale, found_inf, stats)
+    if momentum != 0:
+        check_same_length("momentum_buffers", len(momentum_buffers), "params", len(params))
+
+
+def sgd_args(params, grads, momentum_buffers, master_params, lr, momentum, dampening,
+             weight_decay, nesterov, maximize, is_first_step, grad_scale=None, found_inf=None,
+             stats=None):
+    _momentum_args(params, grads, momentum_buffers, master_params, lr, momentum, grad_scale,
+                   found_inf, stats)
+
+
+def lars_args(params, grads, momentum_buffers, master_params, lr, momentum, dampening,
+              weight_decay, nesterov, trust_coeff, eps, trust_clip, always_adapt, is_first_step,
+              grad_scale=None, found_inf=None, stats=None):
+    _momentum_args(params, grads, momentum_buffers, master_params, lr, momentum, grad_scale,
+                   found_inf, stats)
+
+
+def lamb_args(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, beta1, beta2,
+              eps, weight_decay, bias_correction, grad_averaging, trust_clip, always_adapt,
+              grad_scale=None, found_inf=None, stats=None):
+    check_update_group(params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs},
+                       master_params, state_steps, lr, grad_scale, found_inf, stats)
+    check_same_length("exp_avgs", len(exp_avgs), "params", len(params))
+    check_same_length("exp_avg_sqs", len(exp_avg_sqs), "params", len(params))
+    check_same_length("state_steps", len(state_steps), "params", len(params))

@@ -1,9 +1,11 @@
 """Fake (meta) kernels of the native ops, so torch.compile and FakeTensor can trace them
-without running them. Outputs only; the in-place ops return nothing."""
+without running them: they check the arguments as the kernels do (fastdyn.ops.checks), then
+give the outputs' shapes; the in-place ops return nothing."""
 
 import torch
 
 import fastdyn._extension  # noqa: F401
+from fastdyn.ops import checks
 
 
 def _norm_outputs(tensors, per_tensor):
@@ -15,23 +17,30 @@ def _norm_outputs(tensors, per_tensor):
 
 @torch.library.register_fake("fastdyn::multi_tensor_norm")
 def _(tensors, ord=2.0, per_tensor=False):
+    checks.norm_args(tensors, ord)
     return _norm_outputs(tensors, per_tensor)
 
 
 @torch.library.register_fake("fastdyn::multi_tensor_unscale_norm_")
 def _(tensors, inv_scale, found_inf, ord=2.0, per_tensor=False):
+    checks.unscale_norm_args(tensors, inv_scale, found_inf, ord)
     return _norm_outputs(tensors, per_tensor)
 
 
 @torch.library.register_fake("fastdyn::clip_grad_norm_")
 def _(grads, max_norm, ord=2.0):
+    checks.clip_args(grads, max_norm, ord)
     device = grads[0].device if len(grads) else torch.device("cpu")
     return torch.empty((), dtype=torch.float32, device=device)
 
 
-def _nothing(*args, **kwargs):
-    return None
+def _checks_only(check):
+    def fake(*args, **kwargs):
+        check(*args, **kwargs)
+    return fake
 
 
-for _name in ("multi_tensor_scale_", "adam_", "sgd_", "lamb_", "lars_"):
-    torch.library.register_fake(f"fastdyn::{_name}", _nothing)
+for _name, _check in (("multi_tensor_scale_", checks.scale_args), ("adam_", checks.adam_args),
+                      ("sgd_", checks.sgd_args), ("lamb_", checks.lamb_args),
+                      ("lars_", checks.lars_args)):
+    torch.library.register_fake(f"fastdyn::{_name}", _checks_only(_check))

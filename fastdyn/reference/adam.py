@@ -1,20 +1,15 @@
 import torch
 
-from fastdyn.ops.checks import check_same_length, check_update_group
+from fastdyn.ops.checks import adam_args
 from fastdyn.reference._update import begin_step, source, store, write_stats
 
 
 def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, state_steps, lr,
           beta1, beta2, weight_decay, eps, amsgrad, maximize, decoupled_weight_decay,
           grad_scale=None, found_inf=None, stats=None):
-    check_update_group(params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs,
-                                       "max_exp_avg_sqs": max_exp_avg_sqs},
-                       master_params, state_steps, lr, grad_scale, found_inf, stats)
-    check_same_length("exp_avgs", len(exp_avgs), "params", len(params))
-    check_same_length("exp_avg_sqs", len(exp_avg_sqs), "params", len(params))
-    check_same_length("state_steps", len(state_steps), "params", len(params))
-    if amsgrad:
-        check_same_length("max_exp_avg_sqs", len(max_exp_avg_sqs), "params", len(params))
+    adam_args(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, state_steps,
+              lr, beta1, beta2, weight_decay, eps, amsgrad, maximize, decoupled_weight_decay,
+              grad_scale, found_inf, stats)
     if not params:
         return
     skip, lr, inv = begin_step(state_steps, lr, grad_scale, found_inf)

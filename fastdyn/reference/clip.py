@@ -1,6 +1,4 @@
-import torch
-
-from fastdyn.ops.checks import check_float_list, check_norm_ord
+from fastdyn.ops.checks import clip_args
 from fastdyn.reference.norm import tensor_norms
 
 
@@ -11,8 +9,7 @@ def clip_coefficient(total: float, max_norm: float) -> float:
 
 
 def clip_grad_norm_(grads, max_norm: float, ord: float = 2.0):
-    check_norm_ord(ord)
-    check_float_list("grads", grads)
+    clip_args(grads, max_norm, ord)
     total, _ = tensor_norms(grads, ord)
     coef = clip_coefficient(float(total), float(max_norm))
     if coef != 1.0:

@@ -1,8 +1,6 @@
 """LAMB as DESIGN.md's contract states it, in float64."""
 
-import torch
-
-from fastdyn.ops.checks import check_same_length, check_update_group
+from fastdyn.ops.checks import lamb_args
 from fastdyn.reference._update import begin_step, source, store, write_stats
 
 
@@ -16,11 +14,9 @@ def lamb_trust_ratio(param_norm: float, update_norm: float, adapt: bool, trust_c
 def lamb_(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, beta1, beta2,
           eps, weight_decay, bias_correction, grad_averaging, trust_clip, always_adapt,
           grad_scale=None, found_inf=None, stats=None):
-    check_update_group(params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs},
-                       master_params, state_steps, lr, grad_scale, found_inf, stats)
-    check_same_length("exp_avgs", len(exp_avgs), "params", len(params))
-    check_same_length("exp_avg_sqs", len(exp_avg_sqs), "params", len(params))
-    check_same_length("state_steps", len(state_steps), "params", len(params))
+    lamb_args(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, beta1, beta2,
+              eps, weight_decay, bias_correction, grad_averaging, trust_clip, always_adapt,
+              grad_scale, found_inf, stats)
     if not params:
         return
     skip, lr, inv = begin_step(state_steps, lr, grad_scale, found_inf)

@@ -1,6 +1,6 @@
 """LARS as DESIGN.md's contract states it, in float64."""
 
-from fastdyn.ops.checks import check_same_length, check_update_group
+from fastdyn.ops.checks import lars_args
 from fastdyn.reference._update import begin_step, source, store, write_stats
 from fastdyn.reference.sgd import momentum_step
 
@@ -18,10 +18,9 @@ def lars_trust_ratio(param_norm, grad_norm, trust_coeff, weight_decay, eps, lr, 
 def lars_(params, grads, momentum_buffers, master_params, lr, momentum, dampening, weight_decay,
           nesterov, trust_coeff, eps, trust_clip, always_adapt, is_first_step, grad_scale=None,
           found_inf=None, stats=None):
-    check_update_group(params, grads, {"momentum_buffers": momentum_buffers}, master_params, [],
-                       lr, grad_scale, found_inf, stats)
-    if momentum != 0:
-        check_same_length("momentum_buffers", len(momentum_buffers), "params", len(params))
+    lars_args(params, grads, momentum_buffers, master_params, lr, momentum, dampening,
+              weight_decay, nesterov, trust_coeff, eps, trust_clip, always_adapt, is_first_step,
+              grad_scale, found_inf, stats)
     if not params:
         return
     skip, lr, inv = begin_step([], lr, grad_scale, found_inf)

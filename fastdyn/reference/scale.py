@@ -1,12 +1,8 @@
-import torch
-
-from fastdyn.ops.checks import check_float_list, check_scalar_tensor
+from fastdyn.ops.checks import scale_args
 
 
 def multi_tensor_scale_(tensors, scale):
-    device = check_float_list("tensors", tensors)
-    if device is not None:
-        check_scalar_tensor("scale", scale, device)
+    scale_args(tensors, scale)
     s = float(scale)
     if s == 1.0:
         return

@@ -1,4 +1,4 @@
-from fastdyn.ops.checks import check_same_length, check_update_group
+from fastdyn.ops.checks import sgd_args
 from fastdyn.reference._update import begin_step, source, store, write_stats
 
 
@@ -12,10 +12,8 @@ def momentum_step(d, buf, momentum, dampening, nesterov, is_first_step):
 
 def sgd_(params, grads, momentum_buffers, master_params, lr, momentum, dampening, weight_decay,
          nesterov, maximize, is_first_step, grad_scale=None, found_inf=None, stats=None):
-    check_update_group(params, grads, {"momentum_buffers": momentum_buffers}, master_params, [],
-                       lr, grad_scale, found_inf, stats)
-    if momentum != 0:
-        check_same_length("momentum_buffers", len(momentum_buffers), "params", len(params))
+    sgd_args(params, grads, momentum_buffers, master_params, lr, momentum, dampening,
+             weight_decay, nesterov, maximize, is_first_step, grad_scale, found_inf, stats)
     if not params:
         return
     skip, lr, inv = begin_step([], lr, grad_scale, found_inf)

@@ -1,16 +1,12 @@
 import torch
 
-from fastdyn.ops.checks import check_float_list, check_norm_ord, check_scalar_tensor
+from fastdyn.ops.checks import unscale_norm_args
 from fastdyn.reference.norm import tensor_norms
 
 
 def multi_tensor_unscale_norm_(tensors, inv_scale, found_inf, ord: float = 2.0,
                                per_tensor: bool = False):
-    check_norm_ord(ord)
-    device = check_float_list("tensors", tensors)
-    if device is not None:
-        check_scalar_tensor("inv_scale", inv_scale, device)
-        check_scalar_tensor("found_inf", found_inf, device)
+    device = unscale_norm_args(tensors, inv_scale, found_inf, ord)
     inv = float(inv_scale)
     for t in tensors:
         if not torch.isfinite(t).all():

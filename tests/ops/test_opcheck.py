@@ -61,3 +61,31 @@ def test_opcheck_every_op(backend, device):
         torch.library.opcheck(op, args, kwargs)
         seen.add(name)
     assert seen == set(fastdyn.ops.registry.OP_NAMES)
+
+
+def _to_meta(x):
+    if isinstance(x, torch.Tensor):
+        return x.to("meta")
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_meta(v) for v in x)
+    return x
+
+
+def test_fake_kernels_check_arguments_like_the_kernels():
+    """A list mixing a real and a meta tensor dispatches to the fake kernel: it must refuse it
+    as the CPU kernel refuses mixed devices (it used to return an uninitialised norm)."""
+    for name, args, kwargs in samples("cpu"):
+        op = getattr(torch.ops.fastdyn, name).default
+        mixed = (list(args[0]), *args[1:])
+        mixed[0][-1] = mixed[0][-1].to("meta")
+        with pytest.raises(ValueError, match=r"\[2\] is on meta but the other tensors are on cpu"):
+            op(*mixed, **kwargs)
+
+
+def test_fake_kernels_run_on_meta_tensors():
+    """All on meta (a model built on the meta device): the ops trace, with outputs on meta."""
+    for name, args, kwargs in samples("cpu"):
+        out = getattr(torch.ops.fastdyn, name).default(
+            *_to_meta(args), **{k: _to_meta(v) for k, v in kwargs.items()})
+        for t in (out if isinstance(out, tuple) else (out,)):
+            assert t is None or t.device.type == "meta"

@@ -28,8 +28,7 @@ _NS = "fastdyn_triton"
 @torch.library.custom_op(f"{_NS}::multi_tensor_norm", mutates_args=())
 def multi_tensor_norm(tensors: List[torch.Tensor], ord: float = 2.0,
                       per_tensor: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
-    checks.check_norm_ord(ord)
-    checks.check_float_list("tensors", tensors)
+    checks.norm_args(tensors, ord)
     return _norm.multi_tensor_norm(tensors, ord, per_tensor)
 
 
@@ -41,10 +40,8 @@ def _(tensors, ord=2.0, per_tensor=False):
 
 @torch.library.custom_op(f"{_NS}::multi_tensor_scale_", mutates_args=("tensors",))
 def multi_tensor_scale_(tensors: List[torch.Tensor], scale: torch.Tensor) -> None:
-    device = checks.check_float_list("tensors", tensors)
-    if device is None:
+    if checks.scale_args(tensors, scale) is None:
         return
-    checks.check_scalar_tensor("scale", scale, device)
     _norm.scale_(tensors, scale)
 
 
@@ -52,10 +49,7 @@ def multi_tensor_scale_(tensors: List[torch.Tensor], scale: torch.Tensor) -> Non
 def multi_tensor_unscale_norm_(tensors: List[torch.Tensor], inv_scale: torch.Tensor,
                                found_inf: torch.Tensor, ord: float = 2.0,
                                per_tensor: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
-    checks.check_norm_ord(ord)
-    device = checks.check_float_list("tensors", tensors)
-    checks.check_scalar_tensor("inv_scale", inv_scale, device)
-    checks.check_scalar_tensor("found_inf", found_inf, device)
+    checks.unscale_norm_args(tensors, inv_scale, found_inf, ord)
     return _norm.multi_tensor_unscale_norm_(tensors, inv_scale, found_inf, ord, per_tensor)
 
 
@@ -67,8 +61,7 @@ def _(tensors, inv_scale, found_inf, ord=2.0, per_tensor=False):
 
 @torch.library.custom_op(f"{_NS}::clip_grad_norm_", mutates_args=("grads",))
 def clip_grad_norm_(grads: List[torch.Tensor], max_norm: float, ord: float = 2.0) -> torch.Tensor:
-    checks.check_norm_ord(ord)
-    checks.check_float_list("grads", grads)
+    checks.clip_args(grads, max_norm, ord)
     return _clip.clip_grad_norm_(grads, max_norm, ord)
 
 
@@ -87,14 +80,9 @@ def adam_(params: List[torch.Tensor], grads: List[torch.Tensor], exp_avgs: List[
           beta1: float, beta2: float, weight_decay: float, eps: float, amsgrad: bool,
           maximize: bool, decoupled_weight_decay: bool, grad_scale: Optional[torch.Tensor],
           found_inf: Optional[torch.Tensor], stats: Optional[torch.Tensor]) -> None:
-    checks.check_update_group(params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs,
-                                              "max_exp_avg_sqs": max_exp_avg_sqs},
-                              master_params, state_steps, lr, grad_scale, found_inf, stats)
-    checks.check_same_length("exp_avgs", len(exp_avgs), "params", len(params))
-    checks.check_same_length("exp_avg_sqs", len(exp_avg_sqs), "params", len(params))
-    checks.check_same_length("state_steps", len(state_steps), "params", len(params))
-    if amsgrad:
-        checks.check_same_length("max_exp_avg_sqs", len(max_exp_avg_sqs), "params", len(params))
+    checks.adam_args(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params,
+                     state_steps, lr, beta1, beta2, weight_decay, eps, amsgrad, maximize,
+                     decoupled_weight_decay, grad_scale, found_inf, stats)
     _adam.adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, state_steps,
                 lr, beta1, beta2, weight_decay, eps, amsgrad, maximize, decoupled_weight_decay,
                 grad_scale, found_inf, stats)
@@ -107,10 +95,8 @@ def sgd_(params: List[torch.Tensor], grads: List[torch.Tensor],
          lr: torch.Tensor, momentum: float, dampening: float, weight_decay: float, nesterov: bool,
          maximize: bool, is_first_step: bool, grad_scale: Optional[torch.Tensor],
          found_inf: Optional[torch.Tensor], stats: Optional[torch.Tensor]) -> None:
-    checks.check_update_group(params, grads, {"momentum_buffers": momentum_buffers}, master_params,
-                              [], lr, grad_scale, found_inf, stats)
-    if momentum != 0:
-        checks.check_same_length("momentum_buffers", len(momentum_buffers), "params", len(params))
+    checks.sgd_args(params, grads, momentum_buffers, master_params, lr, momentum, dampening,
+                    weight_decay, nesterov, maximize, is_first_step, grad_scale, found_inf, stats)
     _sgd.sgd_(params, grads, momentum_buffers, master_params, lr, momentum, dampening,
               weight_decay, nesterov, maximize, is_first_step, grad_scale, found_inf, stats)
 
@@ -123,11 +109,9 @@ def lamb_(params: List[torch.Tensor], grads: List[torch.Tensor], exp_avgs: List[
           eps: float, weight_decay: float, bias_correction: bool, grad_averaging: bool,
           trust_clip: bool, always_adapt: bool, grad_scale: Optional[torch.Tensor],
           found_inf: Optional[torch.Tensor], stats: Optional[torch.Tensor]) -> None:
-    checks.check_update_group(params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs},
-                              master_params, state_steps, lr, grad_scale, found_inf, stats)
-    checks.check_same_length("exp_avgs", len(exp_avgs), "params", len(params))
-    checks.check_same_length("exp_avg_sqs", len(exp_avg_sqs), "params", len(params))
-    checks.check_same_length("state_steps", len(state_steps), "params", len(params))
+    checks.lamb_args(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, beta1,
+                     beta2, eps, weight_decay, bias_correction, grad_averaging, trust_clip,
+                     always_adapt, grad_scale, found_inf, stats)
     _lamb.lamb_(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, beta1,
                 beta2, eps, weight_decay, bias_correction, grad_averaging, trust_clip,
                 always_adapt, grad_scale, found_inf, stats)
@@ -141,10 +125,9 @@ def lars_(params: List[torch.Tensor], grads: List[torch.Tensor],
           nesterov: bool, trust_coeff: float, eps: float, trust_clip: bool, always_adapt: bool,
           is_first_step: bool, grad_scale: Optional[torch.Tensor],
           found_inf: Optional[torch.Tensor], stats: Optional[torch.Tensor]) -> None:
-    checks.check_update_group(params, grads, {"momentum_buffers": momentum_buffers}, master_params,
-                              [], lr, grad_scale, found_inf, stats)
-    if momentum != 0:
-        checks.check_same_length("momentum_buffers", len(momentum_buffers), "params", len(params))
+    checks.lars_args(params, grads, momentum_buffers, master_params, lr, momentum, dampening,
+                     weight_decay, nesterov, trust_coeff, eps, trust_clip, always_adapt,
+                     is_first_step, grad_scale, found_inf, stats)
     _lars.lars_(params, grads, momentum_buffers, master_params, lr, momentum, dampening,
                 weight_decay, nesterov, trust_coeff, eps, trust_clip, always_adapt, is_first_step,
                 grad_scale, found_inf, stats)
