@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "fastdyn/cuda/momentum_update.cuh"
 #include "fastdyn/cuda/update_common.cuh"
 #include "fastdyn/math/lars.h"
 
@@ -68,27 +69,11 @@ struct LarsUpdateOp : SkipIfFoundInf {
     const A inv = static_cast<A>(inverse_grad_scale(grad_scale));
     const A r = ratios ? static_cast<A>(ratios[meta.tensor_id[c.slot]]) : A(1);
     A d2 = A(0);
-    struct Elem {
-      A p, g, buf;
-    };
-    const bool read_buf = buf && !first_step;  // buf is null when momentum is 0
-    for_chunk_elements(
-        c.begin, c.end,
-        [&](int64_t i) {
-          return Elem{kHasMaster ? static_cast<A>(master[i]) : static_cast<A>(p[i]),
-                      static_cast<A>(g[i]) * inv, read_buf ? static_cast<A>(buf[i]) : A(0)};
-        },
-        [&](int64_t i, const Elem& e) {
-          A d = math::lars_direction(e.p, e.g, weight_decay, r, adapt);
-          if (buf) {
-            const A bv = math::momentum_buffer(d, e.buf, mh, first_step);
-            buf[i] = static_cast<S>(bv);
-            d = math::momentum_direction(d, bv, mh);
-          }
-          const A pv = e.p - lr_v * d;
-          if (kHasMaster) master[i] = static_cast<float>(pv);
-          p[i] = static_cast<P>(pv);
-          if (kStats) d2 += (pv - e.p) * (pv - e.p);
+    momentum_update_chunk<kHasMaster>(
+        p, g, buf, master, c, inv, lr_v, mh, first_step,
+        [&](A pv, A gv) { return math::lars_direction(pv, gv, weight_decay, r, adapt); },
+        [&](A p_old, A, A pv) {
+          if (kStats) d2 += (pv - p_old) * (pv - p_old);
         });
     if (kStats) {
       __shared__ double shared[32];

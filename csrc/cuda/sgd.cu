@@ -2,6 +2,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "fastdyn/cuda/momentum_update.cuh"
 #include "fastdyn/cuda/update_common.cuh"
 #include "fastdyn/math/sgd.h"
 
@@ -30,30 +31,15 @@ struct SgdChunkOp : SkipIfFoundInf {
     const A lr_v = static_cast<A>(lr.get());
     const A inv = static_cast<A>(inverse_grad_scale(grad_scale));
     A g2 = A(0), p2 = A(0), d2 = A(0);
-    struct Elem {
-      A p, g, buf;
-    };
-    const bool read_buf = buf && !first_step;  // buf is null when momentum is 0
-    for_chunk_elements(
-        c.begin, c.end,
-        [&](int64_t i) {
-          return Elem{kHasMaster ? static_cast<A>(master[i]) : static_cast<A>(p[i]),
-                      static_cast<A>(g[i]) * inv, read_buf ? static_cast<A>(buf[i]) : A(0)};
-        },
-        [&](int64_t i, const Elem& e) {
-          A d = math::sgd_direction(e.p, e.g, weight_decay, maximize ? A(-1) : A(1));
-          if (buf) {
-            const A bv = math::momentum_buffer(d, e.buf, mh, first_step);
-            buf[i] = static_cast<S>(bv);
-            d = math::momentum_direction(d, bv, mh);
-          }
-          const A pv = e.p - lr_v * d;
-          if (kHasMaster) master[i] = static_cast<float>(pv);
-          p[i] = static_cast<P>(pv);
+    const A grad_sign = maximize ? A(-1) : A(1);
+    momentum_update_chunk<kHasMaster>(
+        p, g, buf, master, c, inv, lr_v, mh, first_step,
+        [&](A pv, A gv) { return math::sgd_direction(pv, gv, weight_decay, grad_sign); },
+        [&](A p_old, A gv, A pv) {
           if (kStats) {
-            g2 += e.g * e.g;
-            p2 += e.p * e.p;
-            d2 += (pv - e.p) * (pv - e.p);
+            g2 += gv * gv;
+            p2 += p_old * p_old;
+            d2 += (pv - p_old) * (pv - p_old);
           }
         });
     if (kStats) write_stats_partials(stats_partials, c.global, g2, p2, d2);
