@@ -74,6 +74,35 @@ def chunk_table(lists, device: torch.device) -> ChunkTable:
     return table
 
 
+# ---- pieces every update kernel starts with (device functions, inlined by Triton)
+
+@triton.jit
+def step_is_skipped(found_inf_ptr, HAS_FOUND_INF: tl.constexpr):
+    """found_inf set (a scaler saw inf/NaN): this step does not happen."""
+    skip = False
+    if HAS_FOUND_INF:
+        skip = tl.load(found_inf_ptr) != 0
+    return skip
+
+
+@triton.jit
+def inverse_grad_scale(scale_ptr, HAS_SCALE: tl.constexpr):
+    inv = 1.0
+    if HAS_SCALE:
+        inv = 1.0 / tl.load(scale_ptr)
+    return inv
+
+
+@triton.jit
+def load_param(p_ptr, master_ptr, idx, mask, HAS_MASTER: tl.constexpr):
+    """The fp32 value a step starts from: the master copy when there is one."""
+    if HAS_MASTER:
+        p = tl.load(master_ptr + idx, mask=mask, other=0.0)
+    else:
+        p = tl.load(p_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+    return p
+
+
 @triton.jit
 def _segment_sum_kernel(partials_ptr, begin_ptr, out_ptr, K: tl.constexpr, COL: tl.constexpr,
                         IS_MAX: tl.constexpr, SEG_BLOCK: tl.constexpr, N_BLOCKS: tl.constexpr):

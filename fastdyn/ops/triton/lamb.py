@@ -6,7 +6,8 @@ import triton
 import triton.language as tl
 
 from fastdyn.ops.triton._multi_tensor import (BLOCK, CHUNK, as_float32, bias_corrections,
-                                              chunk_table, increment_steps, segment_sum, tl_dtype,
+                                              chunk_table, increment_steps, inverse_grad_scale,
+                                              load_param, segment_sum, step_is_skipped, tl_dtype,
                                               write_stats)
 
 
@@ -25,10 +26,7 @@ def _lamb_moments_kernel(rows_ptr, scale_ptr, found_inf_ptr, bc1_ptr, bc2_ptr, p
                          HAS_MASTER: tl.constexpr, HAS_SCALE: tl.constexpr,
                          HAS_FOUND_INF: tl.constexpr, CHUNK_: tl.constexpr, BLOCK_: tl.constexpr):
     pid = tl.program_id(0)
-    skip = False
-    if HAS_FOUND_INF:
-        skip = tl.load(found_inf_ptr) != 0
-    if not skip:
+    if not step_is_skipped(found_inf_ptr, HAS_FOUND_INF):
         row = rows_ptr + pid * N_COLS
         p_ptr = tl.load(row).to(tl.pointer_type(P_DT))
         g_ptr = tl.load(row + 1).to(tl.pointer_type(P_DT))
@@ -40,9 +38,7 @@ def _lamb_moments_kernel(rows_ptr, scale_ptr, found_inf_ptr, bc1_ptr, bc2_ptr, p
         t = tl.load(row + 7)
         bc1 = tl.load(bc1_ptr + t)
         bc2 = tl.load(bc2_ptr + t)
-        inv = 1.0
-        if HAS_SCALE:
-            inv = 1.0 / tl.load(scale_ptr)
+        inv = inverse_grad_scale(scale_ptr, HAS_SCALE)
         offs = tl.arange(0, BLOCK_)
         g2 = tl.zeros([BLOCK_], dtype=tl.float32)
         p2 = tl.zeros([BLOCK_], dtype=tl.float32)
@@ -50,10 +46,7 @@ def _lamb_moments_kernel(rows_ptr, scale_ptr, found_inf_ptr, bc1_ptr, bc2_ptr, p
         for start in range(0, CHUNK_, BLOCK_):
             idx = off + start + offs
             mask = start + offs < length
-            if HAS_MASTER:
-                p = tl.load(master_ptr + idx, mask=mask, other=0.0)
-            else:
-                p = tl.load(p_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+            p = load_param(p_ptr, master_ptr, idx, mask, HAS_MASTER)
             g = tl.load(g_ptr + idx, mask=mask, other=0.0).to(tl.float32) * inv
             m = (beta1 * tl.load(m_ptr + idx, mask=mask, other=0.0).to(tl.float32) + grad_coef * g).to(S_DT)
             v = (beta2 * tl.load(v_ptr + idx, mask=mask, other=0.0).to(tl.float32)
@@ -76,10 +69,7 @@ def _lamb_apply_kernel(rows_ptr, lr_ptr, found_inf_ptr, bc1_ptr, bc2_ptr, ratio_
                        HAS_MASTER: tl.constexpr, HAS_FOUND_INF: tl.constexpr,
                        CHUNK_: tl.constexpr, BLOCK_: tl.constexpr):
     pid = tl.program_id(0)
-    skip = False
-    if HAS_FOUND_INF:
-        skip = tl.load(found_inf_ptr) != 0
-    if not skip:
+    if not step_is_skipped(found_inf_ptr, HAS_FOUND_INF):
         row = rows_ptr + pid * N_COLS
         p_ptr = tl.load(row).to(tl.pointer_type(P_DT))
         m_ptr = tl.load(row + 2).to(tl.pointer_type(S_DT))
@@ -95,10 +85,7 @@ def _lamb_apply_kernel(rows_ptr, lr_ptr, found_inf_ptr, bc1_ptr, bc2_ptr, ratio_
         for start in range(0, CHUNK_, BLOCK_):
             idx = off + start + offs
             mask = start + offs < length
-            if HAS_MASTER:
-                p = tl.load(master_ptr + idx, mask=mask, other=0.0)
-            else:
-                p = tl.load(p_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+            p = load_param(p_ptr, master_ptr, idx, mask, HAS_MASTER)
             m = tl.load(m_ptr + idx, mask=mask, other=0.0).to(tl.float32)
             v = tl.load(v_ptr + idx, mask=mask, other=0.0).to(tl.float32)
             new = p - step * _lamb_direction(p, m, v, bc1, bc2, eps, weight_decay)

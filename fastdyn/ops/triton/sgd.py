@@ -4,8 +4,9 @@ import torch
 import triton
 import triton.language as tl
 
-from fastdyn.ops.triton._multi_tensor import (BLOCK, CHUNK, as_float32, chunk_table, segment_sum,
-                                              tl_dtype, write_stats)
+from fastdyn.ops.triton._multi_tensor import (BLOCK, CHUNK, as_float32, chunk_table,
+                                              inverse_grad_scale, load_param, segment_sum,
+                                              step_is_skipped, tl_dtype, write_stats)
 
 
 @triton.jit
@@ -19,10 +20,7 @@ def _momentum_update_kernel(rows_ptr, lr_ptr, scale_ptr, found_inf_ptr, ratio_pt
                             CHUNK_: tl.constexpr, BLOCK_: tl.constexpr):
     """SGD's update (LARS=False) or LARS's (LARS=True: d = (g + wd p) r when ADAPT, else g)."""
     pid = tl.program_id(0)
-    skip = False
-    if HAS_FOUND_INF:
-        skip = tl.load(found_inf_ptr) != 0
-    if not skip:
+    if not step_is_skipped(found_inf_ptr, HAS_FOUND_INF):
         row = rows_ptr + pid * N_COLS
         p_ptr = tl.load(row).to(tl.pointer_type(P_DT))
         g_ptr = tl.load(row + 1).to(tl.pointer_type(P_DT))
@@ -35,9 +33,7 @@ def _momentum_update_kernel(rows_ptr, lr_ptr, scale_ptr, found_inf_ptr, ratio_pt
         r = 1.0
         if ADAPT:
             r = tl.load(ratio_ptr + t)
-        inv = 1.0
-        if HAS_SCALE:
-            inv = 1.0 / tl.load(scale_ptr)
+        inv = inverse_grad_scale(scale_ptr, HAS_SCALE)
         offs = tl.arange(0, BLOCK_)
         g2 = tl.zeros([BLOCK_], dtype=tl.float32)
         p2 = tl.zeros([BLOCK_], dtype=tl.float32)
@@ -45,10 +41,7 @@ def _momentum_update_kernel(rows_ptr, lr_ptr, scale_ptr, found_inf_ptr, ratio_pt
         for start in range(0, CHUNK_, BLOCK_):
             idx = off + start + offs
             mask = start + offs < length
-            if HAS_MASTER:
-                p = tl.load(master_ptr + idx, mask=mask, other=0.0)
-            else:
-                p = tl.load(p_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+            p = load_param(p_ptr, master_ptr, idx, mask, HAS_MASTER)
             g = tl.load(g_ptr + idx, mask=mask, other=0.0).to(tl.float32) * inv
             if LARS:
                 if ADAPT:
