@@ -10,8 +10,8 @@ import torch
 
 import fastdyn
 from fastdyn.bench import baselines
-from fastdyn.ops.backend import triton_available, use_backend
 from fastdyn.bench.params import PARAM_SETS, make_params, numel
+from fastdyn.ops.backend import triton_available, use_backend
 
 
 @dataclass
