@@ -87,11 +87,29 @@ def test_nan_norm_reaches_the_grads_like_torch():
         assert torch.equal(a.grad.isnan(), b.grad.isnan())
 
 
-def test_sparse_grad_rejected():
-    p = torch.nn.Parameter(torch.ones(4))
-    p.grad = torch.ones(4).to_sparse()
-    with pytest.raises(ValueError, match=r"parameters\[0\].grad is sparse"):
-        fastdyn.clip_grad_norm_([p], 1.0)
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("error_if_nonfinite", [False, True])
+def test_sparse_grad_rejected(backend, device, error_if_nonfinite):
+    ps = params_with_grads([3, 4], torch.float32, device)
+    ps[1].grad = ps[1].grad.to_sparse()
+    with use_backend(backend), pytest.raises(ValueError, match=r"parameters\[1\].grad is sparse"):
+        fastdyn.clip_grad_norm_(ps, 1.0, error_if_nonfinite=error_if_nonfinite)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+def test_dropin_compiles_fullgraph(backend, device):
+    """The drop-in traces whole (no graph break) and computes what it does eagerly."""
+    ours = params_with_grads([5, 1000, 8193], torch.float32, device, seed=4)
+    eager = params_with_grads([5, 1000, 8193], torch.float32, device, seed=4)
+    torch._dynamo.reset()
+    with use_backend(backend):
+        clip = torch.compile(lambda: fastdyn.clip_grad_norm_(ours, 0.5), fullgraph=True)
+        total = clip()
+        eager_total = fastdyn.clip_grad_norm_(eager, 0.5)
+    torch.testing.assert_close(total, eager_total, rtol=0, atol=0)
+    for a, b in zip(ours, eager):
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)
+    assert total > 0.5  # the norm before clipping: the grads were clipped, not left alone
 
 
 def test_mixed_dtypes_one_call():
