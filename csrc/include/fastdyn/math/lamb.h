@@ -16,19 +16,20 @@ struct LambHyper {
   T weight_decay;
 };
 
-// Bias corrections 1 - beta^t, or 1 when bias_correction is off.
+// Reciprocals of the bias corrections (1 - beta1^t, sqrt(1 - beta2^t)), or 1 when
+// bias_correction is off: the per-element update then multiplies where the contract divides.
 template <typename T>
 struct LambStepScalars {
-  T bias_correction1;
-  T bias_correction2;
+  T inv_bias_correction1;
+  T inv_sqrt_bias_correction2;
 };
 
 template <typename T>
 FASTDYN_HD LambStepScalars<T> lamb_step_scalars(const LambHyper<T>& h, T step,
                                                 bool bias_correction) {
   LambStepScalars<T> s;
-  s.bias_correction1 = bias_correction ? T(1) - fpow(h.beta1, step) : T(1);
-  s.bias_correction2 = bias_correction ? T(1) - fpow(h.beta2, step) : T(1);
+  s.inv_bias_correction1 = bias_correction ? T(1) / (T(1) - fpow(h.beta1, step)) : T(1);
+  s.inv_sqrt_bias_correction2 = bias_correction ? T(1) / fsqrt(T(1) - fpow(h.beta2, step)) : T(1);
   return s;
 }
 
@@ -38,10 +39,13 @@ FASTDYN_HD void lamb_moments(T g, T& m, T& v, const LambHyper<T>& h) {
   v = h.beta2 * v + (T(1) - h.beta2) * g * g;
 }
 
-// u = (m / bc1) / (sqrt(v / bc2) + eps) + weight_decay * p
+// u = (m / bc1) / (sqrt(v / bc2) + eps) + weight_decay * p, computed as
+// m * (1/bc1) / (sqrt(v) * (1/sqrt(bc2)) + eps): one division and one square root per
+// element where the literal form has three divisions. The CPU step, which evaluates u in
+// both passes, was bound by its divider (in cache: 1.0 G elem/s against AdamW's 2.5).
 template <typename T>
 FASTDYN_HD T lamb_direction(T p, T m, T v, const LambHyper<T>& h, const LambStepScalars<T>& s) {
-  const T u = (m / s.bias_correction1) / (fsqrt(v / s.bias_correction2) + h.eps);
+  const T u = (m * s.inv_bias_correction1) / (fsqrt(v) * s.inv_sqrt_bias_correction2 + h.eps);
   return h.weight_decay != T(0) ? u + h.weight_decay * p : u;
 }
 
