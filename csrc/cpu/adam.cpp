@@ -3,6 +3,7 @@
 #include <torch/library.h>
 
 #include "fastdyn/cpu/convert.h"
+#include "fastdyn/cpu/lane_sums.h"
 #include "fastdyn/cpu/update_common.h"
 #include "fastdyn/dispatch.h"
 #include "fastdyn/math/adam.h"
@@ -18,9 +19,7 @@ void adam_chunk(P* __restrict__ p, const P* __restrict__ g, S* __restrict__ m,
                 const math::AdamStepScalars<typename OpMath<P>::type> s,
                 typename OpMath<P>::type inv_scale, StatsPartial* stats) {
   using A = typename OpMath<P>::type;
-  double g2 = 0, p2 = 0, d2 = 0;
-#pragma omp simd reduction(+ : g2, p2, d2)
-  for (int64_t i = 0; i < n; ++i) {
+  auto update = [&](int64_t i, A& g2, A& p2, A& d2) {
     A pv = kMaster ? static_cast<A>(master[i]) : load<A>(p[i]);
     const A gv = load<A>(g[i]) * inv_scale;
     A mv = load<A>(m[i]);
@@ -33,13 +32,19 @@ void adam_chunk(P* __restrict__ p, const P* __restrict__ g, S* __restrict__ m,
     m[i] = store<S>(mv);
     v[i] = store<S>(vv);
     if (kAmsgrad) vmax[i] = store<S>(vm);
-    if (kStats) {
-      g2 += double(gv) * double(gv);
-      p2 += double(p_old) * double(p_old);
-      d2 += double(pv - p_old) * double(pv - p_old);
+    g2 = gv * gv;
+    p2 = p_old * p_old;
+    d2 = (pv - p_old) * (pv - p_old);
+  };
+  if constexpr (kStats) {
+    *stats = lane_sums<A>(n, update);
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      A g2, p2, d2;  // not summed: the compiler drops them
+      update(i, g2, p2, d2);
     }
   }
-  if (kStats) *stats = {g2, p2, d2};
 }
 
 void adam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,

@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "fastdyn/cpu/convert.h"
+#include "fastdyn/cpu/lane_sums.h"
 #include "fastdyn/cpu/update_common.h"
 #include "fastdyn/dispatch.h"
 #include "fastdyn/math/lamb.h"
@@ -21,9 +22,7 @@ void lamb_moments_chunk(const P* __restrict__ p, const P* __restrict__ g, S* __r
                         const math::LambStepScalars<typename OpMath<P>::type> s,
                         typename OpMath<P>::type inv_scale, StatsPartial* out) {
   using A = typename OpMath<P>::type;
-  double g2 = 0, p2 = 0, u2 = 0;
-#pragma omp simd reduction(+ : g2, p2, u2)
-  for (int64_t i = 0; i < n; ++i) {
+  *out = lane_sums<A>(n, [&](int64_t i, A& g2, A& p2, A& u2) {
     const A pv = kMaster ? static_cast<A>(master[i]) : load<A>(p[i]);
     const A gv = load<A>(g[i]) * inv_scale;
     A mv = load<A>(m[i]);
@@ -34,11 +33,10 @@ void lamb_moments_chunk(const P* __restrict__ p, const P* __restrict__ g, S* __r
     v[i] = vs;
     // u from the stored (rounded) moments: phase B recomputes exactly this value.
     const A u = math::lamb_direction(pv, load<A>(ms), load<A>(vs), h, s);
-    g2 += double(gv) * double(gv);
-    p2 += double(pv) * double(pv);
-    u2 += double(u) * double(u);
-  }
-  *out = {g2, p2, u2};
+    g2 = gv * gv;
+    p2 = pv * pv;
+    u2 = u * u;
+  });
 }
 
 template <typename P, typename S, bool kMaster>

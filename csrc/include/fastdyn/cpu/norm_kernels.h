@@ -2,6 +2,7 @@
 // accumulation: free on a memory-bound loop) and their deterministic per-tensor reduction.
 #pragma once
 #include "fastdyn/cpu/convert.h"
+#include "fastdyn/cpu/lane_sums.h"
 #include "fastdyn/cpu/multi_tensor.h"
 #include "fastdyn/dispatch.h"
 #include "fastdyn/math/norm.h"
@@ -11,14 +12,8 @@ namespace cpu {
 
 using math::NormKind;
 
-// Independent accumulator lanes in the compute type (float for fp32/fp16/bf16), flushed
-// into a double every kBlock elements. One accumulator is latency bound (3.5 G elem/s on
-// a Zen 3 core); 16 double lanes reach 7 G elem/s, 32 float lanes 12.9 G elem/s, past the
-// memory. The float lanes sum 32 values each before the flush, so they lose nothing that
-// matters.
-constexpr int kLanes = 32;
-constexpr int64_t kBlock = 1024;
-
+// Accumulates in kLanes independent lanes of the compute type, flushed into a double every
+// kBlock elements (lane_sums.h says why); written out here because the inf norm takes a max.
 template <NormKind K, typename T>
 inline double chunk_norm_partial(const T* __restrict__ x, int64_t n) {
   using A = typename OpMath<T>::type;

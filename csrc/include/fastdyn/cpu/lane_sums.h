@@ -1,0 +1,59 @@
+// Sums over a chunk in independent accumulator lanes. The update loops that summed squares
+// (track_stats, LAMB's and LARS's norms) into doubles with an `omp simd reduction` ran at
+// 0.4-1.3 G elem/s in cache against 2.9-4.6 without the sums: GCC 12 left some of them
+// scalar, and the others waited on one add chain per sum. kLanes lanes of the compute type
+// per sum, flushed into doubles every kBlock elements, brought them to 1.6-3.2 (SGD 0.8 ->
+// 3.2, LARS 0.6 -> 2.5, LAMB 1.1 -> 1.8). Each lane adds only kBlock / kLanes = 32 values
+// before the flush, so float lanes lose nothing that matters.
+#pragma once
+#include <algorithm>
+#include <array>
+#include <cstdint>
+
+namespace fastdyn {
+namespace cpu {
+
+// 32 float lanes: 12.9 G elem/s for a sum of squares on a Zen 3 core, 16 double lanes 7,
+// one accumulator 3.5 (measured on the development machine).
+constexpr int kLanes = 32;
+constexpr int64_t kBlock = 1024;
+
+// Runs element(i, a, b, c) for i in [0, n) and returns the sums of the three values it
+// sets (e.g. the squares of g, p and the update; element may also write memory). The
+// values come out through references: GCC 12 left the loop scalar when they came back as
+// a std::array.
+template <typename A, typename Element>
+inline std::array<double, 3> lane_sums(int64_t n, Element&& element) {
+  std::array<double, 3> total = {0.0, 0.0, 0.0};
+  for (int64_t base = 0; base < n; base += kBlock) {
+    const int64_t len = std::min(kBlock, n - base);
+    A lanes_a[kLanes] = {}, lanes_b[kLanes] = {}, lanes_c[kLanes] = {};
+    int64_t k = 0;
+    for (; k + kLanes <= len; k += kLanes) {
+#pragma omp simd
+      for (int j = 0; j < kLanes; ++j) {
+        A a, b, c;
+        element(base + k + j, a, b, c);
+        lanes_a[j] += a;
+        lanes_b[j] += b;
+        lanes_c[j] += c;
+      }
+    }
+    for (; k < len; ++k) {
+      A a, b, c;
+      element(base + k, a, b, c);
+      lanes_a[0] += a;
+      lanes_b[0] += b;
+      lanes_c[0] += c;
+    }
+    for (int j = 0; j < kLanes; ++j) {
+      total[0] += static_cast<double>(lanes_a[j]);
+      total[1] += static_cast<double>(lanes_b[j]);
+      total[2] += static_cast<double>(lanes_c[j]);
+    }
+  }
+  return total;
+}
+
+}  // namespace cpu
+}  // namespace fastdyn

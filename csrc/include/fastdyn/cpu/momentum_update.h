@@ -1,0 +1,71 @@
+// The SGD-momentum update that SGD and LARS share, for one chunk (the CPU side of
+// cuda/momentum_update.cuh): d = direction(p, g) with g already unscaled, torch's momentum
+// buffer on d (kMomentum), then p <- p - lr*d (and the fp32 master copy). With kStats the
+// chunk's sums of squares of g, p and the update go into *stats. The per-element math is
+// csrc/include/fastdyn/math/sgd.h.
+#pragma once
+#include "fastdyn/cpu/convert.h"
+#include "fastdyn/cpu/lane_sums.h"
+#include "fastdyn/cpu/update_common.h"
+#include "fastdyn/dispatch.h"
+#include "fastdyn/math/sgd.h"
+
+namespace fastdyn {
+namespace cpu {
+
+template <typename P, typename S, bool kMaster, bool kStats, bool kMomentum, typename Direction>
+void momentum_update_chunk(P* __restrict__ p, const P* __restrict__ g, S* __restrict__ buf,
+                           float* __restrict__ master, int64_t n, typename OpMath<P>::type lr,
+                           typename OpMath<P>::type inv_scale,
+                           const math::MomentumHyper<typename OpMath<P>::type> mh, bool first_step,
+                           Direction direction, StatsPartial* stats) {
+  using A = typename OpMath<P>::type;
+  auto update = [&](int64_t i, A& g2, A& p2, A& d2) {
+    const A p_old = kMaster ? static_cast<A>(master[i]) : load<A>(p[i]);
+    const A gv = load<A>(g[i]) * inv_scale;
+    A d = direction(p_old, gv);
+    if (kMomentum) {
+      const A bv = math::momentum_buffer(d, load<A>(buf[i]), mh, first_step);
+      buf[i] = store<S>(bv);
+      d = math::momentum_direction(d, bv, mh);
+    }
+    const A pv = p_old - lr * d;
+    if (kMaster) master[i] = static_cast<float>(pv);
+    p[i] = store<P>(pv);
+    g2 = gv * gv;
+    p2 = p_old * p_old;
+    d2 = (pv - p_old) * (pv - p_old);
+  };
+  if constexpr (kStats) {
+    *stats = lane_sums<A>(n, update);
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      A g2, p2, d2;  // not summed: the compiler drops them
+      update(i, g2, p2, d2);
+    }
+  }
+}
+
+// Runs momentum_update_chunk on chunk c of the lists, the flags made compile-time: fp32
+// masters present, statistics wanted (stats not null), momentum nonzero (buffers used).
+template <typename P, typename S, typename Direction>
+void momentum_update(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+                     at::TensorList master_params, const Chunk& c, bool has_master, bool momentum,
+                     typename OpMath<P>::type lr, typename OpMath<P>::type inv_scale,
+                     const math::MomentumHyper<typename OpMath<P>::type> mh, bool first_step,
+                     Direction direction, StatsPartial* stats) {
+  const int64_t t = c.tensor, b = c.begin;
+  S* buf = momentum ? list_ptr<S>(momentum_buffers, t, b) : nullptr;
+  dispatch_flags(has_master, stats != nullptr, [&](auto master_c, auto stats_c) {
+    constexpr bool kMaster = decltype(master_c)::value, kStats = decltype(stats_c)::value;
+    auto kernel = buf ? momentum_update_chunk<P, S, kMaster, kStats, true, Direction>
+                      : momentum_update_chunk<P, S, kMaster, kStats, false, Direction>;
+    kernel(list_ptr<P>(params, t, b), list_ptr<const P>(grads, t, b), buf,
+           list_ptr<float>(master_params, t, b), c.end - b, lr, inv_scale, mh, first_step,
+           direction, stats);
+  });
+}
+
+}  // namespace cpu
+}  // namespace fastdyn
