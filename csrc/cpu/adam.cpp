@@ -36,15 +36,7 @@ void adam_chunk(P* __restrict__ p, const P* __restrict__ g, S* __restrict__ m,
     p2 = p_old * p_old;
     d2 = (pv - p_old) * (pv - p_old);
   };
-  if constexpr (kStats) {
-    *stats = lane_sums<A>(n, update);
-  } else {
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) {
-      A g2, p2, d2;  // not summed: the compiler drops them
-      update(i, g2, p2, d2);
-    }
-  }
+  for_elements<kStats, A>(n, update, stats);
 }
 
 void adam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,

@@ -55,5 +55,20 @@ inline std::array<double, 3> lane_sums(int64_t n, Element&& element) {
   return total;
 }
 
+// An update loop with optional statistics: element(i, a, b, c) for i in [0, n), and with
+// kSum the sums of a, b, c into *sums; without, the values are dropped (dead code).
+template <bool kSum, typename A, typename Element>
+inline void for_elements(int64_t n, Element&& element, std::array<double, 3>* sums) {
+  if constexpr (kSum) {
+    *sums = lane_sums<A>(n, element);
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      A a, b, c;
+      element(i, a, b, c);
+    }
+  }
+}
+
 }  // namespace cpu
 }  // namespace fastdyn
