@@ -91,7 +91,10 @@ def extension():
     sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     torch_version = torch.__version__.split("+")[0]
     define = [("FASTDYN_TORCH_VERSION", f'"{torch_version}"')]
-    cxx = ["-O3", "-fopenmp", "-fno-math-errno"] + cpu_arch_flags()
+    # -fno-trapping-math: GCC may then compute both arms of a select on floats, which the
+    # branch-free fp16 conversions need to vectorize (fp16 loops ran scalar without it);
+    # results do not change, and nothing here reads floating-point exception flags.
+    cxx = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"] + cpu_arch_flags()
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
     if not with_cuda:
         return CppExtension(

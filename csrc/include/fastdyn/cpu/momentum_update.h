@@ -4,6 +4,8 @@
 // chunk's sums of squares of g, p and the update go into *stats. The per-element math is
 // csrc/include/fastdyn/math/sgd.h.
 #pragma once
+#include <type_traits>
+
 #include "fastdyn/cpu/convert.h"
 #include "fastdyn/cpu/lane_sums.h"
 #include "fastdyn/cpu/update_common.h"
@@ -13,19 +15,23 @@
 namespace fastdyn {
 namespace cpu {
 
-template <typename P, typename S, bool kMaster, bool kStats, bool kMomentum, typename Direction>
+// kFirst and kNesterov are compile-time: with them as runtime selects next to those of
+// the fp16 conversions, GCC 12 left the fp16 loops (and bf16 ones with statistics) scalar.
+template <typename P, typename S, bool kMaster, bool kStats, bool kMomentum, bool kFirst,
+          bool kNesterov, typename Direction>
 void momentum_update_chunk(P* __restrict__ p, const P* __restrict__ g, S* __restrict__ buf,
                            float* __restrict__ master, int64_t n, typename OpMath<P>::type lr,
                            typename OpMath<P>::type inv_scale,
-                           const math::MomentumHyper<typename OpMath<P>::type> mh, bool first_step,
+                           const math::MomentumHyper<typename OpMath<P>::type> hyper,
                            Direction direction, StatsPartial* stats) {
   using A = typename OpMath<P>::type;
+  const math::MomentumHyper<A> mh{hyper.momentum, hyper.dampening, kNesterov};
   auto update = [&](int64_t i, A& g2, A& p2, A& d2) {
     const A p_old = kMaster ? static_cast<A>(master[i]) : load<A>(p[i]);
     const A gv = load<A>(g[i]) * inv_scale;
     A d = direction(p_old, gv);
     if (kMomentum) {
-      const A bv = math::momentum_buffer(d, load<A>(buf[i]), mh, first_step);
+      const A bv = math::momentum_buffer(d, load<A>(buf[i]), mh, kFirst);
       buf[i] = store<S>(bv);
       d = math::momentum_direction(d, bv, mh);
     }
@@ -51,11 +57,21 @@ void momentum_update(at::TensorList params, at::TensorList grads, at::TensorList
   S* buf = momentum ? list_ptr<S>(momentum_buffers, t, b) : nullptr;
   dispatch_flags(has_master, stats != nullptr, [&](auto master_c, auto stats_c) {
     constexpr bool kMaster = decltype(master_c)::value, kStats = decltype(stats_c)::value;
-    auto kernel = buf ? momentum_update_chunk<P, S, kMaster, kStats, true, Direction>
-                      : momentum_update_chunk<P, S, kMaster, kStats, false, Direction>;
-    kernel(list_ptr<P>(params, t, b), list_ptr<const P>(grads, t, b), buf,
-           list_ptr<float>(master_params, t, b), c.end - b, lr, inv_scale, mh, first_step,
-           direction, stats);
+    auto run = [&](auto momentum_c, auto first_c, auto nesterov_c) {
+      momentum_update_chunk<P, S, kMaster, kStats, decltype(momentum_c)::value,
+                            decltype(first_c)::value, decltype(nesterov_c)::value>(
+          list_ptr<P>(params, t, b), list_ptr<const P>(grads, t, b), buf,
+          list_ptr<float>(master_params, t, b), c.end - b, lr, inv_scale, mh, direction, stats);
+    };
+    using T = std::true_type;
+    using F = std::false_type;
+    if (!buf) {
+      run(F{}, F{}, F{});
+    } else if (first_step) {
+      mh.nesterov ? run(T{}, T{}, T{}) : run(T{}, T{}, F{});
+    } else {
+      mh.nesterov ? run(T{}, F{}, T{}) : run(T{}, F{}, F{});
+    }
   });
 }
 
