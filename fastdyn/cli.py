@@ -81,6 +81,8 @@ def main(argv=None) -> int:
     p_bench.add_argument("--json", default=None, help="also write the results to this file")
     p_bench.add_argument("--sets", default="gpt2-small,1000-small",
                          help="parameter sets: gpt2-small, gpt-1b, 1000-small")
+    p_bench.add_argument("--dtype", default="float32",
+                         help="of params, grads and state: float32, bfloat16 or float16")
     args = parser.parse_args(argv)
 
     if args.command == "info":
@@ -100,7 +102,7 @@ def main(argv=None) -> int:
         from fastdyn.bench import run_cli
 
         return run_cli(quick=args.quick, only=args.only, device=args.device, json_path=args.json,
-                       sets=tuple(args.sets.split(",")))
+                       sets=tuple(args.sets.split(",")), dtype=args.dtype)
     return 2
 
 

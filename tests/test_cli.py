@@ -53,6 +53,17 @@ def test_bench_writes_a_results_file(tmp_path):
         assert f"| {r['op']} | 1000-small |" in out.stdout
 
 
+def test_bench_in_bfloat16(tmp_path):
+    path = tmp_path / "results.json"
+    out = fastdyn_cli("bench", "--quick", "--only", "adamw", "--sets", "1000-small", "--device",
+                      "cpu", "--dtype", "bfloat16", "--json", str(path),
+                      env={"FASTDYN_BENCH_SCALE": "0.01"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    (r,) = json.loads(path.read_text())["results"]
+    assert r["dtype"] == "bfloat16" and r["bytes_per_elem"] == 14  # AdamW's 28 B at 2 B/elem
+    assert "| adamw (bfloat16) | 1000-small |" in out.stdout
+
+
 def test_bad_command_is_an_error():
     out = fastdyn_cli("nonsense")
     assert out.returncode == 2 and "invalid choice" in out.stderr

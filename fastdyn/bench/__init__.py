@@ -17,12 +17,14 @@ DEFAULT_OPS = ["norm", "clip", "clip-clipping", "adamw", "sgd", "lamb", "lamb-am
 
 def run_case(case: cases.Case, device: torch.device, rounds: int) -> dict:
     times = compare(case.impls, device, rounds=rounds)
-    bw = bandwidth.measure(case.n_elems * 4 * case.arrays, device, rounds=rounds)
+    elem_size = torch.empty((), dtype=case.dtype).element_size()
+    bw = bandwidth.measure(case.n_elems * elem_size * case.arrays, device, rounds=rounds)
     ours = times["fastdyn"]
     gbs = case.n_elems * case.bytes_per_elem / ours / 1e9
     machine = bw[case.bandwidth_kind]
     return {
         "op": case.op, "set": case.param_set, "elements": case.n_elems,
+        "dtype": str(case.dtype).replace("torch.", ""),
         "bytes_per_elem": case.bytes_per_elem,
         "ms": {k: v * 1e3 for k, v in times.items()},
         "speedup_vs": {k: v / ours for k, v in times.items() if k != "fastdyn"},
@@ -50,6 +52,11 @@ def environment(device: torch.device) -> dict:
     return env
 
 
+def _label(r: dict) -> str:
+    dtype = r.get("dtype", "float32")
+    return r["op"] if dtype == "float32" else f"{r['op']} ({dtype})"
+
+
 def format_table(results: list) -> str:
     lines = ["| op | set | fastdyn ms | baseline ms | speedup | other | GB/s | of measured BW |",
              "|---|---|---:|---:|---:|---|---:|---:|"]
@@ -57,7 +64,7 @@ def format_table(results: list) -> str:
         base = r["baseline"]
         others = ", ".join(f"{k} {v:.2f}x" for k, v in r["speedup_vs"].items() if k != base)
         lines.append(
-            f"| {r['op']} | {r['set']} | {r['ms']['fastdyn']:.2f} | {r['ms'][base]:.2f} ({base}) | "
+            f"| {_label(r)} | {r['set']} | {r['ms']['fastdyn']:.2f} | {r['ms'][base]:.2f} ({base}) | "
             f"{r['speedup_vs'][base]:.2f}x | {others} | {r['gb_s']:.1f} | "
             f"{100 * r['fraction_of_bandwidth']:.0f}% of {r['machine_gb_s']:.1f} ({r['bandwidth_kind']})"
             + (f", {100 * r['fraction_of_copy_bandwidth']:.0f}% of copy" if r["bandwidth_kind"] != "read" else "")
@@ -65,17 +72,21 @@ def format_table(results: list) -> str:
     return "\n".join(lines)
 
 
-def run_cli(quick=False, only=None, device=None, json_path=None, sets=("gpt2-small", "1000-small")) -> int:
+def run_cli(quick=False, only=None, device=None, json_path=None, sets=("gpt2-small", "1000-small"),
+            dtype: str = "float32") -> int:
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     ops = only.split(",") if only else DEFAULT_OPS
     rounds = 3 if quick else 7
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"--dtype {dtype!r}: choose float32, bfloat16 or float16")
+    torch_dtype = getattr(torch, dtype)
     env = environment(device)
     print(f"fastdyn bench on {env.get('gpu') or env.get('cpu')} ({device}, {env['threads']} threads), "
           f"torch {env['torch']}", flush=True)
     results = []
     for op in ops:
         for set_name in sets:
-            case = cases.build(op, set_name, device)
+            case = cases.build(op, set_name, device, dtype=torch_dtype)
             r = run_case(case, device, rounds)
             results.append(r)
             print(format_table([r]).splitlines()[-1], flush=True)

@@ -19,13 +19,14 @@ class Case:
     op: str
     param_set: str
     n_elems: int
-    bytes_per_elem: float  # memory traffic of fastdyn's design, per element, fp32
+    bytes_per_elem: float  # memory traffic of fastdyn's design, per element (fp32 until build() scales it)
     bandwidth_kind: str    # "read" (norms) or "update" (in-place updates: read and write)
     arrays: int = 1        # distinct arrays of n_elems touched: the working set is 4*arrays*n_elems bytes
     impls: Dict[str, Callable] = field(default_factory=dict)  # "fastdyn" first
     baseline: str = ""     # the implementation the ratio is taken against
     note: str = ""
     params: list = field(default_factory=list)  # the tensors the implementations share
+    dtype: torch.dtype = torch.float32           # of the params, grads and state
 
 
 TRITON = "fastdyn triton"
@@ -182,6 +183,9 @@ def build(op: str, set_name: str, device: torch.device, with_compile: bool = Tru
     params = make_params(PARAM_SETS[set_name](), device, dtype=dtype)
     case = BUILDERS[op](params, device, set_name, with_compile)
     case.params = params
+    case.dtype = dtype
+    # params, grads and optimizer state all take the params' dtype: bytes scale with it
+    case.bytes_per_elem *= params[0].element_size() / 4
     if with_triton is None:
         with_triton = device.type == "cuda" and triton_available()
     if not with_triton:
