@@ -1,5 +1,5 @@
-// CPU building blocks of the norm, unscale and clip ops: per-chunk partials (double
-// accumulation: free on a memory-bound loop) and their deterministic per-tensor reduction.
+// CPU building blocks of the norm, unscale and clip ops: per-chunk partials (float lanes
+// flushed into doubles, see lane_sums.h) and their deterministic per-tensor reduction.
 #pragma once
 #include "fastdyn/cpu/convert.h"
 #include "fastdyn/cpu/lane_sums.h"
