@@ -4,6 +4,7 @@
 
 #include "fastdyn/cpu/convert.h"
 #include "fastdyn/cpu/lane_sums.h"
+#include "fastdyn/cpu/stage16.h"
 #include "fastdyn/cpu/update_common.h"
 #include "fastdyn/dispatch.h"
 #include "fastdyn/math/adam.h"
@@ -67,11 +68,35 @@ void adam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
       auto run = [&](auto master_c, auto stats_c) {
         auto kernel = amsgrad ? adam_chunk<P, S, decltype(master_c)::value, decltype(stats_c)::value, true>
                               : adam_chunk<P, S, decltype(master_c)::value, decltype(stats_c)::value, false>;
-        kernel(
-            list_ptr<P>(params, t, b), list_ptr<const P>(grads, t, b), list_ptr<S>(exp_avgs, t, b),
-            list_ptr<S>(exp_avg_sqs, t, b), amsgrad ? list_ptr<S>(max_exp_avg_sqs, t, b) : nullptr,
-            list_ptr<float>(master_params, t, b), c.end - b, h, s, A(ctx.inv_grad_scale),
-            partials.empty() ? nullptr : &partials[ci]);
+        P* p = list_ptr<P>(params, t, b);
+        const P* g = list_ptr<const P>(grads, t, b);
+        S* m = list_ptr<S>(exp_avgs, t, b);
+        S* v = list_ptr<S>(exp_avg_sqs, t, b);
+        S* vmax = amsgrad ? list_ptr<S>(max_exp_avg_sqs, t, b) : nullptr;
+        float* master = list_ptr<float>(master_params, t, b);
+        StatsPartial* chunk_stats = partials.empty() ? nullptr : &partials[ci];
+        if constexpr (kStaged<P> || kStaged<S>) {
+          // fp32 blocks (stage16.h); the same kernel on them, the same bits
+          constexpr bool kMaster = decltype(master_c)::value, kStats = decltype(stats_c)::value;
+          auto kernel32 = amsgrad ? adam_chunk<float, float, kMaster, kStats, true>
+                                  : adam_chunk<float, float, kMaster, kStats, false>;
+          float p_s[kStageElems], g_s[kStageElems], m_s[kStageElems], v_s[kStageElems],
+              vmax_s[kStageElems];
+          for_stage_blocks(c.end - b, chunk_stats, [&](int64_t o, int64_t len, StatsPartial* block_stats) {
+            float* pf = staged(p, p_s, o, len, !kMaster);
+            float* mf = staged(m, m_s, o, len, true);
+            float* vf = staged(v, v_s, o, len, true);
+            float* vmaxf = staged(vmax, vmax_s, o, len, true);
+            kernel32(pf, staged(g, g_s, o, len, true), mf, vf, vmaxf, master ? master + o : nullptr,
+                     len, h, s, A(ctx.inv_grad_scale), block_stats);
+            unstage(pf, p, o, len);
+            unstage(mf, m, o, len);
+            unstage(vf, v, o, len);
+            unstage(vmaxf, vmax, o, len);
+          });
+        } else {
+          kernel(p, g, m, v, vmax, master, c.end - b, h, s, A(ctx.inv_grad_scale), chunk_stats);
+        }
       };
       dispatch_flags(grp.has_master, !partials.empty(), run);
     });

@@ -8,6 +8,7 @@
 
 #include "fastdyn/cpu/convert.h"
 #include "fastdyn/cpu/lane_sums.h"
+#include "fastdyn/cpu/stage16.h"
 #include "fastdyn/cpu/update_common.h"
 #include "fastdyn/dispatch.h"
 #include "fastdyn/math/sgd.h"
@@ -58,10 +59,28 @@ void momentum_update(at::TensorList params, at::TensorList grads, at::TensorList
   dispatch_flags(has_master, stats != nullptr, [&](auto master_c, auto stats_c) {
     constexpr bool kMaster = decltype(master_c)::value, kStats = decltype(stats_c)::value;
     auto run = [&](auto momentum_c, auto first_c, auto nesterov_c) {
-      momentum_update_chunk<P, S, kMaster, kStats, decltype(momentum_c)::value,
-                            decltype(first_c)::value, decltype(nesterov_c)::value>(
-          list_ptr<P>(params, t, b), list_ptr<const P>(grads, t, b), buf,
-          list_ptr<float>(master_params, t, b), c.end - b, lr, inv_scale, mh, direction, stats);
+      P* p = list_ptr<P>(params, t, b);
+      const P* g = list_ptr<const P>(grads, t, b);
+      float* master = list_ptr<float>(master_params, t, b);
+      const int64_t n = c.end - b;
+      if constexpr (kStaged<P> || kStaged<S>) {
+        // fp32 blocks (stage16.h); the same kernel on them, the same bits
+        float p_s[kStageElems], g_s[kStageElems], b_s[kStageElems];
+        for_stage_blocks(n, stats, [&](int64_t o, int64_t len, StatsPartial* block_stats) {
+          float* pf = staged(p, p_s, o, len, !kMaster);
+          float* bf = staged(buf, b_s, o, len, true);
+          momentum_update_chunk<float, float, kMaster, kStats, decltype(momentum_c)::value,
+                                decltype(first_c)::value, decltype(nesterov_c)::value>(
+              pf, staged(g, g_s, o, len, true), bf, master ? master + o : nullptr, len, lr,
+              inv_scale, mh, direction, block_stats);
+          unstage(pf, p, o, len);
+          unstage(bf, buf, o, len);
+        });
+      } else {
+        momentum_update_chunk<P, S, kMaster, kStats, decltype(momentum_c)::value,
+                              decltype(first_c)::value, decltype(nesterov_c)::value>(
+            p, g, buf, master, n, lr, inv_scale, mh, direction, stats);
+      }
     };
     using T = std::true_type;
     using F = std::false_type;
