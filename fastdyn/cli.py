@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     p_demo.add_argument("--seed", type=int, default=0)
     p_bench = sub.add_parser("bench", help="benchmarks against torch's ops (table)")
     p_bench.add_argument("--quick", action="store_true", help="fewer repetitions")
-    p_bench.add_argument("--only", default=None, help="comma list: norm,clip,adamw,lamb,lars,sgd")
+    p_bench.add_argument("--only", default=None, help="comma list: norm,unscale,clip,clip-clipping,adamw,sgd,lamb,lamb-amp,lars")
     p_bench.add_argument("--device", default=None)
     p_bench.add_argument("--json", default=None, help="also write the results to this file")
     p_bench.add_argument("--sets", default="gpt2-small,1000-small",

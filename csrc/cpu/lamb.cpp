@@ -7,6 +7,7 @@
 
 #include "fastdyn/cpu/convert.h"
 #include "fastdyn/cpu/lane_sums.h"
+#include "fastdyn/cpu/stage16.h"
 #include "fastdyn/cpu/update_common.h"
 #include "fastdyn/dispatch.h"
 #include "fastdyn/math/lamb.h"
@@ -28,11 +29,12 @@ void lamb_moments_chunk(const P* __restrict__ p, const P* __restrict__ g, S* __r
     A mv = load<A>(m[i]);
     A vv = load<A>(v[i]);
     math::lamb_moments(gv, mv, vv, h);
-    const S ms = store<S>(mv), vs = store<S>(vv);
-    m[i] = ms;
-    v[i] = vs;
-    // u from the stored (rounded) moments: phase B recomputes exactly this value.
-    const A u = math::lamb_direction(pv, load<A>(ms), load<A>(vs), h, s);
+    m[i] = store<S>(mv);
+    v[i] = store<S>(vv);
+    // u from the stored (rounded) moments, read back: phase B recomputes exactly this value.
+    // (Rounding through a local c10::BFloat16/Half left the 16-bit loops scalar: GCC sees a
+    // struct copy; bf16 LAMB ran at 0.15 G elem/s.)
+    const A u = math::lamb_direction(pv, load<A>(m[i]), load<A>(v[i]), h, s);
     g2 = gv * gv;
     p2 = pv * pv;
     u2 = u * u;
@@ -54,6 +56,53 @@ void lamb_apply_chunk(P* __restrict__ p, const S* __restrict__ m, const S* __res
     if (kMaster) master[i] = static_cast<float>(out);
     p[i] = store<P>(out);
   }
+}
+
+// fp16 params or moments go through fp32 blocks (stage16.h), as Adam's do: the in-loop
+// branch-free fp16 conversions held an fp16 LAMB step to a third of the bf16 one's speed.
+// fp16 moments are rounded into memory and read back before ||u|| is summed, so phase B
+// applies exactly the u that was measured.
+template <typename P, typename S, bool kMaster>
+void lamb_moments_staged(const P* p, const P* g, S* m, S* v, const float* master, int64_t n,
+                         const math::LambHyper<float> h, const math::LambStepScalars<float> s,
+                         float inv_scale, StatsPartial* out) {
+  float p_s[kStageElems], g_s[kStageElems], m_s[kStageElems], v_s[kStageElems];
+  for_stage_blocks(n, out, [&](int64_t o, int64_t len, StatsPartial* block_out) {
+    const float* pf = staged(p, p_s, o, len, !kMaster);
+    const float* gf = staged(g, g_s, o, len, true);
+    float* mf = staged(m, m_s, o, len, true);
+    float* vf = staged(v, v_s, o, len, true);
+    const float* mo = kMaster ? master + o : nullptr;
+    lamb_moments_chunk<float, float, kMaster>(pf, gf, mf, vf, mo, len, h, s, inv_scale, block_out);
+    if constexpr (kStaged<S>) {
+      unstage(mf, m, o, len);
+      unstage(vf, v, o, len);
+      to_float(m + o, mf, len);
+      to_float(v + o, vf, len);
+      *block_out = lane_sums<float>(len, [&](int64_t i, float& g2, float& p2, float& u2) {
+        const float pv = kMaster ? mo[i] : pf[i];
+        const float gv = gf[i] * inv_scale;
+        const float u = math::lamb_direction(pv, mf[i], vf[i], h, s);
+        g2 = gv * gv;
+        p2 = pv * pv;
+        u2 = u * u;
+      });
+    }
+  });
+}
+
+template <typename P, typename S, bool kMaster>
+void lamb_apply_staged(P* p, const S* m, const S* v, float* master, int64_t n,
+                       const math::LambHyper<float> h, const math::LambStepScalars<float> s,
+                       float step) {
+  float p_s[kStageElems], m_s[kStageElems], v_s[kStageElems];
+  for_stage_blocks(n, nullptr, [&](int64_t o, int64_t len, StatsPartial*) {
+    float* pf = staged(p, p_s, o, len, !kMaster);
+    lamb_apply_chunk<float, float, kMaster>(pf, staged(m, m_s, o, len, true),
+                                            staged(v, v_s, o, len, true),
+                                            kMaster ? master + o : nullptr, len, h, s, step);
+    unstage(pf, p, o, len);
+  });
 }
 
 void lamb_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
@@ -85,7 +134,16 @@ void lamb_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
     auto moments = [&](const Chunk& c, int64_t ci) {
       const int64_t t = c.tensor, b = c.begin;
       const auto s = scalars(t);
-      if (grp.has_master) {
+      if constexpr (kStaged<P> || kStaged<S>) {
+        auto run = [&](auto master_c) {
+          lamb_moments_staged<P, S, decltype(master_c)::value>(
+              list_ptr<const P>(params, t, b), list_ptr<const P>(grads, t, b),
+              list_ptr<S>(exp_avgs, t, b), list_ptr<S>(exp_avg_sqs, t, b),
+              list_ptr<const float>(master_params, t, b), c.end - b, h, s,
+              A(ctx.inv_grad_scale), &partials[ci]);
+        };
+        grp.has_master ? run(std::true_type{}) : run(std::false_type{});
+      } else if (grp.has_master) {
         lamb_moments_chunk<P, S, true>(list_ptr<P>(params, t, b), list_ptr<const P>(grads, t, b),
                                        list_ptr<S>(exp_avgs, t, b), list_ptr<S>(exp_avg_sqs, t, b),
                                        list_ptr<float>(master_params, t, b), c.end - b, h, s,
@@ -111,7 +169,15 @@ void lamb_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
       const int64_t t = c.tensor, b = c.begin;
       const auto s = scalars(t);
       const A step = A(ctx.lr * ratios[t]);
-      if (grp.has_master) {
+      if constexpr (kStaged<P> || kStaged<S>) {
+        auto run = [&](auto master_c) {
+          lamb_apply_staged<P, S, decltype(master_c)::value>(
+              list_ptr<P>(params, t, b), list_ptr<const S>(exp_avgs, t, b),
+              list_ptr<const S>(exp_avg_sqs, t, b), list_ptr<float>(master_params, t, b),
+              c.end - b, h, s, step);
+        };
+        grp.has_master ? run(std::true_type{}) : run(std::false_type{});
+      } else if (grp.has_master) {
         lamb_apply_chunk<P, S, true>(list_ptr<P>(params, t, b), list_ptr<const S>(exp_avgs, t, b),
                                      list_ptr<const S>(exp_avg_sqs, t, b),
                                      list_ptr<float>(master_params, t, b), c.end - b, h, s, step);

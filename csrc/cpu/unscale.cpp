@@ -11,20 +11,21 @@ namespace fastdyn {
 namespace cpu {
 namespace {
 
+// The norm is of the stored (rounded) unscaled values, read back after the store. The inf
+// check sums raw * 0 (NaN exactly when raw is inf or NaN). The loop with a bool flag and one
+// double sum ran scalar: fp32 unscale + norm took 1.5x torch's two separate ops, fp16 7x.
 template <NormKind K, typename T>
 double unscale_chunk(T* __restrict__ x, int64_t n, float inv_scale, bool* nonfinite) {
   using A = typename OpMath<T>::type;
-  double acc = 0.0;
-  bool bad = false;
-  for (int64_t i = 0; i < n; ++i) {
+  const A s = static_cast<A>(inv_scale);
+  const auto sums = lane_norm_partial<K, A>(n, [&](int64_t i, A& probe) {
     const A raw = load<A>(x[i]);
-    bad |= !math::is_finite(raw);
-    const T out = store<T>(raw * static_cast<A>(inv_scale));
-    x[i] = out;
-    acc = math::norm_accumulate<K>(acc, static_cast<double>(load<A>(out)));
-  }
-  *nonfinite = bad;
-  return acc;
+    probe = raw * A(0);
+    x[i] = store<T>(raw * s);
+    return load<A>(x[i]);
+  });
+  *nonfinite = !math::is_finite(sums[1]);
+  return sums[0];
 }
 
 std::tuple<at::Tensor, at::Tensor> multi_tensor_unscale_norm_(at::TensorList tensors,

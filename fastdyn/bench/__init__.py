@@ -12,7 +12,7 @@ import torch
 from fastdyn.bench import bandwidth, cases
 from fastdyn.bench.timing import compare
 
-DEFAULT_OPS = ["norm", "clip", "clip-clipping", "adamw", "sgd", "lamb", "lamb-amp", "lars"]
+DEFAULT_OPS = ["norm", "unscale", "clip", "clip-clipping", "adamw", "sgd", "lamb", "lamb-amp", "lars"]
 
 
 def run_case(case: cases.Case, device: torch.device, rounds: int) -> dict:

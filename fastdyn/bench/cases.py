@@ -48,6 +48,27 @@ def _norm(params, device, set_name, with_compile):
     }, baseline="torch foreach")
 
 
+def _unscale(params, device, set_name, with_compile):
+    """GradScaler's unscale + inf check and a clip's norm: torch needs two passes over the
+    gradients, fastdyn's op one. The inverse scale is 1 so that repeated calls leave the
+    gradients as they are (neither implementation skips the multiply at 1)."""
+    grads = [p.grad for p in params]
+    inv_scale = torch.ones((), device=device)
+    found_inf = torch.zeros((), device=device)
+
+    def ours():
+        return fastdyn.ops.multi_tensor_unscale_norm_(grads, inv_scale, found_inf)[0]
+
+    def torch_two_pass():
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, inv_scale)
+        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+    # 8 B/elem: one read and one write
+    return Case("unscale + norm", set_name, numel(params), 8, "update", 1, {
+        "fastdyn": ours, TRITON: _on_triton(ours), "torch foreach": torch_two_pass,
+    }, baseline="torch foreach")
+
+
 class _ShrinkingMaxNorm:
     """max_norm for the clipping case: every call, whichever implementation makes it, scales
     the shared grads by CLIP_FACTOR, so the norm after k calls is norm0 * CLIP_FACTOR**k and
@@ -165,6 +186,7 @@ def _lars(params, device, set_name, with_compile):
 
 BUILDERS = {
     "norm": _norm,
+    "unscale": _unscale,
     "clip": lambda *a: _clip(*a, clipping=False),
     "clip-clipping": lambda *a: _clip(*a, clipping=True),
     "adamw": _adamw,

@@ -33,7 +33,7 @@ def _outcome(op: str, case: cases.Case, impl: str):
     out = case.impls[impl]()
     if op == "norm":
         return (out[0] if isinstance(out, tuple) else out), []
-    if op.startswith("clip"):
+    if op.startswith("clip") or op == "unscale":
         return out, [p.grad.clone() for p in case.params]
     return None, [p.detach().clone() for p in case.params]
 
@@ -50,9 +50,10 @@ def test_every_implementation_computes_fastdyns_step(op, set_name):
                            dtype=torch.float64)
 
     case = fresh()
-    before = [(p.grad if op.startswith("clip") else p).detach().clone() for p in case.params]
+    on_grads = op.startswith("clip") or op == "unscale"
+    before = [(p.grad if on_grads else p).detach().clone() for p in case.params]
     norm, tensors = _outcome(op, case, "fastdyn")
-    if op.startswith("clip"):
+    if on_grads:
         tol = NORM_RTOL * max(t.abs().max() for t in before)
         assert (_max_diff(tensors, before) > 0) == (op == "clip-clipping")
     else:
