@@ -27,6 +27,21 @@ void lars_norms_chunk(const P* __restrict__ p, const P* __restrict__ g,
   *out = {sums[0] * inv_scale * inv_scale, sums[1], 0.0};
 }
 
+// fp16 through fp32 blocks (stage16.h), like the update pass.
+template <typename P, bool kMaster>
+void lars_norms(const P* p, const P* g, const float* master, int64_t n, double inv_scale,
+                StatsPartial* out) {
+  if constexpr (kStaged<P>) {
+    float p_s[kStageElems], g_s[kStageElems];
+    for_stage_blocks(n, out, [&](int64_t o, int64_t len, StatsPartial* block_out) {
+      lars_norms_chunk<float, kMaster>(staged(p, p_s, o, len, !kMaster), staged(g, g_s, o, len, true),
+                                       kMaster ? master + o : nullptr, len, inv_scale, block_out);
+    });
+  } else {
+    lars_norms_chunk<P, kMaster>(p, g, master, n, inv_scale, out);
+  }
+}
+
 void lars_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
            at::TensorList master_params, const at::Tensor& lr, double momentum, double dampening,
            double weight_decay, bool nesterov, double trust_coeff, double eps, bool trust_clip,
@@ -52,11 +67,11 @@ void lars_(at::TensorList params, at::TensorList grads, at::TensorList momentum_
     auto norms = [&](const Chunk& c, int64_t ci) {
       const int64_t t = c.tensor, b = c.begin;
       if (grp.has_master) {
-        lars_norms_chunk<P, true>(list_ptr<P>(params, t, b), list_ptr<const P>(grads, t, b),
-                                  list_ptr<float>(master_params, t, b), c.end - b,
+        lars_norms<P, true>(list_ptr<const P>(params, t, b), list_ptr<const P>(grads, t, b),
+                                  list_ptr<const float>(master_params, t, b), c.end - b,
                                   ctx.inv_grad_scale, &partials[ci]);
       } else {
-        lars_norms_chunk<P, false>(list_ptr<P>(params, t, b), list_ptr<const P>(grads, t, b),
+        lars_norms<P, false>(list_ptr<const P>(params, t, b), list_ptr<const P>(grads, t, b),
                                    nullptr, c.end - b, ctx.inv_grad_scale, &partials[ci]);
       }
     };
