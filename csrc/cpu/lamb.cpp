@@ -74,7 +74,7 @@ void lamb_moments_staged(const P* p, const P* g, S* m, S* v, const float* master
     float* vf = staged(v, v_s, o, len, true);
     const float* mo = kMaster ? master + o : nullptr;
     lamb_moments_chunk<float, float, kMaster>(pf, gf, mf, vf, mo, len, h, s, inv_scale, block_out);
-    if constexpr (kStaged<S>) {
+    if constexpr (kStaged<S>) {  // the sums again, with u from the rounded moments
       unstage(mf, m, o, len);
       unstage(vf, v, o, len);
       to_float(m + o, mf, len);
@@ -96,7 +96,7 @@ void lamb_apply_staged(P* p, const S* m, const S* v, float* master, int64_t n,
                        const math::LambHyper<float> h, const math::LambStepScalars<float> s,
                        float step) {
   float p_s[kStageElems], m_s[kStageElems], v_s[kStageElems];
-  for_stage_blocks(n, nullptr, [&](int64_t o, int64_t len, StatsPartial*) {
+  for_stage_blocks(n, [&](int64_t o, int64_t len) {
     float* pf = staged(p, p_s, o, len, !kMaster);
     lamb_apply_chunk<float, float, kMaster>(pf, staged(m, m_s, o, len, true),
                                             staged(v, v_s, o, len, true),

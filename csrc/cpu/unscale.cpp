@@ -24,8 +24,7 @@ double unscale_chunk(T* __restrict__ x, int64_t n, float inv_scale, bool* nonfin
     float block[kStageElems];
     double acc = 0.0;
     float probe = 0.0f;
-    for (int64_t offset = 0; offset < n; offset += kStageElems) {
-      const int64_t len = std::min(kStageElems, n - offset);
+    for_stage_blocks(n, [&](int64_t offset, int64_t len) {
       to_float(x + offset, block, len);
 #pragma omp simd reduction(+ : probe)
       for (int64_t i = 0; i < len; ++i) {
@@ -34,7 +33,7 @@ double unscale_chunk(T* __restrict__ x, int64_t n, float inv_scale, bool* nonfin
       }
       from_float(block, x + offset, len);
       acc = math::norm_combine<K>(acc, chunk_norm_partial<K>(x + offset, len));
-    }
+    });
     *nonfinite = !math::is_finite(probe);
     return acc;
   } else {

@@ -1,7 +1,6 @@
 // CPU building blocks of the norm, unscale and clip ops: per-chunk partials (float lanes
 // flushed into doubles, see lane_sums.h) and their deterministic per-tensor reduction.
 #pragma once
-#include <algorithm>
 #include <array>
 
 #include "fastdyn/cpu/convert.h"
@@ -57,12 +56,11 @@ inline double chunk_norm_partial(const T* __restrict__ x, int64_t n) {
     // norm to 26% of the read bandwidth on GPT-2 small.
     float block[kStageElems];
     double acc = 0.0;
-    for (int64_t offset = 0; offset < n; offset += kStageElems) {
-      const int64_t len = std::min(kStageElems, n - offset);
+    for_stage_blocks(n, [&](int64_t offset, int64_t len) {
       to_float(x + offset, block, len);
       acc = math::norm_combine<K>(
           acc, lane_norm_partial<K, float>(len, [&](int64_t i, float&) { return block[i]; })[0]);
-    }
+    });
     return acc;
   } else {
     return lane_norm_partial<K, A>(n, [&](int64_t i, A&) { return load<A>(x[i]); })[0];

@@ -1,7 +1,5 @@
 // CPU in-place scaling of a tensor list, shared by multi_tensor_scale_ and clip_grad_norm_.
 #pragma once
-#include <algorithm>
-
 #include "fastdyn/cpu/convert.h"
 #include "fastdyn/cpu/multi_tensor.h"
 #include "fastdyn/cpu/stage16.h"
@@ -27,13 +25,12 @@ inline void scale_tensors_(at::TensorList ts, double s) {
         // fp16 through fp32 blocks (stage16.h): in-loop conversions held fp16 clipping to
         // 1.09x torch's foreach on GPT-2 small.
         float block[kStageElems];
-        for (int64_t offset = 0; offset < n; offset += kStageElems) {
-          const int64_t len = std::min(kStageElems, n - offset);
+        for_stage_blocks(n, [&](int64_t offset, int64_t len) {
           to_float(x + offset, block, len);
 #pragma omp simd
           for (int64_t i = 0; i < len; ++i) block[i] *= sa;
           from_float(block, x + offset, len);
-        }
+        });
       } else {
 #pragma omp simd
         for (int64_t i = 0; i < n; ++i) x[i] = store<T>(load<A>(x[i]) * sa);

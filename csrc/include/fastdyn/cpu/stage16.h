@@ -78,17 +78,25 @@ inline void unstage(const float* block, T* data, int64_t offset, int64_t len) {
   }
 }
 
+// block(offset, len) for [0, n) in blocks of kStageElems.
+template <typename Block>
+inline void for_stage_blocks(int64_t n, Block&& block) {
+  for (int64_t offset = 0; offset < n; offset += kStageElems) {
+    block(offset, std::min(kStageElems, n - offset));
+  }
+}
+
 // block(offset, len, block_stats) for [0, n) in blocks of kStageElems; with `stats`, the
 // blocks' sums (block_stats is null without) add up into *stats.
 template <typename Block>
 inline void for_stage_blocks(int64_t n, std::array<double, 3>* stats, Block&& block) {
   std::array<double, 3> sums = {0.0, 0.0, 0.0}, block_sums = {0.0, 0.0, 0.0};
-  for (int64_t offset = 0; offset < n; offset += kStageElems) {
-    block(offset, std::min(kStageElems, n - offset), stats ? &block_sums : nullptr);
+  for_stage_blocks(n, [&](int64_t offset, int64_t len) {
+    block(offset, len, stats ? &block_sums : nullptr);
     if (stats) {
       for (int k = 0; k < 3; ++k) sums[k] += block_sums[k];
     }
-  }
+  });
   if (stats) *stats = sums;
 }
 
