@@ -73,8 +73,10 @@ void lamb_moments_staged(const P* p, const P* g, S* m, S* v, const float* master
     float* mf = staged(m, m_s, o, len, true);
     float* vf = staged(v, v_s, o, len, true);
     const float* mo = kMaster ? master + o : nullptr;
-    lamb_moments_chunk<float, float, kMaster>(pf, gf, mf, vf, mo, len, h, s, inv_scale, block_out);
-    if constexpr (kStaged<S>) {  // the sums again, with u from the rounded moments
+    if constexpr (kStaged<S>) {
+      // moments first; the sums below take u from the rounded ones
+#pragma omp simd
+      for (int64_t i = 0; i < len; ++i) math::lamb_moments(gf[i] * inv_scale, mf[i], vf[i], h);
       unstage(mf, m, o, len);
       unstage(vf, v, o, len);
       to_float(m + o, mf, len);
@@ -87,6 +89,8 @@ void lamb_moments_staged(const P* p, const P* g, S* m, S* v, const float* master
         p2 = pv * pv;
         u2 = u * u;
       });
+    } else {
+      lamb_moments_chunk<float, float, kMaster>(pf, gf, mf, vf, mo, len, h, s, inv_scale, block_out);
     }
   });
 }
