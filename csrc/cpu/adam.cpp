@@ -4,7 +4,7 @@
 
 #include "fastdyn/cpu/convert.h"
 #include "fastdyn/cpu/lane_sums.h"
-#include "fastdyn/cpu/stage16.h"
+#include "fastdyn/cpu/vec8.h"
 #include "fastdyn/cpu/update_common.h"
 #include "fastdyn/dispatch.h"
 #include "fastdyn/math/adam.h"
@@ -13,6 +13,7 @@ namespace fastdyn {
 namespace cpu {
 namespace {
 
+// L is the lane type the loop hands in: A for one element, Vec8 for eight (16-bit arrays).
 template <typename P, typename S, bool kMaster, bool kStats, bool kAmsgrad>
 void adam_chunk(P* __restrict__ p, const P* __restrict__ g, S* __restrict__ m,
                 S* __restrict__ v, S* __restrict__ vmax, float* __restrict__ master, int64_t n,
@@ -20,24 +21,24 @@ void adam_chunk(P* __restrict__ p, const P* __restrict__ g, S* __restrict__ m,
                 const math::AdamStepScalars<typename OpMath<P>::type> s,
                 typename OpMath<P>::type inv_scale, StatsPartial* stats) {
   using A = typename OpMath<P>::type;
-  auto update = [&](int64_t i, A& g2, A& p2, A& d2) {
-    A pv = kMaster ? static_cast<A>(master[i]) : load<A>(p[i]);
-    const A gv = load<A>(g[i]) * inv_scale;
-    A mv = load<A>(m[i]);
-    A vv = load<A>(v[i]);
-    A vm = kAmsgrad ? load<A>(vmax[i]) : A(0);
-    const A p_old = pv;
+  auto update = [&]<typename L>(int64_t i, L& g2, L& p2, L& d2) {
+    L pv = kMaster ? load_lanes<L>(master + i) : load_lanes<L>(p + i);
+    const L gv = load_lanes<L>(g + i) * inv_scale;
+    L mv = load_lanes<L>(m + i);
+    L vv = load_lanes<L>(v + i);
+    L vm = kAmsgrad ? load_lanes<L>(vmax + i) : L(A(0));
+    const L p_old = pv;
     math::adam_update(pv, gv, mv, vv, vm, kAmsgrad, h, s);
-    if (kMaster) master[i] = static_cast<float>(pv);
-    p[i] = store<P>(pv);
-    m[i] = store<S>(mv);
-    v[i] = store<S>(vv);
-    if (kAmsgrad) vmax[i] = store<S>(vm);
+    if constexpr (kMaster) store_lanes(master + i, pv);
+    store_lanes(p + i, pv);
+    store_lanes(m + i, mv);
+    store_lanes(v + i, vv);
+    if constexpr (kAmsgrad) store_lanes(vmax + i, vm);
     g2 = gv * gv;
     p2 = p_old * p_old;
     d2 = (pv - p_old) * (pv - p_old);
   };
-  for_elements<kStats, A>(n, update, stats);
+  for_elements<kStats, A, kVec8Loop<P, S>>(n, update, stats);
 }
 
 void adam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
@@ -68,35 +69,11 @@ void adam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
       auto run = [&](auto master_c, auto stats_c) {
         auto kernel = amsgrad ? adam_chunk<P, S, decltype(master_c)::value, decltype(stats_c)::value, true>
                               : adam_chunk<P, S, decltype(master_c)::value, decltype(stats_c)::value, false>;
-        P* p = list_ptr<P>(params, t, b);
-        const P* g = list_ptr<const P>(grads, t, b);
-        S* m = list_ptr<S>(exp_avgs, t, b);
-        S* v = list_ptr<S>(exp_avg_sqs, t, b);
-        S* vmax = amsgrad ? list_ptr<S>(max_exp_avg_sqs, t, b) : nullptr;
-        float* master = list_ptr<float>(master_params, t, b);
-        StatsPartial* chunk_stats = partials.empty() ? nullptr : &partials[ci];
-        if constexpr (kStaged<P> || kStaged<S>) {
-          // fp32 blocks (stage16.h); the same kernel on them, the same bits
-          constexpr bool kMaster = decltype(master_c)::value, kStats = decltype(stats_c)::value;
-          auto kernel32 = amsgrad ? adam_chunk<float, float, kMaster, kStats, true>
-                                  : adam_chunk<float, float, kMaster, kStats, false>;
-          float p_s[kStageElems], g_s[kStageElems], m_s[kStageElems], v_s[kStageElems],
-              vmax_s[kStageElems];
-          for_stage_blocks(c.end - b, chunk_stats, [&](int64_t o, int64_t len, StatsPartial* block_stats) {
-            float* pf = staged(p, p_s, o, len, !kMaster);
-            float* mf = staged(m, m_s, o, len, true);
-            float* vf = staged(v, v_s, o, len, true);
-            float* vmaxf = staged(vmax, vmax_s, o, len, true);
-            kernel32(pf, staged(g, g_s, o, len, true), mf, vf, vmaxf, master ? master + o : nullptr,
-                     len, h, s, A(ctx.inv_grad_scale), block_stats);
-            unstage(pf, p, o, len);
-            unstage(mf, m, o, len);
-            unstage(vf, v, o, len);
-            unstage(vmaxf, vmax, o, len);
-          });
-        } else {
-          kernel(p, g, m, v, vmax, master, c.end - b, h, s, A(ctx.inv_grad_scale), chunk_stats);
-        }
+        kernel(list_ptr<P>(params, t, b), list_ptr<const P>(grads, t, b),
+               list_ptr<S>(exp_avgs, t, b), list_ptr<S>(exp_avg_sqs, t, b),
+               amsgrad ? list_ptr<S>(max_exp_avg_sqs, t, b) : nullptr,
+               list_ptr<float>(master_params, t, b), c.end - b, h, s, A(ctx.inv_grad_scale),
+               partials.empty() ? nullptr : &partials[ci]);
       };
       dispatch_flags(grp.has_master, !partials.empty(), run);
     });

@@ -7,8 +7,8 @@
 
 #include "fastdyn/cpu/convert.h"
 #include "fastdyn/cpu/lane_sums.h"
-#include "fastdyn/cpu/stage16.h"
 #include "fastdyn/cpu/update_common.h"
+#include "fastdyn/cpu/vec8.h"
 #include "fastdyn/dispatch.h"
 #include "fastdyn/math/lamb.h"
 
@@ -16,6 +16,7 @@ namespace fastdyn {
 namespace cpu {
 namespace {
 
+// L: A for one element, Vec8 for eight (16-bit arrays; vec8.h).
 template <typename P, typename S, bool kMaster>
 void lamb_moments_chunk(const P* __restrict__ p, const P* __restrict__ g, S* __restrict__ m,
                         S* __restrict__ v, const float* __restrict__ master, int64_t n,
@@ -23,18 +24,18 @@ void lamb_moments_chunk(const P* __restrict__ p, const P* __restrict__ g, S* __r
                         const math::LambStepScalars<typename OpMath<P>::type> s,
                         typename OpMath<P>::type inv_scale, StatsPartial* out) {
   using A = typename OpMath<P>::type;
-  *out = lane_sums<A>(n, [&](int64_t i, A& g2, A& p2, A& u2) {
-    const A pv = kMaster ? static_cast<A>(master[i]) : load<A>(p[i]);
-    const A gv = load<A>(g[i]) * inv_scale;
-    A mv = load<A>(m[i]);
-    A vv = load<A>(v[i]);
+  *out = lane_sums<A, kVec8Loop<P, S>>(n, [&]<typename L>(int64_t i, L& g2, L& p2, L& u2) {
+    const L pv = kMaster ? load_lanes<L>(master + i) : load_lanes<L>(p + i);
+    const L gv = load_lanes<L>(g + i) * inv_scale;
+    L mv = load_lanes<L>(m + i);
+    L vv = load_lanes<L>(v + i);
     math::lamb_moments(gv, mv, vv, h);
-    m[i] = store<S>(mv);
-    v[i] = store<S>(vv);
+    store_lanes(m + i, mv);
+    store_lanes(v + i, vv);
     // u from the stored (rounded) moments, read back: phase B recomputes exactly this value.
     // (Rounding through a local c10::BFloat16/Half left the 16-bit loops scalar: GCC sees a
     // struct copy; bf16 LAMB ran at 0.15 G elem/s.)
-    const A u = math::lamb_direction(pv, load<A>(m[i]), load<A>(v[i]), h, s);
+    const L u = math::lamb_direction(pv, load_lanes<L>(m + i), load_lanes<L>(v + i), h, s);
     g2 = gv * gv;
     p2 = pv * pv;
     u2 = u * u;
@@ -48,65 +49,13 @@ void lamb_apply_chunk(P* __restrict__ p, const S* __restrict__ m, const S* __res
                       const math::LambStepScalars<typename OpMath<P>::type> s,
                       typename OpMath<P>::type step) {
   using A = typename OpMath<P>::type;
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    const A pv = kMaster ? static_cast<A>(master[i]) : load<A>(p[i]);
-    const A u = math::lamb_direction(pv, load<A>(m[i]), load<A>(v[i]), h, s);
-    const A out = pv - step * u;
-    if (kMaster) master[i] = static_cast<float>(out);
-    p[i] = store<P>(out);
-  }
-}
-
-// fp16 params or moments go through fp32 blocks (stage16.h), as Adam's do: the in-loop
-// branch-free fp16 conversions held an fp16 LAMB step to a third of the bf16 one's speed.
-// fp16 moments are rounded into memory and read back before ||u|| is summed, so phase B
-// applies exactly the u that was measured.
-template <typename P, typename S, bool kMaster>
-void lamb_moments_staged(const P* p, const P* g, S* m, S* v, const float* master, int64_t n,
-                         const math::LambHyper<float> h, const math::LambStepScalars<float> s,
-                         float inv_scale, StatsPartial* out) {
-  float p_s[kStageElems], g_s[kStageElems], m_s[kStageElems], v_s[kStageElems];
-  for_stage_blocks(n, out, [&](int64_t o, int64_t len, StatsPartial* block_out) {
-    const float* pf = staged(p, p_s, o, len, !kMaster);
-    const float* gf = staged(g, g_s, o, len, true);
-    float* mf = staged(m, m_s, o, len, true);
-    float* vf = staged(v, v_s, o, len, true);
-    const float* mo = kMaster ? master + o : nullptr;
-    if constexpr (kStaged<S>) {
-      // moments first; the sums below take u from the rounded ones
-#pragma omp simd
-      for (int64_t i = 0; i < len; ++i) math::lamb_moments(gf[i] * inv_scale, mf[i], vf[i], h);
-      unstage(mf, m, o, len);
-      unstage(vf, v, o, len);
-      to_float(m + o, mf, len);
-      to_float(v + o, vf, len);
-      *block_out = lane_sums<float>(len, [&](int64_t i, float& g2, float& p2, float& u2) {
-        const float pv = kMaster ? mo[i] : pf[i];
-        const float gv = gf[i] * inv_scale;
-        const float u = math::lamb_direction(pv, mf[i], vf[i], h, s);
-        g2 = gv * gv;
-        p2 = pv * pv;
-        u2 = u * u;
-      });
-    } else {
-      lamb_moments_chunk<float, float, kMaster>(pf, gf, mf, vf, mo, len, h, s, inv_scale, block_out);
-    }
-  });
-}
-
-template <typename P, typename S, bool kMaster>
-void lamb_apply_staged(P* p, const S* m, const S* v, float* master, int64_t n,
-                       const math::LambHyper<float> h, const math::LambStepScalars<float> s,
-                       float step) {
-  float p_s[kStageElems], m_s[kStageElems], v_s[kStageElems];
-  for_stage_blocks(n, [&](int64_t o, int64_t len) {
-    float* pf = staged(p, p_s, o, len, !kMaster);
-    lamb_apply_chunk<float, float, kMaster>(pf, staged(m, m_s, o, len, true),
-                                            staged(v, v_s, o, len, true),
-                                            kMaster ? master + o : nullptr, len, h, s, step);
-    unstage(pf, p, o, len);
-  });
+  auto apply = [&]<typename L>(int64_t i, L&, L&, L&) {
+    const L pv = kMaster ? load_lanes<L>(master + i) : load_lanes<L>(p + i);
+    const L out = pv - step * math::lamb_direction(pv, load_lanes<L>(m + i), load_lanes<L>(v + i), h, s);
+    if constexpr (kMaster) store_lanes(master + i, out);
+    store_lanes(p + i, out);
+  };
+  for_elements<false, A, kVec8Loop<P, S>>(n, apply, nullptr);
 }
 
 void lamb_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
@@ -138,16 +87,7 @@ void lamb_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
     auto moments = [&](const Chunk& c, int64_t ci) {
       const int64_t t = c.tensor, b = c.begin;
       const auto s = scalars(t);
-      if constexpr (kStaged<P> || kStaged<S>) {
-        auto run = [&](auto master_c) {
-          lamb_moments_staged<P, S, decltype(master_c)::value>(
-              list_ptr<const P>(params, t, b), list_ptr<const P>(grads, t, b),
-              list_ptr<S>(exp_avgs, t, b), list_ptr<S>(exp_avg_sqs, t, b),
-              list_ptr<const float>(master_params, t, b), c.end - b, h, s,
-              A(ctx.inv_grad_scale), &partials[ci]);
-        };
-        grp.has_master ? run(std::true_type{}) : run(std::false_type{});
-      } else if (grp.has_master) {
+      if (grp.has_master) {
         lamb_moments_chunk<P, S, true>(list_ptr<P>(params, t, b), list_ptr<const P>(grads, t, b),
                                        list_ptr<S>(exp_avgs, t, b), list_ptr<S>(exp_avg_sqs, t, b),
                                        list_ptr<float>(master_params, t, b), c.end - b, h, s,
@@ -173,15 +113,7 @@ void lamb_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
       const int64_t t = c.tensor, b = c.begin;
       const auto s = scalars(t);
       const A step = A(ctx.lr * ratios[t]);
-      if constexpr (kStaged<P> || kStaged<S>) {
-        auto run = [&](auto master_c) {
-          lamb_apply_staged<P, S, decltype(master_c)::value>(
-              list_ptr<P>(params, t, b), list_ptr<const S>(exp_avgs, t, b),
-              list_ptr<const S>(exp_avg_sqs, t, b), list_ptr<float>(master_params, t, b),
-              c.end - b, h, s, step);
-        };
-        grp.has_master ? run(std::true_type{}) : run(std::false_type{});
-      } else if (grp.has_master) {
+      if (grp.has_master) {
         lamb_apply_chunk<P, S, true>(list_ptr<P>(params, t, b), list_ptr<const S>(exp_avgs, t, b),
                                      list_ptr<const S>(exp_avg_sqs, t, b),
                                      list_ptr<float>(master_params, t, b), c.end - b, h, s, step);

@@ -4,7 +4,9 @@
 #include <torch/library.h>
 
 #include "fastdyn/cpu/convert.h"
+#include "fastdyn/cpu/lane_sums.h"
 #include "fastdyn/cpu/momentum_update.h"
+#include "fastdyn/cpu/vec8.h"
 #include "fastdyn/dispatch.h"
 #include "fastdyn/math/lars.h"
 
@@ -13,33 +15,17 @@ namespace cpu {
 namespace {
 
 template <typename P, bool kMaster>
-void lars_norms_chunk(const P* __restrict__ p, const P* __restrict__ g,
-                      const float* __restrict__ master, int64_t n, double inv_scale,
-                      StatsPartial* out) {
+void lars_norms(const P* __restrict__ p, const P* __restrict__ g,
+                const float* __restrict__ master, int64_t n, double inv_scale, StatsPartial* out) {
   using A = typename OpMath<P>::type;
-  const auto sums = lane_sums<A>(n, [&](int64_t i, A& g2, A& p2, A& unused) {
-    const A pv = kMaster ? static_cast<A>(master[i]) : load<A>(p[i]);
-    const A gv = load<A>(g[i]);
+  const auto sums = lane_sums<A, kVec8Loop<P>>(n, [&]<typename L>(int64_t i, L& g2, L& p2, L& unused) {
+    const L pv = kMaster ? load_lanes<L>(master + i) : load_lanes<L>(p + i);
+    const L gv = load_lanes<L>(g + i);
     g2 = gv * gv;
     p2 = pv * pv;
-    unused = A(0);
+    unused = L(A(0));
   });
   *out = {sums[0] * inv_scale * inv_scale, sums[1], 0.0};
-}
-
-// fp16 through fp32 blocks (stage16.h), like the update pass.
-template <typename P, bool kMaster>
-void lars_norms(const P* p, const P* g, const float* master, int64_t n, double inv_scale,
-                StatsPartial* out) {
-  if constexpr (kStaged<P>) {
-    float p_s[kStageElems], g_s[kStageElems];
-    for_stage_blocks(n, out, [&](int64_t o, int64_t len, StatsPartial* block_out) {
-      lars_norms_chunk<float, kMaster>(staged(p, p_s, o, len, !kMaster), staged(g, g_s, o, len, true),
-                                       kMaster ? master + o : nullptr, len, inv_scale, block_out);
-    });
-  } else {
-    lars_norms_chunk<P, kMaster>(p, g, master, n, inv_scale, out);
-  }
 }
 
 void lars_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
@@ -94,7 +80,7 @@ void lars_(at::TensorList params, at::TensorList grads, at::TensorList momentum_
         momentum_update<P, S>(
             params, grads, momentum_buffers, master_params, c, grp.has_master, momentum != 0.0,
             A(ctx.lr), A(ctx.inv_grad_scale), mh, is_first_step,
-            [=](A p, A g) { return math::lars_direction(p, g, wd, ratio, decltype(adapt_c)::value); },
+            [=](auto p, auto g) { return math::lars_direction(p, g, wd, ratio, decltype(adapt_c)::value); },
             want_stats ? &partials[ci] : nullptr);
       };
       adapt ? run(std::true_type{}) : run(std::false_type{});

@@ -29,7 +29,7 @@ void sgd_(at::TensorList params, at::TensorList grads, at::TensorList momentum_b
     using A = typename OpMath<P>::type;
     const math::MomentumHyper<A> mh{A(momentum), A(dampening), nesterov};
     const A wd = A(weight_decay), grad_sign = maximize ? A(-1) : A(1);
-    auto direction = [=](A p, A g) { return math::sgd_direction(p, g, wd, grad_sign); };
+    auto direction = [=](auto p, auto g) { return math::sgd_direction(p, g, wd, grad_sign); };
     for_each_chunk(plan, [&](const Chunk& c, int64_t ci) {
       momentum_update<P, S>(params, grads, momentum_buffers, master_params, c, grp.has_master,
                             momentum != 0.0, A(ctx.lr), A(ctx.inv_grad_scale), mh, is_first_step,

@@ -6,6 +6,7 @@
 #include "fastdyn/checks.h"
 #include "fastdyn/cpu/convert.h"
 #include "fastdyn/cpu/norm_kernels.h"
+#include "fastdyn/cpu/vec8.h"
 
 namespace fastdyn {
 namespace cpu {
@@ -18,34 +19,14 @@ template <NormKind K, typename T>
 double unscale_chunk(T* __restrict__ x, int64_t n, float inv_scale, bool* nonfinite) {
   using A = typename OpMath<T>::type;
   const A s = static_cast<A>(inv_scale);
-  if constexpr (kStaged<T>) {
-    // fp16 through fp32 blocks (stage16.h): unscale, round into memory, read back for the
-    // norm (of the stored values, as above). In-loop conversions: 0.68x torch on GPT-2 small.
-    float block[kStageElems];
-    double acc = 0.0;
-    float probe = 0.0f;
-    for_stage_blocks(n, [&](int64_t offset, int64_t len) {
-      to_float(x + offset, block, len);
-#pragma omp simd reduction(+ : probe)
-      for (int64_t i = 0; i < len; ++i) {
-        probe += block[i] * 0.0f;
-        block[i] *= s;
-      }
-      from_float(block, x + offset, len);
-      acc = math::norm_combine<K>(acc, chunk_norm_partial<K>(x + offset, len));
-    });
-    *nonfinite = !math::is_finite(probe);
-    return acc;
-  } else {
-    const auto sums = lane_norm_partial<K, A>(n, [&](int64_t i, A& probe) {
-      const A raw = load<A>(x[i]);
-      probe = raw * A(0);
-      x[i] = store<T>(raw * s);
-      return load<A>(x[i]);
-    });
-    *nonfinite = !math::is_finite(sums[1]);
-    return sums[0];
-  }
+  const auto sums = lane_norm_partial<K, A, kVec8Loop<T>>(n, [&]<typename L>(int64_t i, L& probe) {
+    const L raw = load_lanes<L>(x + i);
+    probe = raw * A(0);
+    store_lanes(x + i, raw * s);
+    return load_lanes<L>(x + i);
+  });
+  *nonfinite = !math::is_finite(sums[1]);
+  return sums[0];
 }
 
 std::tuple<at::Tensor, at::Tensor> multi_tensor_unscale_norm_(at::TensorList tensors,

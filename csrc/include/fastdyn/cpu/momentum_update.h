@@ -1,14 +1,14 @@
 // The SGD-momentum update that SGD and LARS share, for one chunk (the CPU side of
-// cuda/momentum_update.cuh): d = direction(p, g) with g already unscaled, torch's momentum
-// buffer on d (kMomentum), then p <- p - lr*d (and the fp32 master copy). With kStats the
-// chunk's sums of squares of g, p and the update go into *stats. The per-element math is
+// cuda/momentum_update.cuh): d = direction(p, g) with g already unscaled (A or Vec8 lanes),
+// torch's momentum buffer on d (kMomentum), then p <- p - lr*d (and the fp32 master copy).
+// With kStats the chunk's sums of squares of g, p and the update go into *stats. The math is
 // csrc/include/fastdyn/math/sgd.h.
 #pragma once
 #include <type_traits>
 
 #include "fastdyn/cpu/convert.h"
 #include "fastdyn/cpu/lane_sums.h"
-#include "fastdyn/cpu/stage16.h"
+#include "fastdyn/cpu/vec8.h"
 #include "fastdyn/cpu/update_common.h"
 #include "fastdyn/dispatch.h"
 #include "fastdyn/math/sgd.h"
@@ -27,23 +27,24 @@ void momentum_update_chunk(P* __restrict__ p, const P* __restrict__ g, S* __rest
                            Direction direction, StatsPartial* stats) {
   using A = typename OpMath<P>::type;
   const math::MomentumHyper<A> mh{hyper.momentum, hyper.dampening, kNesterov};
-  auto update = [&](int64_t i, A& g2, A& p2, A& d2) {
-    const A p_old = kMaster ? static_cast<A>(master[i]) : load<A>(p[i]);
-    const A gv = load<A>(g[i]) * inv_scale;
-    A d = direction(p_old, gv);
-    if (kMomentum) {
-      const A bv = math::momentum_buffer(d, load<A>(buf[i]), mh, kFirst);
-      buf[i] = store<S>(bv);
+  // L: A for one element, Vec8 for eight (16-bit arrays; vec8.h)
+  auto update = [&]<typename L>(int64_t i, L& g2, L& p2, L& d2) {
+    const L p_old = kMaster ? load_lanes<L>(master + i) : load_lanes<L>(p + i);
+    const L gv = load_lanes<L>(g + i) * inv_scale;
+    L d = direction(p_old, gv);
+    if constexpr (kMomentum) {
+      const L bv = math::momentum_buffer(d, load_lanes<L>(buf + i), mh, kFirst);
+      store_lanes(buf + i, bv);
       d = math::momentum_direction(d, bv, mh);
     }
-    const A pv = p_old - lr * d;
-    if (kMaster) master[i] = static_cast<float>(pv);
-    p[i] = store<P>(pv);
+    const L pv = p_old - lr * d;
+    if constexpr (kMaster) store_lanes(master + i, pv);
+    store_lanes(p + i, pv);
     g2 = gv * gv;
     p2 = p_old * p_old;
     d2 = (pv - p_old) * (pv - p_old);
   };
-  for_elements<kStats, A>(n, update, stats);
+  for_elements<kStats, A, kVec8Loop<P, S>>(n, update, stats);
 }
 
 // Runs momentum_update_chunk on chunk c of the lists, the flags made compile-time: fp32
@@ -63,24 +64,9 @@ void momentum_update(at::TensorList params, at::TensorList grads, at::TensorList
       const P* g = list_ptr<const P>(grads, t, b);
       float* master = list_ptr<float>(master_params, t, b);
       const int64_t n = c.end - b;
-      if constexpr (kStaged<P> || kStaged<S>) {
-        // fp32 blocks (stage16.h); the same kernel on them, the same bits
-        float p_s[kStageElems], g_s[kStageElems], b_s[kStageElems];
-        for_stage_blocks(n, stats, [&](int64_t o, int64_t len, StatsPartial* block_stats) {
-          float* pf = staged(p, p_s, o, len, !kMaster);
-          float* bf = staged(buf, b_s, o, len, true);
-          momentum_update_chunk<float, float, kMaster, kStats, decltype(momentum_c)::value,
-                                decltype(first_c)::value, decltype(nesterov_c)::value>(
-              pf, staged(g, g_s, o, len, true), bf, master ? master + o : nullptr, len, lr,
-              inv_scale, mh, direction, block_stats);
-          unstage(pf, p, o, len);
-          unstage(bf, buf, o, len);
-        });
-      } else {
-        momentum_update_chunk<P, S, kMaster, kStats, decltype(momentum_c)::value,
-                              decltype(first_c)::value, decltype(nesterov_c)::value>(
-            p, g, buf, master, n, lr, inv_scale, mh, direction, stats);
-      }
+      momentum_update_chunk<P, S, kMaster, kStats, decltype(momentum_c)::value,
+                            decltype(first_c)::value, decltype(nesterov_c)::value>(
+          p, g, buf, master, n, lr, inv_scale, mh, direction, stats);
     };
     using T = std::true_type;
     using F = std::false_type;

@@ -6,7 +6,7 @@
 #include "fastdyn/cpu/convert.h"
 #include "fastdyn/cpu/lane_sums.h"
 #include "fastdyn/cpu/multi_tensor.h"
-#include "fastdyn/cpu/stage16.h"
+#include "fastdyn/cpu/vec8.h"
 #include "fastdyn/dispatch.h"
 #include "fastdyn/math/norm.h"
 
@@ -20,19 +20,40 @@ using math::NormKind;
 // kBlock elements (lane_sums.h says why); written out here because the inf norm takes a
 // max. value may write memory (the unscale op stores each element before returning it);
 // the probe is a second sum it may set, e.g. x * 0 (NaN for inf/NaN x) for an inf check
-// that vectorizes where a branch or a bool flag did not.
-template <NormKind K, typename A, typename Value>
+// that vectorizes where a branch or a bool flag did not. With kVec8, value is also called
+// for eight elements at a time (with a Vec8 probe, returning Vec8; vec8.h).
+template <NormKind K, typename A, bool kVec8, typename Value>
 inline std::array<double, 2> lane_norm_partial(int64_t n, Value&& value) {
   double acc = 0.0, probe_sum = 0.0;
   int64_t i = 0;
   for (; i + kBlock <= n; i += kBlock) {
     A lanes[kLanes] = {}, probes[kLanes] = {};
-    for (int64_t k = 0; k < kBlock; k += kLanes) {
+#if FASTDYN_CPU_VEC8
+    if constexpr (kVec8) {
+      constexpr int kGroups = kLanes / kVec8Width;
+      Vec8 vlanes[kGroups], vprobes[kGroups];
+      for (int q = 0; q < kGroups; ++q) vlanes[q] = vprobes[q] = Vec8(0.0f);
+      for (int64_t k = 0; k < kBlock; k += kLanes) {
+        for (int q = 0; q < kGroups; ++q) {
+          Vec8 probe(0.0f);
+          vlanes[q] = math::norm_accumulate<K>(vlanes[q], value(i + k + q * kVec8Width, probe));
+          vprobes[q] += probe;
+        }
+      }
+      for (int q = 0; q < kGroups; ++q) {
+        lanes_to_floats(vlanes[q], lanes + q * kVec8Width);
+        lanes_to_floats(vprobes[q], probes + q * kVec8Width);
+      }
+    } else
+#endif
+    {
+      for (int64_t k = 0; k < kBlock; k += kLanes) {
 #pragma omp simd
-      for (int j = 0; j < kLanes; ++j) {
-        A probe = A(0);
-        lanes[j] = math::norm_accumulate<K>(lanes[j], value(i + k + j, probe));
-        probes[j] += probe;
+        for (int j = 0; j < kLanes; ++j) {
+          A probe = A(0);
+          lanes[j] = math::norm_accumulate<K>(lanes[j], value(i + k + j, probe));
+          probes[j] += probe;
+        }
       }
     }
     for (int j = 0; j < kLanes; ++j) {
@@ -51,20 +72,8 @@ inline std::array<double, 2> lane_norm_partial(int64_t n, Value&& value) {
 template <NormKind K, typename T>
 inline double chunk_norm_partial(const T* __restrict__ x, int64_t n) {
   using A = typename OpMath<T>::type;
-  if constexpr (kStaged<T>) {
-    // fp16 through fp32 blocks (stage16.h): the in-loop branch-free conversion held the fp16
-    // norm to 26% of the read bandwidth on GPT-2 small.
-    float block[kStageElems];
-    double acc = 0.0;
-    for_stage_blocks(n, [&](int64_t offset, int64_t len) {
-      to_float(x + offset, block, len);
-      acc = math::norm_combine<K>(
-          acc, lane_norm_partial<K, float>(len, [&](int64_t i, float&) { return block[i]; })[0]);
-    });
-    return acc;
-  } else {
-    return lane_norm_partial<K, A>(n, [&](int64_t i, A&) { return load<A>(x[i]); })[0];
-  }
+  return lane_norm_partial<K, A, kVec8Loop<T>>(
+      n, [&]<typename L>(int64_t i, L&) { return load_lanes<L>(x + i); })[0];
 }
 
 template <NormKind K>

@@ -1,8 +1,9 @@
 // CPU in-place scaling of a tensor list, shared by multi_tensor_scale_ and clip_grad_norm_.
 #pragma once
 #include "fastdyn/cpu/convert.h"
+#include "fastdyn/cpu/lane_sums.h"
 #include "fastdyn/cpu/multi_tensor.h"
-#include "fastdyn/cpu/stage16.h"
+#include "fastdyn/cpu/vec8.h"
 #include "fastdyn/dispatch.h"
 
 namespace fastdyn {
@@ -20,21 +21,10 @@ inline void scale_tensors_(at::TensorList ts, double s) {
       using A = typename OpMath<T>::type;
       const A sa = static_cast<A>(s);
       T* __restrict__ x = ptr<T>(t) + c.begin;
-      const int64_t n = c.end - c.begin;
-      if constexpr (kStaged<T>) {
-        // fp16 through fp32 blocks (stage16.h): in-loop conversions held fp16 clipping to
-        // 1.09x torch's foreach on GPT-2 small.
-        float block[kStageElems];
-        for_stage_blocks(n, [&](int64_t offset, int64_t len) {
-          to_float(x + offset, block, len);
-#pragma omp simd
-          for (int64_t i = 0; i < len; ++i) block[i] *= sa;
-          from_float(block, x + offset, len);
-        });
-      } else {
-#pragma omp simd
-        for (int64_t i = 0; i < n; ++i) x[i] = store<T>(load<A>(x[i]) * sa);
-      }
+      for_elements<false, A, kVec8Loop<T>>(
+          c.end - c.begin,
+          [&]<typename L>(int64_t i, L&, L&, L&) { store_lanes(x + i, load_lanes<L>(x + i) * sa); },
+          nullptr);
     });
   });
 }

@@ -43,13 +43,15 @@ FASTDYN_HD AdamStepScalars<T> adam_step_scalars(const AdamHyper<T>& h, T lr, T s
 
 // p, m, v (and vmax with amsgrad) are updated in place; g is the unscaled gradient. With
 // weight_decay 0, g + 0*p is g exactly for any finite p (a non-finite p stays non-finite).
-template <typename T>
-FASTDYN_HD void adam_update(T& p, T g, T& m, T& v, T& vmax, bool amsgrad, const AdamHyper<T>& h,
-                            const AdamStepScalars<T>& s) {
+// T holds the values, H the hyperparameters: the same type, or H = float with T eight float
+// lanes in the CPU's 16-bit loops (cpu/vec8.h).
+template <typename T, typename H>
+FASTDYN_HD void adam_update(T& p, T g, T& m, T& v, T& vmax, bool amsgrad, const AdamHyper<H>& h,
+                            const AdamStepScalars<H>& s) {
   g = s.grad_sign * g + s.coupled_decay * p;
   p = p * s.param_decay;
-  m = h.beta1 * m + (T(1) - h.beta1) * g;
-  v = h.beta2 * v + (T(1) - h.beta2) * g * g;
+  m = h.beta1 * m + (H(1) - h.beta1) * g;
+  v = h.beta2 * v + (H(1) - h.beta2) * g * g;
   if (amsgrad) vmax = nan_max(vmax, v);
   const T denom = fsqrt(amsgrad ? vmax : v) / s.bias_correction2_sqrt + h.eps;
   p -= s.step_size * m / denom;

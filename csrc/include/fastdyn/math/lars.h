@@ -23,8 +23,8 @@ FASTDYN_HD T lars_trust_ratio(T param_norm, T grad_norm, T trust_coeff, T weight
 }
 
 // d = (g + wd*p) * r when adapting, else g (weight decay only enters through adaptation).
-template <typename T>
-FASTDYN_HD T lars_direction(T p, T g, T weight_decay, T trust_ratio, bool adapt) {
+template <typename T, typename H>
+FASTDYN_HD T lars_direction(T p, T g, H weight_decay, H trust_ratio, bool adapt) {
   return adapt ? (g + weight_decay * p) * trust_ratio : g;
 }
 

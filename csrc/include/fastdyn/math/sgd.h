@@ -15,21 +15,22 @@ struct MomentumHyper {
 // Momentum buffer after this step: d on the first step (no dampening), else
 // momentum*buf + (1-dampening)*d. Callers apply momentum only when it is nonzero (a
 // compile-time choice in the CPU loops: a runtime check here stopped GCC vectorizing them).
-template <typename T>
-FASTDYN_HD T momentum_buffer(T d, T buf, const MomentumHyper<T>& h, bool first_step) {
-  return first_step ? d : h.momentum * buf + (T(1) - h.dampening) * d;
+// (T the values, H the hyperparameters: as in adam.h.)
+template <typename T, typename H>
+FASTDYN_HD T momentum_buffer(T d, T buf, const MomentumHyper<H>& h, bool first_step) {
+  return first_step ? d : h.momentum * buf + (H(1) - h.dampening) * d;
 }
 
 // Direction to step along, given the updated buffer: d + momentum*buf (Nesterov) or buf.
-template <typename T>
-FASTDYN_HD T momentum_direction(T d, T buf, const MomentumHyper<T>& h) {
+template <typename T, typename H>
+FASTDYN_HD T momentum_direction(T d, T buf, const MomentumHyper<H>& h) {
   return h.nesterov ? d + h.momentum * buf : buf;
 }
 
 // torch.optim.SGD's direction before momentum: (+-)g + weight_decay * p, as
 // grad_sign * g + weight_decay * p (no branch; exact for finite p when weight_decay is 0).
-template <typename T>
-FASTDYN_HD T sgd_direction(T p, T g, T weight_decay, T grad_sign) {
+template <typename T, typename H>
+FASTDYN_HD T sgd_direction(T p, T g, H weight_decay, H grad_sign) {
   return grad_sign * g + weight_decay * p;
 }
 
