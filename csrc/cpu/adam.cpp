@@ -4,7 +4,7 @@
 
 #include "fastdyn/cpu/convert.h"
 #include "fastdyn/cpu/lane_sums.h"
-#include "fastdyn/cpu/vec8.h"
+#include "fastdyn/cpu/lanes.h"
 #include "fastdyn/cpu/update_common.h"
 #include "fastdyn/dispatch.h"
 #include "fastdyn/math/adam.h"
@@ -13,7 +13,8 @@ namespace fastdyn {
 namespace cpu {
 namespace {
 
-// L is the lane type the loop hands in: A for one element, Vec8 for eight (16-bit arrays).
+// L is the lane type the loop hands in: A for one element, Lanes16 for sixteen (16-bit
+// arrays; lanes.h).
 template <typename P, typename S, bool kMaster, bool kStats, bool kAmsgrad>
 void adam_chunk(P* __restrict__ p, const P* __restrict__ g, S* __restrict__ m,
                 S* __restrict__ v, S* __restrict__ vmax, float* __restrict__ master, int64_t n,
@@ -38,7 +39,7 @@ void adam_chunk(P* __restrict__ p, const P* __restrict__ g, S* __restrict__ m,
     p2 = p_old * p_old;
     d2 = (pv - p_old) * (pv - p_old);
   };
-  for_elements<kStats, A, kVec8Loop<P, S>>(n, update, stats);
+  for_elements<kStats, A, WideLanes<P, S>>(n, update, stats);
 }
 
 void adam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,

@@ -8,7 +8,7 @@
 #include "fastdyn/cpu/convert.h"
 #include "fastdyn/cpu/lane_sums.h"
 #include "fastdyn/cpu/update_common.h"
-#include "fastdyn/cpu/vec8.h"
+#include "fastdyn/cpu/lanes.h"
 #include "fastdyn/dispatch.h"
 #include "fastdyn/math/lamb.h"
 
@@ -16,7 +16,7 @@ namespace fastdyn {
 namespace cpu {
 namespace {
 
-// L: A for one element, Vec8 for eight (16-bit arrays; vec8.h).
+// L: A for one element, Lanes16 for sixteen (16-bit arrays; lanes.h).
 template <typename P, typename S, bool kMaster>
 void lamb_moments_chunk(const P* __restrict__ p, const P* __restrict__ g, S* __restrict__ m,
                         S* __restrict__ v, const float* __restrict__ master, int64_t n,
@@ -24,7 +24,7 @@ void lamb_moments_chunk(const P* __restrict__ p, const P* __restrict__ g, S* __r
                         const math::LambStepScalars<typename OpMath<P>::type> s,
                         typename OpMath<P>::type inv_scale, StatsPartial* out) {
   using A = typename OpMath<P>::type;
-  *out = lane_sums<A, kVec8Loop<P, S>>(n, [&]<typename L>(int64_t i, L& g2, L& p2, L& u2) {
+  *out = lane_sums<A, WideLanes<P, S>>(n, [&]<typename L>(int64_t i, L& g2, L& p2, L& u2) {
     const L pv = kMaster ? load_lanes<L>(master + i) : load_lanes<L>(p + i);
     const L gv = load_lanes<L>(g + i) * inv_scale;
     L mv = load_lanes<L>(m + i);
@@ -55,7 +55,7 @@ void lamb_apply_chunk(P* __restrict__ p, const S* __restrict__ m, const S* __res
     if constexpr (kMaster) store_lanes(master + i, out);
     store_lanes(p + i, out);
   };
-  for_elements<false, A, kVec8Loop<P, S>>(n, apply, nullptr);
+  for_elements<false, A, WideLanes<P, S>>(n, apply, nullptr);
 }
 
 void lamb_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,

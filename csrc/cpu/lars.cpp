@@ -6,7 +6,7 @@
 #include "fastdyn/cpu/convert.h"
 #include "fastdyn/cpu/lane_sums.h"
 #include "fastdyn/cpu/momentum_update.h"
-#include "fastdyn/cpu/vec8.h"
+#include "fastdyn/cpu/lanes.h"
 #include "fastdyn/dispatch.h"
 #include "fastdyn/math/lars.h"
 
@@ -18,7 +18,7 @@ template <typename P, bool kMaster>
 void lars_norms(const P* __restrict__ p, const P* __restrict__ g,
                 const float* __restrict__ master, int64_t n, double inv_scale, StatsPartial* out) {
   using A = typename OpMath<P>::type;
-  const auto sums = lane_sums<A, kVec8Loop<P>>(n, [&]<typename L>(int64_t i, L& g2, L& p2, L& unused) {
+  const auto sums = lane_sums<A, WideLanes<P>>(n, [&]<typename L>(int64_t i, L& g2, L& p2, L& unused) {
     const L pv = kMaster ? load_lanes<L>(master + i) : load_lanes<L>(p + i);
     const L gv = load_lanes<L>(g + i);
     g2 = gv * gv;

@@ -6,7 +6,7 @@
 #include "fastdyn/checks.h"
 #include "fastdyn/cpu/convert.h"
 #include "fastdyn/cpu/norm_kernels.h"
-#include "fastdyn/cpu/vec8.h"
+#include "fastdyn/cpu/lanes.h"
 
 namespace fastdyn {
 namespace cpu {
@@ -19,7 +19,7 @@ template <NormKind K, typename T>
 double unscale_chunk(T* __restrict__ x, int64_t n, float inv_scale, bool* nonfinite) {
   using A = typename OpMath<T>::type;
   const A s = static_cast<A>(inv_scale);
-  const auto sums = lane_norm_partial<K, A, kVec8Loop<T>>(n, [&]<typename L>(int64_t i, L& probe) {
+  const auto sums = lane_norm_partial<K, A, WideLanes<T>>(n, [&]<typename L>(int64_t i, L& probe) {
     const L raw = load_lanes<L>(x + i);
     probe = raw * A(0);
     store_lanes(x + i, raw * s);

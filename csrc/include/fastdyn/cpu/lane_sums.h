@@ -11,7 +11,7 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "fastdyn/cpu/vec8.h"
+#include "fastdyn/cpu/lanes.h"
 
 namespace fastdyn {
 namespace cpu {
@@ -24,38 +24,35 @@ constexpr int64_t kBlock = 1024;
 // Runs element(i, a, b, c) for i in [0, n) and returns the sums of the three values it
 // sets (e.g. the squares of g, p and the update; element may also write memory). The
 // values come out through references: GCC 12 left the loop scalar when they came back as
-// a std::array. With kVec8, element is also called with Vec8 references for the eight
-// elements from i on (vec8.h); lane j of the sums takes the same elements either way.
-template <typename A, bool kVec8, typename Element>
+// a std::array. With W (lanes.h's WideLanes, not void), element is also called with W
+// references for the kLanesWidth elements from i on.
+template <typename A, typename W, typename Element>
 inline std::array<double, 3> lane_sums(int64_t n, Element&& element) {
   std::array<double, 3> total = {0.0, 0.0, 0.0};
   for (int64_t base = 0; base < n; base += kBlock) {
     const int64_t len = std::min(kBlock, n - base);
     A lanes_a[kLanes] = {}, lanes_b[kLanes] = {}, lanes_c[kLanes] = {};
     int64_t k = 0;
-#if FASTDYN_CPU_VEC8
-    if constexpr (kVec8) {
-      static_assert(std::is_same_v<A, float> && kLanes % kVec8Width == 0);
-      constexpr int kGroups = kLanes / kVec8Width;
-      Vec8 va[kGroups], vb[kGroups], vc[kGroups];
-      for (int q = 0; q < kGroups; ++q) va[q] = vb[q] = vc[q] = Vec8(0.0f);
+    if constexpr (!std::is_void_v<W>) {
+      static_assert(std::is_same_v<A, float> && kLanes % kLanesWidth == 0);
+      constexpr int kGroups = kLanes / kLanesWidth;
+      W wa[kGroups], wb[kGroups], wc[kGroups];
+      for (int q = 0; q < kGroups; ++q) wa[q] = wb[q] = wc[q] = W(0.0f);
       for (; k + kLanes <= len; k += kLanes) {
         for (int q = 0; q < kGroups; ++q) {
-          Vec8 a, b, c;
-          element(base + k + q * kVec8Width, a, b, c);
-          va[q] += a;
-          vb[q] += b;
-          vc[q] += c;
+          W a, b, c;
+          element(base + k + q * kLanesWidth, a, b, c);
+          wa[q] += a;
+          wb[q] += b;
+          wc[q] += c;
         }
       }
       for (int q = 0; q < kGroups; ++q) {
-        lanes_to_floats(va[q], lanes_a + q * kVec8Width);
-        lanes_to_floats(vb[q], lanes_b + q * kVec8Width);
-        lanes_to_floats(vc[q], lanes_c + q * kVec8Width);
+        lanes_to_floats(wa[q], lanes_a + q * kLanesWidth);
+        lanes_to_floats(wb[q], lanes_b + q * kLanesWidth);
+        lanes_to_floats(wc[q], lanes_c + q * kLanesWidth);
       }
-    } else
-#endif
-    {
+    } else {
       for (; k + kLanes <= len; k += kLanes) {
 #pragma omp simd
         for (int j = 0; j < kLanes; ++j) {
@@ -84,34 +81,28 @@ inline std::array<double, 3> lane_sums(int64_t n, Element&& element) {
 }
 
 // An update loop with optional statistics: element(i, a, b, c) for i in [0, n), and with
-// kSum the sums of a, b, c into *sums; without, the values are dropped (dead code). With
-// kVec8, on Vec8 groups of eight elements and the rest one by one.
-template <bool kSum, typename A, bool kVec8, typename Element>
+// kSum the sums of a, b, c into *sums; without, the values are dropped (dead code). With W
+// (not void), on W groups of kLanesWidth elements and the rest one by one.
+template <bool kSum, typename A, typename W, typename Element>
 inline void for_elements(int64_t n, Element&& element, std::array<double, 3>* sums) {
   if constexpr (kSum) {
-    *sums = lane_sums<A, kVec8>(n, element);
-    return;
-  }
-  int64_t i = 0;
-#if FASTDYN_CPU_VEC8
-  if constexpr (kVec8) {
-    for (; i + kVec8Width <= n; i += kVec8Width) {
-      Vec8 a, b, c;
+    *sums = lane_sums<A, W>(n, element);
+  } else if constexpr (!std::is_void_v<W>) {
+    int64_t i = 0;
+    for (; i + kLanesWidth <= n; i += kLanesWidth) {
+      W a, b, c;
       element(i, a, b, c);
     }
-  } else
-#endif
-  {
-#pragma omp simd
-    for (int64_t j = 0; j < n; ++j) {
+    for (; i < n; ++i) {
       A a, b, c;
-      element(j, a, b, c);
+      element(i, a, b, c);
     }
-    return;
-  }
-  for (; i < n; ++i) {
-    A a, b, c;
-    element(i, a, b, c);
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      A a, b, c;
+      element(i, a, b, c);
+    }
   }
 }
 

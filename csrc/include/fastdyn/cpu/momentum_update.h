@@ -1,5 +1,5 @@
 // The SGD-momentum update that SGD and LARS share, for one chunk (the CPU side of
-// cuda/momentum_update.cuh): d = direction(p, g) with g already unscaled (A or Vec8 lanes),
+// cuda/momentum_update.cuh): d = direction(p, g) with g already unscaled (A or Lanes16),
 // torch's momentum buffer on d (kMomentum), then p <- p - lr*d (and the fp32 master copy).
 // With kStats the chunk's sums of squares of g, p and the update go into *stats. The math is
 // csrc/include/fastdyn/math/sgd.h.
@@ -8,7 +8,7 @@
 
 #include "fastdyn/cpu/convert.h"
 #include "fastdyn/cpu/lane_sums.h"
-#include "fastdyn/cpu/vec8.h"
+#include "fastdyn/cpu/lanes.h"
 #include "fastdyn/cpu/update_common.h"
 #include "fastdyn/dispatch.h"
 #include "fastdyn/math/sgd.h"
@@ -27,7 +27,7 @@ void momentum_update_chunk(P* __restrict__ p, const P* __restrict__ g, S* __rest
                            Direction direction, StatsPartial* stats) {
   using A = typename OpMath<P>::type;
   const math::MomentumHyper<A> mh{hyper.momentum, hyper.dampening, kNesterov};
-  // L: A for one element, Vec8 for eight (16-bit arrays; vec8.h)
+  // L: A for one element, Lanes16 for sixteen (16-bit arrays; lanes.h)
   auto update = [&]<typename L>(int64_t i, L& g2, L& p2, L& d2) {
     const L p_old = kMaster ? load_lanes<L>(master + i) : load_lanes<L>(p + i);
     const L gv = load_lanes<L>(g + i) * inv_scale;
@@ -44,7 +44,7 @@ void momentum_update_chunk(P* __restrict__ p, const P* __restrict__ g, S* __rest
     p2 = p_old * p_old;
     d2 = (pv - p_old) * (pv - p_old);
   };
-  for_elements<kStats, A, kVec8Loop<P, S>>(n, update, stats);
+  for_elements<kStats, A, WideLanes<P, S>>(n, update, stats);
 }
 
 // Runs momentum_update_chunk on chunk c of the lists, the flags made compile-time: fp32

@@ -2,11 +2,12 @@
 // flushed into doubles, see lane_sums.h) and their deterministic per-tensor reduction.
 #pragma once
 #include <array>
+#include <type_traits>
 
 #include "fastdyn/cpu/convert.h"
 #include "fastdyn/cpu/lane_sums.h"
 #include "fastdyn/cpu/multi_tensor.h"
-#include "fastdyn/cpu/vec8.h"
+#include "fastdyn/cpu/lanes.h"
 #include "fastdyn/dispatch.h"
 #include "fastdyn/math/norm.h"
 
@@ -20,33 +21,30 @@ using math::NormKind;
 // kBlock elements (lane_sums.h says why); written out here because the inf norm takes a
 // max. value may write memory (the unscale op stores each element before returning it);
 // the probe is a second sum it may set, e.g. x * 0 (NaN for inf/NaN x) for an inf check
-// that vectorizes where a branch or a bool flag did not. With kVec8, value is also called
-// for eight elements at a time (with a Vec8 probe, returning Vec8; vec8.h).
-template <NormKind K, typename A, bool kVec8, typename Value>
+// that vectorizes where a branch or a bool flag did not. With W (lanes.h's WideLanes, not
+// void), value is also called for kLanesWidth elements at a time (a W probe, returning W).
+template <NormKind K, typename A, typename W, typename Value>
 inline std::array<double, 2> lane_norm_partial(int64_t n, Value&& value) {
   double acc = 0.0, probe_sum = 0.0;
   int64_t i = 0;
   for (; i + kBlock <= n; i += kBlock) {
     A lanes[kLanes] = {}, probes[kLanes] = {};
-#if FASTDYN_CPU_VEC8
-    if constexpr (kVec8) {
-      constexpr int kGroups = kLanes / kVec8Width;
-      Vec8 vlanes[kGroups], vprobes[kGroups];
-      for (int q = 0; q < kGroups; ++q) vlanes[q] = vprobes[q] = Vec8(0.0f);
+    if constexpr (!std::is_void_v<W>) {
+      constexpr int kGroups = kLanes / kLanesWidth;
+      W wlanes[kGroups], wprobes[kGroups];
+      for (int q = 0; q < kGroups; ++q) wlanes[q] = wprobes[q] = W(0.0f);
       for (int64_t k = 0; k < kBlock; k += kLanes) {
         for (int q = 0; q < kGroups; ++q) {
-          Vec8 probe(0.0f);
-          vlanes[q] = math::norm_accumulate<K>(vlanes[q], value(i + k + q * kVec8Width, probe));
-          vprobes[q] += probe;
+          W probe(0.0f);
+          wlanes[q] = math::norm_accumulate<K>(wlanes[q], value(i + k + q * kLanesWidth, probe));
+          wprobes[q] += probe;
         }
       }
       for (int q = 0; q < kGroups; ++q) {
-        lanes_to_floats(vlanes[q], lanes + q * kVec8Width);
-        lanes_to_floats(vprobes[q], probes + q * kVec8Width);
+        lanes_to_floats(wlanes[q], lanes + q * kLanesWidth);
+        lanes_to_floats(wprobes[q], probes + q * kLanesWidth);
       }
-    } else
-#endif
-    {
+    } else {
       for (int64_t k = 0; k < kBlock; k += kLanes) {
 #pragma omp simd
         for (int j = 0; j < kLanes; ++j) {
@@ -72,7 +70,7 @@ inline std::array<double, 2> lane_norm_partial(int64_t n, Value&& value) {
 template <NormKind K, typename T>
 inline double chunk_norm_partial(const T* __restrict__ x, int64_t n) {
   using A = typename OpMath<T>::type;
-  return lane_norm_partial<K, A, kVec8Loop<T>>(
+  return lane_norm_partial<K, A, WideLanes<T>>(
       n, [&]<typename L>(int64_t i, L&) { return load_lanes<L>(x + i); })[0];
 }
 

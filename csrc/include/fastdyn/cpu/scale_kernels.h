@@ -3,7 +3,7 @@
 #include "fastdyn/cpu/convert.h"
 #include "fastdyn/cpu/lane_sums.h"
 #include "fastdyn/cpu/multi_tensor.h"
-#include "fastdyn/cpu/vec8.h"
+#include "fastdyn/cpu/lanes.h"
 #include "fastdyn/dispatch.h"
 
 namespace fastdyn {
@@ -21,7 +21,7 @@ inline void scale_tensors_(at::TensorList ts, double s) {
       using A = typename OpMath<T>::type;
       const A sa = static_cast<A>(s);
       T* __restrict__ x = ptr<T>(t) + c.begin;
-      for_elements<false, A, kVec8Loop<T>>(
+      for_elements<false, A, WideLanes<T>>(
           c.end - c.begin,
           [&]<typename L>(int64_t i, L&, L&, L&) { store_lanes(x + i, load_lanes<L>(x + i) * sa); },
           nullptr);

@@ -43,8 +43,8 @@ FASTDYN_HD AdamStepScalars<T> adam_step_scalars(const AdamHyper<T>& h, T lr, T s
 
 // p, m, v (and vmax with amsgrad) are updated in place; g is the unscaled gradient. With
 // weight_decay 0, g + 0*p is g exactly for any finite p (a non-finite p stays non-finite).
-// T holds the values, H the hyperparameters: the same type, or H = float with T eight float
-// lanes in the CPU's 16-bit loops (cpu/vec8.h).
+// T holds the values, H the hyperparameters: the same type, or H = float with T sixteen float
+// lanes in the CPU's 16-bit loops (cpu/lanes.h).
 template <typename T, typename H>
 FASTDYN_HD void adam_update(T& p, T g, T& m, T& v, T& vmax, bool amsgrad, const AdamHyper<H>& h,
                             const AdamStepScalars<H>& s) {

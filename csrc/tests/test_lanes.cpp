@@ -1,0 +1,210 @@
+// The CPU loops' sixteen-lane path (csrc/include/fastdyn/cpu/lanes.h) against their
+// one-element path: Lanes16 loads and stores, in both lane orders, of every half and
+// bfloat16 and of floats swept across every exponent and rounding residue give convert.h's
+// bits in element order; the math headers run on the lanes give the float results (to an
+// FMA's rounding). Exits 77 (ctest: skipped) where the machine lacks AVX2/FMA/F16C or the
+// build did not enable them.
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <random>
+#include <utility>
+
+#include "check.h"
+#include "fastdyn/cpu/convert.h"
+#include "fastdyn/cpu/lanes.h"
+#include "fastdyn/math/adam.h"
+#include "fastdyn/math/lamb.h"
+#include "fastdyn/math/norm.h"
+#include "fastdyn/math/sgd.h"
+
+#if FASTDYN_CPU_LANES
+using namespace fastdyn::cpu;
+namespace math = fastdyn::math;
+
+constexpr int kW = static_cast<int>(kLanesWidth);
+
+static bool same_float(float a, float b) {
+  return (std::isnan(a) && std::isnan(b)) || bits_of_float(a) == bits_of_float(b);
+}
+
+// Units in the last place between two floats of the same sign (0 for two NaNs).
+static int64_t ulps(float a, float b) {
+  if (std::isnan(a) || std::isnan(b)) return std::isnan(a) && std::isnan(b) ? 0 : INT64_MAX;
+  if ((bits_of_float(a) ^ bits_of_float(b)) >> 31) return a == b ? 0 : INT64_MAX;
+  const int64_t d = static_cast<int64_t>(bits_of_float(a)) - static_cast<int64_t>(bits_of_float(b));
+  return d < 0 ? -d : d;
+}
+
+static bool is_half_nan(uint16_t h) { return (h & 0x7c00u) == 0x7c00u && (h & 0x03ffu) != 0; }
+
+template <typename T>
+static T from_bits(uint16_t bits) {
+  return T(bits, T::from_bits());
+}
+
+// Sixteen 16-bit values from consecutive bit patterns, loaded as lanes L and stored as
+// floats (element order), against convert.h's load; and floats through L into fp32.
+template <typename L, typename T>
+static void test_loads() {
+  for (uint32_t base = 0; base <= 0xffffu; base += kW) {
+    T in[kW];
+    for (int j = 0; j < kW; ++j) in[j] = from_bits<T>(static_cast<uint16_t>(base + j));
+    float out[kW], back[kW];
+    store_lanes(out, load_lanes<L>(in));
+    store_lanes(back, load_lanes<L>(out));  // float load and store: the identity
+    for (int j = 0; j < kW; ++j) {
+      EXPECT(same_float(out[j], load<float>(in[j])));
+      EXPECT(same_float(back[j], out[j]));
+    }
+    if (failures > 20) return;
+  }
+}
+
+// Stores of the floats with these bit patterns, through lanes L, against convert.h's.
+template <typename L, typename T>
+static void check_stores(const uint32_t* words) {
+  float f[kW];
+  for (int j = 0; j < kW; ++j) f[j] = float_from_bits(words[j]);
+  T out[kW];
+  store_lanes(out, load_lanes<L>(f));
+  for (int j = 0; j < kW; ++j) {
+    const uint16_t ours = out[j].x, one = store<T>(f[j]).x;
+    if constexpr (std::is_same_v<T, c10::Half>) {
+      // a NaN stays a NaN of the same sign; its payload is F16C's
+      EXPECT(std::isnan(f[j]) ? is_half_nan(ours) && (ours & 0x8000u) == (one & 0x8000u) : ours == one);
+    } else {
+      EXPECT(ours == one);
+    }
+  }
+}
+
+static void test_stores() {
+  uint32_t words[kW];
+  int k = 0;
+  auto push = [&](uint32_t w) {
+    words[k++] = w;
+    if (k == kW) {
+      if (failures <= 20) {
+        check_stores<Lanes16<true>, c10::BFloat16>(words);
+        check_stores<Lanes16<true>, c10::Half>(words);
+        check_stores<Lanes16<false>, c10::Half>(words);
+      }
+      k = 0;
+    }
+  };
+  // stride 8191 (odd: every residue of the low 16 bits comes up) over all floats, then
+  // floats of the exponents where halves turn subnormal or overflow, and inf/NaN
+  for (uint64_t w = 0; w <= 0xffffffffull; w += 8191) push(static_cast<uint32_t>(w));
+  for (uint32_t exponent : {101u, 102u, 112u, 113u, 142u, 143u, 255u}) {
+    for (uint32_t sign : {0u, 1u}) {
+      for (uint32_t m = 0; m < (1u << 23); m += 3) push((sign << 31) | (exponent << 23) | m);
+    }
+  }
+}
+
+// nan_max and fabs_ on every pair of special values, against the scalar templates.
+template <typename L>
+static void test_selects() {
+  const float nan = std::nanf(""), inf = INFINITY;
+  const float specials[8] = {nan, -inf, -1.0f, -0.0f, 0.0f, 1.0f, inf, -nan};
+  float values[kW];
+  for (int j = 0; j < kW; ++j) values[j] = specials[j % 8];
+  for (float a : specials) {
+    float out[kW], abs_out[kW];
+    store_lanes(out, nan_max(L(a), load_lanes<L>(values)));
+    store_lanes(abs_out, fabs_(load_lanes<L>(values)));
+    for (int j = 0; j < kW; ++j) {
+      EXPECT(same_float(out[j], math::nan_max(a, values[j])));
+      // (the scalar fabs_ keeps -0.0 as it is; the lanes clear the sign: the same for a norm)
+      EXPECT(same_float(abs_out[j], math::fabs_(values[j])) || values[j] == 0.0f);
+    }
+  }
+}
+
+// The math headers on the lanes against the same calls on floats, element by element: the
+// same operations, but GCC fuses a multiply and an add into an FMA in one and not always in
+// the other (measured: v = b2*v + (1-b2)*g*g differs by an ulp), so arithmetic results agree
+// to kMaxUlps; selects exactly.
+template <typename L>
+static void test_math_lanes() {
+  constexpr int64_t kMaxUlps = 2;
+  int64_t worst = 0;
+  std::mt19937 rng(0);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const math::AdamHyper<float> ah{0.9f, 0.999f, 1e-8f, 0.01f, true, false, true};
+  const auto as = math::adam_step_scalars<float>(ah, 1e-3f, 7.0f);
+  const math::MomentumHyper<float> mh{0.9f, 0.1f, true};
+  const math::LambHyper<float> lh{0.9f, 0.999f, 0.1f, 1e-6f, 0.01f};
+  const auto ls = math::lamb_step_scalars<float>(lh, 5.0f, true);
+  for (int round = 0; round < 1000; ++round) {
+    float p[kW], g[kW], m[kW], v[kW], vmax[kW];
+    for (int j = 0; j < kW; ++j) {
+      p[j] = normal(rng);
+      g[j] = normal(rng) * 1e-2f;
+      m[j] = normal(rng) * 1e-3f;
+      v[j] = std::fabs(normal(rng)) * 1e-5f;
+      vmax[j] = std::fabs(normal(rng)) * 1e-5f;
+    }
+    if (round == 0) g[3] = std::nanf("");  // NaN propagates the same way through both
+    L P = load_lanes<L>(p), M = load_lanes<L>(m), V = load_lanes<L>(v), VM = load_lanes<L>(vmax);
+    const L G = load_lanes<L>(g);
+    math::adam_update(P, G, M, V, VM, true, ah, as);
+    const L B = math::momentum_buffer(G, load_lanes<L>(m), mh, false);
+    const L D = math::momentum_direction(G, B, mh) + math::sgd_direction(G, G, 0.1f, -1.0f);
+    const L U = math::lamb_direction(load_lanes<L>(p), load_lanes<L>(m), load_lanes<L>(v), lh, ls);
+    const L N = math::norm_accumulate<math::NormKind::Inf>(load_lanes<L>(vmax), G);
+    float out[6][kW];
+    store_lanes(out[0], P);
+    store_lanes(out[1], M);
+    store_lanes(out[2], VM);
+    store_lanes(out[3], D);
+    store_lanes(out[4], U);
+    store_lanes(out[5], N);
+    for (int j = 0; j < kW; ++j) {
+      float pj = p[j], mj = m[j], vj = v[j], vmj = vmax[j];
+      math::adam_update(pj, g[j], mj, vj, vmj, true, ah, as);
+      const float bj = math::momentum_buffer(g[j], m[j], mh, false);
+      const float dj = math::momentum_direction(g[j], bj, mh) + math::sgd_direction(g[j], g[j], 0.1f, -1.0f);
+      const float uj = math::lamb_direction(p[j], m[j], v[j], lh, ls);
+      const float nj = math::norm_accumulate<math::NormKind::Inf>(vmax[j], g[j]);
+      for (const auto& [lane, scalar] : {std::pair{out[0][j], pj}, std::pair{out[1][j], mj},
+                                         std::pair{out[2][j], vmj}, std::pair{out[3][j], dj},
+                                         std::pair{out[4][j], uj}}) {
+        EXPECT(ulps(lane, scalar) <= kMaxUlps);
+        worst = std::max(worst, ulps(lane, scalar));
+      }
+      EXPECT(same_float(out[5][j], nj));
+    }
+    if (failures > 20) break;
+  }
+  std::printf("test_lanes: lane math within %lld ulp of the float math\n", static_cast<long long>(worst));
+}
+
+int main() {
+  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") ||
+      !__builtin_cpu_supports("f16c")) {
+    std::printf("test_lanes: skipped, this CPU lacks AVX2/FMA/F16C\n");
+    return 77;
+  }
+  test_loads<Lanes16<true>, c10::BFloat16>();
+  test_loads<Lanes16<true>, c10::Half>();
+  test_loads<Lanes16<false>, c10::Half>();
+  test_stores();
+  test_selects<Lanes16<true>>();
+  test_selects<Lanes16<false>>();
+  test_math_lanes<Lanes16<true>>();
+  test_math_lanes<Lanes16<false>>();
+  std::printf("test_lanes: %d failures\n", failures);
+  return failures == 0 ? 0 : 1;
+}
+#else
+int main() {
+  std::printf("test_lanes: skipped, built without AVX2/FMA/F16C (no Lanes16 path)\n");
+  return 77;
+}
+#endif
