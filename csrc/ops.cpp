@@ -32,5 +32,17 @@ TORCH_LIBRARY(fastdyn, m) {
       "Tensor(c!)[] master_params, Tensor lr, float momentum, float dampening, "
       "float weight_decay, bool nesterov, float trust_coeff, float eps, bool trust_clip, "
       "bool always_adapt, bool is_first_step, Tensor? grad_scale=None, Tensor? found_inf=None, "
-      "Tensor(d!)? stats=None) -> ()");
+      "Tensor(d!)? stats=None, Tensor? trust_ratios=None) -> ()");
+  // LAMB's two passes as two ops, for sums that must be all-reduced between them (sharded
+  // DTensor params): per tensor (sum g^2, sum p^2, sum u^2) [n, 3] float64, then the apply.
+  m.def(
+      "lamb_moments_(Tensor[] params, Tensor[] grads, Tensor(a!)[] exp_avgs, "
+      "Tensor(b!)[] exp_avg_sqs, Tensor[] master_params, Tensor(c!)[] state_steps, float beta1, "
+      "float beta2, float eps, float weight_decay, bool bias_correction, bool grad_averaging, "
+      "Tensor? grad_scale=None, Tensor? found_inf=None) -> Tensor");
+  m.def(
+      "lamb_apply_(Tensor(a!)[] params, Tensor[] exp_avgs, Tensor[] exp_avg_sqs, "
+      "Tensor(b!)[] master_params, Tensor[] state_steps, Tensor lr, Tensor trust_ratios, "
+      "float beta1, float beta2, float eps, float weight_decay, bool bias_correction, "
+      "Tensor? found_inf=None) -> ()");
 }

@@ -23,6 +23,7 @@ from typing import Optional
 import torch
 
 import fastdyn.ops as ops
+from fastdyn import distributed
 
 
 class LossScaler:
@@ -81,18 +82,22 @@ class LossScaler:
         if self._scale is None:
             raise RuntimeError("LossScaler.unscale_() called before scale(); nothing was scaled")
         found_inf = self._new_found_inf()
-        by_device: dict = {}
+        by_place: dict = {}  # (device, ShardSpec of DTensor shards or None) -> local grads
         for group in optimizer.param_groups:
-            for p in group["params"]:
+            for i, p in enumerate(group["params"]):
                 if p.grad is not None:
                     if p.grad.is_sparse:
                         raise ValueError("LossScaler does not support sparse gradients")
-                    by_device.setdefault(p.grad.device, []).append(p.grad)
+                    spec = distributed.shard_spec(p.grad, f"params[{i}].grad")
+                    by_place.setdefault((p.grad.device, spec), []).append(distributed.local(p.grad))
         inv = self._scale.double().reciprocal().float()
         sq = []
-        for device, grads in by_device.items():
+        for (device, spec), grads in by_place.items():
             f = found_inf if device == found_inf.device else torch.zeros_like(found_inf, device=device)
             total, _ = ops.multi_tensor_unscale_norm_(grads, inv.to(device), f)
+            if spec is not None:  # every rank that holds a shard of these grads skips alike
+                spec.all_reduce_(f, op="max")
+                total = distributed.sharded_norms(total, spec)
             if f is not found_inf:
                 found_inf.add_(f.to(found_inf.device))
             sq.append(total.to(found_inf.device) ** 2)

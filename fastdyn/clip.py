@@ -17,6 +17,7 @@ from typing import Iterable, Optional, Union
 
 import torch
 
+from fastdyn import distributed
 from fastdyn.ops.norm import _as_list, clip_grads_, multi_tensor_norm, multi_tensor_scale_
 
 _NONFINITE_MESSAGE = (
@@ -77,9 +78,15 @@ def clip_grad_norm_(
         try:
             total = clip_grads_(grads, max_norm, norm_type)
         except (NotImplementedError, ValueError):
+            # DTensor grads are found here, where the op refuses them before touching any:
+            # looking at 1,000 types up front cost 25 us of a 600 us clip.
+            if _has_dtensor(grads):
+                return _clip_dtensor_grads(grads, max_norm, norm_type, error_if_nonfinite)
             _check_dense(parameters)  # name the parameter, as torch's users know it
             raise
         return total.to(out_dtype)
+    if _has_dtensor(grads):
+        return _clip_dtensor_grads(grads, max_norm, norm_type, error_if_nonfinite)
 
     # Several devices, error_if_nonfinite (which has to look at the norm before clipping),
     # or another norm type: norm per device, combine, then scale with the coefficient.
@@ -93,3 +100,42 @@ def clip_grad_norm_(
     for device, device_grads in groups.items():
         multi_tensor_scale_(device_grads, coef.to(device))
     return total.to(out_dtype)
+
+
+def _has_dtensor(grads: list) -> bool:
+    return distributed.DTensor is not None and distributed.DTensor in set(map(type, grads))
+
+
+def _clip_dtensor_grads(grads: list, max_norm: float, norm_type: float,
+                        error_if_nonfinite: bool) -> torch.Tensor:
+    """DTensor gradients (FSDP2, tensor parallel): the norm of each rank's local shards,
+    combined over the ranks that hold the other shards (sums of |g|^p, or a max), then
+    the same coefficient scales every shard. Returns the norm as a replicated DTensor, as
+    torch does."""
+    if not (norm_type > 0):
+        raise ValueError(f"norm_type must be > 0 (or inf) for DTensor gradients, got {norm_type}")
+    by_place: dict = {}
+    for i, g in enumerate(grads):
+        spec = distributed.shard_spec(g, f"gradient {i}")
+        by_place.setdefault((g.device, spec), []).append(distributed.local(g))
+    first = next(iter(by_place))[0]
+    parts = []
+    for (device, spec), local_grads in by_place.items():
+        norm = multi_tensor_norm(local_grads, norm_type)[0]
+        if spec is not None:
+            if norm_type == math.inf:
+                norm = spec.all_reduce_(norm.contiguous(), op="max")
+            elif norm_type == 2.0:
+                norm = distributed.sharded_norms(norm, spec)
+            else:
+                norm = spec.all_reduce_(norm.pow(norm_type)).pow_(1.0 / norm_type)
+        parts.append(norm.to(first))
+    total = torch.linalg.vector_norm(torch.stack(parts), norm_type)
+    if error_if_nonfinite and not torch.isfinite(total):
+        raise RuntimeError(_NONFINITE_MESSAGE.format(norm_type))
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for (device, _), local_grads in by_place.items():
+        multi_tensor_scale_(local_grads, coef.to(device))
+    out_dtype = functools.reduce(torch.promote_types, {g.dtype for g in grads})
+    like = next(g for g in grads if distributed.is_dtensor(g))
+    return distributed.as_replicated(total.to(out_dtype), like)

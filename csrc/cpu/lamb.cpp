@@ -5,6 +5,8 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <limits>
+
 #include "fastdyn/cpu/convert.h"
 #include "fastdyn/cpu/lane_sums.h"
 #include "fastdyn/cpu/update_common.h"
@@ -58,6 +60,62 @@ void lamb_apply_chunk(P* __restrict__ p, const S* __restrict__ m, const S* __res
   for_elements<false, A, WideLanes<P, S>>(n, apply, nullptr);
 }
 
+// Runs body(moments, apply) with the chunk kernels of the group's dtypes:
+//   moments(chunk, partial) updates the chunk's m and v, and sums g^2, p^2, u^2 into partial;
+//   apply(chunk, step) moves the chunk's p by -step * u.
+template <typename Body>
+void with_lamb_kernels(const UpdateGroup& grp, at::TensorList params, at::TensorList grads,
+                       at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                       at::TensorList master_params, at::TensorList state_steps, double beta1,
+                       double beta2, double eps, double weight_decay, bool bias_correction,
+                       bool grad_averaging, double inv_grad_scale, Body&& body) {
+  dispatch_param_state(grp.param_dtype, grp.state_dtype, [&](auto ptag, auto stag) {
+    using P = typename decltype(ptag)::type;
+    using S = typename decltype(stag)::type;
+    using A = typename OpMath<P>::type;
+    const math::LambHyper<A> h{A(beta1), A(beta2), grad_averaging ? A(1) - A(beta1) : A(1),
+                               A(eps), A(weight_decay)};
+    auto scalars = [&](int64_t t) {
+      return math::lamb_step_scalars<A>(h, A(scalar_value(state_steps[t])), bias_correction);
+    };
+    auto moments = [&](const Chunk& c, StatsPartial* out) {
+      const int64_t t = c.tensor, b = c.begin;
+      const auto s = scalars(t);
+      if (grp.has_master) {
+        lamb_moments_chunk<P, S, true>(list_ptr<P>(params, t, b), list_ptr<const P>(grads, t, b),
+                                       list_ptr<S>(exp_avgs, t, b), list_ptr<S>(exp_avg_sqs, t, b),
+                                       list_ptr<float>(master_params, t, b), c.end - b, h, s,
+                                       A(inv_grad_scale), out);
+      } else {
+        lamb_moments_chunk<P, S, false>(list_ptr<P>(params, t, b), list_ptr<const P>(grads, t, b),
+                                        list_ptr<S>(exp_avgs, t, b), list_ptr<S>(exp_avg_sqs, t, b),
+                                        nullptr, c.end - b, h, s, A(inv_grad_scale), out);
+      }
+    };
+    auto apply = [&](const Chunk& c, double step) {
+      const int64_t t = c.tensor, b = c.begin;
+      const auto s = scalars(t);
+      if (grp.has_master) {
+        lamb_apply_chunk<P, S, true>(list_ptr<P>(params, t, b), list_ptr<const S>(exp_avgs, t, b),
+                                     list_ptr<const S>(exp_avg_sqs, t, b),
+                                     list_ptr<float>(master_params, t, b), c.end - b, h, s, A(step));
+      } else {
+        lamb_apply_chunk<P, S, false>(list_ptr<P>(params, t, b), list_ptr<const S>(exp_avgs, t, b),
+                                      list_ptr<const S>(exp_avg_sqs, t, b), nullptr, c.end - b, h,
+                                      s, A(step));
+      }
+    };
+    body(moments, apply);
+  });
+}
+
+// Sum of column k of the partials of tensor t's chunks.
+double tensor_sum(const ChunkPlan& plan, const std::vector<StatsPartial>& partials, int64_t t, int k) {
+  double acc = 0;
+  for (int64_t c = plan.first_chunk[t]; c < plan.first_chunk[t + 1]; ++c) acc += partials[c][k];
+  return acc;
+}
+
 void lamb_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
            at::TensorList exp_avg_sqs, at::TensorList master_params, at::TensorList state_steps,
            const at::Tensor& lr, double beta1, double beta2, double eps, double weight_decay,
@@ -74,73 +132,89 @@ void lamb_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
   const ChunkPlan plan = plan_chunks(params);
   std::vector<StatsPartial> partials(plan.chunks.size());
   std::vector<double> ratios(params.size(), 1.0);
-
-  dispatch_param_state(grp.param_dtype, grp.state_dtype, [&](auto ptag, auto stag) {
-    using P = typename decltype(ptag)::type;
-    using S = typename decltype(stag)::type;
-    using A = typename OpMath<P>::type;
-    const math::LambHyper<A> h{A(beta1), A(beta2), grad_averaging ? A(1) - A(beta1) : A(1),
-                               A(eps), A(weight_decay)};
-    auto scalars = [&](int64_t t) {
-      return math::lamb_step_scalars<A>(h, A(scalar_value(state_steps[t])), bias_correction);
-    };
-    auto moments = [&](const Chunk& c, int64_t ci) {
-      const int64_t t = c.tensor, b = c.begin;
-      const auto s = scalars(t);
-      if (grp.has_master) {
-        lamb_moments_chunk<P, S, true>(list_ptr<P>(params, t, b), list_ptr<const P>(grads, t, b),
-                                       list_ptr<S>(exp_avgs, t, b), list_ptr<S>(exp_avg_sqs, t, b),
-                                       list_ptr<float>(master_params, t, b), c.end - b, h, s,
-                                       A(ctx.inv_grad_scale), &partials[ci]);
-      } else {
-        lamb_moments_chunk<P, S, false>(list_ptr<P>(params, t, b), list_ptr<const P>(grads, t, b),
-                                        list_ptr<S>(exp_avgs, t, b), list_ptr<S>(exp_avg_sqs, t, b),
-                                        nullptr, c.end - b, h, s, A(ctx.inv_grad_scale),
-                                        &partials[ci]);
-      }
-    };
+  with_lamb_kernels(grp, params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, beta1,
+                    beta2, eps, weight_decay, bias_correction, grad_averaging, ctx.inv_grad_scale,
+                    [&](auto& moments, auto& apply) {
     auto finish = [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
-        double p2 = 0, u2 = 0;
-        for (int64_t c = plan.first_chunk[t]; c < plan.first_chunk[t + 1]; ++c) {
-          p2 += partials[c][1];
-          u2 += partials[c][2];
-        }
-        ratios[t] = math::lamb_trust_ratio(math::fsqrt(p2), math::fsqrt(u2), adapt, trust_clip);
+        ratios[t] = math::lamb_trust_ratio(math::fsqrt(tensor_sum(plan, partials, t, 1)),
+                                           math::fsqrt(tensor_sum(plan, partials, t, 2)), adapt,
+                                           trust_clip);
       }
     };
-    auto apply = [&](const Chunk& c, int64_t) {
-      const int64_t t = c.tensor, b = c.begin;
-      const auto s = scalars(t);
-      const A step = A(ctx.lr * ratios[t]);
-      if (grp.has_master) {
-        lamb_apply_chunk<P, S, true>(list_ptr<P>(params, t, b), list_ptr<const S>(exp_avgs, t, b),
-                                     list_ptr<const S>(exp_avg_sqs, t, b),
-                                     list_ptr<float>(master_params, t, b), c.end - b, h, s, step);
-      } else {
-        lamb_apply_chunk<P, S, false>(list_ptr<P>(params, t, b), list_ptr<const S>(exp_avgs, t, b),
-                                      list_ptr<const S>(exp_avg_sqs, t, b), nullptr, c.end - b, h,
-                                      s, step);
-      }
-    };
-    two_phase(plan, moments, finish, apply);
+    two_phase(
+        plan, [&](const Chunk& c, int64_t ci) { moments(c, &partials[ci]); }, finish,
+        [&](const Chunk& c, int64_t) { apply(c, ctx.lr * ratios[c.tensor]); });
   });
   if (stats.has_value()) {
     // ||update|| = lr * r * ||u||, from the ||u||^2 partials phase A already has.
     std::vector<double> update_norms(params.size());
     for (int64_t t = 0; t < grp.size; ++t) {
-      double u2 = 0;
-      for (int64_t c = plan.first_chunk[t]; c < plan.first_chunk[t + 1]; ++c) u2 += partials[c][2];
-      update_norms[t] = ctx.lr * ratios[t] * math::fsqrt(u2);
+      update_norms[t] = ctx.lr * ratios[t] * math::fsqrt(tensor_sum(plan, partials, t, 2));
     }
     write_stats(*stats, plan, partials, ratios, update_norms);
   }
+}
+
+// LAMB's two passes as two ops, for callers that must combine the sums over several
+// processes first (sharded DTensor parameters): lamb_moments_ returns per tensor
+// (sum g^2, sum p^2, sum u^2) [n, 3] in float64 (NaN when found_inf skips the step);
+// lamb_apply_ moves p by -lr * trust_ratios[t] * u.
+at::Tensor lamb_moments_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                         at::TensorList exp_avg_sqs, at::TensorList master_params,
+                         at::TensorList state_steps, double beta1, double beta2, double eps,
+                         double weight_decay, bool bias_correction, bool grad_averaging,
+                         const c10::optional<at::Tensor>& grad_scale,
+                         const c10::optional<at::Tensor>& found_inf) {
+  const UpdateGroup grp = check_lamb_moments_args(params, grads, exp_avgs, exp_avg_sqs,
+                                                  master_params, state_steps, grad_scale, found_inf);
+  const int64_t n = static_cast<int64_t>(params.size());
+  at::Tensor sums = at::full({n, 3}, std::numeric_limits<double>::quiet_NaN(),
+                             at::TensorOptions().dtype(at::kDouble));
+  if (params.empty()) return sums;
+  const StepContext ctx = begin_step(state_steps, grad_scale, found_inf);
+  if (ctx.skip) return sums;
+  const ChunkPlan plan = plan_chunks(params);
+  std::vector<StatsPartial> partials(plan.chunks.size());
+  with_lamb_kernels(grp, params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, beta1,
+                    beta2, eps, weight_decay, bias_correction, grad_averaging, ctx.inv_grad_scale,
+                    [&](auto& moments, auto&) {
+    for_each_chunk(plan, [&](const Chunk& c, int64_t ci) { moments(c, &partials[ci]); });
+  });
+  double* out = sums.data_ptr<double>();
+  for (int64_t t = 0; t < n; ++t) {
+    for (int k = 0; k < 3; ++k) out[3 * t + k] = tensor_sum(plan, partials, t, k);
+  }
+  return sums;
+}
+
+void lamb_apply_(at::TensorList params, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                 at::TensorList master_params, at::TensorList state_steps, const at::Tensor& lr,
+                 const at::Tensor& trust_ratios, double beta1, double beta2, double eps,
+                 double weight_decay, bool bias_correction,
+                 const c10::optional<at::Tensor>& found_inf) {
+  const UpdateGroup grp = check_lamb_apply_args(params, exp_avgs, exp_avg_sqs, master_params,
+                                                state_steps, lr, trust_ratios, found_inf);
+  if (params.empty()) return;
+  const StepContext ctx = begin_step({}, lr, c10::nullopt, found_inf);
+  if (ctx.skip) return;
+  const at::Tensor ratios = trust_ratios.to(at::kDouble).contiguous();
+  const double* r = ratios.data_ptr<double>();
+  const ChunkPlan plan = plan_chunks(params);
+  // the gradients are not read: exp_avgs stands in for the list (same shapes)
+  with_lamb_kernels(grp, params, exp_avgs, exp_avgs, exp_avg_sqs, master_params, state_steps,
+                    beta1, beta2, eps, weight_decay, bias_correction, true, 1.0,
+                    [&](auto&, auto& apply) {
+    for_each_chunk(plan, [&](const Chunk& c, int64_t) { apply(c, ctx.lr * r[c.tensor]); });
+  });
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastdyn, CPU, m) {
   m.impl("lamb_", &lamb_);
+  m.impl("lamb_moments_", &lamb_moments_);
+  m.impl("lamb_apply_", &lamb_apply_);
 }
 
 }  // namespace cpu

@@ -32,9 +32,11 @@ void lars_(at::TensorList params, at::TensorList grads, at::TensorList momentum_
            at::TensorList master_params, const at::Tensor& lr, double momentum, double dampening,
            double weight_decay, bool nesterov, double trust_coeff, double eps, bool trust_clip,
            bool always_adapt, bool is_first_step, const c10::optional<at::Tensor>& grad_scale,
-           const c10::optional<at::Tensor>& found_inf, const c10::optional<at::Tensor>& stats) {
+           const c10::optional<at::Tensor>& found_inf, const c10::optional<at::Tensor>& stats,
+           const c10::optional<at::Tensor>& trust_ratios) {
   const UpdateGroup grp = check_momentum_args(params, grads, momentum_buffers, master_params, lr,
                                               momentum, grad_scale, found_inf, stats);
+  if (trust_ratios.has_value()) check_trust_ratios(*trust_ratios, grp);
   if (params.empty()) return;
   const StepContext ctx = begin_step({}, lr, grad_scale, found_inf);
   if (ctx.skip) return;
@@ -44,6 +46,13 @@ void lars_(at::TensorList params, at::TensorList grads, at::TensorList momentum_
   const ChunkPlan plan = plan_chunks(params);
   std::vector<StatsPartial> partials(plan.chunks.size(), StatsPartial{0.0, 0.0, 0.0});
   std::vector<double> ratios(params.size(), 1.0);
+  // the caller's ratios (norms all-reduced over shards): no norm pass; without adaptation
+  // r = 1 whatever they say, as in the reference
+  const bool given_ratios = trust_ratios.has_value() && adapt;
+  if (given_ratios) {
+    const at::Tensor r = trust_ratios->to(at::kDouble).contiguous();
+    ratios.assign(r.data_ptr<double>(), r.data_ptr<double>() + r.numel());
+  }
 
   dispatch_param_state(grp.param_dtype, grp.state_dtype, [&](auto ptag, auto stag) {
     using P = typename decltype(ptag)::type;
@@ -85,10 +94,10 @@ void lars_(at::TensorList params, at::TensorList grads, at::TensorList momentum_
       };
       adapt ? run(std::true_type{}) : run(std::false_type{});
     };
-    if (adapt || want_stats) {
+    if (adapt && !given_ratios) {
       two_phase(plan, norms, finish, update);
     } else {
-      // r = 1: no norms needed, one pass.
+      // r = 1, or the caller's ratios: one pass (the statistics come from it too).
       for_each_chunk(plan, update);
     }
   });

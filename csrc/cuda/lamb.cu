@@ -124,6 +124,39 @@ __global__ void __launch_bounds__(256) lamb_ratio_kernel(TensorListMeta<kLambDep
   }
 }
 
+// lamb_moments_: one block per tensor sums its chunks' partials into sums[id] = (g^2, p^2,
+// u^2); NaN when found_inf skips the step (the moment kernels then wrote no partials).
+__global__ void __launch_bounds__(256) lamb_sums_kernel(TensorListMeta<kLambDepth> meta, const double* partials,
+                                                        double* sums, SkipIfFoundInf guard) {
+  const int slot = blockIdx.x;
+  double* out = sums + 3 * int64_t(meta.tensor_id[slot]);
+  if (guard.skip()) {
+    if (threadIdx.x < 3) out[threadIdx.x] = __longlong_as_double(0x7ff8000000000000LL);
+    return;
+  }
+  __shared__ double shared[32];
+  const int64_t c0 = meta.chunk_offset + meta.chunk_begin[slot];
+  const int64_t c1 = meta.chunk_offset + meta.chunk_begin[slot + 1];
+  double acc[3] = {0.0, 0.0, 0.0};
+  for (int64_t c = c0 + threadIdx.x; c < c1; c += blockDim.x) {
+    for (int k = 0; k < 3; ++k) acc[k] += partials[3 * c + k];
+  }
+  for (int k = 0; k < 3; ++k) {
+    const double total = block_reduce(acc[k], SumOp{}, shared);
+    if (threadIdx.x == 0) out[k] = total;
+  }
+}
+
+template <typename A, typename Op>
+void set_lamb_common(Op& op, const ScalarRef& found, double beta1, double beta2, bool grad_averaging,
+                     double eps, double weight_decay, bool bias_correction, bool steps_double) {
+  op.found_inf = found;
+  op.h = math::LambHyper<A>{A(beta1), A(beta2), grad_averaging ? A(1) - A(beta1) : A(1), A(eps),
+                            A(weight_decay)};
+  op.bias_correction = bias_correction;
+  op.steps_double = steps_double;
+}
+
 void lamb_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
            at::TensorList exp_avg_sqs, at::TensorList master_params, at::TensorList state_steps,
            const at::Tensor& lr, double beta1, double beta2, double eps, double weight_decay,
@@ -153,22 +186,16 @@ void lamb_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
     using P = typename decltype(ptag)::type;
     using S = typename decltype(stag)::type;
     using A = typename OpMath<P>::type;
-    const math::LambHyper<A> h{A(beta1), A(beta2), grad_averaging ? A(1) - A(beta1) : A(1), A(eps),
-                               A(weight_decay)};
     dispatch_flags(grp.has_master, false, [&](auto master_c, auto) {
       constexpr bool kM = decltype(master_c)::value;
       LambMomentsOp<P, S, kM> moments;
-      moments.found_inf = found;
-      moments.h = h;
-      moments.bias_correction = bias_correction;
-      moments.steps_double = steps_double;
+      set_lamb_common<A>(moments, found, beta1, beta2, grad_averaging, eps, weight_decay,
+                         bias_correction, steps_double);
       moments.grad_scale = scalar_ref(grad_scale);
       moments.partials = partials_ptr;
       LambApplyOp<P, S, kM> apply;
-      apply.found_inf = found;
-      apply.h = h;
-      apply.bias_correction = bias_correction;
-      apply.steps_double = steps_double;
+      set_lamb_common<A>(apply, found, beta1, beta2, grad_averaging, eps, weight_decay,
+                         bias_correction, steps_double);
       apply.lr = scalar_ref(lr);
       apply.ratios = ratios.data_ptr<double>();
       for_each_batch<kLambDepth>(lists, [&](const TensorListMeta<kLambDepth>& meta) {
@@ -188,10 +215,85 @@ void lamb_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
   });
 }
 
+// LAMB's two passes as two ops (see csrc/ops.cpp): sums to all-reduce between them.
+at::Tensor lamb_moments_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                         at::TensorList exp_avg_sqs, at::TensorList master_params,
+                         at::TensorList state_steps, double beta1, double beta2, double eps,
+                         double weight_decay, bool bias_correction, bool grad_averaging,
+                         const c10::optional<at::Tensor>& grad_scale,
+                         const c10::optional<at::Tensor>& found_inf) {
+  const UpdateGroup grp = check_lamb_moments_args(params, grads, exp_avgs, exp_avg_sqs,
+                                                  master_params, state_steps, grad_scale, found_inf);
+  const auto dopts = at::TensorOptions().dtype(at::kDouble).device(grp.device);
+  at::Tensor sums = at::empty({grp.size, 3}, dopts);
+  if (params.empty()) return sums;
+  const c10::cuda::CUDAGuard guard(grp.device);
+  const ScalarRef found = scalar_ref(found_inf);
+  increment_steps(state_steps, found);
+  at::Tensor partials = at::empty({3 * std::max<int64_t>(count_chunks(params), 1)}, dopts);
+  double* partials_ptr = partials.data_ptr<double>();
+  const bool steps_double = state_steps[0].scalar_type() == at::kDouble;
+  const std::array<at::TensorList, kLambDepth> lists = {params, grads, exp_avgs, exp_avg_sqs,
+                                                        master_params, state_steps};
+  dispatch_param_state(grp.param_dtype, grp.state_dtype, [&](auto ptag, auto stag) {
+    using P = typename decltype(ptag)::type;
+    using S = typename decltype(stag)::type;
+    using A = typename OpMath<P>::type;
+    dispatch_flags(grp.has_master, false, [&](auto master_c, auto) {
+      LambMomentsOp<P, S, decltype(master_c)::value> moments;
+      set_lamb_common<A>(moments, found, beta1, beta2, grad_averaging, eps, weight_decay,
+                         bias_correction, steps_double);
+      moments.grad_scale = scalar_ref(grad_scale);
+      moments.partials = partials_ptr;
+      for_each_batch<kLambDepth>(lists, [&](const TensorListMeta<kLambDepth>& meta) {
+        launch_apply(meta, moments);
+        lamb_sums_kernel<<<meta.n_tensors, 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
+            meta, partials_ptr, sums.data_ptr<double>(), SkipIfFoundInf{found});
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+    });
+  });
+  return sums;
+}
+
+void lamb_apply_(at::TensorList params, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                 at::TensorList master_params, at::TensorList state_steps, const at::Tensor& lr,
+                 const at::Tensor& trust_ratios, double beta1, double beta2, double eps,
+                 double weight_decay, bool bias_correction,
+                 const c10::optional<at::Tensor>& found_inf) {
+  const UpdateGroup grp = check_lamb_apply_args(params, exp_avgs, exp_avg_sqs, master_params,
+                                                state_steps, lr, trust_ratios, found_inf);
+  if (params.empty()) return;
+  const c10::cuda::CUDAGuard guard(grp.device);
+  const ScalarRef found = scalar_ref(found_inf);
+  const at::Tensor ratios = trust_ratios.to(at::kDouble).contiguous();
+  const bool steps_double = state_steps[0].scalar_type() == at::kDouble;
+  // the gradients are not read: params stand in for the list
+  const std::array<at::TensorList, kLambDepth> lists = {params, params, exp_avgs, exp_avg_sqs,
+                                                        master_params, state_steps};
+  dispatch_param_state(grp.param_dtype, grp.state_dtype, [&](auto ptag, auto stag) {
+    using P = typename decltype(ptag)::type;
+    using S = typename decltype(stag)::type;
+    using A = typename OpMath<P>::type;
+    dispatch_flags(grp.has_master, false, [&](auto master_c, auto) {
+      LambApplyOp<P, S, decltype(master_c)::value> apply;
+      set_lamb_common<A>(apply, found, beta1, beta2, true, eps, weight_decay, bias_correction,
+                         steps_double);
+      apply.lr = scalar_ref(lr);
+      apply.ratios = ratios.data_ptr<double>();
+      for_each_batch<kLambDepth>(lists, [&](const TensorListMeta<kLambDepth>& meta) {
+        launch_apply(meta, apply);
+      });
+    });
+  });
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastdyn, CUDA, m) {
   m.impl("lamb_", &lamb_);
+  m.impl("lamb_moments_", &lamb_moments_);
+  m.impl("lamb_apply_", &lamb_apply_);
 }
 
 }  // namespace cuda

@@ -109,20 +109,27 @@ void lars_(at::TensorList params, at::TensorList grads, at::TensorList momentum_
            at::TensorList master_params, const at::Tensor& lr, double momentum, double dampening,
            double weight_decay, bool nesterov, double trust_coeff, double eps, bool trust_clip,
            bool always_adapt, bool is_first_step, const c10::optional<at::Tensor>& grad_scale,
-           const c10::optional<at::Tensor>& found_inf, const c10::optional<at::Tensor>& stats) {
+           const c10::optional<at::Tensor>& found_inf, const c10::optional<at::Tensor>& stats,
+           const c10::optional<at::Tensor>& trust_ratios) {
   const UpdateGroup grp = check_momentum_args(params, grads, momentum_buffers, master_params, lr,
                                               momentum, grad_scale, found_inf, stats);
+  if (trust_ratios.has_value()) check_trust_ratios(*trust_ratios, grp);
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(grp.device);
   const ScalarRef found = scalar_ref(found_inf);
   const bool adapt = weight_decay != 0.0 || always_adapt;
   const bool want_stats = stats.has_value();
-  const bool need_norms = adapt || want_stats;
+  // The caller's ratios (norms all-reduced over shards) need no ratio kernel, and the
+  // norm pass only for the statistics' ||g||, ||p||.
+  const bool given_ratios = trust_ratios.has_value() && adapt;  // r = 1 without adaptation
+  const bool need_norms = want_stats || (adapt && !given_ratios);
+  const bool need_ratio_kernel = need_norms && !given_ratios;
   const auto fopts = lr.options().dtype(at::kDouble);
   at::Tensor partials = need_norms ? at::empty({3 * std::max<int64_t>(count_chunks(params), 1)}, fopts) : at::Tensor();
-  at::Tensor ratios = need_norms ? at::empty({grp.size}, fopts) : at::Tensor();
-  double* partials_ptr = need_norms ? partials.data_ptr<double>() : nullptr;
-  double* ratios_ptr = need_norms ? ratios.data_ptr<double>() : nullptr;
+  at::Tensor ratios = given_ratios ? trust_ratios->to(at::kDouble).contiguous()
+                                   : (need_ratio_kernel ? at::empty({grp.size}, fopts) : at::Tensor());
+  double* partials_ptr = partials.defined() ? partials.data_ptr<double>() : nullptr;
+  double* ratios_ptr = ratios.defined() ? ratios.data_ptr<double>() : nullptr;
   const at::TensorList none;
   const std::array<at::TensorList, kLarsDepth> lists = {
       params, grads, momentum != 0.0 ? momentum_buffers : none, master_params};
@@ -148,8 +155,8 @@ void lars_(at::TensorList params, at::TensorList grads, at::TensorList momentum_
       update.ratios = ratios_ptr;
       update.partials = partials_ptr;
       for_each_batch<kLarsDepth>(lists, [&](const TensorListMeta<kLarsDepth>& meta) {
-        if (need_norms) {
-          launch_apply(meta, norms);
+        if (need_norms) launch_apply(meta, norms);
+        if (need_ratio_kernel) {
           lars_ratio_kernel<<<meta.n_tensors, 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
               meta, partials_ptr, ratios_ptr, scalar_ref(lr), trust_coeff, weight_decay, eps, adapt,
               trust_clip, SkipIfFoundInf{found});

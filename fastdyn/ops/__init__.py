@@ -10,13 +10,15 @@ from fastdyn.ops.norm import (
     multi_tensor_scale_,
     multi_tensor_unscale_norm_,
 )
-from fastdyn.ops.optim import adam_, lamb_, lars_, sgd_
+from fastdyn.ops.optim import adam_, lamb_, lamb_apply_, lamb_moments_, lars_, sgd_
 
 __all__ = [
     "adam_",
     "available_backends",
     "backend_for",
     "lamb_",
+    "lamb_apply_",
+    "lamb_moments_",
     "lars_",
     "multi_tensor_l2norm",
     "multi_tensor_norm",

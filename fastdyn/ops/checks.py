@@ -100,8 +100,9 @@ def check_update_group(params, grads, states: dict, master_params, steps, lr, gr
                        found_inf, stats):
     """Mirror of check_update_group in csrc/include/fastdyn/optimizer_checks.h."""
     device = check_float_list("params", params)
-    device = device if device is not None else lr.device
-    check_scalar_tensor("lr", lr, device)
+    device = device if device is not None else (lr.device if lr is not None else torch.device("cpu"))
+    if lr is not None:  # None: LAMB's moment pass, which takes no learning rate
+        check_scalar_tensor("lr", lr, device)
     if grad_scale is not None:
         check_scalar_tensor("grad_scale", grad_scale, device)
     if found_inf is not None:
@@ -221,11 +222,27 @@ def sgd_args(params, grads, momentum_buffers, master_params, lr, momentum, dampe
                    found_inf, stats)
 
 
+def check_trust_ratios(trust_ratios, n: int, device):
+    """Per-tensor trust ratios handed to an update op: [n] floating point on `device`."""
+    if not isinstance(trust_ratios, torch.Tensor):
+        raise TypeError(f"trust_ratios must be a tensor, got {type(trust_ratios).__name__}")
+    if trust_ratios.device != device:
+        raise ValueError(f"trust_ratios is on {trust_ratios.device} but params are on {device}")
+    if not trust_ratios.is_floating_point():
+        raise TypeError(f"trust_ratios must be floating point, got {trust_ratios.dtype}")
+    if trust_ratios.shape != (n,):
+        raise ValueError(f"trust_ratios must have shape [{n}], got {list(trust_ratios.shape)}")
+
+
 def lars_args(params, grads, momentum_buffers, master_params, lr, momentum, dampening,
               weight_decay, nesterov, trust_coeff, eps, trust_clip, always_adapt, is_first_step,
-              grad_scale=None, found_inf=None, stats=None):
-    _momentum_args(params, grads, momentum_buffers, master_params, lr, momentum, grad_scale,
-                   found_inf, stats)
+              grad_scale=None, found_inf=None, stats=None, trust_ratios=None):
+    device = check_update_group(params, grads, {"momentum_buffers": momentum_buffers},
+                                master_params, [], lr, grad_scale, found_inf, stats)
+    if momentum != 0:
+        check_same_length("momentum_buffers", len(momentum_buffers), "params", len(params))
+    if trust_ratios is not None:
+        check_trust_ratios(trust_ratios, len(params), device)
 
 
 def lamb_args(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, beta1, beta2,
@@ -236,3 +253,25 @@ def lamb_args(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, 
     check_same_length("exp_avgs", len(exp_avgs), "params", len(params))
     check_same_length("exp_avg_sqs", len(exp_avg_sqs), "params", len(params))
     check_same_length("state_steps", len(state_steps), "params", len(params))
+
+
+def lamb_moments_args(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, beta1,
+                      beta2, eps, weight_decay, bias_correction, grad_averaging, grad_scale=None,
+                      found_inf=None):
+    device = check_update_group(params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs},
+                                master_params, state_steps, None, grad_scale, found_inf, None)
+    check_same_length("exp_avgs", len(exp_avgs), "params", len(params))
+    check_same_length("exp_avg_sqs", len(exp_avg_sqs), "params", len(params))
+    check_same_length("state_steps", len(state_steps), "params", len(params))
+    return device
+
+
+def lamb_apply_args(params, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, trust_ratios,
+                    beta1, beta2, eps, weight_decay, bias_correction, found_inf=None):
+    # no gradients are read: params stand in for them
+    device = check_update_group(params, params, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs},
+                                master_params, state_steps, lr, None, found_inf, None)
+    check_same_length("exp_avgs", len(exp_avgs), "params", len(params))
+    check_same_length("exp_avg_sqs", len(exp_avg_sqs), "params", len(params))
+    check_same_length("state_steps", len(state_steps), "params", len(params))
+    check_trust_ratios(trust_ratios, len(params), device)

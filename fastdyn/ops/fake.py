@@ -34,6 +34,15 @@ def _(grads, max_norm, ord=2.0):
     return torch.empty((), dtype=torch.float32, device=device)
 
 
+@torch.library.register_fake("fastdyn::lamb_moments_")
+def _(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, beta1, beta2, eps,
+      weight_decay, bias_correction, grad_averaging, grad_scale=None, found_inf=None):
+    device = checks.lamb_moments_args(params, grads, exp_avgs, exp_avg_sqs, master_params,
+                                      state_steps, beta1, beta2, eps, weight_decay,
+                                      bias_correction, grad_averaging, grad_scale, found_inf)
+    return torch.empty((len(params), 3), dtype=torch.float64, device=device)
+
+
 def _checks_only(check):
     def fake(*args, **kwargs):
         check(*args, **kwargs)
@@ -42,5 +51,5 @@ def _checks_only(check):
 
 for _name, _check in (("multi_tensor_scale_", checks.scale_args), ("adam_", checks.adam_args),
                       ("sgd_", checks.sgd_args), ("lamb_", checks.lamb_args),
-                      ("lars_", checks.lars_args)):
+                      ("lars_", checks.lars_args), ("lamb_apply_", checks.lamb_apply_args)):
     torch.library.register_fake(f"fastdyn::{_name}", _checks_only(_check))

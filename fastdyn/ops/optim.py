@@ -3,6 +3,8 @@ on the current backend. Arguments are those of the schemas in csrc/ops.cpp, pass
 position: torch 2.11's custom_op finds mutated arguments by position only (a mutated
 `stats` passed by keyword raised IndexError there, seen on an H100)."""
 
+import torch
+
 from fastdyn.ops import checks
 from fastdyn.ops.registry import call
 
@@ -46,10 +48,36 @@ def lamb_(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, 
 
 def lars_(params, grads, momentum_buffers, master_params, lr, momentum, dampening, weight_decay,
           nesterov, trust_coeff, eps, trust_clip, always_adapt, is_first_step, grad_scale=None,
-          found_inf=None, stats=None):
+          found_inf=None, stats=None, trust_ratios=None):
+    """trust_ratios: the caller's per-tensor ratios (e.g. from norms all-reduced over the
+    shards of DTensor params); the op then skips its own norm pass."""
     explain = _explain(params, grads, {"momentum_buffers": momentum_buffers}, master_params, [],
                        lr, grad_scale, found_inf, stats)
     call("lars_", lr.device, explain,
          params, grads, momentum_buffers, master_params, lr, momentum, dampening, weight_decay,
          nesterov, trust_coeff, eps, trust_clip, always_adapt, is_first_step,
-         grad_scale, found_inf, stats)
+         grad_scale, found_inf, stats, trust_ratios)
+
+
+def lamb_moments_(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, beta1, beta2,
+                  eps, weight_decay, bias_correction, grad_averaging, grad_scale=None,
+                  found_inf=None):
+    """LAMB's first pass alone: steps advanced, moments updated; returns per tensor
+    (sum g^2, sum p^2, sum u^2) as float64 [n, 3] (NaN rows when found_inf skips)."""
+    explain = _explain(params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs},
+                       master_params, state_steps, None, grad_scale, found_inf, None)
+    device = params[0].device if params else torch.device("cpu")
+    return call("lamb_moments_", device, explain,
+                params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, beta1, beta2,
+                eps, weight_decay, bias_correction, grad_averaging, grad_scale, found_inf)
+
+
+def lamb_apply_(params, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, trust_ratios,
+                beta1, beta2, eps, weight_decay, bias_correction, found_inf=None):
+    """LAMB's second pass alone: p <- p - lr * trust_ratios[t] * u, u from the stored moments."""
+    explain = lambda: checks.lamb_apply_args(  # noqa: E731
+        params, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, trust_ratios, beta1,
+        beta2, eps, weight_decay, bias_correction, found_inf)
+    call("lamb_apply_", lr.device, explain,
+         params, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, trust_ratios, beta1,
+         beta2, eps, weight_decay, bias_correction, found_inf)

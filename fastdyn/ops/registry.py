@@ -16,6 +16,8 @@ OP_NAMES = (
     "adam_",
     "sgd_",
     "lamb_",
+    "lamb_moments_",
+    "lamb_apply_",
     "lars_",
 )
 

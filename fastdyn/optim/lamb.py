@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 import fastdyn.ops as ops
+from fastdyn.optim import sharded
 from fastdyn.optim.optimizer import FusedOptimizer, _check_float
 
 
@@ -79,3 +80,8 @@ class LAMB(FusedOptimizer):
                   float(g["weight_decay"]), bool(g["bias_correction"]), bool(g["grad_averaging"]),
                   bool(g["trust_clip"]), bool(g["always_adapt"]), grad_scale=grad_scale,
                   found_inf=found_inf, stats=stats)
+
+    _update_needs_norms = True
+
+    def _run_sharded_bucket(self, b, grads, lr, grad_scale, found_inf, stats):
+        sharded.lamb_(b, grads, lr, grad_scale, found_inf, stats)

@@ -9,6 +9,7 @@ momentum on d (buf = d at the first step) and p <- p - lr d. State key `momentum
 from __future__ import annotations
 
 import fastdyn.ops as ops
+from fastdyn.optim import sharded
 from fastdyn.optim.optimizer import FusedOptimizer, _check_float
 from fastdyn.optim.sgd import momentum_first_step_matters
 
@@ -47,3 +48,8 @@ class LARS(FusedOptimizer):
                   bool(g["nesterov"]), float(g["trust_coeff"]), float(g["eps"]),
                   bool(g["trust_clip"]), bool(g["always_adapt"]), b.first_step,
                   grad_scale=grad_scale, found_inf=found_inf, stats=stats)
+
+    _update_needs_norms = True
+
+    def _run_sharded_bucket(self, b, grads, lr, grad_scale, found_inf, stats):
+        sharded.lars_(b, grads, lr, grad_scale, found_inf, stats)

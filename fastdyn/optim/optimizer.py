@@ -11,6 +11,11 @@ rate (a float lr is written into a cached device tensor), the step counters, and
 `torch.amp.GradScaler` or `fastdyn.amp.LossScaler`, `grad_scale` and `found_inf`: the
 kernels unscale the gradients as they read them and skip the whole step on the device when
 found_inf is set. Nothing in a step waits for the device.
+
+DTensor parameters (FSDP2's fully_shard, tensor parallelism) run the same kernels on each
+rank's local shards (fastdyn.distributed); whatever sums over a whole tensor (the global
+gradient norm, the statistics, LAMB's and LARS's trust ratios: fastdyn.optim.sharded) is
+all-reduced over the ranks that hold its other shards.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import torch
 from torch.optim import Optimizer
 
 import fastdyn.ops as ops
+from fastdyn import distributed
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 STATS_COLUMNS = ("grad_norm", "param_norm", "update_norm", "trust_ratio")
@@ -44,12 +50,17 @@ class StepStats(NamedTuple):
 
 @dataclass
 class Bucket:
-    """Parameters of one param group on one device with one dtype, and their state lists."""
+    """Parameters of one param group on one device with one dtype (and, for DTensors, one
+    sharding), and their state lists. The lists hold what the kernels see: the local
+    shards of DTensor parameters and state."""
 
     group: dict
     device: torch.device
     dtype: torch.dtype
     params: list = field(default_factory=list)
+    owners: list = field(default_factory=list)  # the parameters themselves (DTensors stay DTensors)
+    spec: Optional[distributed.ShardSpec] = None  # where the other shards are, if sharded
+    dtensor: bool = False  # gradients are DTensors: the kernels get their local shards
     state: dict = field(default_factory=dict)  # state key -> list of tensors
     steps: list = field(default_factory=list)
     master_params: list = field(default_factory=list)
@@ -178,6 +189,7 @@ class FusedOptimizer(Optimizer):
         if self._runtime["plan"] is not None and key == self._runtime["plan_key"]:
             return self._runtime["plan"]
         buckets: dict = {}
+        local = distributed.local
         for gi, group in enumerate(self.param_groups):
             for i, p in enumerate(group["params"]):
                 grad = group_grads[gi][i]
@@ -187,21 +199,25 @@ class FusedOptimizer(Optimizer):
                     raise ValueError(f"{type(self).__name__} does not support sparse gradients "
                                      f"(params[{i}] of a param group has one)")
                 created = self._ensure_state(p, group)
+                dtensor = distributed.is_dtensor(p)
+                spec = distributed.shard_spec(p, f"params[{i}]") if dtensor else None
                 # the group's index, not id(group): torch 2.11's dynamo cannot trace id() of a dict
-                bkey = (gi, p.device, p.dtype, created and self._first_step_matters(group))
+                bkey = (gi, p.device, p.dtype, created and self._first_step_matters(group),
+                        dtensor, spec)
                 b = buckets.get(bkey)
                 if b is None:
                     b = buckets[bkey] = Bucket(group, p.device, p.dtype, first_step=bkey[3],
-                                                  group_index=gi)
+                                               group_index=gi, spec=spec, dtensor=dtensor)
                 state = self.state[p]
-                b.params.append(p)
+                b.params.append(local(p))
+                b.owners.append(p)
                 b.indices.append(i)
                 for k in self._required_keys(group):
-                    b.state.setdefault(k, []).append(state[k])
+                    b.state.setdefault(k, []).append(local(state[k]))
                 if self._has_step:
                     b.steps.append(state["step"])
                 if "master_param" in state and self.master_weights and p.dtype in _LOW_PRECISION:
-                    b.master_params.append(state["master_param"])
+                    b.master_params.append(local(state["master_param"]))
         plan = list(buckets.values())
         # A bucket whose buffers were created this step changes after it: rebuild next time.
         rebuild = any(b.first_step for b in plan)
@@ -263,7 +279,8 @@ class FusedOptimizer(Optimizer):
         for b in plan:
             gg = group_grads[b.group_index]
             # a bucket with as many params as its group holds all of them, in order
-            grads.append(gg if len(b.indices) == len(gg) else [gg[i] for i in b.indices])
+            bg = gg if len(b.indices) == len(gg) else [gg[i] for i in b.indices]
+            grads.append([distributed.local(g) for g in bg] if b.dtensor else bg)
         if getattr(self, "_check_inf", False) and found_inf is not None:
             self._check_nonfinite(plan, grads, found_inf)
         grad_scale = self._prepare(plan, grads, grad_scale, found_inf)
@@ -272,9 +289,15 @@ class FusedOptimizer(Optimizer):
             st = None
             if self.track_stats:
                 st = torch.full((len(b.params), 4), float("nan"), dtype=torch.float32, device=b.device)
-                stats.append((b.params, st))
-            self._run_bucket(b, bucket_grads, self._lr_tensor(b),
-                             self._on(grad_scale, b.device), self._on(found_inf, b.device), st)
+                stats.append((b.owners, st))
+            args = (b, bucket_grads, self._lr_tensor(b), self._on(grad_scale, b.device),
+                    self._on(found_inf, b.device), st)
+            if b.spec is not None and self._update_needs_norms:
+                self._run_sharded_bucket(*args)
+            else:
+                self._run_bucket(*args)
+                if st is not None and b.spec is not None:
+                    st[:, :3] = distributed.sharded_norms(st[:, :3], b.spec)
         if self.track_stats:
             first = plan[0].device
             self._runtime["stats"] = StepStats(
@@ -291,12 +314,14 @@ class FusedOptimizer(Optimizer):
         found_inf.add_((~torch.isfinite(total)).to(found_inf.dtype).to(found_inf.device))
 
     def _global_grad_norm(self, plan, grads) -> torch.Tensor:
-        """L2 norm of every gradient of the optimizer (still scaled, if a scaler is on)."""
-        by_device: dict = {}
+        """L2 norm of every gradient of the optimizer (still scaled, if a scaler is on); the
+        gradients of sharded DTensors count whole."""
+        by_place: dict = {}
         for b, bucket_grads in zip(plan, grads):
-            by_device.setdefault(b.device, []).extend(bucket_grads)
+            by_place.setdefault((b.device, b.spec), []).extend(bucket_grads)
         first = plan[0].device
-        sq = [ops.multi_tensor_l2norm(gs)[0].to(first, non_blocking=True) for gs in by_device.values()]
+        sq = [distributed.sharded_norms(ops.multi_tensor_l2norm(gs)[0], spec).to(first, non_blocking=True)
+              for (_, spec), gs in by_place.items()]
         total = sq[0] if len(sq) == 1 else torch.linalg.vector_norm(torch.stack(sq))
         self._runtime["grad_norm"] = total
         return total
@@ -307,6 +332,14 @@ class FusedOptimizer(Optimizer):
 
     def _run_bucket(self, bucket: Bucket, grads: list, lr: torch.Tensor, grad_scale, found_inf,
                     stats) -> None:
+        raise NotImplementedError
+
+    # True where the update itself needs whole-tensor norms (LAMB, LARS): a bucket of
+    # sharded DTensors then goes to _run_sharded_bucket, which all-reduces them.
+    _update_needs_norms = False
+
+    def _run_sharded_bucket(self, bucket: Bucket, grads: list, lr: torch.Tensor, grad_scale,
+                            found_inf, stats) -> None:
         raise NotImplementedError
 
     # ---------------------------------------------------------------- monitoring

@@ -4,7 +4,7 @@ torch.ops.fastdyn. They may read device scalars on the host (they are not a hot 
 
 from fastdyn.reference.adam import adam_
 from fastdyn.reference.clip import clip_grad_norm_
-from fastdyn.reference.lamb import lamb_
+from fastdyn.reference.lamb import lamb_, lamb_apply_, lamb_moments_
 from fastdyn.reference.lars import lars_
 from fastdyn.reference.norm import multi_tensor_norm
 from fastdyn.reference.optimizers import LambReference, LarsReference
@@ -18,6 +18,8 @@ __all__ = [
     "LambReference",
     "LarsReference",
     "lamb_",
+    "lamb_apply_",
+    "lamb_moments_",
     "lars_",
     "multi_tensor_norm",
     "multi_tensor_scale_",

@@ -1,6 +1,8 @@
 """LAMB as DESIGN.md's contract states it, in float64."""
 
-from fastdyn.ops.checks import lamb_args
+import torch
+
+from fastdyn.ops.checks import lamb_apply_args, lamb_args, lamb_moments_args
 from fastdyn.reference._update import begin_step, source, store, write_stats
 
 
@@ -24,20 +26,66 @@ def lamb_(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, 
         return
     adapt = weight_decay != 0 or always_adapt
     for i in range(len(params)):
-        p = source(params, master_params, i).double()
-        g = grads[i].double() * inv
-        m = beta1 * exp_avgs[i].double() + ((1 - beta1) if grad_averaging else 1.0) * g
-        v = beta2 * exp_avg_sqs[i].double() + (1 - beta2) * g * g
-        exp_avgs[i].copy_(m)
-        exp_avg_sqs[i].copy_(v)
-        t = float(state_steps[i])
-        bc1 = 1 - beta1 ** t if bias_correction else 1.0
-        bc2 = 1 - beta2 ** t if bias_correction else 1.0
-        u = (m / bc1) / ((v / bc2).sqrt() + eps)
-        if weight_decay != 0:
-            u = u + weight_decay * p
+        p, g, u = _moments_and_direction(params, grads, exp_avgs, exp_avg_sqs, master_params,
+                                         state_steps, i, inv, beta1, beta2, eps, weight_decay,
+                                         bias_correction, grad_averaging)
         u_norm = float(u.norm())
         r = lamb_trust_ratio(float(p.norm()), u_norm, adapt, trust_clip)
         new = p - lr * r * u
         store(params, master_params, i, new)
         write_stats(stats, i, g, p, new, r, update_norm=lr * r * u_norm)
+
+
+def _direction(p, m, v, beta1, beta2, eps, weight_decay, bias_correction, step):
+    bc1 = 1 - beta1 ** step if bias_correction else 1.0
+    bc2 = 1 - beta2 ** step if bias_correction else 1.0
+    u = (m / bc1) / ((v / bc2).sqrt() + eps)
+    return u + weight_decay * p if weight_decay != 0 else u
+
+
+def _moments_and_direction(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, i,
+                           inv, beta1, beta2, eps, weight_decay, bias_correction, grad_averaging):
+    """Steps 2-4 for tensor i: m and v updated in place; (p, unscaled g, u) in float64."""
+    p = source(params, master_params, i).double()
+    g = grads[i].double() * inv
+    m = beta1 * exp_avgs[i].double() + ((1 - beta1) if grad_averaging else 1.0) * g
+    v = beta2 * exp_avg_sqs[i].double() + (1 - beta2) * g * g
+    exp_avgs[i].copy_(m)
+    exp_avg_sqs[i].copy_(v)
+    u = _direction(p, m, v, beta1, beta2, eps, weight_decay, bias_correction,
+                   float(state_steps[i]))
+    return p, g, u
+
+
+def lamb_moments_(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, beta1, beta2,
+                  eps, weight_decay, bias_correction, grad_averaging, grad_scale=None,
+                  found_inf=None):
+    """LAMB's steps 2-4 (moments, u) of every tensor: (sum g^2, sum p^2, sum u^2) [n, 3]."""
+    device = lamb_moments_args(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps,
+                               beta1, beta2, eps, weight_decay, bias_correction, grad_averaging,
+                               grad_scale, found_inf)
+    sums = torch.full((len(params), 3), float("nan"), dtype=torch.float64, device=device)
+    skip, _, inv = begin_step(state_steps, 0.0, grad_scale, found_inf)
+    if skip:
+        return sums
+    for i in range(len(params)):
+        p, g, u = _moments_and_direction(params, grads, exp_avgs, exp_avg_sqs, master_params,
+                                         state_steps, i, inv, beta1, beta2, eps, weight_decay,
+                                         bias_correction, grad_averaging)
+        sums[i] = torch.stack([g.square().sum(), p.square().sum(), u.square().sum()])
+    return sums
+
+
+def lamb_apply_(params, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, trust_ratios,
+                beta1, beta2, eps, weight_decay, bias_correction, found_inf=None):
+    """LAMB's step 6 with the given trust ratios: p <- p - lr r u (u from the stored moments)."""
+    lamb_apply_args(params, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, trust_ratios,
+                    beta1, beta2, eps, weight_decay, bias_correction, found_inf)
+    skip, lr, _ = begin_step([], lr, None, found_inf)
+    if skip:
+        return
+    for i in range(len(params)):
+        p = source(params, master_params, i).double()
+        u = _direction(p, exp_avgs[i].double(), exp_avg_sqs[i].double(), beta1, beta2, eps,
+                       weight_decay, bias_correction, float(state_steps[i]))
+        store(params, master_params, i, p - lr * float(trust_ratios[i]) * u)

@@ -17,10 +17,10 @@ def lars_trust_ratio(param_norm, grad_norm, trust_coeff, weight_decay, eps, lr, 
 
 def lars_(params, grads, momentum_buffers, master_params, lr, momentum, dampening, weight_decay,
           nesterov, trust_coeff, eps, trust_clip, always_adapt, is_first_step, grad_scale=None,
-          found_inf=None, stats=None):
+          found_inf=None, stats=None, trust_ratios=None):
     lars_args(params, grads, momentum_buffers, master_params, lr, momentum, dampening,
               weight_decay, nesterov, trust_coeff, eps, trust_clip, always_adapt, is_first_step,
-              grad_scale, found_inf, stats)
+              grad_scale, found_inf, stats, trust_ratios)
     if not params:
         return
     skip, lr, inv = begin_step([], lr, grad_scale, found_inf)
@@ -30,8 +30,11 @@ def lars_(params, grads, momentum_buffers, master_params, lr, momentum, dampenin
     for i in range(len(params)):
         p = source(params, master_params, i).double()
         g = grads[i].double() * inv
-        r = lars_trust_ratio(float(p.norm()), float(g.norm()), trust_coeff, weight_decay, eps, lr,
-                             adapt, trust_clip)
+        if trust_ratios is not None:  # the caller's ratios replace the computed ones
+            r = float(trust_ratios[i]) if adapt else 1.0
+        else:
+            r = lars_trust_ratio(float(p.norm()), float(g.norm()), trust_coeff, weight_decay,
+                                 eps, lr, adapt, trust_clip)
         d = (g + weight_decay * p) * r if adapt else g
         d, buf = momentum_step(d, momentum_buffers[i] if momentum != 0 else None, momentum,
                                dampening, nesterov, is_first_step)

@@ -35,3 +35,51 @@ def test_lars_matches_reference(backend, device, sizes, dtype, momentum, dampeni
                          lars_args(momentum, dampening, wd, nesterov, trust_clip, always_adapt,
                                    first), group)
     assert_groups_close(ours, ref, dtype, orig=group)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@given(sizes=SIZES, dtype=st.sampled_from(DTYPES), momentum=st.sampled_from([0.0, 0.9]),
+       wd=st.sampled_from([0.0, 1e-4]), always_adapt=st.booleans(), stats=st.booleans(),
+       master=st.booleans())
+def test_lars_with_given_trust_ratios_matches_reference(backend, device, sizes, dtype, momentum,
+                                                        wd, always_adapt, stats, master):
+    """The caller's ratios (the sharded step's path) replace the op's own, stats included."""
+    from fastdyn import reference
+    from fastdyn.ops import use_backend
+    from fastdyn.ops.registry import for_device
+    from ops.update_harness import clone_group
+
+    master = master and dtype != torch.float32
+    group = make_group(sizes, dtype, device, buffers=1, master=master, steps=False)
+    n = len(sizes)
+    ratios = torch.linspace(0.5, 3.0, n, dtype=torch.float32, device=device)
+    results = {}
+    for who in ("ours", "ref"):
+        g = results[who] = clone_group(group)
+        st_ = torch.zeros(n, 4, device=device) if stats else None
+        a, k = lars_args(momentum, 0.0, wd, False, False, always_adapt, False, stats=st_,
+                         trust_ratios=ratios)(g)
+        if who == "ours":
+            with use_backend(backend):
+                for_device("lars_", torch.device(device))(*a, **k)
+        else:
+            reference.lars_(*a, **k)
+        results[who + "_stats"] = st_
+    assert_groups_close(results["ours"], results["ref"], dtype, orig=group)
+    if stats:
+        ours, ref = results["ours_stats"].cpu(), results["ref_stats"].cpu()
+        torch.testing.assert_close(ours, ref, rtol=2e-2 if dtype != torch.float32 else 1e-4,
+                                   atol=1e-6)
+        expected = ratios.cpu() if wd != 0 or always_adapt else torch.ones(n)
+        torch.testing.assert_close(ours[:, 3], expected)
+
+
+def test_lars_trust_ratios_are_checked():
+    from fastdyn.ops import lars_
+
+    group = make_group([3, 4], torch.float32, "cpu", buffers=1, steps=False)
+    a, _ = lars_args(0.9, 0.0, 1e-4, False, False, False, False)(group)
+    with pytest.raises(ValueError, match=r"trust_ratios must have shape \[2\]"):
+        lars_(*a, trust_ratios=torch.ones(3))
+    with pytest.raises(TypeError, match="trust_ratios must be floating point"):
+        lars_(*a, trust_ratios=torch.ones(2, dtype=torch.int32))

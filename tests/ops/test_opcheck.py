@@ -41,6 +41,13 @@ def samples(device):
                     True, True, True, False), dict(stats=torch.zeros(3, 4, device=d))
     yield "lars_", (_lists(d), _lists(d), _lists(d), [], lr, 0.9, 0.0, 1e-4, False, 0.001, 1e-8,
                     True, False, False), dict(found_inf=torch.zeros((), device=d))
+    yield "lars_", (_lists(d), _lists(d), _lists(d), [], lr, 0.9, 0.0, 1e-4, False, 0.001, 1e-8,
+                    True, False, False), dict(stats=torch.zeros(3, 4, device=d),
+                                              trust_ratios=torch.rand(3, device=d))
+    yield "lamb_moments_", (_lists(d), _lists(d), _lists(d), pos(), [], steps(), 0.9, 0.999, 1e-6,
+                            0.01, True, True), dict(grad_scale=torch.tensor(2.0, device=d))
+    yield "lamb_apply_", (_lists(d), _lists(d), pos(), [], steps(), lr, torch.rand(3, device=d),
+                          0.9, 0.999, 1e-6, 0.01, True), {}
 
 
 def _positional(op, args, kwargs):

@@ -23,20 +23,20 @@ struct UpdateGroup {
 
 // params/grads pair up; every list in `states` (empty lists allowed when `optional`) pairs
 // with params and shares one dtype; master_params is empty or float32 copies of params;
-// steps is empty or one scalar per param; lr/grad_scale/found_inf are scalars on the
-// params' device; stats is float32 [n, 4].
+// steps is empty or one scalar per param; lr (absent for LAMB's moment pass), grad_scale and
+// found_inf are scalars on the params' device; stats is float32 [n, 4].
 inline UpdateGroup check_update_group(at::TensorList params, at::TensorList grads,
                                       std::initializer_list<NamedList> states,
                                       at::TensorList master_params, at::TensorList steps,
-                                      const at::Tensor& lr,
+                                      const c10::optional<at::Tensor>& lr,
                                       const c10::optional<at::Tensor>& grad_scale,
                                       const c10::optional<at::Tensor>& found_inf,
                                       const c10::optional<at::Tensor>& stats) {
   UpdateGroup g;
   g.size = static_cast<int64_t>(params.size());
   auto device = check_float_list("params", params);
-  g.device = device.has_value() ? *device : lr.device();
-  check_scalar_tensor("lr", lr, g.device);
+  g.device = device.has_value() ? *device : (lr.has_value() ? lr->device() : at::Device(at::kCPU));
+  if (lr.has_value()) check_scalar_tensor("lr", *lr, g.device);
   if (grad_scale.has_value()) check_scalar_tensor("grad_scale", *grad_scale, g.device);
   if (found_inf.has_value()) check_scalar_tensor("found_inf", *found_inf, g.device);
   check_same_length("grads", grads.size(), "params", params.size());
@@ -129,6 +129,47 @@ inline UpdateGroup check_lamb_args(at::TensorList params, at::TensorList grads, 
   check_same_length("exp_avgs", exp_avgs.size(), "params", params.size());
   check_same_length("exp_avg_sqs", exp_avg_sqs.size(), "params", params.size());
   check_same_length("state_steps", state_steps.size(), "params", params.size());
+  return grp;
+}
+
+// LAMB's passes as separate ops (lamb_moments_, lamb_apply_): the lists of lamb_ they read.
+inline UpdateGroup check_lamb_moments_args(at::TensorList params, at::TensorList grads,
+                                           at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                                           at::TensorList master_params, at::TensorList state_steps,
+                                           const c10::optional<at::Tensor>& grad_scale,
+                                           const c10::optional<at::Tensor>& found_inf) {
+  const UpdateGroup grp = check_update_group(
+      params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}}, master_params,
+      state_steps, c10::nullopt, grad_scale, found_inf, c10::nullopt);
+  check_same_length("exp_avgs", exp_avgs.size(), "params", params.size());
+  check_same_length("exp_avg_sqs", exp_avg_sqs.size(), "params", params.size());
+  check_same_length("state_steps", state_steps.size(), "params", params.size());
+  return grp;
+}
+
+// Per-tensor trust ratios handed to an update op: [n] floating point on the params' device.
+inline void check_trust_ratios(const at::Tensor& r, const UpdateGroup& g) {
+  TORCH_CHECK_VALUE(r.device() == g.device, "trust_ratios is on ", r.device(),
+                    " but params are on ", g.device);
+  TORCH_CHECK_TYPE(at::isFloatingType(r.scalar_type()), "trust_ratios must be floating point, got ",
+                   r.scalar_type());
+  TORCH_CHECK_VALUE(r.dim() == 1 && r.size(0) == g.size, "trust_ratios must have shape [", g.size,
+                    "], got ", r.sizes());
+}
+
+inline UpdateGroup check_lamb_apply_args(at::TensorList params, at::TensorList exp_avgs,
+                                         at::TensorList exp_avg_sqs, at::TensorList master_params,
+                                         at::TensorList state_steps, const at::Tensor& lr,
+                                         const at::Tensor& trust_ratios,
+                                         const c10::optional<at::Tensor>& found_inf) {
+  // no gradients are read: params stand in for them
+  const UpdateGroup grp = check_update_group(
+      params, params, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}}, master_params,
+      state_steps, lr, c10::nullopt, found_inf, c10::nullopt);
+  check_same_length("exp_avgs", exp_avgs.size(), "params", params.size());
+  check_same_length("exp_avg_sqs", exp_avg_sqs.size(), "params", params.size());
+  check_same_length("state_steps", state_steps.size(), "params", params.size());
+  check_trust_ratios(trust_ratios, grp);
   return grp;
 }
 

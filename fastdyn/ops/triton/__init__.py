@@ -124,13 +124,50 @@ def lars_(params: List[torch.Tensor], grads: List[torch.Tensor],
           lr: torch.Tensor, momentum: float, dampening: float, weight_decay: float,
           nesterov: bool, trust_coeff: float, eps: float, trust_clip: bool, always_adapt: bool,
           is_first_step: bool, grad_scale: Optional[torch.Tensor],
-          found_inf: Optional[torch.Tensor], stats: Optional[torch.Tensor]) -> None:
+          found_inf: Optional[torch.Tensor], stats: Optional[torch.Tensor],
+          trust_ratios: Optional[torch.Tensor]) -> None:
     checks.lars_args(params, grads, momentum_buffers, master_params, lr, momentum, dampening,
                      weight_decay, nesterov, trust_coeff, eps, trust_clip, always_adapt,
-                     is_first_step, grad_scale, found_inf, stats)
+                     is_first_step, grad_scale, found_inf, stats, trust_ratios)
     _lars.lars_(params, grads, momentum_buffers, master_params, lr, momentum, dampening,
                 weight_decay, nesterov, trust_coeff, eps, trust_clip, always_adapt, is_first_step,
-                grad_scale, found_inf, stats)
+                grad_scale, found_inf, stats, trust_ratios)
+
+
+@torch.library.custom_op(f"{_NS}::lamb_moments_", mutates_args=("exp_avgs", "exp_avg_sqs",
+                                                                "state_steps"))
+def lamb_moments_(params: List[torch.Tensor], grads: List[torch.Tensor],
+                  exp_avgs: List[torch.Tensor], exp_avg_sqs: List[torch.Tensor],
+                  master_params: List[torch.Tensor], state_steps: List[torch.Tensor],
+                  beta1: float, beta2: float, eps: float, weight_decay: float,
+                  bias_correction: bool, grad_averaging: bool, grad_scale: Optional[torch.Tensor],
+                  found_inf: Optional[torch.Tensor]) -> torch.Tensor:
+    checks.lamb_moments_args(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps,
+                             beta1, beta2, eps, weight_decay, bias_correction, grad_averaging,
+                             grad_scale, found_inf)
+    return _lamb.lamb_moments_(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps,
+                               beta1, beta2, eps, weight_decay, bias_correction, grad_averaging,
+                               grad_scale, found_inf)
+
+
+@lamb_moments_.register_fake
+def _(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, beta1, beta2, eps,
+      weight_decay, bias_correction, grad_averaging, grad_scale, found_inf):
+    device = params[0].device if params else torch.device("cpu")
+    return torch.empty((len(params), 3), dtype=torch.float64, device=device)
+
+
+@torch.library.custom_op(f"{_NS}::lamb_apply_", mutates_args=("params", "master_params"))
+def lamb_apply_(params: List[torch.Tensor], exp_avgs: List[torch.Tensor],
+                exp_avg_sqs: List[torch.Tensor], master_params: List[torch.Tensor],
+                state_steps: List[torch.Tensor], lr: torch.Tensor, trust_ratios: torch.Tensor,
+                beta1: float, beta2: float, eps: float, weight_decay: float,
+                bias_correction: bool, found_inf: Optional[torch.Tensor]) -> None:
+    checks.lamb_apply_args(params, exp_avgs, exp_avg_sqs, master_params, state_steps, lr,
+                           trust_ratios, beta1, beta2, eps, weight_decay, bias_correction,
+                           found_inf)
+    _lamb.lamb_apply_(params, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, trust_ratios,
+                      beta1, beta2, eps, weight_decay, bias_correction, found_inf)
 
 
 def _arguments(name: str) -> tuple:
@@ -142,4 +179,4 @@ def _arguments(name: str) -> tuple:
 # fastdyn.ops.registry: torch 2.11's dynamo cannot trace a FunctionSchema inside a step.
 ARGUMENTS = {name: _arguments(name) for name in (
     "multi_tensor_norm", "multi_tensor_scale_", "multi_tensor_unscale_norm_", "clip_grad_norm_",
-    "adam_", "sgd_", "lamb_", "lars_")}
+    "adam_", "sgd_", "lamb_", "lamb_moments_", "lamb_apply_", "lars_")}

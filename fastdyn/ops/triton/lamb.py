@@ -9,6 +9,7 @@ from fastdyn.ops.triton._multi_tensor import (BLOCK, CHUNK, as_float32, bias_cor
                                               chunk_table, increment_steps, inverse_grad_scale,
                                               load_param, segment_sum, step_is_skipped, tl_dtype,
                                               write_stats)
+from fastdyn.ops.trust_ratio import lamb_trust_ratios
 
 
 @triton.jit
@@ -94,42 +95,95 @@ def _lamb_apply_kernel(rows_ptr, lr_ptr, found_inf_ptr, bc1_ptr, bc2_ptr, ratio_
             tl.store(p_ptr + idx, new.to(P_DT), mask=mask)
 
 
+def _group(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, beta1, beta2,
+           bias_correction, found_inf):
+    """The chunk table, bias corrections and compile-time arguments both kernels share."""
+    device = params[0].device
+    table = chunk_table([params, grads, exp_avgs, exp_avg_sqs, master_params], device)
+    if bias_correction:
+        bc1, bc2 = bias_corrections(state_steps, beta1), bias_corrections(state_steps, beta2)
+    else:
+        bc1 = bc2 = torch.ones(len(params), dtype=torch.float32, device=device)
+    common = dict(N_COLS=table.n_cols, P_DT=tl_dtype(params[0].dtype),
+                  S_DT=tl_dtype(exp_avgs[0].dtype), HAS_MASTER=len(master_params) > 0,
+                  HAS_FOUND_INF=found_inf is not None, CHUNK_=CHUNK, BLOCK_=BLOCK)
+    return table, bc1, bc2, common
+
+
+def _moments(table, bc1, bc2, common, grad_scale, found_inf, beta1, beta2, grad_averaging, eps,
+             weight_decay):
+    """Runs the moment pass; per-chunk (g^2, p^2, u^2)."""
+    partials = torch.zeros((max(table.n_chunks, 1), 3), dtype=torch.float32, device=bc1.device)
+    if table.n_chunks:
+        placeholder = bc1  # any float32 tensor, for pointers the kernel does not read
+        _lamb_moments_kernel[(table.n_chunks,)](
+            table.rows, as_float32(grad_scale) if grad_scale is not None else placeholder,
+            found_inf if found_inf is not None else placeholder, bc1, bc2, partials,
+            float(beta1), float(beta2), (1.0 - beta1) if grad_averaging else 1.0, float(eps),
+            float(weight_decay), HAS_SCALE=grad_scale is not None, **common)
+    return partials
+
+
+def _apply(table, bc1, bc2, common, lr32, found_inf, ratios, eps, weight_decay):
+    if table.n_chunks:
+        _lamb_apply_kernel[(table.n_chunks,)](
+            table.rows, lr32, found_inf if found_inf is not None else lr32, bc1, bc2, ratios,
+            float(eps), float(weight_decay), **common)
+
+
+def _step_moments(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, beta1,
+                  beta2, eps, weight_decay, bias_correction, grad_averaging, grad_scale, found_inf):
+    """Steps advanced and the moment pass run: (group of _group, per-chunk partials)."""
+    increment_steps(state_steps, found_inf)
+    group = _group(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, beta1, beta2,
+                   bias_correction, found_inf)
+    return group, _moments(*group, grad_scale, found_inf, beta1, beta2, grad_averaging, eps,
+                           weight_decay)
+
+
 def lamb_(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, beta1, beta2, eps,
           weight_decay, bias_correction, grad_averaging, trust_clip, always_adapt,
           grad_scale=None, found_inf=None, stats=None):
     if not params:
         return
-    device = params[0].device
     n = len(params)
     found_inf = as_float32(found_inf)
-    increment_steps(state_steps, found_inf)
-    table = chunk_table([params, grads, exp_avgs, exp_avg_sqs, master_params], device)
-    if bias_correction:
-        bc1, bc2 = bias_corrections(state_steps, beta1), bias_corrections(state_steps, beta2)
-    else:
-        bc1 = bc2 = torch.ones(n, dtype=torch.float32, device=device)
-    partials = torch.zeros((max(table.n_chunks, 1), 3), dtype=torch.float32, device=device)
-    lr32 = as_float32(lr)
-    common = dict(N_COLS=table.n_cols, P_DT=tl_dtype(params[0].dtype),
-                  S_DT=tl_dtype(exp_avgs[0].dtype), HAS_MASTER=len(master_params) > 0,
-                  HAS_FOUND_INF=found_inf is not None, CHUNK_=CHUNK, BLOCK_=BLOCK)
-    fi = found_inf if found_inf is not None else lr32
-    if table.n_chunks:
-        _lamb_moments_kernel[(table.n_chunks,)](
-            table.rows, as_float32(grad_scale) if grad_scale is not None else lr32, fi, bc1, bc2,
-            partials, float(beta1), float(beta2), (1.0 - beta1) if grad_averaging else 1.0,
-            float(eps), float(weight_decay), HAS_SCALE=grad_scale is not None, **common)
+    (table, bc1, bc2, common), partials = _step_moments(
+        params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, beta1, beta2, eps,
+        weight_decay, bias_correction, grad_averaging, grad_scale, found_inf)
     pn = segment_sum(partials, table, n, 1).sqrt()
     un = segment_sum(partials, table, n, 2).sqrt()
-    if weight_decay != 0 or always_adapt:
-        r = torch.where((pn > 0) & (un > 0), pn / un, torch.ones_like(pn))
-        if trust_clip:
-            r = torch.clamp(r, max=1.0)
-    else:
-        r = torch.ones_like(pn)
-    if table.n_chunks:
-        _lamb_apply_kernel[(table.n_chunks,)](table.rows, lr32, fi, bc1, bc2, r, float(eps),
-                                              float(weight_decay), **common)
+    r = lamb_trust_ratios(pn, un, weight_decay != 0 or always_adapt, trust_clip)
+    lr32 = as_float32(lr)
+    _apply(table, bc1, bc2, common, lr32, found_inf, r, eps, weight_decay)
     if stats is not None:
         write_stats(stats, found_inf, segment_sum(partials, table, n, 0), pn * pn,
                     lr32.reshape(()) * r * un, r)
+
+
+def lamb_moments_(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, beta1, beta2,
+                  eps, weight_decay, bias_correction, grad_averaging, grad_scale=None,
+                  found_inf=None):
+    if not params:
+        return torch.empty((0, 3), dtype=torch.float64)
+    n = len(params)
+    found_inf = as_float32(found_inf)
+    (table, _, _, _), partials = _step_moments(
+        params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, beta1, beta2, eps,
+        weight_decay, bias_correction, grad_averaging, grad_scale, found_inf)
+    sums = torch.stack([segment_sum(partials, table, n, k) for k in range(3)], dim=1).double()
+    if found_inf is not None:
+        sums = torch.where(found_inf.reshape(()) != 0, float("nan"), sums)
+    return sums
+
+
+def lamb_apply_(params, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, trust_ratios,
+                beta1, beta2, eps, weight_decay, bias_correction, found_inf=None):
+    if not params:
+        return
+    found_inf = as_float32(found_inf)
+    # no gradients are read: params stand in for the list
+    table, bc1, bc2, common = _group(params, params, exp_avgs, exp_avg_sqs, master_params,
+                                     state_steps, beta1, beta2, bias_correction, found_inf)
+    _apply(table, bc1, bc2, common, as_float32(lr), found_inf, trust_ratios.float().contiguous(),
+           eps, weight_decay)

@@ -17,8 +17,8 @@ struct StepContext {
   double inv_grad_scale = 1.0;
 };
 
-inline StepContext begin_step(at::TensorList steps, const at::Tensor& lr,
-                              const c10::optional<at::Tensor>& grad_scale,
+// Ops without a learning rate (LAMB's moment pass): ctx.lr stays 0.
+inline StepContext begin_step(at::TensorList steps, const c10::optional<at::Tensor>& grad_scale,
                               const c10::optional<at::Tensor>& found_inf) {
   StepContext ctx;
   if (found_inf.has_value() && scalar_value(*found_inf) != 0.0) {
@@ -26,8 +26,15 @@ inline StepContext begin_step(at::TensorList steps, const at::Tensor& lr,
     return ctx;
   }
   for (const at::Tensor& s : steps) set_scalar_value(s, scalar_value(s) + 1.0);
-  ctx.lr = scalar_value(lr);
   if (grad_scale.has_value()) ctx.inv_grad_scale = 1.0 / scalar_value(*grad_scale);
+  return ctx;
+}
+
+inline StepContext begin_step(at::TensorList steps, const at::Tensor& lr,
+                              const c10::optional<at::Tensor>& grad_scale,
+                              const c10::optional<at::Tensor>& found_inf) {
+  StepContext ctx = begin_step(steps, grad_scale, found_inf);
+  if (!ctx.skip) ctx.lr = scalar_value(lr);
   return ctx;
 }
 

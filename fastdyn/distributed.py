@@ -1,0 +1,80 @@
+"""DTensor parameters (FSDP2's `fully_shard`, tensor parallelism): the kernels run on each
+rank's local shard, and every sum that spans a whole tensor (a norm, a trust ratio's
+norms, the global gradient norm, the inf check) is all-reduced over the mesh dimensions
+the tensor is sharded on. Plain tensors, including DDP's replicas, pass through untouched.
+
+The fastdyn ops have no DTensor sharding rules on purpose: a norm of a shard is not the
+norm of the tensor, so dispatching an op shard-wise would be silently wrong for LAMB, LARS
+and clipping.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+import torch.distributed as dist
+
+try:
+    from torch.distributed.tensor import DTensor
+except ImportError:  # a torch built without distributed
+    DTensor = None
+
+
+class ShardSpec(NamedTuple):
+    """Where the rest of a sharded tensor lives: its mesh and the mesh dimensions it is
+    split along (replicated dimensions hold copies, so they are not summed over)."""
+
+    mesh: object
+    dims: tuple
+
+    def all_reduce_(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """t reduced in place ("sum" or "max") over every rank that holds another shard of
+        the tensor."""
+        reduce_op = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op]
+        for d in self.dims:
+            dist.all_reduce(t, op=reduce_op, group=self.mesh.get_group(d))
+        return t
+
+
+def is_dtensor(t) -> bool:
+    return DTensor is not None and isinstance(t, DTensor)
+
+
+def local(t):
+    """The rank's local tensor of a DTensor (same storage: writing it writes the DTensor);
+    any other tensor as it is."""
+    return t.to_local() if is_dtensor(t) else t
+
+
+def shard_spec(t, name: str) -> Optional[ShardSpec]:
+    """The ShardSpec of a DTensor sharded along some mesh dimension; None for plain and
+    fully replicated tensors. A Partial placement (pending sums) is refused: its local
+    values are not the tensor's."""
+    if not is_dtensor(t):
+        return None
+    dims = []
+    for i, placement in enumerate(t.placements):
+        if placement.is_partial():
+            raise ValueError(f"{name} is a DTensor with a Partial placement {tuple(t.placements)}; "
+                             "redistribute it to Shard or Replicate first")
+        if placement.is_shard() and t.device_mesh.size(i) > 1:  # one rank holds it all
+            dims.append(i)
+    return ShardSpec(t.device_mesh, tuple(dims)) if dims else None
+
+
+def sharded_norms(norms: torch.Tensor, spec: Optional[ShardSpec]) -> torch.Tensor:
+    """L2 norms of local shards -> L2 norms of the whole tensors: the squares are summed
+    over the shards. NaN and inf stay NaN and inf."""
+    if spec is None:
+        return norms
+    return spec.all_reduce_(norms.square().contiguous()).sqrt_()
+
+
+def as_replicated(value: torch.Tensor, like) -> torch.Tensor:
+    """`value`, the same on every rank, as a replicated DTensor on `like`'s mesh, the way
+    torch's clip_grad_norm_ returns the norm of DTensor gradients."""
+    from torch.distributed.tensor import Replicate
+
+    mesh = like.device_mesh
+    return DTensor.from_local(value, mesh, [Replicate()] * mesh.ndim, run_check=False)

@@ -1,0 +1,56 @@
+"""LAMB and LARS steps on the local shards of sharded DTensor parameters (FSDP2).
+
+Their trust ratios need ||p||, ||u|| (LAMB) or ||p||, ||g|| (LARS) of whole tensors, and a
+rank holds a shard of each. So the step runs the fused kernels on the local shards in two
+parts with one all-reduce between them: the per-tensor sums of squares of the first pass
+(LAMB: lamb_moments_; LARS: the per-tensor norm op) are summed over the shards, the ratios
+are taken from them on the device, and the second pass (lamb_apply_; lars_ given the
+ratios) applies them. The same bytes move as in the one-op step, plus the all-reduce of
+3 (LAMB) or 2 (LARS) numbers per tensor.
+"""
+
+from __future__ import annotations
+
+import torch
+
+import fastdyn.ops as ops
+from fastdyn import distributed
+from fastdyn.ops.trust_ratio import lamb_trust_ratios, lars_trust_ratios
+
+
+def lamb_(b, grads, lr, grad_scale, found_inf, stats) -> None:
+    g = b.group
+    beta1, beta2 = (float(x) for x in g["betas"])
+    eps, wd = float(g["eps"]), float(g["weight_decay"])
+    exp_avgs, exp_avg_sqs = b.state["exp_avg"], b.state["exp_avg_sq"]
+    sums = ops.lamb_moments_(b.params, grads, exp_avgs, exp_avg_sqs, b.master_params, b.steps,
+                             beta1, beta2, eps, wd, bool(g["bias_correction"]),
+                             bool(g["grad_averaging"]), grad_scale, found_inf)
+    grad_norm, param_norm, u_norm = b.spec.all_reduce_(sums.contiguous()).sqrt_().unbind(1)
+    ratios = lamb_trust_ratios(param_norm, u_norm, wd != 0 or g["always_adapt"], g["trust_clip"])
+    ops.lamb_apply_(b.params, exp_avgs, exp_avg_sqs, b.master_params, b.steps, lr, ratios, beta1,
+                    beta2, eps, wd, bool(g["bias_correction"]), found_inf)
+    if stats is not None:  # NaN rows when skipped: the sums are NaN then
+        update_norm = lr.to(ratios.dtype) * ratios * u_norm
+        stats.copy_(torch.stack([grad_norm, param_norm, update_norm, ratios], dim=1))
+
+
+def lars_(b, grads, lr, grad_scale, found_inf, stats) -> None:
+    g = b.group
+    wd = float(g["weight_decay"])
+    ratios = None
+    if wd != 0 or g["always_adapt"]:
+        local = [ops.multi_tensor_l2norm(ts, per_tensor=True)[1]
+                 for ts in (b.master_params or b.params, grads)]
+        param_norm, grad_norm = distributed.sharded_norms(torch.stack(local), b.spec)
+        if grad_scale is not None:
+            grad_norm = grad_norm / grad_scale.to(grad_norm.dtype)
+        ratios = lars_trust_ratios(param_norm, grad_norm, float(g["trust_coeff"]), wd,
+                                   float(g["eps"]), lr, bool(g["trust_clip"]))
+    ops.lars_(b.params, grads, b.state.get("momentum_buffer", []), b.master_params, lr,
+              float(g["momentum"]), float(g["dampening"]), wd, bool(g["nesterov"]),
+              float(g["trust_coeff"]), float(g["eps"]), bool(g["trust_clip"]),
+              bool(g["always_adapt"]), b.first_step, grad_scale=grad_scale, found_inf=found_inf,
+              stats=stats, trust_ratios=ratios)
+    if stats is not None:  # the op's norms are of the local shards
+        stats[:, :3] = distributed.sharded_norms(stats[:, :3], b.spec)

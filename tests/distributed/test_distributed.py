@@ -1,0 +1,108 @@
+"""fastdyn under torch.distributed: two real processes on gloo (CPU), FSDP2 (`fully_shard`,
+DTensor parameters sharded on dim 0, with uneven shards) and DDP, against the same training
+in one process with the fused kernels.
+
+Tolerances: fp32, 5 steps. The ranks' gradients are averaged by a reduce-scatter or an
+all-reduce, so they differ from the single process's in the last bits; Adam's and LAMB's
+normalisations carry that to ~1e-6 relative. rtol 1e-4 leaves room for it and none for a
+norm of a shard taken as the norm of a tensor (LAMB's and LARS's trust ratios would be off
+by ~sqrt(2), the clip coefficient likewise).
+"""
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from distributed import workers
+
+pytestmark = [
+    pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                       reason="torch.distributed with gloo is not available"),
+    pytest.mark.slow,
+]
+
+RTOL, ATOL = 1e-4, 1e-6
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    """Runs every case once on WORLD gloo ranks; what each rank saw."""
+    out = str(tmp_path_factory.mktemp("gloo"))
+    mp.spawn(workers.worker, args=(out,), nprocs=workers.WORLD, join=True)
+    return [torch.load(os.path.join(out, f"rank{r}.pt"), weights_only=False)
+            for r in range(workers.WORLD)]
+
+
+def _close(actual, expected, what):
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        torch.testing.assert_close(a, e, rtol=RTOL, atol=ATOL, msg=lambda m: f"{what}[{i}]: {m}")
+
+
+@pytest.mark.parametrize("case", list(workers.CASES))
+def test_fsdp2_trains_like_one_process(ranks, case):
+    params, stats = workers.train_single(case)
+    for r, seen in enumerate(ranks):
+        _close(seen["fsdp"][case]["params"], params, f"rank {r} params")
+        if stats is not None:
+            # whole-tensor norms on every rank, not the norms of the rank's shard
+            _close(seen["fsdp"][case]["stats"], stats, f"rank {r} stats")
+
+
+@pytest.mark.parametrize("case", list(workers.CASES))
+def test_fsdp2_state_is_sharded_like_the_params(ranks, case):
+    seen = ranks[0]["fsdp"][case]
+    assert seen["param_type"] == "DTensor(Shard(dim=0),)"
+    assert seen["state_types"] == ["DTensor(Shard(dim=0),)"]
+
+
+@pytest.mark.parametrize("case", ["sgd-nesterov", "lamb-clip", "lars"])
+def test_ddp_trains_like_one_process(ranks, case):
+    params, _ = workers.train_single(case)
+    for r, seen in enumerate(ranks):
+        _close(seen["ddp"][case], params, f"rank {r} params")
+
+
+@pytest.mark.parametrize("norm", ["2", "inf", "3-checked"])
+def test_clip_grad_norm_of_dtensor_grads_is_torchs(ranks, norm):
+    """The fused path (2, inf) and the general one (another order, error_if_nonfinite)."""
+    for seen in ranks:
+        clip = seen["clip"][norm]
+        assert clip["fastdyn_total_type"] == "DTensor"  # as torch returns for DTensor grads
+        torch.testing.assert_close(clip["fastdyn_total"], clip["torch_total"], rtol=1e-6, atol=0)
+        assert float(clip["torch_total"]) > 0.05 * 2  # the case clips
+        _close(clip["fastdyn_grads"], clip["torch_grads"], "clipped grads")
+
+
+@pytest.mark.parametrize("kind", ["loss_scaler", "loss_scaler_unscale"])
+def test_loss_scaler_skips_on_every_rank(ranks, kind):
+    """The inf is in rank 1's shard only; rank 0 must skip too, or the shards of one
+    parameter would be at different steps. In the step's own inf check (LAMB's clipping
+    pass) and in unscale_ before a clip."""
+    for r, seen in enumerate(ranks):
+        s = seen[kind]
+        assert s["params_kept"] and s["state_kept"] and s["steps_kept"], (r, s)
+        assert s["scale_after_skip"] == 2.0 ** 7, (r, s)
+        assert s["final_step"] == 2.0 and s["finite"], (r, s)
+
+
+def test_grad_scaler_skips_on_every_rank(ranks):
+    """torch.amp.GradScaler with DTensor gradients: its inf check already agrees over the
+    shards (DTensor reduces found_inf); the fused step skips on every rank with it."""
+    for r, seen in enumerate(ranks):
+        s = seen["grad_scaler"]
+        assert s["params_kept"] and s["state_kept"] and s["steps_kept"], (r, s)
+        assert s["scale_after_skip"] == 2.0 ** 7, (r, s)
+        assert s["final_step"] == 2.0 and s["finite"], (r, s)
+
+
+def test_fsdp2_resume_is_exact(ranks):
+    for seen in ranks:
+        assert seen["resume"]["bitwise"]
+
+
+def test_partial_dtensor_param_is_refused(ranks):
+    for seen in ranks:
+        assert "params[0]" in seen["partial"] and "Partial" in seen["partial"], seen["partial"]

@@ -1,0 +1,226 @@
+"""What each rank of the distributed tests runs (in a process of its own, on gloo), and the
+single-process runs it is compared with. A rank writes what it saw to `<out>/rank<r>.pt`."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+import fastdyn
+from fastdyn.amp import LossScaler
+from fastdyn.optim import LAMB, LARS, SGD, AdamW
+
+WORLD = 2
+STEPS = 5
+BATCH = 8
+
+# name -> (optimizer class, keyword arguments); each trains the model below for STEPS steps
+CASES = {
+    "adamw": (AdamW, dict(lr=1e-2, weight_decay=0.1, track_stats=True)),
+    "sgd-nesterov": (SGD, dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)),
+    "lamb-clip": (LAMB, dict(lr=1e-2, weight_decay=0.01, max_grad_norm=0.5, track_stats=True)),
+    "lamb-adapt": (LAMB, dict(lr=1e-2, weight_decay=0.0, always_adapt=True, trust_clip=True,
+                              bias_correction=False, grad_averaging=False)),
+    "lars": (LARS, dict(lr=0.5, momentum=0.9, weight_decay=1e-3, track_stats=True)),
+    "lars-clip": (LARS, dict(lr=0.5, momentum=0.9, dampening=0.1, weight_decay=1e-2,
+                             trust_clip=True, trust_coeff=0.02)),
+}
+
+
+def make_model() -> torch.nn.Module:
+    # 24x12, 5x24 and 5: shards of 12/12 and 3/2 rows on two ranks (FSDP2 splits dim 0)
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(12, 24), torch.nn.Tanh(), torch.nn.Linear(24, 24),
+                               torch.nn.Tanh(), torch.nn.Linear(24, 5))
+
+
+def batches():
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(BATCH, 12, generator=g), torch.randn(BATCH, 5, generator=g))
+            for _ in range(STEPS)]
+
+
+def rows(x: torch.Tensor, rank: int) -> torch.Tensor:
+    """This rank's half of a batch: the mean of the ranks' mean losses (FSDP2 and DDP average
+    gradients) is the single process's mean loss over the whole batch."""
+    per = x.shape[0] // WORLD
+    return x[rank * per:(rank + 1) * per]
+
+
+def train_single(case: str):
+    """The case in one process on plain tensors (the fused kernels): params and last stats."""
+    cls, kwargs = CASES[case]
+    model = make_model()
+    opt = cls(model.parameters(), **kwargs)
+    for x, y in batches():
+        F.mse_loss(model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+    stats = opt.last_stats()
+    return [p.detach().clone() for p in model.parameters()], (None if stats is None else stats.values)
+
+
+def _fsdp_model():
+    from torch.distributed.fsdp import fully_shard
+
+    model = make_model()
+    for layer in model:
+        if isinstance(layer, torch.nn.Linear):
+            fully_shard(layer)
+    fully_shard(model)
+    return model
+
+
+def _train_fsdp(case: str, rank: int) -> dict:
+    cls, kwargs = CASES[case]
+    model = _fsdp_model()
+    opt = cls(model.parameters(), **kwargs)
+    for x, y in batches():
+        F.mse_loss(model(rows(x, rank)), rows(y, rank)).backward()
+        opt.step()
+        opt.zero_grad()
+    stats = opt.last_stats()
+    p0 = next(model.parameters())
+    state = opt.state[p0]
+    return {
+        "params": [p.full_tensor().detach().clone() for p in model.parameters()],
+        "stats": None if stats is None else stats.values.clone(),
+        "state_types": sorted({f"{type(v).__name__}{tuple(getattr(v, 'placements', ()))}"
+                               for k, v in state.items() if k != "step"}),
+        "param_type": f"{type(p0).__name__}{tuple(p0.placements)}",
+    }
+
+
+def _train_ddp(case: str, rank: int) -> list:
+    cls, kwargs = CASES[case]
+    model = torch.nn.parallel.DistributedDataParallel(make_model())
+    opt = cls(model.parameters(), **kwargs)
+    for x, y in batches():
+        F.mse_loss(model(rows(x, rank)), rows(y, rank)).backward()
+        opt.step()
+        opt.zero_grad()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def _clip(rank: int, norm_type: float, **kwargs) -> dict:
+    """fastdyn.clip_grad_norm_ against torch's on the same FSDP2 (DTensor) gradients."""
+    x, y = batches()[0]
+    models = [_fsdp_model(), _fsdp_model()]
+    for model in models:
+        F.mse_loss(model(rows(x, rank)), rows(y, rank)).backward()
+    theirs, ours = (list(m.parameters()) for m in models)
+    torch_total = torch.nn.utils.clip_grad_norm_(theirs, 0.05, norm_type, **kwargs)
+    fd_total = fastdyn.clip_grad_norm_(ours, 0.05, norm_type, **kwargs)
+    return {
+        "torch_total": torch_total.full_tensor(),
+        "fastdyn_total": fd_total.full_tensor(),
+        "fastdyn_total_type": type(fd_total).__name__,
+        "torch_grads": [p.grad.full_tensor() for p in theirs],
+        "fastdyn_grads": [p.grad.full_tensor() for p in ours],
+    }
+
+
+def _scaler_skip(rank: int, kind: str) -> dict:
+    """An inf in one rank's gradient shard only: every rank skips the step (and, with
+    LossScaler, backs off)."""
+    model = _fsdp_model()
+    if kind == "loss_scaler":
+        opt = LAMB(model.parameters(), lr=1e-2, max_grad_norm=1.0)
+        scaler = LossScaler(device="cpu", init_scale=2.0 ** 8)
+    elif kind == "loss_scaler_unscale":  # unscale_, clip the unscaled grads, then step
+        opt = AdamW(model.parameters(), lr=1e-2)
+        scaler = LossScaler(device="cpu", init_scale=2.0 ** 8)
+    else:
+        opt = AdamW(model.parameters(), lr=1e-2)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
+    seen = {}
+    for step, (x, y) in enumerate(batches()[:3]):
+        scaler.scale(F.mse_loss(model(rows(x, rank)), rows(y, rank))).backward()
+        if step == 1:
+            before = [p.full_tensor().clone() for p in model.parameters()]
+            state_before = {k: v.full_tensor().clone() for k, v in opt.state[next(model.parameters())].items()
+                            if k != "step"}
+            steps_before = [opt.state[p]["step"].clone() for p in model.parameters()]
+            if rank == 1:
+                next(model.parameters()).grad.to_local().view(-1)[3] = float("inf")
+        if kind == "loss_scaler_unscale":
+            scaler.unscale_(opt)
+            fastdyn.clip_grad_norm_(model.parameters(), 1.0)
+        scaler.step(opt)
+        scaler.update()
+        if step == 1:
+            seen["params_kept"] = all(torch.equal(a, p.full_tensor()) for a, p in zip(before, model.parameters()))
+            seen["state_kept"] = all(torch.equal(v, opt.state[next(model.parameters())][k].full_tensor())
+                                     for k, v in state_before.items())
+            seen["steps_kept"] = all(torch.equal(s, opt.state[p]["step"])
+                                     for s, p in zip(steps_before, model.parameters()))
+            seen["scale_after_skip"] = scaler.get_scale()
+        opt.zero_grad()
+    seen["final_step"] = float(opt.state[next(model.parameters())]["step"])
+    seen["finite"] = all(torch.isfinite(p.full_tensor()).all() for p in model.parameters())
+    return seen
+
+
+def _resume(rank: int) -> dict:
+    """Train STEPS; and train 2, save both state dicts, rebuild model and optimizer, load,
+    train the rest: the same bits (the state dict holds DTensor shards, as torch's does)."""
+    cls, kwargs = CASES["lamb-clip"]
+    data = batches()
+
+    def run(model, opt, steps):
+        for x, y in steps:
+            F.mse_loss(model(rows(x, rank)), rows(y, rank)).backward()
+            opt.step()
+            opt.zero_grad()
+
+    model = _fsdp_model()
+    opt = cls(model.parameters(), **kwargs)
+    run(model, opt, data)
+    straight = [p.full_tensor().clone() for p in model.parameters()]
+    model = _fsdp_model()
+    opt = cls(model.parameters(), **kwargs)
+    run(model, opt, data[:2])
+    model_sd, opt_sd = model.state_dict(), opt.state_dict()
+    model = _fsdp_model()
+    model.load_state_dict(model_sd)
+    opt = cls(model.parameters(), **kwargs)
+    opt.load_state_dict(opt_sd)
+    run(model, opt, data[2:])
+    return {"bitwise": all(torch.equal(a, p.full_tensor()) for a, p in zip(straight, model.parameters()))}
+
+
+def _partial_refused(rank: int) -> str:
+    """A parameter whose local values are pending sums cannot be updated shard-wise."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Partial
+
+    mesh = init_device_mesh("cpu", (WORLD,))
+    p = torch.nn.Parameter(DTensor.from_local(torch.ones(4), mesh, [Partial()]))
+    p.grad = DTensor.from_local(torch.ones(4), mesh, [Partial()])
+    try:
+        LARS([p], lr=0.1, weight_decay=1e-3).step()
+    except ValueError as e:
+        return str(e)
+    return "no error"
+
+
+def worker(rank: int, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{os.path.join(out_dir, 'store')}",
+                            rank=rank, world_size=WORLD)
+    try:
+        torch.set_num_threads(1)
+        result = {"fsdp": {c: _train_fsdp(c, rank) for c in CASES},
+                  "ddp": {c: _train_ddp(c, rank) for c in ("sgd-nesterov", "lamb-clip", "lars")},
+                  "clip": {"2": _clip(rank, 2.0), "inf": _clip(rank, float("inf")),
+                           "3-checked": _clip(rank, 3.0, error_if_nonfinite=True)},
+                  "resume": _resume(rank),
+                  "partial": _partial_refused(rank),
+                  "loss_scaler": _scaler_skip(rank, "loss_scaler"),
+                  "loss_scaler_unscale": _scaler_skip(rank, "loss_scaler_unscale"),
+                  "grad_scaler": _scaler_skip(rank, "grad_scaler")}
+        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
