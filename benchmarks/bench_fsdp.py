@@ -23,13 +23,18 @@ import torch.multiprocessing as mp
 
 def _optimizers():
     import fastdyn.optim as fo
+    from fastdyn.bench.baselines import ForeachLamb, ForeachLars
 
     return [
         ("fastdyn AdamW", lambda ps: fo.AdamW(ps, lr=1e-3)),
         ("torch AdamW foreach", lambda ps: torch.optim.AdamW(ps, lr=1e-3, foreach=True)),
         ("torch AdamW fused", lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True)),
         ("fastdyn LAMB max_grad_norm", lambda ps: fo.LAMB(ps, lr=1e-3, max_grad_norm=1.0)),
+        # the plain-PyTorch versions fastdyn is measured against elsewhere, on DTensors
+        ("timm-style foreach LAMB max_grad_norm",
+         lambda ps: ForeachLamb(ps, lr=1e-3, max_grad_norm=1.0)),
         ("fastdyn LARS", lambda ps: fo.LARS(ps, lr=0.1, weight_decay=1e-4)),
+        ("timm-style foreach LARS", lambda ps: ForeachLars(ps, lr=0.1, weight_decay=1e-4)),
         ("fastdyn SGD momentum", lambda ps: fo.SGD(ps, lr=0.1, momentum=0.9)),
     ]
 
