@@ -16,9 +16,9 @@ import torch
 import torch.distributed as dist
 
 try:
-    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor import DTensor, Replicate
 except ImportError:  # a torch built without distributed
-    DTensor = None
+    DTensor = Replicate = None
 
 
 class ShardSpec(NamedTuple):
@@ -74,7 +74,5 @@ def sharded_norms(norms: torch.Tensor, spec: Optional[ShardSpec]) -> torch.Tenso
 def as_replicated(value: torch.Tensor, like) -> torch.Tensor:
     """`value`, the same on every rank, as a replicated DTensor on `like`'s mesh, the way
     torch's clip_grad_norm_ returns the norm of DTensor gradients."""
-    from torch.distributed.tensor import Replicate
-
     mesh = like.device_mesh
     return DTensor.from_local(value, mesh, [Replicate()] * mesh.ndim, run_check=False)

@@ -1,4 +1,4 @@
-// Fused LARS on CUDA: per-tensor ||p||, ||g|| (skipped when no adaptation is asked for),
+// Fused LARS on CUDA: per-tensor ||p||, ||g|| (skipped without adaptation or given ratios),
 // a per-tensor kernel for the trust ratios, then the trust-scaled SGD-momentum update.
 #include <ATen/ATen.h>
 #include <torch/library.h>
@@ -68,18 +68,20 @@ struct LarsUpdateOp : SkipIfFoundInf {
     const A lr_v = static_cast<A>(lr.get());
     const A inv = static_cast<A>(inverse_grad_scale(grad_scale));
     const A r = ratios ? static_cast<A>(ratios[meta.tensor_id[c.slot]]) : A(1);
-    A d2 = A(0);
+    A g2 = A(0), p2 = A(0), d2 = A(0);
     momentum_update_chunk<kHasMaster>(
         p, g, buf, master, c, inv, lr_v, mh, first_step,
         [&](A pv, A gv) { return math::lars_direction(pv, gv, weight_decay, r, adapt); },
-        [&](A p_old, A, A pv) {
-          if (kStats) d2 += (pv - p_old) * (pv - p_old);
+        [&](A p_old, A gv, A pv) {
+          if (kStats) {
+            g2 += gv * gv;
+            p2 += p_old * p_old;
+            d2 += (pv - p_old) * (pv - p_old);
+          }
         });
-    if (kStats) {
-      __shared__ double shared[32];
-      const double d2s = block_reduce(double(d2), SumOp{}, shared);
-      if (threadIdx.x == 0) partials[3 * c.global + 2] = d2s;
-    }
+    // all three statistics from this pass (as SGD's and the CPU kernel's): the norm pass
+    // then runs only when the ratios need it
+    if (kStats) write_stats_partials(partials, c.global, g2, p2, d2);
   }
 };
 
@@ -119,15 +121,16 @@ void lars_(at::TensorList params, at::TensorList grads, at::TensorList momentum_
   const ScalarRef found = scalar_ref(found_inf);
   const bool adapt = weight_decay != 0.0 || always_adapt;
   const bool want_stats = stats.has_value();
-  // The caller's ratios (norms all-reduced over shards) need no ratio kernel, and the
-  // norm pass only for the statistics' ||g||, ||p||.
-  const bool given_ratios = trust_ratios.has_value() && adapt;  // r = 1 without adaptation
-  const bool need_norms = want_stats || (adapt && !given_ratios);
-  const bool need_ratio_kernel = need_norms && !given_ratios;
+  // The caller's ratios (norms all-reduced over shards) need no norm pass; r = 1 without
+  // adaptation, whatever they say.
+  const bool given_ratios = trust_ratios.has_value() && adapt;
+  const bool need_norms = adapt && !given_ratios;
   const auto fopts = lr.options().dtype(at::kDouble);
-  at::Tensor partials = need_norms ? at::empty({3 * std::max<int64_t>(count_chunks(params), 1)}, fopts) : at::Tensor();
+  at::Tensor partials = need_norms || want_stats
+                            ? at::empty({3 * std::max<int64_t>(count_chunks(params), 1)}, fopts)
+                            : at::Tensor();
   at::Tensor ratios = given_ratios ? trust_ratios->to(at::kDouble).contiguous()
-                                   : (need_ratio_kernel ? at::empty({grp.size}, fopts) : at::Tensor());
+                                   : (need_norms ? at::empty({grp.size}, fopts) : at::Tensor());
   double* partials_ptr = partials.defined() ? partials.data_ptr<double>() : nullptr;
   double* ratios_ptr = ratios.defined() ? ratios.data_ptr<double>() : nullptr;
   const at::TensorList none;
@@ -155,8 +158,8 @@ void lars_(at::TensorList params, at::TensorList grads, at::TensorList momentum_
       update.ratios = ratios_ptr;
       update.partials = partials_ptr;
       for_each_batch<kLarsDepth>(lists, [&](const TensorListMeta<kLarsDepth>& meta) {
-        if (need_norms) launch_apply(meta, norms);
-        if (need_ratio_kernel) {
+        if (need_norms) {
+          launch_apply(meta, norms);
           lars_ratio_kernel<<<meta.n_tensors, 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
               meta, partials_ptr, ratios_ptr, scalar_ref(lr), trust_coeff, weight_decay, eps, adapt,
               trust_clip, SkipIfFoundInf{found});
