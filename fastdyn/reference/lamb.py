@@ -45,15 +45,18 @@ def _direction(p, m, v, beta1, beta2, eps, weight_decay, bias_correction, step):
 
 def _moments_and_direction(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, i,
                            inv, beta1, beta2, eps, weight_decay, bias_correction, grad_averaging):
-    """Steps 2-4 for tensor i: m and v updated in place; (p, unscaled g, u) in float64."""
+    """Steps 2-4 for tensor i: m and v updated in place; (p, unscaled g, u) in float64.
+
+    u is computed from the moments as stored, as the fused kernels must: their second pass
+    recomputes u from memory, so both passes use the stored values. With 16-bit state this
+    is the contract, not a detail: a subnormal fp16 v (below 6e-5) holds 1-3 significant
+    bits, so sqrt(v) stored and unrounded differ by percents on the largest updates."""
     p = source(params, master_params, i).double()
     g = grads[i].double() * inv
-    m = beta1 * exp_avgs[i].double() + ((1 - beta1) if grad_averaging else 1.0) * g
-    v = beta2 * exp_avg_sqs[i].double() + (1 - beta2) * g * g
-    exp_avgs[i].copy_(m)
-    exp_avg_sqs[i].copy_(v)
-    u = _direction(p, m, v, beta1, beta2, eps, weight_decay, bias_correction,
-                   float(state_steps[i]))
+    exp_avgs[i].copy_(beta1 * exp_avgs[i].double() + ((1 - beta1) if grad_averaging else 1.0) * g)
+    exp_avg_sqs[i].copy_(beta2 * exp_avg_sqs[i].double() + (1 - beta2) * g * g)
+    u = _direction(p, exp_avgs[i].double(), exp_avg_sqs[i].double(), beta1, beta2, eps,
+                   weight_decay, bias_correction, float(state_steps[i]))
     return p, g, u
 
 

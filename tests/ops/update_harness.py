@@ -64,12 +64,14 @@ UPDATE_RTOL = 1e-5
 def assert_groups_close(ours, ref, dtype, orig=None):
     """Every tensor of `ours` matches `ref` to the storage tolerance of its dtype plus a
     fraction of the largest change the reference made to it (from `orig`): UPDATE_RTOL for
-    fp32 state; with fp16/bf16 state the kernels compute from the rounded moments, so the
-    state dtype's rounding (two units) carries into the update."""
+    fp32 state. With fp16/bf16 state the new moments are rounded from fp32 by the kernels and
+    from fp64 by the reference, which differ by one unit where the two straddle a rounding
+    boundary; LAMB computes u from those stored moments, so one unit of the state dtype
+    (half of STORE_TOL, which is two) carries into the update."""
     state_dtypes = [t.dtype for k, v in ours.items() if k.startswith("state") and k != "state_steps"
                     for t in v[:1]]
     state_dtype = state_dtypes[0] if state_dtypes else torch.float32
-    update_rtol = max(UPDATE_RTOL, 2 * STORE_TOL[state_dtype][0])
+    update_rtol = max(UPDATE_RTOL, 0.5 * STORE_TOL[state_dtype][0])
     for key in ours:
         for i, (a, b) in enumerate(zip(ours[key], ref[key])):
             rtol, atol = STORE_TOL[b.dtype]
