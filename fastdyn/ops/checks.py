@@ -152,6 +152,9 @@ def check_update_group(params, grads, states: dict, master_params, steps, lr, gr
                 raise TypeError(f"state_steps[{i}] must be float32 or float64, got {s.dtype}")
             if s.device != device:
                 raise ValueError(f"state_steps[{i}] is on {s.device} but params are on {device}")
+            if s.dtype != steps[0].dtype:
+                raise TypeError(f"state_steps[{i}] is {s.dtype} but state_steps[0] is "
+                                f"{steps[0].dtype}: the steps must share one dtype")
     if stats is not None:
         if stats.device != device:
             raise ValueError(f"stats is on {stats.device} but params are on {device}")

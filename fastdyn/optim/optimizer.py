@@ -188,6 +188,17 @@ class FusedOptimizer(Optimizer):
         key = tuple(tuple([g is not None for g in gg]) for gg in group_grads)
         if self._runtime["plan"] is not None and key == self._runtime["plan_key"]:
             return self._runtime["plan"]
+        plan = self._build_plan(group_grads)
+        if any(b.first_step for b in plan):
+            # Buckets whose buffers were created this step differ from the next step's: build
+            # that one now (the state exists), so that a compiled step traces two plans, not
+            # three (the second step would otherwise be a graph of its own).
+            self._runtime["plan"], self._runtime["plan_key"] = self._build_plan(group_grads), key
+        else:
+            self._runtime["plan"], self._runtime["plan_key"] = plan, key
+        return plan
+
+    def _build_plan(self, group_grads: list) -> list:
         buckets: dict = {}
         local = distributed.local
         for gi, group in enumerate(self.param_groups):
@@ -218,11 +229,7 @@ class FusedOptimizer(Optimizer):
                     b.steps.append(state["step"])
                 if "master_param" in state and self.master_weights and p.dtype in _LOW_PRECISION:
                     b.master_params.append(local(state["master_param"]))
-        plan = list(buckets.values())
-        # A bucket whose buffers were created this step changes after it: rebuild next time.
-        rebuild = any(b.first_step for b in plan)
-        self._runtime["plan"], self._runtime["plan_key"] = (None, None) if rebuild else (plan, key)
-        return plan
+        return list(buckets.values())
 
     def _first_step_matters(self, group: dict) -> bool:
         return False

@@ -103,6 +103,14 @@ def test_fsdp2_resume_is_exact(ranks):
         assert seen["resume"]["bitwise"]
 
 
+@pytest.mark.parametrize("case", ["adamw", "lamb-clip", "lars-clip"])
+def test_fsdp2_compiled_step_is_eager_bitwise(ranks, case):
+    for seen in ranks:
+        assert seen["compiled"][case]["bitwise"]
+        # step 1 creates the state; the steps after it are one graph, lr changes included
+        assert seen["compiled"][case]["graphs"] <= 2, seen["compiled"][case]
+
+
 def test_partial_dtensor_param_is_refused(ranks):
     for seen in ranks:
         assert "params[0]" in seen["partial"] and "Partial" in seen["partial"], seen["partial"]

@@ -192,6 +192,36 @@ def _resume(rank: int) -> dict:
     return {"bitwise": all(torch.equal(a, p.full_tensor()) for a, p in zip(straight, model.parameters()))}
 
 
+def _compiled(case: str, rank: int) -> dict:
+    """torch.compile(fullgraph=True) of the step on FSDP2 params (the all-reduces traced with
+    the kernels) against the eager step on a twin model: bits, and graphs for STEPS steps."""
+    cls, kwargs = CASES[case]
+    kwargs = dict(kwargs, lr=torch.tensor(kwargs["lr"]))
+    models = [_fsdp_model(), _fsdp_model()]
+    compiled, eager = (cls(m.parameters(), **dict(kwargs, lr=kwargs["lr"].clone())) for m in models)
+    graphs = []
+
+    def count(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    @torch.compile(fullgraph=True, backend=count)
+    def step():
+        compiled.step()
+
+    for i, (x, y) in enumerate(batches()):
+        for model, opt in zip(models, (compiled, eager)):
+            opt.zero_grad()
+            F.mse_loss(model(rows(x, rank)), rows(y, rank)).backward()
+        step()
+        eager.step()
+        for opt in (compiled, eager):  # a changed tensor lr must not recompile
+            opt.param_groups[0]["lr"].mul_(0.9)
+    return {"graphs": len(graphs),
+            "bitwise": all(torch.equal(a.full_tensor(), b.full_tensor())
+                           for a, b in zip(*(m.parameters() for m in models)))}
+
+
 def _partial_refused(rank: int) -> str:
     """A parameter whose local values are pending sums cannot be updated shard-wise."""
     from torch.distributed.device_mesh import init_device_mesh
@@ -217,6 +247,7 @@ def worker(rank: int, out_dir: str) -> None:
                   "clip": {"2": _clip(rank, 2.0), "inf": _clip(rank, float("inf")),
                            "3-checked": _clip(rank, 3.0, error_if_nonfinite=True)},
                   "resume": _resume(rank),
+                  "compiled": {c: _compiled(c, rank) for c in ("adamw", "lamb-clip", "lars-clip")},
                   "partial": _partial_refused(rank),
                   "loss_scaler": _scaler_skip(rank, "loss_scaler"),
                   "loss_scaler_unscale": _scaler_skip(rank, "loss_scaler_unscale"),

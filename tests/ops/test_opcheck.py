@@ -96,3 +96,28 @@ def test_fake_kernels_run_on_meta_tensors():
             *_to_meta(args), **{k: _to_meta(v) for k, v in kwargs.items()})
         for t in (out if isinstance(out, tuple) else (out,)):
             assert t is None or t.device.type == "meta"
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES + [("native", "meta")])
+def test_mixed_step_dtypes_are_refused(backend, device):
+    """The CUDA kernels read every step with the width of state_steps[0]: a float64 step beside
+    float32 ones must be an error on every backend, not a misread on one."""
+    ns = _namespace(backend)
+    checked = set()
+    for name, args, kwargs in samples("cpu" if device == "meta" else device):
+        if device == "meta":
+            args, kwargs = _to_meta(args), {k: _to_meta(v) for k, v in kwargs.items()}
+        op = getattr(ns, name).default
+        schema_args = [a.name for a in op._schema.arguments]
+        if "state_steps" not in schema_args:
+            continue
+        args = list(args)
+        at = schema_args.index("state_steps")
+        args[at] = [s.to(torch.float64) if i == 1 else s for i, s in enumerate(args[at])]
+        if backend == "triton":
+            args, kwargs = _positional(op, tuple(args), kwargs)
+        with pytest.raises(TypeError, match=r"state_steps\[1\] is (torch.float64|Double) but "
+                                            r"state_steps\[0\] is (torch.float32|Float)"):
+            op(*args, **kwargs)
+        checked.add(name)
+    assert checked == {"adam_", "lamb_", "lamb_moments_", "lamb_apply_"}

@@ -83,6 +83,10 @@ inline UpdateGroup check_update_group(at::TensorList params, at::TensorList grad
                        steps[i].scalar_type());
       TORCH_CHECK_VALUE(steps[i].device() == g.device, "state_steps[", i, "] is on ",
                         steps[i].device(), " but params are on ", g.device);
+      // the CUDA kernels read every step with state_steps[0]'s width
+      TORCH_CHECK_TYPE(steps[i].scalar_type() == steps[0].scalar_type(), "state_steps[", i,
+                       "] is ", steps[i].scalar_type(), " but state_steps[0] is ",
+                       steps[0].scalar_type(), ": the steps must share one dtype");
     }
   }
   if (stats.has_value()) {
