@@ -103,6 +103,30 @@ def test_fsdp2_resume_is_exact(ranks):
         assert seen["resume"]["bitwise"]
 
 
+@pytest.mark.parametrize("case", list(workers.CASES))
+def test_tensor_parallel_trains_like_one_process(ranks, case):
+    params, stats = workers.train_single(case)
+    assert ranks[0]["tp"][case]["placements"] == [
+        "(Shard(dim=0),)", "(Shard(dim=0),)", "(Shard(dim=1),)", "(Replicate(),)", "()", "()"]
+    for r, seen in enumerate(ranks):
+        _close(seen["tp"][case]["params"], params, f"rank {r} params")
+        if stats is not None:
+            _close(seen["tp"][case]["stats"], stats, f"rank {r} stats")
+
+
+def test_clip_grad_norm_of_tensor_parallel_grads(ranks):
+    import torch.nn.functional as F
+
+    model = workers.make_model()
+    x, y = workers.batches()[0]
+    F.mse_loss(model(x), y).backward()
+    total = torch.nn.utils.clip_grad_norm_(model.parameters(), 0.05)
+    assert float(total) > 0.05  # the grads are scaled, not left alone
+    for r, seen in enumerate(ranks):
+        torch.testing.assert_close(seen["tp_clip"]["total"], total, rtol=RTOL, atol=ATOL)
+        _close(seen["tp_clip"]["grads"], [p.grad for p in model.parameters()], f"rank {r} grads")
+
+
 @pytest.mark.parametrize("case", ["adamw", "lamb-clip", "lars-clip"])
 def test_fsdp2_compiled_step_is_eager_bitwise(ranks, case):
     for seen in ranks:

@@ -94,6 +94,50 @@ def _train_fsdp(case: str, rank: int) -> dict:
     }
 
 
+def _tp_model():
+    """Tensor parallel on one mesh: layer 0 column-wise (weight and bias Shard(0)), layer 2
+    row-wise (weight Shard(1), bias Replicate), layer 4 left plain, replicated by hand:
+    every placement, and plain params beside DTensors in one optimizer."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.parallel import (ColwiseParallel, RowwiseParallel,
+                                                   parallelize_module)
+
+    mesh = init_device_mesh("cpu", (WORLD,))
+    return parallelize_module(make_model(), mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def _train_tp(case: str, rank: int) -> dict:
+    """Every rank sees the whole batch, as tensor parallelism wants."""
+    cls, kwargs = CASES[case]
+    model = _tp_model()
+    opt = cls(model.parameters(), **kwargs)
+    for x, y in batches():
+        F.mse_loss(model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+    stats = opt.last_stats()
+    return {
+        "params": [_full(p).detach().clone() for p in model.parameters()],
+        "stats": None if stats is None else stats.values.clone(),
+        "placements": [str(tuple(getattr(p, "placements", ()))) for p in model.parameters()],
+    }
+
+
+def _clip_tp(rank: int) -> dict:
+    """fastdyn.clip_grad_norm_ on tensor-parallel grads (Shard(0), Shard(1), Replicate and
+    plain tensors together, which torch's own refuses as mixed) against torch's on one
+    process's model."""
+    x, y = batches()[0]
+    model = _tp_model()
+    F.mse_loss(model(x), y).backward()
+    total = fastdyn.clip_grad_norm_(model.parameters(), 0.05)
+    return {"total": _full(total), "grads": [_full(p.grad) for p in model.parameters()]}
+
+
 def _train_ddp(case: str, rank: int) -> list:
     cls, kwargs = CASES[case]
     model = torch.nn.parallel.DistributedDataParallel(make_model())
@@ -244,6 +288,8 @@ def worker(rank: int, out_dir: str) -> None:
         torch.set_num_threads(1)
         result = {"fsdp": {c: _train_fsdp(c, rank) for c in CASES},
                   "ddp": {c: _train_ddp(c, rank) for c in ("sgd-nesterov", "lamb-clip", "lars")},
+                  "tp": {c: _train_tp(c, rank) for c in CASES},
+                  "tp_clip": _clip_tp(rank),
                   "clip": {"2": _clip(rank, 2.0), "inf": _clip(rank, float("inf")),
                            "3-checked": _clip(rank, 3.0, error_if_nonfinite=True)},
                   "resume": _resume(rank),

@@ -114,3 +114,31 @@ def test_optimizers_pickle_and_deepcopy():
     train(model, opt, mlp_loss, regression_data(), 2)
     clone = copy.deepcopy(opt)
     assert clone.state_dict()["param_groups"] == opt.state_dict()["param_groups"]
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "SGD", "LAMB", "LARS"])
+def test_torch_optimizer_hooks_run(name):
+    """torch.optim.Optimizer's step and state-dict hooks, which training frameworks hang
+    logging and checkpoint conversion on, run around fastdyn's own step and state_dict."""
+    model = mlp()
+    opt = getattr(fastdyn.optim, name)(model.parameters(), lr=1e-2)
+    seen = []
+    opt.register_step_pre_hook(lambda o, args, kwargs: seen.append("step_pre"))
+    opt.register_step_post_hook(lambda o, args, kwargs: seen.append("step_post"))
+    opt.register_state_dict_pre_hook(lambda o: seen.append("state_dict_pre"))
+
+    def tag(o, sd):
+        seen.append("state_dict_post")
+        sd["param_groups"][0]["tagged"] = True
+        return sd
+
+    opt.register_state_dict_post_hook(tag)
+    opt.register_load_state_dict_pre_hook(lambda o, sd: seen.append("load_pre"))
+    opt.register_load_state_dict_post_hook(lambda o: seen.append("load_post"))
+    mlp_loss(model, regression_data()).backward()
+    opt.step()
+    sd = opt.state_dict()
+    assert sd["param_groups"][0]["tagged"]
+    opt.load_state_dict(sd)
+    assert seen == ["step_pre", "step_post", "state_dict_pre", "state_dict_post", "load_pre",
+                    "load_post"]
