@@ -66,3 +66,19 @@ def rand_tensors(sizes, dtype, device, seed=0, scale=1.0):
     g = torch.Generator().manual_seed(seed)
     return [(torch.randn(n, generator=g, dtype=torch.float64) * scale).to(dtype).to(device)
             for n in sizes]
+
+
+def fullgraph_step(opt):
+    """`opt.step` under torch.compile(fullgraph=True), and the list of graphs dynamo has
+    traced for it so far (a backend that runs each graph as traced, and counts it)."""
+    graphs = []
+
+    def count(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    @torch.compile(fullgraph=True, backend=count)
+    def step():
+        opt.step()
+
+    return step, graphs

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 import fastdyn
 from fastdyn.amp import LossScaler
 from fastdyn.optim import LAMB, LARS, SGD, AdamW
+from helpers import fullgraph_step
 
 WORLD = 2
 STEPS = 5
@@ -50,15 +51,22 @@ def rows(x: torch.Tensor, rank: int) -> torch.Tensor:
     return x[rank * per:(rank + 1) * per]
 
 
+def train(model, opt, data, rank=None) -> None:
+    """One step per batch; with `rank`, on that rank's half of each batch (data parallel)."""
+    for x, y in data:
+        if rank is not None:
+            x, y = rows(x, rank), rows(y, rank)
+        F.mse_loss(model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+
+
 def train_single(case: str):
     """The case in one process on plain tensors (the fused kernels): params and last stats."""
     cls, kwargs = CASES[case]
     model = make_model()
     opt = cls(model.parameters(), **kwargs)
-    for x, y in batches():
-        F.mse_loss(model(x), y).backward()
-        opt.step()
-        opt.zero_grad()
+    train(model, opt, batches())
     stats = opt.last_stats()
     return [p.detach().clone() for p in model.parameters()], (None if stats is None else stats.values)
 
@@ -78,10 +86,7 @@ def _train_fsdp(case: str, rank: int) -> dict:
     cls, kwargs = CASES[case]
     model = _fsdp_model()
     opt = cls(model.parameters(), **kwargs)
-    for x, y in batches():
-        F.mse_loss(model(rows(x, rank)), rows(y, rank)).backward()
-        opt.step()
-        opt.zero_grad()
+    train(model, opt, batches(), rank)
     stats = opt.last_stats()
     p0 = next(model.parameters())
     state = opt.state[p0]
@@ -115,10 +120,7 @@ def _train_tp(case: str, rank: int) -> dict:
     cls, kwargs = CASES[case]
     model = _tp_model()
     opt = cls(model.parameters(), **kwargs)
-    for x, y in batches():
-        F.mse_loss(model(x), y).backward()
-        opt.step()
-        opt.zero_grad()
+    train(model, opt, batches())
     stats = opt.last_stats()
     return {
         "params": [_full(p).detach().clone() for p in model.parameters()],
@@ -142,10 +144,7 @@ def _train_ddp(case: str, rank: int) -> list:
     cls, kwargs = CASES[case]
     model = torch.nn.parallel.DistributedDataParallel(make_model())
     opt = cls(model.parameters(), **kwargs)
-    for x, y in batches():
-        F.mse_loss(model(rows(x, rank)), rows(y, rank)).backward()
-        opt.step()
-        opt.zero_grad()
+    train(model, opt, batches(), rank)
     return [p.detach().clone() for p in model.parameters()]
 
 
@@ -214,25 +213,19 @@ def _resume(rank: int) -> dict:
     cls, kwargs = CASES["lamb-clip"]
     data = batches()
 
-    def run(model, opt, steps):
-        for x, y in steps:
-            F.mse_loss(model(rows(x, rank)), rows(y, rank)).backward()
-            opt.step()
-            opt.zero_grad()
-
     model = _fsdp_model()
     opt = cls(model.parameters(), **kwargs)
-    run(model, opt, data)
+    train(model, opt, data, rank)
     straight = [p.full_tensor().clone() for p in model.parameters()]
     model = _fsdp_model()
     opt = cls(model.parameters(), **kwargs)
-    run(model, opt, data[:2])
+    train(model, opt, data[:2], rank)
     model_sd, opt_sd = model.state_dict(), opt.state_dict()
     model = _fsdp_model()
     model.load_state_dict(model_sd)
     opt = cls(model.parameters(), **kwargs)
     opt.load_state_dict(opt_sd)
-    run(model, opt, data[2:])
+    train(model, opt, data[2:], rank)
     return {"bitwise": all(torch.equal(a, p.full_tensor()) for a, p in zip(straight, model.parameters()))}
 
 
@@ -243,16 +236,7 @@ def _compiled(case: str, rank: int) -> dict:
     kwargs = dict(kwargs, lr=torch.tensor(kwargs["lr"]))
     models = [_fsdp_model(), _fsdp_model()]
     compiled, eager = (cls(m.parameters(), **dict(kwargs, lr=kwargs["lr"].clone())) for m in models)
-    graphs = []
-
-    def count(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-
-    @torch.compile(fullgraph=True, backend=count)
-    def step():
-        compiled.step()
-
+    step, graphs = fullgraph_step(compiled)
     for i, (x, y) in enumerate(batches()):
         for model, opt in zip(models, (compiled, eager)):
             opt.zero_grad()

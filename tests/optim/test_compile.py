@@ -8,7 +8,7 @@ import torch._dynamo
 import fastdyn
 from fastdyn.ops import use_backend
 from fastdyn.ops.backend import triton_available
-from helpers import INTERPRETED, cuda_only
+from helpers import INTERPRETED, cuda_only, fullgraph_step
 from optim.models import mlp, mlp_loss, regression_data
 
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, cuda_only])]
@@ -38,16 +38,7 @@ def test_compiled_step_fullgraph_no_recompile(name, device, backend):
     eager = cls(twin.parameters(), lr=lr.clone(), **CASES[name])
     data = tuple(t.to(device) for t in regression_data())
 
-    frames = []
-
-    def count(gm, example_inputs):
-        frames.append(gm)
-        return gm.forward
-
-    @torch.compile(fullgraph=True, backend=count)
-    def step():
-        opt.step()
-
+    step, frames = fullgraph_step(opt)
     with use_backend(backend):
         for i in range(4):
             for m, o in ((model, opt), (twin, eager)):
