@@ -147,14 +147,48 @@ __global__ void __launch_bounds__(256) lamb_sums_kernel(TensorListMeta<kLambDept
   }
 }
 
-template <typename A, typename Op>
-void set_lamb_common(Op& op, const ScalarRef& found, double beta1, double beta2, bool grad_averaging,
-                     double eps, double weight_decay, bool bias_correction, bool steps_double) {
-  op.found_inf = found;
-  op.h = math::LambHyper<A>{A(beta1), A(beta2), grad_averaging ? A(1) - A(beta1) : A(1), A(eps),
-                            A(weight_decay)};
-  op.bias_correction = bias_correction;
-  op.steps_double = steps_double;
+// What the three launchers pass to the kernels.
+struct LambArgs {
+  ScalarRef found_inf;
+  ScalarRef grad_scale;  // moments pass
+  ScalarRef lr;          // apply pass
+  double beta1, beta2, eps, weight_decay;
+  bool bias_correction;
+  bool grad_averaging;
+  bool steps_double;
+  double* partials;      // moments pass: [chunk][3] = g^2, p^2, u^2
+  const double* ratios;  // apply pass: trust ratio per tensor id
+};
+
+// Runs body(moments, apply) with both passes' ops built for the group's dtypes (as
+// csrc/cpu/lamb.cpp's with_lamb_kernels); each launcher launches the ones it needs.
+template <typename Body>
+void with_lamb_ops(const UpdateGroup& grp, const LambArgs& a, Body&& body) {
+  dispatch_param_state(grp.param_dtype, grp.state_dtype, [&](auto ptag, auto stag) {
+    using P = typename decltype(ptag)::type;
+    using S = typename decltype(stag)::type;
+    using A = typename OpMath<P>::type;
+    dispatch_flags(grp.has_master, false, [&](auto master_c, auto) {
+      constexpr bool kM = decltype(master_c)::value;
+      const math::LambHyper<A> h{A(a.beta1), A(a.beta2), a.grad_averaging ? A(1) - A(a.beta1) : A(1),
+                                 A(a.eps), A(a.weight_decay)};
+      LambMomentsOp<P, S, kM> moments;
+      LambApplyOp<P, S, kM> apply;
+      auto set_common = [&](LambCommon<A>& op) {
+        op.found_inf = a.found_inf;
+        op.h = h;
+        op.bias_correction = a.bias_correction;
+        op.steps_double = a.steps_double;
+      };
+      set_common(moments);
+      set_common(apply);
+      moments.grad_scale = a.grad_scale;
+      moments.partials = a.partials;
+      apply.lr = a.lr;
+      apply.ratios = a.ratios;
+      body(moments, apply);
+    });
+  });
 }
 
 void lamb_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
@@ -173,44 +207,27 @@ void lamb_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
   const bool adapt = weight_decay != 0.0 || always_adapt;
   const bool want_stats = stats.has_value();
   const auto fopts = lr.options().dtype(at::kDouble);
-  const int64_t n = grp.size;
   at::Tensor partials = at::empty({3 * std::max<int64_t>(count_chunks(params), 1)}, fopts);
-  at::Tensor ratios = at::empty({n}, fopts);
-  at::Tensor update_norms = want_stats ? at::empty({n}, fopts) : at::Tensor();
-  double* partials_ptr = partials.data_ptr<double>();
-  const bool steps_double = state_steps[0].scalar_type() == at::kDouble;
+  at::Tensor ratios = at::empty({grp.size}, fopts);
+  at::Tensor update_norms = want_stats ? at::empty({grp.size}, fopts) : at::Tensor();
+  double* ratios_ptr = ratios.data_ptr<double>();
+  double* update_norms_ptr = want_stats ? update_norms.data_ptr<double>() : nullptr;
+  const LambArgs args{found, scalar_ref(grad_scale), scalar_ref(lr), beta1, beta2, eps, weight_decay,
+                      bias_correction, grad_averaging, state_steps[0].scalar_type() == at::kDouble,
+                      partials.data_ptr<double>(), ratios_ptr};
   const std::array<at::TensorList, kLambDepth> lists = {params, grads, exp_avgs, exp_avg_sqs,
                                                         master_params, state_steps};
-
-  dispatch_param_state(grp.param_dtype, grp.state_dtype, [&](auto ptag, auto stag) {
-    using P = typename decltype(ptag)::type;
-    using S = typename decltype(stag)::type;
-    using A = typename OpMath<P>::type;
-    dispatch_flags(grp.has_master, false, [&](auto master_c, auto) {
-      constexpr bool kM = decltype(master_c)::value;
-      LambMomentsOp<P, S, kM> moments;
-      set_lamb_common<A>(moments, found, beta1, beta2, grad_averaging, eps, weight_decay,
-                         bias_correction, steps_double);
-      moments.grad_scale = scalar_ref(grad_scale);
-      moments.partials = partials_ptr;
-      LambApplyOp<P, S, kM> apply;
-      set_lamb_common<A>(apply, found, beta1, beta2, grad_averaging, eps, weight_decay,
-                         bias_correction, steps_double);
-      apply.lr = scalar_ref(lr);
-      apply.ratios = ratios.data_ptr<double>();
-      for_each_batch<kLambDepth>(lists, [&](const TensorListMeta<kLambDepth>& meta) {
-        launch_apply(meta, moments);
-        lamb_ratio_kernel<<<meta.n_tensors, 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
-            meta, partials_ptr, ratios.data_ptr<double>(),
-            want_stats ? update_norms.data_ptr<double>() : nullptr, scalar_ref(lr), adapt, trust_clip,
-            SkipIfFoundInf{found});
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        launch_apply(meta, apply);
-        if (want_stats) {
-          launch_stats(meta, partials_ptr, ratios.data_ptr<double>(), update_norms.data_ptr<double>(),
-                       stats->data_ptr<float>(), found);
-        }
-      });
+  with_lamb_ops(grp, args, [&](const auto& moments, const auto& apply) {
+    for_each_batch<kLambDepth>(lists, [&](const TensorListMeta<kLambDepth>& meta) {
+      launch_apply(meta, moments);
+      lamb_ratio_kernel<<<meta.n_tensors, 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
+          meta, args.partials, ratios_ptr, update_norms_ptr, args.lr, adapt, trust_clip,
+          SkipIfFoundInf{found});
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch_apply(meta, apply);
+      if (want_stats) {
+        launch_stats(meta, args.partials, ratios_ptr, update_norms_ptr, stats->data_ptr<float>(), found);
+      }
     });
   });
 }
@@ -231,26 +248,17 @@ at::Tensor lamb_moments_(at::TensorList params, at::TensorList grads, at::Tensor
   const ScalarRef found = scalar_ref(found_inf);
   increment_steps(state_steps, found);
   at::Tensor partials = at::empty({3 * std::max<int64_t>(count_chunks(params), 1)}, dopts);
-  double* partials_ptr = partials.data_ptr<double>();
-  const bool steps_double = state_steps[0].scalar_type() == at::kDouble;
+  const LambArgs args{found, scalar_ref(grad_scale), ScalarRef{}, beta1, beta2, eps, weight_decay,
+                      bias_correction, grad_averaging, state_steps[0].scalar_type() == at::kDouble,
+                      partials.data_ptr<double>(), nullptr};
   const std::array<at::TensorList, kLambDepth> lists = {params, grads, exp_avgs, exp_avg_sqs,
                                                         master_params, state_steps};
-  dispatch_param_state(grp.param_dtype, grp.state_dtype, [&](auto ptag, auto stag) {
-    using P = typename decltype(ptag)::type;
-    using S = typename decltype(stag)::type;
-    using A = typename OpMath<P>::type;
-    dispatch_flags(grp.has_master, false, [&](auto master_c, auto) {
-      LambMomentsOp<P, S, decltype(master_c)::value> moments;
-      set_lamb_common<A>(moments, found, beta1, beta2, grad_averaging, eps, weight_decay,
-                         bias_correction, steps_double);
-      moments.grad_scale = scalar_ref(grad_scale);
-      moments.partials = partials_ptr;
-      for_each_batch<kLambDepth>(lists, [&](const TensorListMeta<kLambDepth>& meta) {
-        launch_apply(meta, moments);
-        lamb_sums_kernel<<<meta.n_tensors, 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
-            meta, partials_ptr, sums.data_ptr<double>(), SkipIfFoundInf{found});
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
+  with_lamb_ops(grp, args, [&](const auto& moments, const auto&) {
+    for_each_batch<kLambDepth>(lists, [&](const TensorListMeta<kLambDepth>& meta) {
+      launch_apply(meta, moments);
+      lamb_sums_kernel<<<meta.n_tensors, 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
+          meta, args.partials, sums.data_ptr<double>(), SkipIfFoundInf{found});
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
   return sums;
@@ -265,26 +273,16 @@ void lamb_apply_(at::TensorList params, at::TensorList exp_avgs, at::TensorList 
                                                 state_steps, lr, trust_ratios, found_inf);
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(grp.device);
-  const ScalarRef found = scalar_ref(found_inf);
   const at::Tensor ratios = trust_ratios.to(at::kDouble).contiguous();
-  const bool steps_double = state_steps[0].scalar_type() == at::kDouble;
+  // grad_averaging only enters the moments pass
+  const LambArgs args{scalar_ref(found_inf), ScalarRef{}, scalar_ref(lr), beta1, beta2, eps,
+                      weight_decay, bias_correction, true,
+                      state_steps[0].scalar_type() == at::kDouble, nullptr, ratios.data_ptr<double>()};
   // the gradients are not read: params stand in for the list
   const std::array<at::TensorList, kLambDepth> lists = {params, params, exp_avgs, exp_avg_sqs,
                                                         master_params, state_steps};
-  dispatch_param_state(grp.param_dtype, grp.state_dtype, [&](auto ptag, auto stag) {
-    using P = typename decltype(ptag)::type;
-    using S = typename decltype(stag)::type;
-    using A = typename OpMath<P>::type;
-    dispatch_flags(grp.has_master, false, [&](auto master_c, auto) {
-      LambApplyOp<P, S, decltype(master_c)::value> apply;
-      set_lamb_common<A>(apply, found, beta1, beta2, true, eps, weight_decay, bias_correction,
-                         steps_double);
-      apply.lr = scalar_ref(lr);
-      apply.ratios = ratios.data_ptr<double>();
-      for_each_batch<kLambDepth>(lists, [&](const TensorListMeta<kLambDepth>& meta) {
-        launch_apply(meta, apply);
-      });
-    });
+  with_lamb_ops(grp, args, [&](const auto&, const auto& apply) {
+    for_each_batch<kLambDepth>(lists, [&](const TensorListMeta<kLambDepth>& meta) { launch_apply(meta, apply); });
   });
 }
 

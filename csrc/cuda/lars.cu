@@ -11,15 +11,13 @@ namespace fastdyn {
 namespace cuda {
 namespace {
 
-enum LarsList { kP = 0, kG, kBuf, kMaster, kLarsDepth };
-
 template <typename P, bool kHasMaster>
 struct LarsNormsOp : SkipIfFoundInf {
   using A = typename OpMath<P>::type;
   ScalarRef grad_scale;
   double* partials;  // [chunk][3]: g^2, p^2, (update^2 later)
 
-  __device__ __forceinline__ void operator()(const TensorListMeta<kLarsDepth>& meta, ChunkRef c) const {
+  __device__ __forceinline__ void operator()(const TensorListMeta<kMomentumDepth>& meta, ChunkRef c) const {
     const P* __restrict__ p = static_cast<const P*>(meta.addr[kP][c.slot]);
     const P* __restrict__ g = static_cast<const P*>(meta.addr[kG][c.slot]);
     const float* __restrict__ master = static_cast<const float*>(meta.addr[kMaster][c.slot]);
@@ -48,44 +46,21 @@ struct LarsNormsOp : SkipIfFoundInf {
   }
 };
 
-template <typename P, typename S, bool kHasMaster, bool kStats>
-struct LarsUpdateOp : SkipIfFoundInf {
-  using A = typename OpMath<P>::type;
-  math::MomentumHyper<A> mh;
+// d = (g + weight_decay * p) * r with tensor t's trust ratio r (ratios[t]; null: r = 1),
+// or g without adaptation.
+template <typename A>
+struct LarsDirection {
   A weight_decay;
   bool adapt;
-  bool first_step;
-  ScalarRef lr;
-  ScalarRef grad_scale;
-  const double* ratios;  // null when not adapting (r = 1)
-  double* partials;
-
-  __device__ __forceinline__ void operator()(const TensorListMeta<kLarsDepth>& meta, ChunkRef c) const {
-    P* __restrict__ p = static_cast<P*>(meta.addr[kP][c.slot]);
-    const P* __restrict__ g = static_cast<const P*>(meta.addr[kG][c.slot]);
-    S* __restrict__ buf = static_cast<S*>(meta.addr[kBuf][c.slot]);
-    float* __restrict__ master = static_cast<float*>(meta.addr[kMaster][c.slot]);
-    const A lr_v = static_cast<A>(lr.get());
-    const A inv = static_cast<A>(inverse_grad_scale(grad_scale));
-    const A r = ratios ? static_cast<A>(ratios[meta.tensor_id[c.slot]]) : A(1);
-    A g2 = A(0), p2 = A(0), d2 = A(0);
-    momentum_update_chunk<kHasMaster>(
-        p, g, buf, master, c, inv, lr_v, mh, first_step,
-        [&](A pv, A gv) { return math::lars_direction(pv, gv, weight_decay, r, adapt); },
-        [&](A p_old, A gv, A pv) {
-          if (kStats) {
-            g2 += gv * gv;
-            p2 += p_old * p_old;
-            d2 += (pv - p_old) * (pv - p_old);
-          }
-        });
-    // all three statistics from this pass (as SGD's and the CPU kernel's): the norm pass
-    // then runs only when the ratios need it
-    if (kStats) write_stats_partials(partials, c.global, g2, p2, d2);
+  const double* ratios;
+  __device__ __forceinline__ auto for_tensor(int id) const {
+    const A wd = weight_decay, r = ratios ? static_cast<A>(ratios[id]) : A(1);
+    const bool adapt_ = adapt;
+    return [wd, r, adapt_](A pv, A gv) { return math::lars_direction(pv, gv, wd, r, adapt_); };
   }
 };
 
-__global__ void __launch_bounds__(256) lars_ratio_kernel(TensorListMeta<kLarsDepth> meta, const double* partials,
+__global__ void __launch_bounds__(256) lars_ratio_kernel(TensorListMeta<kMomentumDepth> meta, const double* partials,
                                                          double* ratios, ScalarRef lr, double trust_coeff,
                                                          double weight_decay, double eps, bool adapt,
                                                          bool trust_clip, SkipIfFoundInf guard) {
@@ -134,7 +109,7 @@ void lars_(at::TensorList params, at::TensorList grads, at::TensorList momentum_
   double* partials_ptr = partials.defined() ? partials.data_ptr<double>() : nullptr;
   double* ratios_ptr = ratios.defined() ? ratios.data_ptr<double>() : nullptr;
   const at::TensorList none;
-  const std::array<at::TensorList, kLarsDepth> lists = {
+  const std::array<at::TensorList, kMomentumDepth> lists = {
       params, grads, momentum != 0.0 ? momentum_buffers : none, master_params};
 
   dispatch_param_state(grp.param_dtype, grp.state_dtype, [&](auto ptag, auto stag) {
@@ -147,17 +122,12 @@ void lars_(at::TensorList params, at::TensorList grads, at::TensorList momentum_
       norms.found_inf = found;
       norms.grad_scale = scalar_ref(grad_scale);
       norms.partials = partials_ptr;
-      LarsUpdateOp<P, S, kM, decltype(stats_c)::value> update;
-      update.found_inf = found;
-      update.mh = math::MomentumHyper<A>{A(momentum), A(dampening), nesterov};
-      update.weight_decay = A(weight_decay);
-      update.adapt = adapt;
-      update.first_step = is_first_step;
-      update.lr = scalar_ref(lr);
-      update.grad_scale = scalar_ref(grad_scale);
-      update.ratios = ratios_ptr;
-      update.partials = partials_ptr;
-      for_each_batch<kLarsDepth>(lists, [&](const TensorListMeta<kLarsDepth>& meta) {
+      // the update pass also writes all three statistics (as SGD's and the CPU kernel's): the
+      // norm pass runs only when the ratios need it
+      const auto update = make_momentum_update<P, S, kM, decltype(stats_c)::value>(
+          LarsDirection<A>{A(weight_decay), adapt, ratios_ptr}, found, momentum, dampening, nesterov,
+          is_first_step, lr, grad_scale, partials_ptr);
+      for_each_batch<kMomentumDepth>(lists, [&](const TensorListMeta<kMomentumDepth>& meta) {
         if (need_norms) {
           launch_apply(meta, norms);
           lars_ratio_kernel<<<meta.n_tensors, 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
