@@ -10,14 +10,15 @@ namespace fastdyn {
 namespace cuda {
 namespace {
 
-// d = sign * g + weight_decay * p, the same for every tensor.
+// d = sign * g + weight_decay * p, the same for every tensor (sign -1 with maximize; chosen
+// in the kernel, as before the op was shared with LARS: the SASS stayed the same).
 template <typename A>
 struct SgdDirection {
   A weight_decay;
-  A grad_sign;  // -1 with maximize
+  bool maximize;
   __device__ __forceinline__ auto for_tensor(int) const {
-    const SgdDirection d = *this;
-    return [d](A pv, A gv) { return math::sgd_direction(pv, gv, d.weight_decay, d.grad_sign); };
+    const A wd = weight_decay, grad_sign = maximize ? A(-1) : A(1);
+    return [wd, grad_sign](A pv, A gv) { return math::sgd_direction(pv, gv, wd, grad_sign); };
   }
 };
 
@@ -45,7 +46,7 @@ void sgd_(at::TensorList params, at::TensorList grads, at::TensorList momentum_b
     using A = typename OpMath<P>::type;
     dispatch_flags(grp.has_master, want_stats, [&](auto master_c, auto stats_c) {
       const auto update = make_momentum_update<P, S, decltype(master_c)::value, decltype(stats_c)::value>(
-          SgdDirection<A>{A(weight_decay), maximize ? A(-1) : A(1)}, found, momentum, dampening, nesterov,
+          SgdDirection<A>{A(weight_decay), maximize}, found, momentum, dampening, nesterov,
           is_first_step, lr, grad_scale, partials_ptr);
       for_each_batch<kMomentumDepth>(lists, [&](const TensorListMeta<kMomentumDepth>& meta) {
         launch_apply(meta, update);
