@@ -1,5 +1,10 @@
 """What only a GPU can show: no host syncs in a step, CUDA-graph capture and replay of a full
-step, 64-bit indexing past 2^31 elements, thousands of tiny tensors in one launch."""
+step, 64-bit indexing past 2^31 elements (norms, updates, clipping), thousands of tiny tensors
+in one launch."""
+
+import fcntl
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -84,8 +89,21 @@ def test_cuda_graph_capture_and_replay(backend, name):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
+@pytest.fixture
+def gpu_memory_to_itself():
+    """The tests past 2^31 elements take 5-20 GB each: under pytest-xdist (gpu_check.sh runs
+    12 workers on one GPU) they take turns, so that free memory checked is memory they get."""
+    with open(Path(tempfile.gettempdir()) / "fastdyn-big-gpu-tests.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            torch.cuda.empty_cache()
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_norm_past_2_pow_31_elements(backend):
+def test_norm_past_2_pow_31_elements(backend, gpu_memory_to_itself):
     n = 2 ** 31 + 12345
     free, _ = torch.cuda.mem_get_info()
     if free < n * 2 * 1.2:
@@ -99,7 +117,6 @@ def test_norm_past_2_pow_31_elements(backend):
     assert abs(total.item() - expected) <= 1e-5 * expected
     assert inf_total.item() == 3.0
     del x
-    torch.cuda.empty_cache()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -120,3 +137,44 @@ def test_ten_thousand_tiny_tensors(backend):
     with use_backend(backend):
         opt.step()
     assert all(torch.isfinite(p).all() for p in params[:50])
+
+
+UPDATES_PAST_2_POW_31 = {
+    "SGD": dict(lr=0.25, momentum=0.9),
+    "AdamW": dict(lr=0.125),
+    "LAMB": dict(lr=0.125, weight_decay=0.0),  # r = 1: each element's update is its own
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", list(UPDATES_PAST_2_POW_31))
+def test_update_past_2_pow_31_elements(backend, name, gpu_memory_to_itself):
+    """Each element past 2^31 moves exactly as the same element of a small tensor does (the
+    same kernel on the same values), and clipping scales it: an index truncated to 32 bits
+    would leave the tail untouched or move the wrong elements."""
+    n = 2 ** 31 + 12345
+    free, _ = torch.cuda.mem_get_info()
+    if free < n * 2 * 4 * 1.2:  # p, g and up to two state tensors, fp16
+        pytest.skip("not enough GPU memory")
+
+    def run(size):
+        p = torch.nn.Parameter(torch.ones(size, dtype=torch.float16, device="cuda"))
+        p.grad = torch.ones_like(p)
+        p.grad[-1] = 2.0
+        opt = getattr(fastdyn.optim, name)([p], **UPDATES_PAST_2_POW_31[name])
+        with use_backend(backend):
+            for _ in range(2):
+                opt.step()
+            total = fastdyn.clip_grad_norm_([p], 1.0)
+        return p.detach(), p.grad, total
+
+    small_p, small_g, _ = run(8)
+    assert small_p[0].item() != 1.0 and small_p[-1].item() != 1.0  # an untouched element fails
+    big_p, big_g, total = run(n)
+    for i in (0, 2 ** 31 - 1, 2 ** 31, n - 2):
+        assert big_p[i].item() == small_p[0].item(), f"element {i}"
+    assert big_p[-1].item() == small_p[-1].item()
+    coef = 1.0 / (total.item() + 1e-6)
+    assert big_g[-1].item() == pytest.approx(2.0 * coef, rel=2e-3)  # fp16 rounding of g * coef
+    assert big_g[2 ** 31].item() == pytest.approx(coef, rel=2e-3)
+    del big_p, big_g
