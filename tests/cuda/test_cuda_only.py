@@ -165,7 +165,7 @@ def test_update_past_2_pow_31_elements(backend, name, gpu_memory_to_itself):
         with use_backend(backend):
             for _ in range(2):
                 opt.step()
-            total = fastdyn.clip_grad_norm_([p], 1.0)
+            total = fastdyn.clip_grad_norm_([p], 1000.0)  # ||g|| = 46341: clips to 2.2%
         return p.detach(), p.grad, total
 
     small_p, small_g, _ = run(8)
@@ -174,7 +174,7 @@ def test_update_past_2_pow_31_elements(backend, name, gpu_memory_to_itself):
     for i in (0, 2 ** 31 - 1, 2 ** 31, n - 2):
         assert big_p[i].item() == small_p[0].item(), f"element {i}"
     assert big_p[-1].item() == small_p[-1].item()
-    coef = 1.0 / (total.item() + 1e-6)
-    assert big_g[-1].item() == pytest.approx(2.0 * coef, rel=2e-3)  # fp16 rounding of g * coef
-    assert big_g[2 ** 31].item() == pytest.approx(coef, rel=2e-3)
+    coef = min(1000.0 / (total.item() + 1e-6), 1.0)
+    assert big_g[-1].item() == pytest.approx(2.0 * coef, rel=1e-3)  # fp16 rounding of g * coef
+    assert big_g[2 ** 31].item() == pytest.approx(coef, rel=1e-3)
     del big_p, big_g
