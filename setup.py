@@ -19,6 +19,7 @@ from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_ARCHS = "8.0;9.0"
+NVCC_FLAGS = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]  # beside torch's own
 
 
 def _is_toolkit(path):
@@ -113,13 +114,12 @@ def extension():
         ("FASTDYN_CUDA_VERSION", f'"{torch.version.cuda}"'),
         ("FASTDYN_CUDA_ARCHS", f'"{archs}"'),
     ]
-    nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
     return CUDAExtension(
         "fastdyn._C",
         sources,
         include_dirs=include_dirs,
         define_macros=define,
-        extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+        extra_compile_args={"cxx": cxx, "nvcc": NVCC_FLAGS},
         extra_link_args=["-fopenmp"],
     )
 

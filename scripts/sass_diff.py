@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import glob
 import os
 import re
 import subprocess
@@ -24,30 +23,33 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+import setup as build  # noqa: E402  (the toolkit setup.py finds, and its nvcc flags; sets CUDA_HOME)
 
 
-def find_tool(name: str) -> str:
-    cuda_home = os.environ.get("CUDA_HOME", "")
-    candidates = [os.path.join(cuda_home, "bin", name)] if cuda_home else []
-    candidates += sorted(glob.glob(f"/usr/local/cuda*/bin/{name}"))
-    import triton  # ships cuobjdump for its own use
+def toolkit_tool(name: str) -> str:
+    """nvcc or cuobjdump of the toolkit setup.py builds with (cuobjdump from Triton's copy
+    where the toolkit lacks it, as on this project's CPU machines)."""
+    if not build.TOOLKIT:
+        sys.exit("no CUDA toolkit found (set CUDA_HOME to the folder whose bin/ holds nvcc)")
+    path = os.path.join(build.TOOLKIT, "bin", name)
+    if not os.access(path, os.X_OK) and name == "cuobjdump":
+        import triton
 
-    candidates.append(os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin", name))
-    for c in candidates:
-        if os.access(c, os.X_OK):
-            return c
-    sys.exit(f"{name} not found (set CUDA_HOME to the toolkit's folder)")
+        path = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin", name)
+    if not os.access(path, os.X_OK):
+        sys.exit(f"{name} not found in {build.TOOLKIT}/bin")
+    return path
 
 
 def compile_sass(nvcc: str, cuobjdump: str, source: Path, include: Path, arch: str, out: Path) -> dict:
-    from torch.utils.cpp_extension import include_paths
+    """Compiles `source` as setup.py does, for one architecture; SASS per kernel, normalized."""
+    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS, include_paths
 
     incs = [f"-I{include}"] + [f"-I{p}" for p in include_paths(device_type="cuda")]
     incs.append(f"-I{sysconfig.get_paths()['include']}")
-    flags = ["-DFASTDYN_WITH_CUDA", "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
-             "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
-             "--expt-relaxed-constexpr", "-Xcompiler", "-fPIC", "-O3", "-std=c++20",
-             "-DTORCH_API_INCLUDE_EXTENSION_H", "-DTORCH_EXTENSION_NAME=_C",
+    flags = [*COMMON_NVCC_FLAGS, *build.NVCC_FLAGS, "-DFASTDYN_WITH_CUDA", "-Xcompiler", "-fPIC",
+             "-std=c++20", "-DTORCH_API_INCLUDE_EXTENSION_H", "-DTORCH_EXTENSION_NAME=_C",
              f"-gencode=arch=compute_{arch},code=sm_{arch}"]
     subprocess.run([nvcc, *incs, *flags, "-c", str(source), "-o", str(out)], check=True)
     dump = subprocess.run([cuobjdump, "-sass", str(out)], check=True, capture_output=True, text=True).stdout
@@ -77,7 +79,7 @@ def main() -> None:
     ap.add_argument("sources", nargs="+", help="CUDA files, relative to the repository")
     ap.add_argument("--arch", default="90")
     args = ap.parse_args()
-    nvcc, cuobjdump = find_tool("nvcc"), find_tool("cuobjdump")
+    nvcc, cuobjdump = toolkit_tool("nvcc"), toolkit_tool("cuobjdump")
     with tempfile.TemporaryDirectory() as tmp:
         old_tree = Path(tmp, "old")
         old_tree.mkdir()
