@@ -100,4 +100,7 @@ def test_state_dict_layout_matches_torch(cls):
         for key in a["state"][k]:
             assert a["state"][k][key].dtype == b["state"][k][key].dtype, key
             assert a["state"][k][key].shape == b["state"][k][key].shape, key
-    assert a["param_groups"][0].keys() == b["param_groups"][0].keys()
+    ours = set(a["param_groups"][0])
+    if cls != "SGD" and "decoupled_weight_decay" not in b["param_groups"][0]:
+        ours.discard("decoupled_weight_decay")  # fastdyn takes it on torch 2.6 too, torch's Adam not
+    assert ours == set(b["param_groups"][0])

@@ -1,9 +1,10 @@
 """The Triton backend: the same ops as torch.ops.fastdyn, as torch.ops.fastdyn_triton.*
 (opaque custom ops, so torch.compile calls them as they are). On a GPU they run compiled;
 on the CPU, under TRITON_INTERPRET=1, the same kernels run in Triton's interpreter (tests).
-Arguments are checked as the C++ launchers check theirs (fastdyn.ops.checks)."""
+Arguments are checked as the C++ launchers check theirs (fastdyn.ops.checks).
 
-from __future__ import annotations
+No `from __future__ import annotations` here: torch 2.6's custom_op evaluates string
+annotations without `Tuple` in scope."""
 
 from typing import List, Optional, Tuple
 
