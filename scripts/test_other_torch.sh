@@ -22,7 +22,7 @@ grep -vE "^(torch|setuptools)==" requirements.txt > "$work/requirements.txt"
 "$work/venv/bin/python" -m pip install -q --disable-pip-version-check "torch==$version" \
   "setuptools>=77" -r "$work/requirements.txt" 2>&1 | grep -v "^WARNING: Location" || true
 if [ -d "$work/tree" ]; then
-  git -C "$work/tree" checkout -q --detach "$(git rev-parse HEAD)"
+  git -C "$work/tree" checkout -q --force --detach "$(git rev-parse HEAD)"
 else
   git worktree add -q --detach "$work/tree" HEAD
 fi
