@@ -75,13 +75,16 @@ def test_error_if_nonfinite_raises_before_clipping():
         assert torch.equal(p.grad, b)
 
 
-def test_nan_norm_reaches_the_grads_like_torch():
-    ours = params_with_grads([10, 10], torch.float32, "cpu")
-    theirs = params_with_grads([10, 10], torch.float32, "cpu")
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("ord", [2.0, math.inf])
+def test_nan_norm_reaches_the_grads_like_torch(backend, device, ord):
+    ours = params_with_grads([10, 10], torch.float32, device)
+    theirs = params_with_grads([10, 10], torch.float32, device)
     for ps in (ours, theirs):
         ps[0].grad[0] = float("nan")
-    t1 = fastdyn.clip_grad_norm_(ours, 1.0)
-    t2 = torch.nn.utils.clip_grad_norm_(theirs, 1.0)
+    with use_backend(backend):
+        t1 = fastdyn.clip_grad_norm_(ours, 1.0, ord)
+    t2 = torch.nn.utils.clip_grad_norm_(theirs, 1.0, ord)
     assert t1.isnan() and t2.isnan()
     for a, b in zip(ours, theirs):
         assert torch.equal(a.grad.isnan(), b.grad.isnan())

@@ -133,5 +133,5 @@ def test_bad_inputs(backend, device):
 
 @cuda_only
 def test_mismatched_devices_named():
-    with pytest.raises(ValueError, match=r"tensors\[0\] is on cpu"):
+    with pytest.raises(ValueError, match=r"tensors\[1\] is on cuda:0 but the other tensors are on cpu"):
         fastdyn.ops.multi_tensor_norm([torch.ones(2), torch.ones(2, device="cuda")])

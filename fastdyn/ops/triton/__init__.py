@@ -36,7 +36,8 @@ def multi_tensor_norm(tensors: List[torch.Tensor], ord: float = 2.0,
 @multi_tensor_norm.register_fake
 def _(tensors, ord=2.0, per_tensor=False):
     dev = tensors[0].device
-    return (torch.empty((), device=dev), torch.empty((len(tensors) if per_tensor else 0,), device=dev))
+    return (torch.empty((), dtype=torch.float32, device=dev),
+            torch.empty((len(tensors) if per_tensor else 0,), dtype=torch.float32, device=dev))
 
 
 @torch.library.custom_op(f"{_NS}::multi_tensor_scale_", mutates_args=("tensors",))
@@ -57,7 +58,8 @@ def multi_tensor_unscale_norm_(tensors: List[torch.Tensor], inv_scale: torch.Ten
 @multi_tensor_unscale_norm_.register_fake
 def _(tensors, inv_scale, found_inf, ord=2.0, per_tensor=False):
     dev = tensors[0].device
-    return (torch.empty((), device=dev), torch.empty((len(tensors) if per_tensor else 0,), device=dev))
+    return (torch.empty((), dtype=torch.float32, device=dev),
+            torch.empty((len(tensors) if per_tensor else 0,), dtype=torch.float32, device=dev))
 
 
 @torch.library.custom_op(f"{_NS}::clip_grad_norm_", mutates_args=("grads",))
@@ -68,7 +70,7 @@ def clip_grad_norm_(grads: List[torch.Tensor], max_norm: float, ord: float = 2.0
 
 @clip_grad_norm_.register_fake
 def _(grads, max_norm, ord=2.0):
-    return torch.empty((), device=grads[0].device)
+    return torch.empty((), dtype=torch.float32, device=grads[0].device)
 
 
 @torch.library.custom_op(

@@ -68,7 +68,8 @@ def _adam_kernel(rows_ptr, lr_ptr, scale_ptr, found_inf_ptr, bc1_ptr, bc2_ptr, p
             if STATS:
                 g2 += g_seen * g_seen
                 p2 += p_old * p_old
-                d2 += (p - p_old) * (p - p_old)
+                # masked lanes: 0 / (0 + eps) is NaN at eps=0
+                d2 += tl.where(mask, (p - p_old) * (p - p_old), 0.0)
         if STATS:
             tl.store(partials_ptr + pid * 3, tl.sum(g2, axis=0))
             tl.store(partials_ptr + pid * 3 + 1, tl.sum(p2, axis=0))

@@ -12,6 +12,7 @@ def clip_grad_norm_(grads, max_norm: float, ord: float):
     is_max = math.isinf(ord)
     total, _ = finish(per_tensor_partials(grads, is_max), is_max)
     coef = max_norm / (total + 1e-6)
-    coef = torch.where(coef < 1.0, coef, torch.ones_like(coef))  # NaN stays NaN
+    # clamp, not where(coef < 1): NaN < 1 is False, and a NaN norm must reach the grads
+    coef = coef.clamp(max=1.0)
     scale_(grads, coef)
     return total

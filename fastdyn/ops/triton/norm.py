@@ -77,8 +77,20 @@ def per_tensor_partials(tensors, is_max: bool, inv_scale=None, found_inf=None) -
     # host, and so is this permutation; it goes to the device once per call)
     order = [i for idx in by_dtype.values() for i in idx]
     out = torch.empty(len(tensors), dtype=torch.float32, device=device)
-    out[torch.tensor(order).to(device, non_blocking=True)] = torch.cat(parts)
+    out[_device_order(tuple(order), device)] = torch.cat(parts)
     return out
+
+
+_ORDERS = {}
+
+
+def _device_order(order: tuple, device: torch.device) -> torch.Tensor:
+    # one H2D copy per distinct order, not per call: a copy per call stalls and cannot be
+    # captured in a CUDA graph (a step's lists keep their order, so this stays small)
+    key = (device, order)
+    if key not in _ORDERS:
+        _ORDERS[key] = torch.tensor(order, device=device)
+    return _ORDERS[key]
 
 
 def finish(per: torch.Tensor, is_max: bool):
@@ -86,7 +98,8 @@ def finish(per: torch.Tensor, is_max: bool):
     if is_max:
         total = per.max() if per.numel() else per.new_zeros(())
         if per.numel():
-            total = torch.where(per.isnan().any(), per.new_tensor(float("nan")), total)
+            # masked_fill with a device mask: new_tensor(nan) would be a blocking H2D copy
+            total = total.masked_fill(per.isnan().any(), float("nan"))
         return total, per
     return per.sum().sqrt(), per.sqrt()
 
