@@ -74,7 +74,7 @@ def per_tensor_partials(tensors, is_max: bool, inv_scale=None, found_inf=None) -
     if len(parts) == 1:
         return parts[0]
     # mixed dtypes: put each group's results back in list order (the order is built on the
-    # host, and so is this permutation; it goes to the device once per call)
+    # host, and so is this permutation; it goes to the device once per distinct order)
     order = [i for idx in by_dtype.values() for i in idx]
     out = torch.empty(len(tensors), dtype=torch.float32, device=device)
     out[_device_order(tuple(order), device)] = torch.cat(parts)
