@@ -10,7 +10,9 @@ from fastdyn.optim.optimizer import FusedOptimizer, _check_float
 def momentum_first_step_matters(group) -> bool:
     """Momentum buffers start at zero, which gives torch's first step (buf = d) exactly when
     dampening is 0: 0*momentum + (1-0)*d == d, bit for bit, and a step skipped for inf/NaN
-    leaves a valid buffer behind. Only with dampening the first step needs its own flag."""
+    leaves a valid buffer behind. Only with dampening the first step needs its own flag: a
+    host flag, or a device one where found_inf may skip the step (Bucket.started). A state
+    dict saved before any step of a buffer ran holds it as zeros, as a started buffer."""
     return group["momentum"] != 0 and group["dampening"] != 0
 
 

@@ -24,12 +24,15 @@ OPTS = {
     "SGD": dict(lr=0.05, momentum=0.9),
     "LAMB": dict(lr=1e-2, max_grad_norm=1.0),
     "LARS": dict(lr=0.5, weight_decay=1e-3),
+    # under a scaler, whether the buffers' first step is still ahead is decided on the device
+    "SGD-dampening": dict(lr=0.05, momentum=0.9, dampening=0.5),
 }
 
 
 def _setup(name):
     model = mlp().cuda()
-    opt = getattr(fastdyn.optim, name)(model.parameters(), **{**OPTS[name], "lr": torch.tensor(OPTS[name]["lr"], device="cuda")})
+    opt = getattr(fastdyn.optim, name.split("-")[0])(
+        model.parameters(), **{**OPTS[name], "lr": torch.tensor(OPTS[name]["lr"], device="cuda")})
     x, y = (t.cuda() for t in regression_data())
     return model, opt, (x, y)
 

@@ -88,6 +88,67 @@ def test_inf_step_is_skipped_bit_for_bit_and_training_continues(backend, device,
     assert losses[-1] < losses[0]
 
 
+DAMPENED = {"SGD": dict(lr=0.05, momentum=0.9, dampening=0.5),
+            "LARS": dict(lr=0.5, weight_decay=1e-3, dampening=0.5)}
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("track_stats", [False, True])
+@pytest.mark.parametrize("name", list(DAMPENED))
+def test_skipped_first_step_leaves_the_first_step_ahead(backend, device, name, track_stats):
+    """With dampening the first step sets buf = d, not momentum*0 + (1-dampening)*d, and the
+    host cannot know whether found_inf skipped it. A run whose first and fourth steps are
+    skipped ends bit for bit where the run without them does (the scale is a power of two:
+    unscaling is exact), statistics included."""
+    cls = getattr(fastdyn.optim, name)
+    scaled, plain = mlp().to(device), mlp().to(device)
+    o1 = cls(scaled.parameters(), **DAMPENED[name], track_stats=track_stats)
+    o2 = cls(plain.parameters(), **DAMPENED[name], track_stats=track_stats)
+    scaler = torch.amp.GradScaler(device, init_scale=2.0 ** 10, growth_interval=10 ** 6)
+    data = tuple(t.to(device) for t in regression_data())
+    with use_backend(backend):
+        for i in range(6):
+            o1.zero_grad()
+            scaler.scale(mlp_loss(scaled, data)).backward()
+            if i in (0, 3):
+                poison(scaled)
+            scaler.step(o1)
+            scaler.update()
+            if i in (0, 3):
+                if track_stats:
+                    assert o1.last_stats().values.isnan().all()
+                continue
+            o2.zero_grad()
+            mlp_loss(plain, data).backward()
+            o2.step()
+            if track_stats:
+                assert torch.equal(o1.last_stats().values, o2.last_stats().values)
+    assert scaler.get_scale() == 2.0 ** 8
+    for p, q in zip(scaled.parameters(), plain.parameters()):
+        assert torch.equal(p, q)
+        assert torch.equal(o1.state[p]["momentum_buffer"], o2.state[q]["momentum_buffer"])
+
+
+def test_skipped_first_step_with_dampening_matches_torch_sgd():
+    """torch's SGD under GradScaler skips the step on the host: its buffer is created by the
+    first step that runs, as ours is on the device."""
+    ours, theirs = mlp(), mlp()
+    o1 = fastdyn.optim.SGD(ours.parameters(), **DAMPENED["SGD"])
+    o2 = torch.optim.SGD(theirs.parameters(), **DAMPENED["SGD"])
+    s1, s2 = (torch.amp.GradScaler("cpu", init_scale=2.0 ** 8) for _ in range(2))
+    data = regression_data()
+    for i in range(5):
+        for m, o, s in ((ours, o1, s1), (theirs, o2, s2)):
+            o.zero_grad()
+            s.scale(mlp_loss(m, data)).backward()
+            if i == 0:
+                poison(m)
+            s.step(o)
+            s.update()
+    for p, q in zip(ours.parameters(), theirs.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", ["Adam", "LAMB", "SGD"])
 def test_scaled_training_matches_unscaled(name):
     """Unscaling inside the kernels gives the same step as unscaled gradients."""

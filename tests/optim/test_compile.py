@@ -102,3 +102,28 @@ def test_scheduler_changes_tensor_lr_without_recompiling():
         sched.step()
     assert len(frames) == n_graphs, "a changed lr recompiled the step"
 
+
+
+@pytest.mark.parametrize("name", ["SGD-dampening", "LARS-dampening"])
+def test_compiled_step_with_a_skipped_first_step(name):
+    """found_inf as GradScaler hands it over: the step that decides on the device whether the
+    buffers' first step is still ahead compiles (one graph creates the state, one runs every
+    later step) and matches the eager step."""
+    torch._dynamo.reset()
+    model, twin = mlp(), mlp()
+    cls = getattr(fastdyn.optim, name.split("-")[0])
+    opt = cls(model.parameters(), lr=torch.tensor(1e-2), **CASES[name])
+    eager = cls(twin.parameters(), lr=torch.tensor(1e-2), **CASES[name])
+    data = regression_data()
+    step, frames = fullgraph_step(opt)
+    for i in range(4):
+        for m, o in ((model, opt), (twin, eager)):
+            o.zero_grad()
+            mlp_loss(m, data).backward()
+            o.grad_scale, o.found_inf = None, torch.tensor(float(i == 0))
+        step()
+        eager.step()
+    assert len(frames) <= 2, f"{len(frames)} graphs for 4 steps"
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(p, q)
+        assert torch.equal(opt.state[p]["momentum_buffer"], eager.state[q]["momentum_buffer"])
