@@ -74,11 +74,11 @@ void adam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(grp.device);
   const ScalarRef found = scalar_ref(found_inf);
-  increment_steps(state_steps, found);
-
   const bool want_stats = stats.has_value();
   at::Tensor partials;
   if (want_stats) partials = at::empty({3 * std::max<int64_t>(count_chunks(params), 1)}, lr.options().dtype(at::kDouble));
+  // after the allocations: a call that fails leaves the steps as they were
+  increment_steps(state_steps, found);
   double* partials_ptr = want_stats ? partials.data_ptr<double>() : nullptr;
   const bool steps_double = state_steps[0].scalar_type() == at::kDouble;
   const at::TensorList none;

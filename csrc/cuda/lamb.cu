@@ -202,14 +202,14 @@ void lamb_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(grp.device);
   const ScalarRef found = scalar_ref(found_inf);
-  increment_steps(state_steps, found);
-
   const bool adapt = weight_decay != 0.0 || always_adapt;
   const bool want_stats = stats.has_value();
   const auto fopts = lr.options().dtype(at::kDouble);
   at::Tensor partials = at::empty({3 * std::max<int64_t>(count_chunks(params), 1)}, fopts);
   at::Tensor ratios = at::empty({grp.size}, fopts);
   at::Tensor update_norms = want_stats ? at::empty({grp.size}, fopts) : at::Tensor();
+  // after the allocations: a call that fails leaves the steps as they were
+  increment_steps(state_steps, found);
   double* ratios_ptr = ratios.data_ptr<double>();
   double* update_norms_ptr = want_stats ? update_norms.data_ptr<double>() : nullptr;
   const LambArgs args{found, scalar_ref(grad_scale), scalar_ref(lr), beta1, beta2, eps, weight_decay,
@@ -246,8 +246,8 @@ at::Tensor lamb_moments_(at::TensorList params, at::TensorList grads, at::Tensor
   if (params.empty()) return sums;
   const c10::cuda::CUDAGuard guard(grp.device);
   const ScalarRef found = scalar_ref(found_inf);
-  increment_steps(state_steps, found);
   at::Tensor partials = at::empty({3 * std::max<int64_t>(count_chunks(params), 1)}, dopts);
+  increment_steps(state_steps, found);
   const LambArgs args{found, scalar_ref(grad_scale), ScalarRef{}, beta1, beta2, eps, weight_decay,
                       bias_correction, grad_averaging, state_steps[0].scalar_type() == at::kDouble,
                       partials.data_ptr<double>(), nullptr};

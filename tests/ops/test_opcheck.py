@@ -121,3 +121,32 @@ def test_mixed_step_dtypes_are_refused(backend, device):
             op(*args, **kwargs)
         checked.add(name)
     assert checked == {"adam_", "lamb_", "lamb_moments_", "lamb_apply_"}
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES + [("native", "meta")])
+def test_state_of_another_dtype_is_refused_before_anything_changes(backend, device):
+    """Optimizer state must have the params' dtype (or be float32 beside float16/bfloat16
+    params): float16 moments of float32 params are an error on every backend, raised before
+    the step counters move."""
+    ns = _namespace(backend)
+    checked = set()
+    state_lists = {"exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "momentum_buffers"}
+    for name, args, kwargs in samples("cpu" if device == "meta" else device):
+        op = getattr(ns, name).default
+        schema_args = [a.name for a in op._schema.arguments]
+        if not state_lists & set(schema_args) or args[0][0].dtype != torch.float32:
+            continue
+        args = [[t.half() for t in a] if n in state_lists else a for n, a in zip(schema_args, args)]
+        if device == "meta":
+            args, kwargs = _to_meta(args), {k: _to_meta(v) for k, v in kwargs.items()}
+        steps = args[schema_args.index("state_steps")] if "state_steps" in schema_args else []
+        before = [s.clone() for s in steps]
+        if backend == "triton":
+            args, kwargs = _positional(op, tuple(args), kwargs)
+        with pytest.raises(TypeError, match=r"optimizer state has dtype (torch.float16|Half) for "
+                                            r"params of dtype (torch.float32|Float)"):
+            op(*args, **kwargs)
+        if device != "meta":
+            assert all(torch.equal(a, b) for a, b in zip(steps, before)), name
+        checked.add(name)
+    assert checked == {"adam_", "sgd_", "lamb_", "lars_", "lamb_moments_", "lamb_apply_"}

@@ -61,12 +61,17 @@ inline UpdateGroup check_update_group(at::TensorList params, at::TensorList grad
   g.has_master = !master_params.empty();
   // No state lists (SGD without momentum): nothing to match; fp32 goes with master weights.
   if (!have_state_dtype) g.state_dtype = g.has_master ? at::kFloat : g.param_dtype;
+  const bool low_precision = g.param_dtype == at::kHalf || g.param_dtype == at::kBFloat16;
+  TORCH_CHECK_TYPE(g.state_dtype == g.param_dtype || (g.state_dtype == at::kFloat && low_precision),
+                   "optimizer state has dtype ", g.state_dtype, " for params of dtype ",
+                   g.param_dtype, "; state must match the params, or be float32 for "
+                   "float16/bfloat16 params");
   if (g.has_master) {
     check_float_list("master_params", master_params, g.device);
     check_like("master_params", master_params, "params", params);
     TORCH_CHECK_TYPE(common_dtype("master_params", master_params) == at::kFloat,
                      "master_params must be float32, got ", master_params[0].scalar_type());
-    TORCH_CHECK_TYPE(g.param_dtype == at::kHalf || g.param_dtype == at::kBFloat16,
+    TORCH_CHECK_TYPE(low_precision,
                      "master_params are for float16/bfloat16 params, got params of dtype ",
                      g.param_dtype);
     TORCH_CHECK_TYPE(g.state_dtype == at::kFloat,
