@@ -38,6 +38,7 @@ std::tuple<at::Tensor, at::Tensor> multi_tensor_unscale_norm_(at::TensorList ten
   check_float_list("tensors", tensors, cpu);
   check_scalar_tensor("inv_scale", inv_scale, cpu);
   check_scalar_tensor("found_inf", found_inf, cpu);
+  check_found_inf_dtype(found_inf);
   const float inv = static_cast<float>(scalar_value(inv_scale));
 
   ChunkPlan plan = plan_chunks(tensors);

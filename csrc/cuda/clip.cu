@@ -18,13 +18,13 @@ at::Tensor clip_grad_norm_(at::TensorList grads, double max_norm, double ord) {
   const c10::cuda::CUDAGuard guard(device);
   const auto opts = grads[0].options().dtype(at::kFloat);
   const int64_t n = static_cast<int64_t>(grads.size());
-  at::Tensor partials = at::empty({n}, opts);
+  at::Tensor partials = at::empty({n}, opts.dtype(at::kDouble));
   at::Tensor total = at::empty({}, opts);
   at::Tensor coef = at::empty({}, opts);
   dispatch_norm_kind(ord, [&](auto kind) {
     constexpr NormKind K = decltype(kind)::value;
-    per_tensor_partials<K>(grads, partials.data_ptr<float>());
-    launch_total<K>(partials.data_ptr<float>(), n, total.data_ptr<float>(), nullptr,
+    per_tensor_partials<K>(grads, partials.data_ptr<double>());
+    launch_total<K>(partials.data_ptr<double>(), n, total.data_ptr<float>(), nullptr,
                     coef.data_ptr<float>(), static_cast<float>(max_norm));
   });
   scale_tensors_(grads, scalar_ref(coef));

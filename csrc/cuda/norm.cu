@@ -18,13 +18,13 @@ std::tuple<at::Tensor, at::Tensor> multi_tensor_norm(at::TensorList tensors, dou
   const c10::cuda::CUDAGuard guard(device);
   const auto opts = tensors[0].options().dtype(at::kFloat);
   const int64_t n = static_cast<int64_t>(tensors.size());
-  at::Tensor partials = at::empty({n}, opts);
+  at::Tensor partials = at::empty({n}, opts.dtype(at::kDouble));
   at::Tensor total = at::empty({}, opts);
   at::Tensor per = at::empty({per_tensor ? n : 0}, opts);
   dispatch_norm_kind(ord, [&](auto kind) {
     constexpr NormKind K = decltype(kind)::value;
-    per_tensor_partials<K>(tensors, partials.data_ptr<float>());
-    launch_total<K>(partials.data_ptr<float>(), n, total.data_ptr<float>(),
+    per_tensor_partials<K>(tensors, partials.data_ptr<double>());
+    launch_total<K>(partials.data_ptr<double>(), n, total.data_ptr<float>(),
                     per_tensor ? per.data_ptr<float>() : nullptr);
   });
   return {total, per};

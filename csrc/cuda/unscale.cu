@@ -15,23 +15,24 @@ std::tuple<at::Tensor, at::Tensor> multi_tensor_unscale_norm_(at::TensorList ten
                                                               const at::Tensor& found_inf,
                                                               double ord, bool per_tensor) {
   check_norm_ord(ord);
-  const at::Device device = *check_float_list("tensors", tensors);
+  // an empty list reaches this kernel through inv_scale and found_inf: they name the device
+  const at::Device device = check_float_list("tensors", tensors).value_or(found_inf.device());
   check_scalar_tensor("inv_scale", inv_scale, device);
   check_scalar_tensor("found_inf", found_inf, device);
-  TORCH_CHECK_TYPE(found_inf.scalar_type() == at::kFloat, "found_inf must be float32 (as GradScaler's), got ",
-                   found_inf.scalar_type());
+  check_found_inf_dtype(found_inf);
   const c10::cuda::CUDAGuard guard(device);
-  const at::Tensor inv = inv_scale.to(at::kFloat);
-  const auto opts = tensors[0].options().dtype(at::kFloat);
+  const auto opts = found_inf.options().dtype(at::kFloat);
   const int64_t n = static_cast<int64_t>(tensors.size());
-  at::Tensor partials = at::empty({n}, opts);
+  if (n == 0) return {at::zeros({}, opts), at::empty({0}, opts)};
+  const at::Tensor inv = inv_scale.to(at::kFloat);
+  at::Tensor partials = at::empty({n}, opts.dtype(at::kDouble));
   at::Tensor total = at::empty({}, opts);
   at::Tensor per = at::empty({per_tensor ? n : 0}, opts);
   dispatch_norm_kind(ord, [&](auto kind) {
     constexpr NormKind K = decltype(kind)::value;
-    per_tensor_partials<K>(tensors, partials.data_ptr<float>(), inv.data_ptr<float>(),
+    per_tensor_partials<K>(tensors, partials.data_ptr<double>(), inv.data_ptr<float>(),
                            found_inf.data_ptr<float>());
-    launch_total<K>(partials.data_ptr<float>(), n, total.data_ptr<float>(),
+    launch_total<K>(partials.data_ptr<double>(), n, total.data_ptr<float>(),
                     per_tensor ? per.data_ptr<float>() : nullptr);
   });
   return {total, per};

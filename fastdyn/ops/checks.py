@@ -186,9 +186,14 @@ def scale_args(tensors, scale):
 
 def unscale_norm_args(tensors, inv_scale, found_inf, ord=2.0, per_tensor=False):
     device = norm_args(tensors, ord)
+    if device is None:  # an empty list: inv_scale and found_inf name the device
+        device = found_inf.device if isinstance(found_inf, torch.Tensor) else None
     if device is not None:
         check_scalar_tensor("inv_scale", inv_scale, device)
         check_scalar_tensor("found_inf", found_inf, device)
+        # written as GradScaler's is, on every backend
+        if found_inf.dtype != torch.float32:
+            raise TypeError(f"found_inf must be float32 (as GradScaler's), got {found_inf.dtype}")
     return device
 
 

@@ -8,8 +8,8 @@ import fastdyn._extension  # noqa: F401
 from fastdyn.ops import checks
 
 
-def _norm_outputs(tensors, per_tensor):
-    device = tensors[0].device if len(tensors) else torch.device("cpu")
+def _norm_outputs(tensors, per_tensor, device=None):
+    device = tensors[0].device if len(tensors) else (device or torch.device("cpu"))
     total = torch.empty((), dtype=torch.float32, device=device)
     per = torch.empty((len(tensors) if per_tensor else 0,), dtype=torch.float32, device=device)
     return total, per
@@ -23,8 +23,8 @@ def _(tensors, ord=2.0, per_tensor=False):
 
 @torch.library.register_fake("fastdyn::multi_tensor_unscale_norm_")
 def _(tensors, inv_scale, found_inf, ord=2.0, per_tensor=False):
-    checks.unscale_norm_args(tensors, inv_scale, found_inf, ord)
-    return _norm_outputs(tensors, per_tensor)
+    device = checks.unscale_norm_args(tensors, inv_scale, found_inf, ord)
+    return _norm_outputs(tensors, per_tensor, device)
 
 
 @torch.library.register_fake("fastdyn::clip_grad_norm_")

@@ -62,3 +62,37 @@ def test_unscale_bad_found_inf(backend, device):
             fastdyn.ops.multi_tensor_unscale_norm_([torch.ones(3, device=device)],
                                                    torch.tensor(1.0, device=device),
                                                    torch.zeros(2, device=device))
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+def test_unscale_found_inf_must_be_float32(backend, device):
+    """found_inf is written as GradScaler's is: float64 is refused on every backend alike."""
+    with use_backend(backend):
+        with pytest.raises(TypeError, match=r"found_inf must be float32 \(as GradScaler's\), got "
+                                            r"(torch.float64|Double)"):
+            fastdyn.ops.multi_tensor_unscale_norm_([torch.ones(3, device=device)],
+                                                   torch.tensor(1.0, device=device),
+                                                   torch.zeros((), dtype=torch.float64, device=device))
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+def test_unscale_op_on_an_empty_list(backend, device):
+    """Called directly, the op reaches the kernel of found_inf's device with no tensors: zero
+    norms on that device, found_inf untouched."""
+    import torch.library  # noqa: F401
+    ns = torch.ops.fastdyn
+    if backend == "triton":
+        import fastdyn.ops.triton  # noqa: F401
+        ns = torch.ops.fastdyn_triton
+    found = torch.zeros((), device=device)
+    total, per = ns.multi_tensor_unscale_norm_([], torch.tensor(0.5, device=device), found, 2.0, True)
+    assert total.device == found.device and total.dtype == torch.float32 and total.item() == 0.0
+    assert per.device == found.device and per.numel() == 0
+    assert found.item() == 0.0
+
+
+def test_unscale_fake_kernel_on_an_empty_list():
+    found = torch.zeros((), device="meta")
+    total, per = torch.ops.fastdyn.multi_tensor_unscale_norm_(
+        [], torch.tensor(0.5, device="meta"), found, 2.0, True)
+    assert total.device.type == "meta" and per.device.type == "meta" and per.shape == (0,)

@@ -75,6 +75,12 @@ inline void check_scalar_tensor(const char* name, const at::Tensor& t, at::Devic
                     " but the tensors it applies to are on ", device);
 }
 
+// The unscale op writes found_inf as GradScaler's is: float32, on every backend.
+inline void check_found_inf_dtype(const at::Tensor& found_inf) {
+  TORCH_CHECK_TYPE(found_inf.scalar_type() == at::kFloat,
+                   "found_inf must be float32 (as GradScaler's), got ", found_inf.scalar_type());
+}
+
 inline void check_norm_ord(double ord) {
   TORCH_CHECK_VALUE(ord == 2.0 || (std::isinf(ord) && ord > 0), "ord must be 2 or inf, got ", ord,
                     " (other norms go through fastdyn.reference)");

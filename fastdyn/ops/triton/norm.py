@@ -112,9 +112,9 @@ def multi_tensor_norm(tensors, ord: float, per_tensor: bool):
 
 def multi_tensor_unscale_norm_(tensors, inv_scale, found_inf, ord: float, per_tensor: bool):
     is_max = math.isinf(ord)
+    if not tensors:  # reached through inv_scale and found_inf alone: zeros on their device
+        return found_inf.new_zeros(()), found_inf.new_zeros(0)
     inv = inv_scale.float().reshape(1)
-    if found_inf.dtype != torch.float32:
-        raise TypeError(f"found_inf must be float32 (as GradScaler's), got {found_inf.dtype}")
     total, per = finish(per_tensor_partials(tensors, is_max, inv, found_inf), is_max)
     return total, (per if per_tensor else per.new_zeros(0))
 

@@ -1,5 +1,8 @@
 // CUDA pieces of the norm, unscale and clip ops: per-chunk partials, their per-tensor
-// reduction and the total, each combined in a fixed order.
+// reduction and the total, each combined in a fixed order. A block reduces in the type it
+// accumulates in (float, double for float64 inputs); partials and what combines them are
+// double, so float64 sums of squares past float's range (1e20^2) neither overflow nor
+// flush to 0 before the square root.
 #pragma once
 #include <ATen/ATen.h>
 
@@ -15,41 +18,39 @@ namespace cuda {
 
 using math::NormKind;
 
-template <NormKind K>
+template <NormKind K, typename A>
 struct NormCombine {
-  __device__ __forceinline__ float operator()(float a, float b) const {
-    return math::norm_combine<K>(a, b);
-  }
+  __device__ __forceinline__ A operator()(A a, A b) const { return math::norm_combine<K>(a, b); }
 };
 
 // Partial of one chunk: sum of squares (L2) or max |x| (inf), fp32 accumulation.
 template <NormKind K, typename T>
 struct NormChunkOp {
-  float* partials;
+  double* partials;
   __device__ __forceinline__ bool skip() const { return false; }
   __device__ __forceinline__ void operator()(const TensorListMeta<1>& meta, ChunkRef c) const {
-    __shared__ float shared[32];
     using A = typename OpMath<T>::type;
+    __shared__ A shared[32];
     const T* __restrict__ x = static_cast<const T*>(meta.addr[0][c.slot]);
     A acc = A(0);
     for_chunk_elements(
         c.begin, c.end, [&](int64_t i) { return static_cast<A>(x[i]); },
         [&](int64_t, A xv) { acc = math::norm_accumulate<K>(acc, xv); });
-    const float r = block_reduce(static_cast<float>(acc), NormCombine<K>{}, shared);
-    if (threadIdx.x == 0) partials[c.global] = r;
+    const A r = block_reduce(acc, NormCombine<K, A>{}, shared);
+    if (threadIdx.x == 0) partials[c.global] = static_cast<double>(r);
   }
 };
 
 // In-place unscale with the inf check and the partial of the unscaled values.
 template <NormKind K, typename T>
 struct UnscaleChunkOp {
-  float* partials;
+  double* partials;
   const float* inv_scale;
   float* found_inf;
   __device__ __forceinline__ bool skip() const { return false; }
   __device__ __forceinline__ void operator()(const TensorListMeta<1>& meta, ChunkRef c) const {
-    __shared__ float shared[32];
     using A = typename OpMath<T>::type;
+    __shared__ A shared[32];
     T* __restrict__ x = static_cast<T*>(meta.addr[0][c.slot]);
     const A inv = static_cast<A>(*inv_scale);
     A acc = A(0);
@@ -64,55 +65,56 @@ struct UnscaleChunkOp {
         });
     // Every writer stores the same 1.0, so the race is benign and the result deterministic.
     if (bad) *found_inf = 1.f;
-    const float r = block_reduce(static_cast<float>(acc), NormCombine<K>{}, shared);
-    if (threadIdx.x == 0) partials[c.global] = r;
+    const A r = block_reduce(acc, NormCombine<K, A>{}, shared);
+    if (threadIdx.x == 0) partials[c.global] = static_cast<double>(r);
   }
 };
 
 // One block per tensor of the launch: combines its chunk partials in order.
 template <NormKind K, int Depth>
 __global__ void __launch_bounds__(256) per_tensor_kernel(TensorListMeta<Depth> meta,
-                                                         const float* partials, float* per_tensor) {
-  __shared__ float shared[32];
+                                                         const double* partials, double* per_tensor) {
+  __shared__ double shared[32];
   const int slot = blockIdx.x;
   const int64_t c0 = meta.chunk_offset + meta.chunk_begin[slot];
   const int64_t c1 = meta.chunk_offset + meta.chunk_begin[slot + 1];
-  float acc = 0.f;
+  double acc = 0.0;
   for (int64_t c = c0 + threadIdx.x; c < c1; c += blockDim.x) acc = math::norm_combine<K>(acc, partials[c]);
-  acc = block_reduce(acc, NormCombine<K>{}, shared);
+  acc = block_reduce(acc, NormCombine<K, double>{}, shared);
   if (threadIdx.x == 0) per_tensor[meta.tensor_id[slot]] = acc;
 }
 
 template <NormKind K, int Depth>
-void launch_per_tensor(const TensorListMeta<Depth>& meta, const float* partials, float* per_tensor) {
+void launch_per_tensor(const TensorListMeta<Depth>& meta, const double* partials, double* per_tensor) {
   per_tensor_kernel<K, Depth><<<meta.n_tensors, 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
       meta, partials, per_tensor);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 // Single block: total = finish(combine(per_tensor partials)), per_tensor_out = finish(each);
-// with clip_coef, also torch's clipping coefficient min(max_norm / (total + 1e-6), 1).
+// with clip_coef, also torch's clipping coefficient min(max_norm / (total + 1e-6), 1), from
+// the float32 total that is returned (as torch's rule reads it).
 template <NormKind K>
-__global__ void __launch_bounds__(1024) total_kernel(const float* per_tensor, int64_t n, float* total,
+__global__ void __launch_bounds__(1024) total_kernel(const double* per_tensor, int64_t n, float* total,
                                                      float* per_tensor_out, float* clip_coef,
                                                      float max_norm) {
-  __shared__ float shared[32];
-  float acc = 0.f;
+  __shared__ double shared[32];
+  double acc = 0.0;
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    const float v = per_tensor[i];
+    const double v = per_tensor[i];
     acc = math::norm_combine<K>(acc, v);
-    if (per_tensor_out) per_tensor_out[i] = math::norm_finish<K>(v);
+    if (per_tensor_out) per_tensor_out[i] = static_cast<float>(math::norm_finish<K>(v));
   }
-  acc = block_reduce(acc, NormCombine<K>{}, shared);
+  acc = block_reduce(acc, NormCombine<K, double>{}, shared);
   if (threadIdx.x == 0) {
-    const float t = math::norm_finish<K>(acc);
+    const float t = static_cast<float>(math::norm_finish<K>(acc));
     *total = t;
     if (clip_coef) *clip_coef = math::clip_coefficient(t, max_norm);
   }
 }
 
 template <NormKind K>
-void launch_total(const float* per_tensor, int64_t n, float* total, float* per_tensor_out,
+void launch_total(const double* per_tensor, int64_t n, float* total, float* per_tensor_out,
                   float* clip_coef = nullptr, float max_norm = 0.f) {
   total_kernel<K><<<1, 1024, 0, c10::cuda::getCurrentCUDAStream()>>>(per_tensor, n, total,
                                                                       per_tensor_out, clip_coef, max_norm);
@@ -145,12 +147,12 @@ inline void dispatch_norm_kind(double ord, F&& f) {
 // Per-tensor partials (sums of squares / max) of a mixed-dtype list into per_tensor[n],
 // optionally unscaling in place first (inv_scale/found_inf non-null).
 template <NormKind K>
-void per_tensor_partials(at::TensorList ts, float* per_tensor, const float* inv_scale = nullptr,
+void per_tensor_partials(at::TensorList ts, double* per_tensor, const float* inv_scale = nullptr,
                          float* found_inf = nullptr) {
   const int64_t n_chunks = count_chunks(ts);
   at::Tensor partials = at::empty({n_chunks > 0 ? n_chunks : 1},
-                                  ts[0].options().dtype(at::kFloat));
-  float* partials_ptr = partials.data_ptr<float>();
+                                  ts[0].options().dtype(at::kDouble));
+  double* partials_ptr = partials.data_ptr<double>();
   int64_t chunk_base = 0;
   for (const auto& kv : positions_by_dtype(ts)) {
     const std::vector<at::Tensor> sub = select(ts, kv.second);
