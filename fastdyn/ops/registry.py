@@ -28,12 +28,26 @@ def implementation(name: str, backend: str):
     if backend == "triton":
         import fastdyn.ops.triton as triton_ops  # (registers torch.ops.fastdyn_triton)
 
-        return _by_position(getattr(torch.ops.fastdyn_triton, name), triton_ops.ARGUMENTS[name])
+        return _float64_to_reference(
+            _by_position(getattr(torch.ops.fastdyn_triton, name), triton_ops.ARGUMENTS[name]),
+            implementation(name, "reference"))
     if backend == "reference":
         import fastdyn.reference as reference
 
         return getattr(reference, name)
     raise ValueError(f"unknown backend {backend!r}")
+
+
+def _float64_to_reference(op, reference):
+    """The Triton kernels compute in float32: float64 tensors (the first list argument holds
+    every dtype of a call) go to the float64 reference, which reads its scalars on the host."""
+
+    def run(*args, **kwargs):
+        if any(t.dtype == torch.float64 for t in args[0]):
+            return reference(*args, **kwargs)
+        return op(*args, **kwargs)
+
+    return run
 
 
 def _by_position(op, arguments: tuple):
