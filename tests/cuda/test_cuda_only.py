@@ -92,6 +92,34 @@ def test_cuda_graph_capture_and_replay(backend, name):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("ord", [2.0, float("inf")])
+def test_clip_captured_on_tensors_it_never_saw(backend, ord):
+    """The launch tables of tensors first seen while capturing are built into the graph (the
+    Triton backend copies them from pinned memory at each replay); kernels compiled on other
+    tensors before. A replay clips the grads written into the captured tensors."""
+    warm = [torch.randn(n, device="cuda") for n in (7, 300)]
+    with use_backend(backend):
+        fastdyn.ops.clip_grads_(warm, 1.0, ord)
+        grads = [torch.zeros(n, device="cuda") for n in (5, 70_000, 1)]
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            total = fastdyn.ops.clip_grads_(grads, 0.5, ord)
+        for seed in range(3):
+            g = torch.Generator(device="cuda").manual_seed(seed)
+            values = [torch.randn(t.shape, generator=g, device="cuda") for t in grads]
+            for t, v in zip(grads, values):
+                t.copy_(v)
+            graph.replay()
+            want = torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(v, ord) for v in values]), ord)
+            torch.testing.assert_close(total, want, rtol=1e-5, atol=0)
+            coef = torch.clamp(0.5 / (want + 1e-6), max=1.0)
+            for t, v in zip(grads, values):
+                torch.testing.assert_close(t, v * coef, rtol=1e-6, atol=1e-7)
+
+
 @pytest.fixture
 def gpu_memory_to_itself():
     """The tests past 2^31 elements take 5-20 GB each: under pytest-xdist (gpu_check.sh runs

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 import fastdyn
 from fastdyn import reference
 from fastdyn.ops import use_backend
-from helpers import BACKEND_DEVICES, DTYPES, NORM_RTOL, cuda_only, rand_tensors
+from fastdyn.ops.backend import triton_available
+from helpers import BACKEND_DEVICES, DTYPES, INTERPRETED, NORM_RTOL, cuda_only, rand_tensors
 
 # 0, 1, primes, both sides of every backend's chunk size (CPU 32768, CUDA 65536, Triton 8192)
 ODD_SIZES = [0, 1, 2, 3, 7, 31, 127, 8191, 8192, 8193, 32767, 32768, 32769, 65537]
@@ -135,3 +136,23 @@ def test_bad_inputs(backend, device):
 def test_mismatched_devices_named():
     with pytest.raises(ValueError, match=r"tensors\[1\] is on cuda:0 but the other tensors are on cpu"):
         fastdyn.ops.multi_tensor_norm([torch.ones(2), torch.ones(2, device="cuda")])
+
+
+@pytest.mark.triton
+@pytest.mark.skipif(not (triton_available() and INTERPRETED), reason="Triton under TRITON_INTERPRET=1")
+def test_triton_tables_of_many_buckets_stay_cached():
+    """An optimizer with 40 param groups uses 80 launch tables a step (update and step
+    counters): all stay cached, none is rebuilt (and copied to the device) at the next step."""
+    from fastdyn.ops.triton import _multi_tensor
+    params = [torch.nn.Parameter(torch.randn(3 + i)) for i in range(40)]
+    opt = fastdyn.optim.Adam([{"params": [p]} for p in params], lr=1e-3)
+    grads = [torch.ones_like(p) for p in params]
+    with use_backend("triton"):
+        for step in range(3):
+            for p, g in zip(params, grads):
+                p.grad = g  # the same tensors every step: the same tables
+            opt.step()
+            if step == 1:
+                cached = {id(t) for t in _multi_tensor._tables.values()}
+    assert len(cached) >= 80
+    assert cached <= {id(t) for t in _multi_tensor._tables.values()}

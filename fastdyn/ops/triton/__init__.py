@@ -6,6 +6,7 @@ Arguments are checked as the C++ launchers check theirs (fastdyn.ops.checks).
 No `from __future__ import annotations` here: torch 2.6's custom_op evaluates string
 annotations without `Tuple` in scope."""
 
+import contextlib
 from typing import List, Optional, Tuple
 
 import torch
@@ -20,6 +21,14 @@ from fastdyn.ops.triton import sgd as _sgd
 
 _NS = "fastdyn_triton"
 
+
+def _device_guard(tensors):
+    """Triton launches on the current CUDA device: make it the tensors' own (a model on
+    cuda:1 while cuda:0 is current), as the C++ launchers' CUDAGuard does."""
+    if tensors and tensors[0].is_cuda:
+        return torch.cuda.device(tensors[0].device)
+    return contextlib.nullcontext()
+
 # The update ops' trailing grad_scale / found_inf / stats have no defaults here (the C++
 # schemas give them None): torch 2.11 drops trailing arguments equal to their default before
 # the ADInplaceOrView kernel of a Python custom op bumps the versions of the mutated ones,
@@ -30,7 +39,8 @@ _NS = "fastdyn_triton"
 def multi_tensor_norm(tensors: List[torch.Tensor], ord: float = 2.0,
                       per_tensor: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     checks.norm_args(tensors, ord)
-    return _norm.multi_tensor_norm(tensors, ord, per_tensor)
+    with _device_guard(tensors):
+        return _norm.multi_tensor_norm(tensors, ord, per_tensor)
 
 
 @multi_tensor_norm.register_fake
@@ -44,7 +54,8 @@ def _(tensors, ord=2.0, per_tensor=False):
 def multi_tensor_scale_(tensors: List[torch.Tensor], scale: torch.Tensor) -> None:
     if checks.scale_args(tensors, scale) is None:
         return
-    _norm.scale_(tensors, scale)
+    with _device_guard(tensors):
+        _norm.scale_(tensors, scale)
 
 
 @torch.library.custom_op(f"{_NS}::multi_tensor_unscale_norm_", mutates_args=("tensors", "found_inf"))
@@ -52,12 +63,13 @@ def multi_tensor_unscale_norm_(tensors: List[torch.Tensor], inv_scale: torch.Ten
                                found_inf: torch.Tensor, ord: float = 2.0,
                                per_tensor: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     checks.unscale_norm_args(tensors, inv_scale, found_inf, ord)
-    return _norm.multi_tensor_unscale_norm_(tensors, inv_scale, found_inf, ord, per_tensor)
+    with _device_guard(tensors):
+        return _norm.multi_tensor_unscale_norm_(tensors, inv_scale, found_inf, ord, per_tensor)
 
 
 @multi_tensor_unscale_norm_.register_fake
 def _(tensors, inv_scale, found_inf, ord=2.0, per_tensor=False):
-    dev = tensors[0].device
+    dev = tensors[0].device if tensors else found_inf.device
     return (torch.empty((), dtype=torch.float32, device=dev),
             torch.empty((len(tensors) if per_tensor else 0,), dtype=torch.float32, device=dev))
 
@@ -65,7 +77,8 @@ def _(tensors, inv_scale, found_inf, ord=2.0, per_tensor=False):
 @torch.library.custom_op(f"{_NS}::clip_grad_norm_", mutates_args=("grads",))
 def clip_grad_norm_(grads: List[torch.Tensor], max_norm: float, ord: float = 2.0) -> torch.Tensor:
     checks.clip_args(grads, max_norm, ord)
-    return _clip.clip_grad_norm_(grads, max_norm, ord)
+    with _device_guard(grads):
+        return _clip.clip_grad_norm_(grads, max_norm, ord)
 
 
 @clip_grad_norm_.register_fake
@@ -86,9 +99,10 @@ def adam_(params: List[torch.Tensor], grads: List[torch.Tensor], exp_avgs: List[
     checks.adam_args(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params,
                      state_steps, lr, beta1, beta2, weight_decay, eps, amsgrad, maximize,
                      decoupled_weight_decay, grad_scale, found_inf, stats)
-    _adam.adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, state_steps,
-                lr, beta1, beta2, weight_decay, eps, amsgrad, maximize, decoupled_weight_decay,
-                grad_scale, found_inf, stats)
+    with _device_guard(params):
+        _adam.adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, state_steps,
+                    lr, beta1, beta2, weight_decay, eps, amsgrad, maximize, decoupled_weight_decay,
+                    grad_scale, found_inf, stats)
 
 
 @torch.library.custom_op(f"{_NS}::sgd_", mutates_args=("params", "momentum_buffers",
@@ -100,8 +114,9 @@ def sgd_(params: List[torch.Tensor], grads: List[torch.Tensor],
          found_inf: Optional[torch.Tensor], stats: Optional[torch.Tensor]) -> None:
     checks.sgd_args(params, grads, momentum_buffers, master_params, lr, momentum, dampening,
                     weight_decay, nesterov, maximize, is_first_step, grad_scale, found_inf, stats)
-    _sgd.sgd_(params, grads, momentum_buffers, master_params, lr, momentum, dampening,
-              weight_decay, nesterov, maximize, is_first_step, grad_scale, found_inf, stats)
+    with _device_guard(params):
+        _sgd.sgd_(params, grads, momentum_buffers, master_params, lr, momentum, dampening,
+                  weight_decay, nesterov, maximize, is_first_step, grad_scale, found_inf, stats)
 
 
 @torch.library.custom_op(f"{_NS}::lamb_", mutates_args=("params", "exp_avgs", "exp_avg_sqs",
@@ -115,9 +130,10 @@ def lamb_(params: List[torch.Tensor], grads: List[torch.Tensor], exp_avgs: List[
     checks.lamb_args(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, beta1,
                      beta2, eps, weight_decay, bias_correction, grad_averaging, trust_clip,
                      always_adapt, grad_scale, found_inf, stats)
-    _lamb.lamb_(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, beta1,
-                beta2, eps, weight_decay, bias_correction, grad_averaging, trust_clip,
-                always_adapt, grad_scale, found_inf, stats)
+    with _device_guard(params):
+        _lamb.lamb_(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, beta1,
+                    beta2, eps, weight_decay, bias_correction, grad_averaging, trust_clip,
+                    always_adapt, grad_scale, found_inf, stats)
 
 
 @torch.library.custom_op(f"{_NS}::lars_", mutates_args=("params", "momentum_buffers",
@@ -132,9 +148,10 @@ def lars_(params: List[torch.Tensor], grads: List[torch.Tensor],
     checks.lars_args(params, grads, momentum_buffers, master_params, lr, momentum, dampening,
                      weight_decay, nesterov, trust_coeff, eps, trust_clip, always_adapt,
                      is_first_step, grad_scale, found_inf, stats, trust_ratios)
-    _lars.lars_(params, grads, momentum_buffers, master_params, lr, momentum, dampening,
-                weight_decay, nesterov, trust_coeff, eps, trust_clip, always_adapt, is_first_step,
-                grad_scale, found_inf, stats, trust_ratios)
+    with _device_guard(params):
+        _lars.lars_(params, grads, momentum_buffers, master_params, lr, momentum, dampening,
+                    weight_decay, nesterov, trust_coeff, eps, trust_clip, always_adapt, is_first_step,
+                    grad_scale, found_inf, stats, trust_ratios)
 
 
 @torch.library.custom_op(f"{_NS}::lamb_moments_", mutates_args=("exp_avgs", "exp_avg_sqs",
@@ -148,9 +165,10 @@ def lamb_moments_(params: List[torch.Tensor], grads: List[torch.Tensor],
     checks.lamb_moments_args(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps,
                              beta1, beta2, eps, weight_decay, bias_correction, grad_averaging,
                              grad_scale, found_inf)
-    return _lamb.lamb_moments_(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps,
-                               beta1, beta2, eps, weight_decay, bias_correction, grad_averaging,
-                               grad_scale, found_inf)
+    with _device_guard(params):
+        return _lamb.lamb_moments_(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps,
+                                   beta1, beta2, eps, weight_decay, bias_correction, grad_averaging,
+                                   grad_scale, found_inf)
 
 
 @lamb_moments_.register_fake
@@ -169,8 +187,9 @@ def lamb_apply_(params: List[torch.Tensor], exp_avgs: List[torch.Tensor],
     checks.lamb_apply_args(params, exp_avgs, exp_avg_sqs, master_params, state_steps, lr,
                            trust_ratios, beta1, beta2, eps, weight_decay, bias_correction,
                            found_inf)
-    _lamb.lamb_apply_(params, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, trust_ratios,
-                      beta1, beta2, eps, weight_decay, bias_correction, found_inf)
+    with _device_guard(params):
+        _lamb.lamb_apply_(params, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, trust_ratios,
+                          beta1, beta2, eps, weight_decay, bias_correction, found_inf)
 
 
 def _arguments(name: str) -> tuple:

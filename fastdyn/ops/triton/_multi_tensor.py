@@ -39,20 +39,60 @@ class ChunkTable(NamedTuple):
     max_tensor_chunks: int     # chunks of the largest tensor
 
 
+# Tables by (device, addresses, sizes), least recently used first, evicted past a byte
+# budget rather than a count: an optimizer with many param groups uses two or three tables
+# per bucket a step, and a count of 64 made 30+ buckets rebuild (and copy) every table.
 _tables: "OrderedDict[tuple, ChunkTable]" = OrderedDict()
-_MAX_TABLES = 64
+_table_bytes = 0
+_MAX_TABLE_BYTES = 64 << 20
+# Tables a CUDA graph was captured with: a replay reads them, so they are never evicted.
+_captured: dict = {}
+# Tables built while capturing, with their pinned host copies: the graph's replay fills
+# them, so only that graph may use them (they are not looked up again), and it keeps them.
+_graph_owned: list = []
+
+
+def _capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def _nbytes(table: ChunkTable) -> int:
+    return table.rows.numel() * 8 + table.chunk_begin.numel() * 8
 
 
 def chunk_table(lists, device: torch.device) -> ChunkTable:
     """Table of `lists` (equal-length lists of tensors, list 0 sets the sizes; an empty list
     gives address 0)."""
-    n = len(lists[0])
+    global _table_bytes
     key = (device, tuple(tuple(t.data_ptr() for t in lst) if len(lst) else None for lst in lists),
            tuple(t.numel() for t in lists[0]))
+    capturing = _capturing(device)
+    hit = _captured.get(key)
+    if hit is not None:
+        return hit
     hit = _tables.get(key)
     if hit is not None:
-        _tables.move_to_end(key)
+        if capturing:
+            _tables.pop(key)
+            _table_bytes -= _nbytes(hit)
+            _captured[key] = hit
+        else:
+            _tables.move_to_end(key)
         return hit
+    table, host = _build_table(lists, device, pinned=capturing)
+    if capturing:
+        _graph_owned.append((table, host))
+        return table
+    _tables[key] = table
+    _table_bytes += _nbytes(table)
+    while _table_bytes > _MAX_TABLE_BYTES and len(_tables) > 1:
+        _, old = _tables.popitem(last=False)
+        _table_bytes -= _nbytes(old)
+    return table
+
+
+def _build_table(lists, device: torch.device, pinned: bool):
+    n = len(lists[0])
     n_cols = len(lists) + 3
     rows = []
     begin = [0]
@@ -62,16 +102,18 @@ def chunk_table(lists, device: torch.device) -> ChunkTable:
         for off in range(0, numel, CHUNK):
             rows.append(addrs + [off, min(CHUNK, numel - off), i])
         begin.append(len(rows))
-    flat = torch.tensor(rows if rows else [[0] * n_cols], dtype=torch.int64)
+    host = (torch.tensor(rows if rows else [[0] * n_cols], dtype=torch.int64),
+            torch.tensor(begin, dtype=torch.int64))
+    if pinned:
+        # a copy captured into a graph must come from pinned memory (pageable is refused
+        # while capturing) that outlives the graph: it is copied again at each replay
+        host = tuple(h.pin_memory() for h in host)
     # non_blocking: no stream sync (a pageable source is staged before the call returns)
-    table = ChunkTable(flat.to(device, non_blocking=True),
-                       torch.tensor(begin, dtype=torch.int64).to(device, non_blocking=True),
+    table = ChunkTable(host[0].to(device, non_blocking=True),
+                       host[1].to(device, non_blocking=True),
                        len(rows), n_cols,
                        max((b - a for a, b in zip(begin, begin[1:])), default=0))
-    _tables[key] = table
-    if len(_tables) > _MAX_TABLES:
-        _tables.popitem(last=False)
-    return table
+    return table, host
 
 
 # ---- pieces every update kernel starts with (device functions, inlined by Triton)
