@@ -123,3 +123,15 @@ def test_mixed_dtypes_one_call():
     # torch rounds the bfloat16 group's norm to bfloat16 before combining; fastdyn keeps fp32
     torch.testing.assert_close(t1.double(), truth, rtol=NORM_RTOL, atol=0)
     torch.testing.assert_close(t1, torch.nn.utils.clip_grad_norm_(ref, 0.5), rtol=8e-3, atol=0)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("ord", [2.0, float("inf")])
+def test_norm_of_negative_zeros_is_positive_zero(backend, device, ord):
+    """torch's norm of -0.0 is +0.0; a sign carried through |x| would print as -0."""
+    params = [torch.nn.Parameter(torch.zeros(n, device=device)) for n in (3, 17)]
+    for p in params:
+        p.grad = torch.full_like(p, -0.0)
+    with use_backend(backend):
+        total = fastdyn.clip_grad_norm_(params, 1.0, norm_type=ord)
+    assert total.item() == 0.0 and not torch.signbit(total).item()

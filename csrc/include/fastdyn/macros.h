@@ -55,9 +55,10 @@ FASTDYN_HD T nan_max(T a, T b) {
   return ((a != a) | (a > b)) ? a : b;
 }
 
+// |x|, branch-free; + 0 turns -0.0 into +0.0 (the inf norm of -0.0 is 0, as torch's)
 template <typename T>
 FASTDYN_HD T fabs_(T x) {
-  return x < T(0) ? -x : x;
+  return x < T(0) ? -x : x + T(0);
 }
 
 template <typename T>
