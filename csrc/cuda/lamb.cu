@@ -81,7 +81,8 @@ struct LambApplyOp : LambCommon<typename OpMath<P>::type> {
     const S* __restrict__ v = static_cast<const S*>(meta.addr[kV][c.slot]);
     float* __restrict__ master = static_cast<float*>(meta.addr[kMaster][c.slot]);
     const auto s = this->scalars(meta, c.slot);
-    const A step = static_cast<A>(lr.get()) * static_cast<A>(ratios[meta.tensor_id[c.slot]]);
+    // lr * r in double, rounded once: the CPU kernel's step to the bit
+    const A step = static_cast<A>(lr.get() * ratios[meta.tensor_id[c.slot]]);
     struct Elem {
       A p, m, v;
     };

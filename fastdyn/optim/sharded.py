@@ -30,9 +30,12 @@ def lamb_(b, grads, lr, grad_scale, found_inf, stats) -> None:
     ratios = lamb_trust_ratios(param_norm, u_norm, wd != 0 or g["always_adapt"], g["trust_clip"])
     ops.lamb_apply_(b.params, exp_avgs, exp_avg_sqs, b.master_params, b.steps, lr, ratios, beta1,
                     beta2, eps, wd, bool(g["bias_correction"]), found_inf)
-    if stats is not None:  # NaN rows when skipped: the sums are NaN then
+    if stats is not None:
         update_norm = lr.to(ratios.dtype) * ratios * u_norm
-        stats.copy_(torch.stack([grad_norm, param_norm, update_norm, ratios], dim=1))
+        new = torch.stack([grad_norm, param_norm, update_norm, ratios], dim=1)
+        if found_inf is not None:  # skipped: the NaN rows stay (NaN sums gave a ratio of 1)
+            new = torch.where(found_inf.reshape(()) != 0, stats, new)
+        stats.copy_(new)
 
 
 def lars_(b, grads, lr, grad_scale, found_inf, stats) -> None:

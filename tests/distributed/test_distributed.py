@@ -101,6 +101,7 @@ def test_loss_scaler_skips_on_every_rank(ranks, kind):
     pass) and in unscale_ before a clip."""
     for r, s in enumerate(part(ranks, kind)):
         assert s["params_kept"] and s["state_kept"] and s["steps_kept"], (r, s)
+        assert s["stats_nan"], (r, s)  # a skipped step's statistics are NaN rows
         assert s["scale_after_skip"] == 2.0 ** 7, (r, s)
         assert s["final_step"] == 2.0 and s["finite"], (r, s)
 
@@ -110,6 +111,7 @@ def test_grad_scaler_skips_on_every_rank(ranks):
     shards (DTensor reduces found_inf); the fused step skips on every rank with it."""
     for r, s in enumerate(part(ranks, "grad_scaler")):
         assert s["params_kept"] and s["state_kept"] and s["steps_kept"], (r, s)
+        assert s["stats_nan"], (r, s)  # a skipped step's statistics are NaN rows
         assert s["scale_after_skip"] == 2.0 ** 7, (r, s)
         assert s["final_step"] == 2.0 and s["finite"], (r, s)
 

@@ -173,13 +173,13 @@ def _scaler_skip(rank: int, kind: str) -> dict:
     LossScaler, backs off)."""
     model = _fsdp_model()
     if kind == "loss_scaler":
-        opt = LAMB(model.parameters(), lr=1e-2, max_grad_norm=1.0)
+        opt = LAMB(model.parameters(), lr=1e-2, max_grad_norm=1.0, track_stats=True)
         scaler = LossScaler(device="cpu", init_scale=2.0 ** 8)
     elif kind == "loss_scaler_unscale":  # unscale_, clip the unscaled grads, then step
-        opt = AdamW(model.parameters(), lr=1e-2)
+        opt = AdamW(model.parameters(), lr=1e-2, track_stats=True)
         scaler = LossScaler(device="cpu", init_scale=2.0 ** 8)
     else:
-        opt = AdamW(model.parameters(), lr=1e-2)
+        opt = AdamW(model.parameters(), lr=1e-2, track_stats=True)
         scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
     seen = {}
     for step, (x, y) in enumerate(batches()[:3]):
@@ -203,6 +203,7 @@ def _scaler_skip(rank: int, kind: str) -> dict:
             seen["steps_kept"] = all(torch.equal(s, opt.state[p]["step"])
                                      for s, p in zip(steps_before, model.parameters()))
             seen["scale_after_skip"] = scaler.get_scale()
+            seen["stats_nan"] = bool(opt.last_stats().values.isnan().all())
         opt.zero_grad()
     seen["final_step"] = float(opt.state[next(model.parameters())]["step"])
     seen["finite"] = all(torch.isfinite(p.full_tensor()).all() for p in model.parameters())
