@@ -27,10 +27,11 @@ def implementation(name: str, backend: str):
         return getattr(torch.ops.fastdyn, name)
     if backend == "triton":
         import fastdyn.ops.triton as triton_ops  # (registers torch.ops.fastdyn_triton)
+        import fastdyn.reference as reference
 
         return _float64_to_reference(
             _by_position(getattr(torch.ops.fastdyn_triton, name), triton_ops.ARGUMENTS[name]),
-            implementation(name, "reference"))
+            getattr(reference, name))
     if backend == "reference":
         import fastdyn.reference as reference
 
