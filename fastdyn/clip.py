@@ -4,7 +4,12 @@ Same arguments, same return value (the total norm, in the gradients' dtype), sam
 coef = min(max_norm / (total + 1e-6), 1). For norm_type 2 and inf the norm, coefficient
 and scaling are one fused op per device with no host sync: the coefficient stays on the
 device, and the scaling pass is skipped there when it is 1. Other norm types go through
-the reference path.
+the reference path. float64 gradients and strided views the kernels do not take (gaps,
+overlaps) are measured and scaled with torch's own ops, float64 in float64.
+
+One difference from torch: float16/bfloat16 gradients are measured in float32, so a norm
+past float16's range still clips by its true value (torch's float16 norm is inf and
+zeroes the gradients); the returned norm, cast to float16, is inf then.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Iterable, Optional, Union
 import torch
 
 from fastdyn import distributed
+from fastdyn.ops import checks
 from fastdyn.ops.norm import _as_list, clip_grads_, multi_tensor_norm, multi_tensor_scale_
 
 _NONFINITE_MESSAGE = (
@@ -80,33 +86,47 @@ def clip_grad_norm_(
     out_dtype = functools.reduce(torch.promote_types, dtypes)
     fused = norm_type == 2.0 or norm_type == math.inf
 
-    if fused and len(groups) == 1 and not error_if_nonfinite:
+    if fused and len(groups) == 1 and not error_if_nonfinite and torch.float64 not in dtypes:
         try:
             total = clip_grads_(grads, max_norm, norm_type)
         except (NotImplementedError, ValueError, RuntimeError, AssertionError):
             # DTensor grads are found here, where the op refuses them before touching any
             # (RuntimeError: DTensors mixed with plain tensors, as tensor parallelism leaves
             # them; torch 2.6's DTensor asserts instead): looking at 1,000 types up front
-            # cost 25 us of a 600 us clip.
+            # cost 25 us of a 600 us clip. Strided grads go on to the general path.
             if _has_dtensor(grads):
                 return _clip_dtensor_grads(grads, max_norm, norm_type, error_if_nonfinite)
             _check_dense(parameters)  # name the parameter, as torch's users know it
-            raise
-        return total.to(out_dtype)
+            if all(checks._dense(g) for g in grads):
+                raise
+        else:
+            return total.to(out_dtype)
     if _has_dtensor(grads):
         return _clip_dtensor_grads(grads, max_norm, norm_type, error_if_nonfinite)
 
     # Several devices, error_if_nonfinite (which has to look at the norm before clipping),
-    # or another norm type: norm per device, combine, then scale with the coefficient.
+    # another norm type, float64 or strided grads: norms per device (the kernels) and per
+    # tensor (torch, for what the kernels do not take), combined, then the scaling.
     _check_dense(parameters)
+    fast, other = [], []
+    for g in grads:
+        (fast if g.dtype != torch.float64 and checks._dense(g) else other).append(g)
+    groups = _by_device(fast)[0] if fast else {}
     first = grads[0].device
-    per_device = [multi_tensor_norm(g, norm_type)[0].to(first) for g in groups.values()]
-    total = torch.linalg.vector_norm(torch.stack(per_device), norm_type)
+    parts = [multi_tensor_norm(g, norm_type)[0].to(first) for g in groups.values()]
+    parts += [torch.linalg.vector_norm(g, norm_type, dtype=torch.promote_types(g.dtype, torch.float32))
+              .to(first) for g in other]
+    parts = torch.stack([t.to(functools.reduce(torch.promote_types, [t.dtype for t in parts]))
+                         for t in parts])
+    # the 0-"norm" counts nonzeros: the counts of the parts add up
+    total = torch.linalg.vector_norm(parts, 1.0 if norm_type == 0 else norm_type)
     if error_if_nonfinite and not torch.isfinite(total):
         raise RuntimeError(_NONFINITE_MESSAGE.format(norm_type))
     coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
     for device, device_grads in groups.items():
         multi_tensor_scale_(device_grads, coef.to(device))
+    for g in other:
+        g.mul_(coef.to(g.device, g.dtype))
     return total.to(out_dtype)
 
 

@@ -41,7 +41,7 @@ def test_clip_op_matches_reference(backend, device, sizes, dtype, max_norm, ord)
 
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
 @pytest.mark.parametrize("max_norm", [0.01, 1.0, 1e9])
-@pytest.mark.parametrize("norm_type", [2.0, math.inf, 1.0, 3.5])
+@pytest.mark.parametrize("norm_type", [2.0, math.inf, 1.0, 3.5, 0.0, -math.inf])
 def test_dropin_matches_torch(backend, device, max_norm, norm_type):
     ours = params_with_grads([5, 1000, 40000], torch.float32, device, seed=2)
     theirs = params_with_grads([5, 1000, 40000], torch.float32, device, seed=2)
@@ -135,3 +135,62 @@ def test_norm_of_negative_zeros_is_positive_zero(backend, device, ord):
     with use_backend(backend):
         total = fastdyn.clip_grad_norm_(params, 1.0, norm_type=ord)
     assert total.item() == 0.0 and not torch.signbit(total).item()
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("values,max_norm,norm_type", [
+    ([1e100, 1e100], 1.0, 2.0), ([1e100, -1e100], 1.0, 1.0), ([3.0, 4.0], 1e-60, 2.0),
+    ([1e-200, 1e-200], 1.0, 2.0), ([1 + 1e-12, 2.0], 1.0, 2.0), ([1e300, 5.0], 1.0, math.inf)])
+def test_float64_grads_clip_in_float64(backend, device, values, max_norm, norm_type):
+    """float64 gradients keep float64's range and digits, as torch's clip does: a norm of
+    1e100 is no inf, a max_norm of 1e-60 no 0."""
+    def params():
+        p = torch.nn.Parameter(torch.zeros(len(values), dtype=torch.float64, device=device))
+        q = torch.nn.Parameter(torch.zeros(3, device=device))  # a float32 one beside it
+        p.grad = torch.tensor(values, dtype=torch.float64, device=device)
+        q.grad = torch.tensor([0.5, 0.0, -0.25], device=device)
+        return [p, q]
+    ours, theirs = params(), params()
+    with use_backend(backend):
+        t1 = fastdyn.clip_grad_norm_(ours, max_norm, norm_type)
+    t2 = torch.nn.utils.clip_grad_norm_(theirs, max_norm, norm_type)
+    assert t1.dtype == t2.dtype == torch.float64
+    torch.testing.assert_close(t1, t2, rtol=1e-14, atol=0)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-6 if a.dtype == torch.float32 else 1e-14,
+                                   atol=0)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("norm_type", [2.0, math.inf, 1.0])
+def test_strided_grads_clip_like_torch(backend, device, norm_type):
+    """Views with gaps (a slice with a step), which the kernels do not take, beside dense
+    grads: measured and scaled with torch's ops, the rest fused, one total."""
+    def params():
+        g = torch.Generator().manual_seed(5)
+        base = torch.randn(8, 12, generator=g).to(device)
+        a = torch.nn.Parameter(torch.zeros(8, 6, device=device))
+        b = torch.nn.Parameter(torch.zeros(300, device=device))
+        a.grad = base[:, ::2]
+        b.grad = torch.randn(300, generator=g).to(device)
+        return [a, b], base
+    (ours, base1), (theirs, base2) = params(), params()
+    with use_backend(backend):
+        t1 = fastdyn.clip_grad_norm_(ours, 0.5, norm_type)
+    t2 = torch.nn.utils.clip_grad_norm_(theirs, 0.5, norm_type)
+    torch.testing.assert_close(t1, t2, rtol=1e-5, atol=0)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(base1[:, 1::2], base2[:, 1::2], rtol=0, atol=0)  # the gaps untouched
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("n", [7, 1023, 1024, 5000])
+def test_float32_norm_past_float_range_is_inf_whatever_the_length(backend, device, n):
+    """Squares of float32 values sum in float32 (as torch's norm): 1e20^2 overflows, in the
+    vector blocks and in the tail alike."""
+    p = torch.nn.Parameter(torch.zeros(n, device=device))
+    p.grad = torch.full((n,), 1e20, device=device)
+    with use_backend(backend):
+        total = fastdyn.clip_grad_norm_([p], 1.0)
+    assert torch.isinf(total).item()

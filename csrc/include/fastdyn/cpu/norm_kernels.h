@@ -59,12 +59,16 @@ inline std::array<double, 2> lane_norm_partial(int64_t n, Value&& value) {
       probe_sum += static_cast<double>(probes[j]);
     }
   }
+  // the tail squares and sums in the compute type too, as the blocks and the CUDA kernels
+  // do: an fp32 norm past float's range is inf whatever the length (the tail in double
+  // had made 1,023 x 1e20 finite and 1,024 x 1e20 inf)
+  A tail = A(0);
   for (; i < n; ++i) {
     A probe = A(0);
-    acc = math::norm_accumulate<K>(acc, static_cast<double>(value(i, probe)));
+    tail = math::norm_accumulate<K>(tail, value(i, probe));
     probe_sum += static_cast<double>(probe);
   }
-  return {acc, probe_sum};
+  return {math::norm_combine<K>(acc, static_cast<double>(tail)), probe_sum};
 }
 
 template <NormKind K, typename T>
