@@ -17,8 +17,6 @@ def _as_list(tensors) -> list:
     return list(tensors)
 
 
-def _explain(name: str, tensors: list):
-    return lambda: checks.check_float_list(name, tensors)
 
 
 def multi_tensor_norm(tensors: Iterable[torch.Tensor], ord: float = 2.0, per_tensor: bool = False
@@ -32,7 +30,8 @@ def multi_tensor_norm(tensors: Iterable[torch.Tensor], ord: float = 2.0, per_ten
         total = torch.zeros((), dtype=torch.float32)
         return total, (torch.zeros(0, dtype=torch.float32) if per_tensor else None)
     if ord == 2.0 or ord == math.inf:
-        total, per = call("multi_tensor_norm", tensors[0].device, _explain("tensors", tensors),
+        total, per = call("multi_tensor_norm", tensors[0].device,
+                          lambda: checks.norm_args(tensors, ord),
                           tensors, ord, per_tensor)
     else:
         from fastdyn.reference import multi_tensor_norm as reference_norm
@@ -51,7 +50,8 @@ def multi_tensor_scale_(tensors: Iterable[torch.Tensor], scale: torch.Tensor) ->
     tensors = _as_list(tensors)
     if not tensors:
         return
-    call("multi_tensor_scale_", tensors[0].device, _explain("tensors", tensors), tensors, scale)
+    call("multi_tensor_scale_", tensors[0].device, lambda: checks.scale_args(tensors, scale),
+         tensors, scale)
 
 
 def multi_tensor_unscale_norm_(tensors: Iterable[torch.Tensor], inv_scale: torch.Tensor,
@@ -62,12 +62,13 @@ def multi_tensor_unscale_norm_(tensors: Iterable[torch.Tensor], inv_scale: torch
     if not tensors:
         total = torch.zeros((), dtype=torch.float32, device=found_inf.device)
         return total, (torch.zeros(0, device=found_inf.device) if per_tensor else None)
-    total, per = call("multi_tensor_unscale_norm_", tensors[0].device, _explain("tensors", tensors),
+    total, per = call("multi_tensor_unscale_norm_", tensors[0].device,
+                      lambda: checks.unscale_norm_args(tensors, inv_scale, found_inf, ord),
                       tensors, inv_scale, found_inf, float(ord), per_tensor)
     return total, (per if per_tensor else None)
 
 
 def clip_grads_(grads: list, max_norm: float, ord: float = 2.0) -> torch.Tensor:
     """Fused norm + clip of tensors on one device; returns the float32 total norm."""
-    return call("clip_grad_norm_", grads[0].device, _explain("grads", grads), grads,
-                float(max_norm), float(ord))
+    return call("clip_grad_norm_", grads[0].device, lambda: checks.clip_args(grads, max_norm, ord),
+                grads, float(max_norm), float(ord))

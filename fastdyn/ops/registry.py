@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 import fastdyn._extension  # noqa: F401  (registers torch.ops.fastdyn)
+from fastdyn._extension import WITH_CUDA
 from fastdyn.ops.backend import backend_for
 
 OP_NAMES = (
@@ -29,9 +30,9 @@ def implementation(name: str, backend: str):
         import fastdyn.ops.triton as triton_ops  # (registers torch.ops.fastdyn_triton)
         import fastdyn.reference as reference
 
-        return _float64_to_reference(
+        return _float64_to_native_or_reference(
             _by_position(getattr(torch.ops.fastdyn_triton, name), triton_ops.ARGUMENTS[name]),
-            getattr(reference, name))
+            getattr(torch.ops.fastdyn, name), getattr(reference, name))
     if backend == "reference":
         import fastdyn.reference as reference
 
@@ -39,13 +40,16 @@ def implementation(name: str, backend: str):
     raise ValueError(f"unknown backend {backend!r}")
 
 
-def _float64_to_reference(op, reference):
-    """The Triton kernels compute in float32: float64 tensors (the first list argument holds
-    every dtype of a call) go to the float64 reference, which reads its scalars on the host."""
+def _float64_to_native_or_reference(op, native, reference):
+    """The Triton kernels compute in float32: float64 calls (the first list argument holds
+    every dtype of a call) go to the compiled kernels where this build has them for the
+    device, else to the float64 reference (which reads its scalars on the host)."""
 
     def run(*args, **kwargs):
-        if any(t.dtype == torch.float64 for t in args[0]):
-            return reference(*args, **kwargs)
+        if any(getattr(t, "dtype", None) == torch.float64 for t in args[0]):
+            device = args[0][0].device
+            built = device.type == "cpu" or (device.type == "cuda" and WITH_CUDA)
+            return (native if built else reference)(*args, **kwargs)
         return op(*args, **kwargs)
 
     return run
@@ -81,9 +85,11 @@ def for_device(name: str, device: torch.device):
 
 def call(name: str, device: torch.device, explain, *args, **kwargs):
     """Runs op `name` on `device`. When the dispatcher finds no kernel (a sparse tensor, a
-    device without kernels), `explain()` runs the Python checks, which name the argument."""
+    device without kernels) or the schema refuses an argument (None in a tensor list, a
+    float for a tensor: a RuntimeError), `explain()` runs the Python checks, which raise
+    the TypeError/ValueError that names the argument."""
     try:
         return for_device(name, device)(*args, **kwargs)
-    except NotImplementedError:
+    except (NotImplementedError, RuntimeError):
         explain()
         raise

@@ -130,6 +130,14 @@ def test_bad_inputs(backend, device):
             fastdyn.ops.multi_tensor_norm([torch.ones(2, device=device).to_sparse()])
         with pytest.raises(ValueError, match="not dense"):
             fastdyn.ops.multi_tensor_norm([torch.ones(4, 4, device=device)[:, :2]])
+        # what the schema refuses (a RuntimeError there) is named by the checks
+        with pytest.raises(TypeError, match=r"tensors\[1\] is a NoneType, not a tensor"):
+            fastdyn.ops.multi_tensor_norm([torch.ones(2, device=device), None])
+        with pytest.raises(TypeError, match="scale must be a tensor, got float"):
+            fastdyn.ops.multi_tensor_scale_([torch.ones(2, device=device)], 0.5)
+        with pytest.raises(TypeError, match="inv_scale must be a tensor, got float"):
+            fastdyn.ops.multi_tensor_unscale_norm_([torch.ones(2, device=device)], 0.5,
+                                                   torch.zeros((), device=device))
 
 
 @cuda_only
