@@ -31,8 +31,6 @@ class LAMB(FusedOptimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, *,
                  bias_correction=True, grad_averaging=True, max_grad_norm=None, trust_clip=False,
                  always_adapt=False, master_weights=False, track_stats=False):
-        if max_grad_norm is not None:
-            _check_float("max_grad_norm", max_grad_norm, 0.0, low_inclusive=False)
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                         bias_correction=bias_correction, grad_averaging=grad_averaging,
                         max_grad_norm=max_grad_norm, trust_clip=trust_clip,
@@ -48,13 +46,25 @@ class LAMB(FusedOptimizer):
         _check_float("beta parameter at index 1", beta2, 0.0, 1.0)
         _check_float("epsilon value", group["eps"], 0.0, low_inclusive=False)
         _check_float("weight_decay value", group["weight_decay"])
+        max_norm = group["max_grad_norm"]
+        if max_norm is not None:
+            _check_float("max_grad_norm", max_norm, 0.0, low_inclusive=False)
+        if self.param_groups and self.param_groups[0] is not group and \
+                max_norm != self.param_groups[0]["max_grad_norm"]:
+            raise ValueError(f"max_grad_norm is one for all groups (it clips the norm of every "
+                             f"gradient together): {max_norm} differs from the first group's "
+                             f"{self.param_groups[0]['max_grad_norm']}")
+
+    def _max_grad_norm(self):
+        # the first group's: a loaded state dict or an edited group changes it, as a group's
+        # hyperparameters do in torch (one value for all groups: add_param_group checks it)
+        return self.param_groups[0].get("max_grad_norm", self.defaults["max_grad_norm"])
 
     def _prepare(self, plan, grads, grad_scale, found_inf):
-        max_norm = self.defaults["max_grad_norm"]
+        max_norm = self._max_grad_norm()
+        # (without clipping, step() has run the inf check already: _check_nonfinite)
         check_inf = getattr(self, "_check_inf", False) and found_inf is not None
         if max_norm is None:
-            if check_inf:
-                self._check_nonfinite(plan, grads, found_inf)
             return grad_scale
         # One read of every gradient gives the clipping coefficient and, folded in, the
         # inf check; the divisor then rides into the update kernels with grad_scale.
@@ -69,7 +79,7 @@ class LAMB(FusedOptimizer):
 
     def _check_nonfinite(self, plan, grads, found_inf):
         # Already folded into the clipping pass when max_grad_norm is set.
-        if self.defaults["max_grad_norm"] is None:
+        if self._max_grad_norm() is None:
             super()._check_nonfinite(plan, grads, found_inf)
 
     def _run_bucket(self, b, grads, lr, grad_scale, found_inf, stats):

@@ -141,7 +141,8 @@ class FusedOptimizer(Optimizer):
     def _reset_runtime(self) -> None:
         # What a step leaves for the next one, in dicts: torch.compile (torch 2.11's dynamo)
         # traces item assignment into them but not setattr on the optimizer.
-        self._runtime: dict = {"plan": None, "plan_key": None, "stats": None, "grad_norm": None,
+        self._runtime: dict = {"plan": None, "plan_key": None, "plan_state": None,
+                               "plan_params": [], "stats": None, "grad_norm": None,
                                "started": [], "cohort_of": {}}
         self._lr_tensors: dict = {}
 
@@ -189,20 +190,36 @@ class FusedOptimizer(Optimizer):
         return torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
 
     # ---------------------------------------------------------------- plan
+    def _plan_key(self, group_grads: list) -> tuple:
+        """What a cached plan depends on besides object identities (_plan_objects): which
+        params have grads, the state keys each group needs (momentum set nonzero, amsgrad
+        turned on) and the number of params with state (state cleared or deleted)."""
+        return (tuple(tuple([g is not None for g in gg]) for gg in group_grads),
+                tuple(self._required_keys(g) for g in self.param_groups), len(self.state))
+
+    def _plan_objects_same(self) -> bool:
+        rt = self._runtime
+        return rt["plan_state"] is self.state and len(rt["plan_params"]) == len(self.param_groups) \
+            and all(a is g["params"] for a, g in zip(rt["plan_params"], self.param_groups))
+
     def _plan(self, group_grads: list, may_skip: bool) -> list:
         """Buckets of the params that have grads; `group_grads[i]` holds the grads of group i.
         may_skip: found_inf may skip this step on the device."""
-        key = tuple(tuple([g is not None for g in gg]) for gg in group_grads)
-        if self._runtime["plan"] is not None and key == self._runtime["plan_key"]:
-            return self._runtime["plan"]
+        rt = self._runtime
+        if rt["plan"] is not None and self._plan_key(group_grads) == rt["plan_key"] \
+                and self._plan_objects_same():
+            return rt["plan"]
         plan = self._build_plan(group_grads, may_skip)
         if any(b.first_step and b.started is None for b in plan):
             # Buckets whose buffers were created this step differ from the next step's: build
             # that one now (the state exists), so that a compiled step traces two plans, not
             # three (the second step would otherwise be a graph of its own).
-            self._runtime["plan"], self._runtime["plan_key"] = self._build_plan(group_grads, may_skip), key
+            rt["plan"] = self._build_plan(group_grads, may_skip)
         else:
-            self._runtime["plan"], self._runtime["plan_key"] = plan, key
+            rt["plan"] = plan
+        # the key once the state exists: the next step finds this plan
+        rt["plan_key"] = self._plan_key(group_grads)
+        rt["plan_state"], rt["plan_params"] = self.state, [g["params"] for g in self.param_groups]
         return plan
 
     def _build_plan(self, group_grads: list, may_skip: bool) -> list:
@@ -210,6 +227,8 @@ class FusedOptimizer(Optimizer):
         local = distributed.local
         # param -> index into self._runtime["started"] (see Bucket.started)
         cohort_of = self._runtime["cohort_of"]
+        if cohort_of:
+            self._split_cohorts(group_grads)
         new_cohorts: dict = {}
         for gi, group in enumerate(self.param_groups):
             for i, p in enumerate(group["params"]):
@@ -256,6 +275,22 @@ class FusedOptimizer(Optimizer):
             if b.started is not None:
                 b.later = dataclasses.replace(b, first_step=False, started=None)
         return list(buckets.values())
+
+    def _split_cohorts(self, group_grads: list) -> None:
+        """Params of one `started` flag that miss the steps of this plan (no grad) must not
+        see it set by those steps: they get a device copy of it as it is now."""
+        present = {p for gi, group in enumerate(self.param_groups)
+                   for p, g in zip(group["params"], group_grads[gi]) if g is not None}
+        members: dict = {}
+        for p, c in self._runtime["cohort_of"].items():
+            members.setdefault(c, []).append(p)
+        for c, ps in members.items():
+            absent = [p for p in ps if p not in present]
+            if absent and len(absent) < len(ps):
+                started = self._runtime["started"]
+                started.append(started[c].clone())
+                for p in absent:
+                    self._runtime["cohort_of"][p] = len(started) - 1
 
     def _first_step_matters(self, group: dict) -> bool:
         return False
@@ -401,6 +436,36 @@ class FusedOptimizer(Optimizer):
         return self._runtime["stats"]
 
     # ---------------------------------------------------------------- state dict
+    def state_dict(self) -> dict:
+        """torch's state dict. Momentum buffers whose first step is still ahead (every step
+        of theirs so far skipped for inf/NaN, SGD/LARS with dampening) are left out, as torch
+        has none then: either loader starts them with buf = d. Finding them reads their
+        device flags on the host, once per call and only when there are such flags."""
+        sd = super().state_dict()
+        cohort_of = self._runtime["cohort_of"]
+        if not cohort_of:
+            return sd
+        started = torch.stack([t.to("cpu") for t in self._runtime["started"]]).tolist()
+        unstarted = {p for p, c in cohort_of.items() if started[c] == 0}
+        index = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p in unstarted and index in sd["state"]:
+                    kept = {k: v for k, v in sd["state"][index].items() if k != "momentum_buffer"}
+                    if kept:
+                        sd["state"][index] = kept
+                    else:
+                        del sd["state"][index]
+                index += 1
+        return sd
+
+    def __getstate__(self) -> dict:
+        # torch keeps defaults, state and param_groups: deepcopy and pickle keep these too
+        state = super().__getstate__()
+        state["master_weights"], state["track_stats"] = self.master_weights, self.track_stats
+        state["_first_step_flags"] = (self._runtime["started"], self._runtime["cohort_of"])
+        return state
+
     def load_state_dict(self, state_dict: dict) -> None:
         # torch's loader casts every state tensor to its param's dtype; fp32 master weights
         # and fp32 moments of fp16/bf16 params must keep their precision, so they are set
@@ -431,10 +496,13 @@ class FusedOptimizer(Optimizer):
         self._invalidate()
 
     def __setstate__(self, state: dict) -> None:
+        flags = state.pop("_first_step_flags", None)
         super().__setstate__(state)
         self.__dict__.setdefault("master_weights", False)
         self.__dict__.setdefault("track_stats", False)
         self._reset_runtime()
+        if flags is not None:
+            self._runtime["started"], self._runtime["cohort_of"] = flags
 
 
 def _scalar_dtype() -> torch.dtype:

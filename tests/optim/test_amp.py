@@ -149,6 +149,75 @@ def test_skipped_first_step_with_dampening_matches_torch_sgd():
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
+def _torch_sgd_twin_run(cls, kind, steps=4):
+    """Two params, a skipped first step (inf), then steps where p1 has no grad at step 1
+    ("absent"), or a checkpoint reload / deepcopy after the skipped step. Returns params and
+    momentum buffers."""
+    torch.manual_seed(0)
+    ps = [torch.nn.Parameter(torch.randn(4)) for _ in range(2)]
+    opt = cls(ps, **DAMPENED["SGD"])
+    scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+    for k in range(steps):
+        if k == 1 and kind == "reload":
+            sd, ssd = copy.deepcopy(opt.state_dict()), scaler.state_dict()
+            opt = cls(ps, **DAMPENED["SGD"])
+            opt.load_state_dict(sd)
+            scaler = torch.amp.GradScaler("cpu")
+            scaler.load_state_dict(ssd)
+        if k == 1 and kind == "deepcopy":
+            ps, opt = copy.deepcopy((ps, opt))
+        w = torch.randn(4, generator=torch.Generator().manual_seed(k))
+        if k == 0:
+            w[0] = float("inf")
+        for p in ps:
+            p.grad = None
+        used = ps[:1] if (kind == "absent" and k == 1) else ps
+        scaler.scale(sum((p * w).sum() for p in used)).backward()
+        scaler.step(opt)
+        scaler.update()
+    return ps, [opt.state[p].get("momentum_buffer") for p in ps]
+
+
+@pytest.mark.parametrize("kind", ["absent", "reload", "deepcopy"])
+@pytest.mark.parametrize("name", ["SGD", "LARS"])
+def test_first_step_still_ahead_survives_absence_checkpoints_and_copies(name, kind):
+    """After a skipped first step, the buffers' first step (buf = d) stays ahead for a param
+    that had no grad at the next step, across state_dict/load_state_dict (the unstarted
+    buffer is left out of the state dict, as torch has none) and across deepcopy. LARS with
+    weight_decay 0 is SGD: both against torch.optim.SGD."""
+    ours, our_bufs = _torch_sgd_twin_run(getattr(fastdyn.optim, name), kind)
+    theirs, their_bufs = _torch_sgd_twin_run(torch.optim.SGD, kind)
+    for p, q, a, b in zip(ours, theirs, our_bufs, their_bufs):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_state_dict_leaves_out_buffers_before_their_first_step():
+    ps = [torch.nn.Parameter(torch.randn(3))]
+    opt = fastdyn.optim.SGD(ps, **DAMPENED["SGD"])
+    scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+    scaler.scale(ps[0].sum() * float("inf")).backward()
+    scaler.step(opt)
+    scaler.update()
+    assert "momentum_buffer" in opt.state[ps[0]]  # zeros on the device, not started
+    assert opt.state_dict()["state"] == {}
+    opt.zero_grad()
+    scaler.scale(ps[0].sum()).backward()
+    scaler.step(opt)
+    assert set(opt.state_dict()["state"][0]) == {"momentum_buffer"}
+
+
+def test_lamb_without_clipping_checks_for_inf_once_under_loss_scaler():
+    """LossScaler's inf check is one read of the gradients: found_inf counts one, not two."""
+    model = mlp()
+    opt = fastdyn.optim.LAMB(model.parameters(), lr=1e-2)
+    scaler = LossScaler("cpu", init_scale=2.0 ** 4)
+    scaler.scale(mlp_loss(model, regression_data())).backward()
+    poison(model)
+    scaler.step(opt)
+    assert scaler.found_inf(opt).item() == 1.0
+
+
 @pytest.mark.parametrize("name", ["Adam", "LAMB", "SGD"])
 def test_scaled_training_matches_unscaled(name):
     """Unscaling inside the kernels gives the same step as unscaled gradients."""

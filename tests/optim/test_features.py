@@ -170,3 +170,75 @@ def test_torch_optimizer_hooks_run(name):
     opt.load_state_dict(sd)
     assert seen == ["step_pre", "step_post", "state_dict_pre", "state_dict_post", "load_pre",
                     "load_post"]
+
+
+def _twin_params(n=2, seed=0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    ps = [torch.nn.Parameter(torch.randn(4, dtype=dtype)) for _ in range(n)]
+    return ps, [torch.nn.Parameter(p.detach().clone()) for p in ps]
+
+
+def _grads(ps, k):
+    for i, p in enumerate(ps):
+        p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(100 * k + i)).to(p.dtype)
+
+
+@pytest.mark.parametrize("change", ["momentum on", "state cleared", "state replaced",
+                                    "params swapped"])
+def test_changes_between_steps_are_seen_as_torch_sees_them(change):
+    """The cached plan notices what torch's step would: a group's momentum turned on (its
+    buffers then exist), the state cleared or replaced (steps start over), the params list of
+    a group replaced by another of the same length."""
+    ours, theirs = _twin_params()
+    fresh_ours, fresh_theirs = _twin_params(seed=1)
+    kw = dict(lr=0.1, momentum=0.0 if change == "momentum on" else 0.9)
+    o1, o2 = fastdyn.optim.SGD(ours, **kw), torch.optim.SGD(theirs, **kw)
+    for k in range(4):
+        for ps, o in ((ours, o1), (theirs, o2)):
+            if k == 2:
+                if change == "momentum on":
+                    o.param_groups[0]["momentum"] = 0.9
+                elif change == "state cleared":
+                    o.state.clear()
+                elif change == "state replaced":
+                    o.state = type(o.state)(dict)
+                else:
+                    o.param_groups[0]["params"] = fresh_ours if o is o1 else fresh_theirs
+            _grads(o.param_groups[0]["params"], k)
+            o.step()
+    for p, q in zip(ours + fresh_ours, theirs + fresh_theirs):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    assert len(o1.state) == len(o2.state)
+
+
+def test_deepcopy_and_pickle_keep_master_weights_and_track_stats():
+    import io
+    ps = [torch.nn.Parameter(torch.randn(8).half())]
+    opt = fastdyn.optim.Adam(ps, lr=1e-3, master_weights=True, track_stats=True)
+    _grads(ps, 0)
+    opt.step()
+    buffer = io.BytesIO()
+    torch.save(opt, buffer)
+    buffer.seek(0)
+    for other in (copy.deepcopy(opt), torch.load(buffer, weights_only=False)):
+        assert other.master_weights and other.track_stats
+        assert other.state[other.param_groups[0]["params"][0]]["exp_avg"].dtype == torch.float32
+
+
+def test_lamb_max_grad_norm_is_read_from_the_groups():
+    """As any hyperparameter in torch: an edited (or loaded) group's max_grad_norm clips;
+    it is one for all groups, so a group with another one is refused."""
+    ours, theirs = _twin_params()
+    clipped = fastdyn.optim.LAMB(ours, lr=0.1, weight_decay=0.0)
+    reference = fastdyn.optim.LAMB(theirs, lr=0.1, weight_decay=0.0, max_grad_norm=1e-3)
+    clipped.param_groups[0]["max_grad_norm"] = 1e-3
+    for ps, o in ((ours, clipped), (theirs, reference)):
+        _grads(ps, 0)
+        for p in ps:
+            p.grad.mul_(100)
+        o.step()
+    for p, q in zip(ours, theirs):
+        assert torch.equal(p, q)
+    with pytest.raises(ValueError, match="max_grad_norm is one for all groups"):
+        reference.add_param_group({"params": [torch.nn.Parameter(torch.ones(2))],
+                                   "max_grad_norm": 5.0})
