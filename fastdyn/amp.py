@@ -113,6 +113,8 @@ class LossScaler:
             raise RuntimeError("LossScaler.step() called before scale(); nothing was scaled")
         if "closure" in kwargs:
             raise RuntimeError("Closure use is not currently supported if LossScaler is enabled.")
+        if id(optimizer) in self._found_inf:
+            raise RuntimeError("step() has already been called since the last update().")
         unscaled = self._unscaled.get(id(optimizer))
         if not getattr(optimizer, "_step_supports_amp_scaling", False):
             # A plain torch optimizer: unscale in a pass of our own, and decide on the host
@@ -147,8 +149,11 @@ class LossScaler:
             return
         if new_scale is not None:
             self._scale.fill_(float(new_scale))
-        elif self._found_inf:
-            found = [f.to(self._scale.device, non_blocking=True) for f in self._found_inf.values()]
+        elif self._found_inf or self._unscaled:
+            # an optimizer only unscaled (its step skipped by the caller) counts too, as in
+            # GradScaler
+            flags = {**self._unscaled, **self._found_inf}
+            found = [f.to(self._scale.device, non_blocking=True) for f in flags.values()]
             total = found[0]
             for f in found[1:]:
                 total = total + f

@@ -324,6 +324,26 @@ def test_loss_scaler_bad_arguments():
         LossScaler("cpu", growth_interval=0)
 
 
+@pytest.mark.parametrize("kind", ["GradScaler", "LossScaler"])
+def test_scaler_guards_like_gradscaler(kind):
+    """A second step() before update() is refused; an optimizer only unscaled (its step
+    skipped by the caller on an inf) still backs the scale off."""
+    model = mlp()
+    opt = fastdyn.optim.AdamW(model.parameters(), lr=1e-2)
+    scaler = scaler_for(kind, "cpu")
+    scaler.scale(mlp_loss(model, regression_data())).backward()
+    scaler.step(opt)
+    with pytest.raises(RuntimeError, match=r"step\(\) has already been called"):
+        scaler.step(opt)
+    scaler.update()
+    opt.zero_grad()
+    scaler.scale(mlp_loss(model, regression_data())).backward()
+    poison(model)
+    scaler.unscale_(opt)
+    scaler.update()
+    assert scaler.get_scale() == 2.0 ** 9
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_master_weights_train_low_precision_params(dtype):
     """With fp32 master weights, low-precision params follow the fp32 run closely; without
