@@ -21,7 +21,6 @@ all-reduced over the ranks that hold its other shards.
 from __future__ import annotations
 
 import copy
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Optional
 
@@ -32,6 +31,7 @@ import fastdyn.ops as ops
 from fastdyn import distributed
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+_OLD_DYNAMO = torch.__version__ < "2.11"
 STATS_COLUMNS = ("grad_norm", "param_norm", "update_norm", "trust_ratio")
 
 
@@ -72,6 +72,14 @@ class Bucket:
     # theirs ran (the device knows, the host does not), and the bucket to run once it has.
     started: Optional[torch.Tensor] = None
     later: Optional["Bucket"] = None
+
+    def once_started(self) -> "Bucket":
+        """The same lists with the first step behind them (field by field: torch 2.6's dynamo
+        cannot trace dataclasses.replace)."""
+        return Bucket(self.group, self.device, self.dtype, params=self.params, owners=self.owners,
+                      spec=self.spec, dtensor=self.dtensor, state=self.state, steps=self.steps,
+                      master_params=self.master_params, first_step=False,
+                      group_index=self.group_index, indices=self.indices)
 
 
 def _check_float(name: str, value: Any, low: float = 0.0, high: Optional[float] = None,
@@ -198,6 +206,10 @@ class FusedOptimizer(Optimizer):
                 tuple(self._required_keys(g) for g in self.param_groups), len(self.state))
 
     def _plan_objects_same(self) -> bool:
+        if _OLD_DYNAMO and torch.compiler.is_compiling():
+            # torch 2.6's dynamo cannot trace `is` between dicts: a step compiled there
+            # does not see the state or a params list replaced (2.11 and later do)
+            return True
         rt = self._runtime
         return rt["plan_state"] is self.state and len(rt["plan_params"]) == len(self.param_groups) \
             and all(a is g["params"] for a, g in zip(rt["plan_params"], self.param_groups))
@@ -273,7 +285,7 @@ class FusedOptimizer(Optimizer):
                     b.master_params.append(local(state["master_param"]))
         for b in buckets.values():
             if b.started is not None:
-                b.later = dataclasses.replace(b, first_step=False, started=None)
+                b.later = b.once_started()
         return list(buckets.values())
 
     def _split_cohorts(self, group_grads: list) -> None:

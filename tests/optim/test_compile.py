@@ -127,3 +127,25 @@ def test_compiled_step_with_a_skipped_first_step(name):
     for p, q in zip(model.parameters(), twin.parameters()):
         assert torch.equal(p, q)
         assert torch.equal(opt.state[p]["momentum_buffer"], eager.state[q]["momentum_buffer"])
+
+
+@pytest.mark.skipif(torch.__version__ < "2.11", reason="torch 2.6's dynamo cannot trace `is` of dicts")
+@pytest.mark.parametrize("change", ["params swapped", "state cleared"])
+def test_compiled_step_sees_replaced_params_and_cleared_state(change):
+    torch._dynamo.reset()
+    ps = [torch.nn.Parameter(torch.randn(4)) for _ in range(2)]
+    fresh = [torch.nn.Parameter(torch.randn(4)) for _ in range(2)]
+    opt = fastdyn.optim.SGD(ps, lr=0.1, momentum=0.9)
+    step, _ = fullgraph_step(opt)
+    for k in range(4):
+        if k == 2:
+            if change == "params swapped":
+                opt.param_groups[0]["params"] = fresh
+            else:
+                opt.state.clear()
+        for p in opt.param_groups[0]["params"]:
+            p.grad = torch.ones(4)
+        step()
+    # two steps since the change: buf = 1, then 0.9 * 1 + 1
+    for p in opt.param_groups[0]["params"]:
+        torch.testing.assert_close(opt.state[p]["momentum_buffer"], torch.full((4,), 1.9))
