@@ -129,7 +129,9 @@ def test_compiled_step_with_a_skipped_first_step(name):
         assert torch.equal(opt.state[p]["momentum_buffer"], eager.state[q]["momentum_buffer"])
 
 
-@pytest.mark.skipif(torch.__version__ < "2.11", reason="torch 2.6's dynamo cannot trace `is` of dicts")
+# (torch 2.6's dynamo cannot trace `is` of dicts; 2.11's traces it but does not retrace a
+# step for a replaced params list, found by scripts/test_other_torch.sh 2.11.0)
+@pytest.mark.skipif(torch.__version__ < "2.14", reason="older dynamo misses a replaced params list")
 @pytest.mark.parametrize("change", ["params swapped", "state cleared"])
 def test_compiled_step_sees_replaced_params_and_cleared_state(change):
     torch._dynamo.reset()
