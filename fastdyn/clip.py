@@ -116,8 +116,8 @@ def clip_grad_norm_(
     parts = [multi_tensor_norm(g, norm_type)[0].to(first) for g in groups.values()]
     parts += [torch.linalg.vector_norm(g, norm_type, dtype=torch.promote_types(g.dtype, torch.float32))
               .to(first) for g in other]
-    parts = torch.stack([t.to(functools.reduce(torch.promote_types, [t.dtype for t in parts]))
-                         for t in parts])
+    parts_dtype = functools.reduce(torch.promote_types, [t.dtype for t in parts])
+    parts = torch.stack([t.to(parts_dtype) for t in parts])
     # the 0-"norm" counts nonzeros: the counts of the parts add up
     total = torch.linalg.vector_norm(parts, 1.0 if norm_type == 0 else norm_type)
     if error_if_nonfinite and not torch.isfinite(total):

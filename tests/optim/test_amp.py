@@ -129,26 +129,6 @@ def test_skipped_first_step_leaves_the_first_step_ahead(backend, device, name, t
         assert torch.equal(o1.state[p]["momentum_buffer"], o2.state[q]["momentum_buffer"])
 
 
-def test_skipped_first_step_with_dampening_matches_torch_sgd():
-    """torch's SGD under GradScaler skips the step on the host: its buffer is created by the
-    first step that runs, as ours is on the device."""
-    ours, theirs = mlp(), mlp()
-    o1 = fastdyn.optim.SGD(ours.parameters(), **DAMPENED["SGD"])
-    o2 = torch.optim.SGD(theirs.parameters(), **DAMPENED["SGD"])
-    s1, s2 = (torch.amp.GradScaler("cpu", init_scale=2.0 ** 8) for _ in range(2))
-    data = regression_data()
-    for i in range(5):
-        for m, o, s in ((ours, o1, s1), (theirs, o2, s2)):
-            o.zero_grad()
-            s.scale(mlp_loss(m, data)).backward()
-            if i == 0:
-                poison(m)
-            s.step(o)
-            s.update()
-    for p, q in zip(ours.parameters(), theirs.parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
-
-
 def _torch_sgd_twin_run(cls, kind, steps=4):
     """Two params, a skipped first step (inf), then steps where p1 has no grad at step 1
     ("absent"), or a checkpoint reload / deepcopy after the skipped step. Returns params and
@@ -237,18 +217,22 @@ def test_scaled_training_matches_unscaled(name):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
-def test_gradscaler_matches_torch_optimizer():
+# SGD with dampening, its first step skipped: torch's SGD under GradScaler skips on the host,
+# so its buffer is created by the first step that runs, as ours is on the device
+@pytest.mark.parametrize("name,kw,poisoned,steps", [("AdamW", dict(lr=1e-2), 3, 6),
+                                                    ("SGD", DAMPENED["SGD"], 0, 5)])
+def test_gradscaler_matches_torch_optimizer(name, kw, poisoned, steps):
     ours, theirs = mlp(), mlp()
-    o1 = fastdyn.optim.AdamW(ours.parameters(), lr=1e-2)
-    o2 = torch.optim.AdamW(theirs.parameters(), lr=1e-2)
+    o1 = getattr(fastdyn.optim, name)(ours.parameters(), **kw)
+    o2 = getattr(torch.optim, name)(theirs.parameters(), **kw)
     s1 = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
     s2 = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
     data = regression_data()
-    for i in range(6):
+    for i in range(steps):
         for m, o, s in ((ours, o1, s1), (theirs, o2, s2)):
             o.zero_grad()
             s.scale(mlp_loss(m, data)).backward()
-            if i == 3:
+            if i == poisoned:
                 poison(m)
             s.step(o)
             s.update()
