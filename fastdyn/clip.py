@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 import types
 import warnings
 from typing import Iterable, Optional, Union
@@ -89,7 +90,7 @@ def clip_grad_norm_(
     if fused and len(groups) == 1 and not error_if_nonfinite and torch.float64 not in dtypes:
         try:
             total = clip_grads_(grads, max_norm, norm_type)
-        except (NotImplementedError, ValueError, RuntimeError, AssertionError):
+        except (NotImplementedError, TypeError, ValueError, RuntimeError, AssertionError) as e:
             # DTensor grads are found here, where the op refuses them before touching any
             # (RuntimeError: DTensors mixed with plain tensors, as tensor parallelism leaves
             # them; torch 2.6's DTensor asserts instead): looking at 1,000 types up front
@@ -98,7 +99,7 @@ def clip_grad_norm_(
                 return _clip_dtensor_grads(grads, max_norm, norm_type, error_if_nonfinite)
             _check_dense(parameters)  # name the parameter, as torch's users know it
             if all(checks._dense(g) for g in grads):
-                raise
+                raise _naming_parameters(e, parameters) from None
         else:
             return total.to(out_dtype)
     if _has_dtensor(grads):
@@ -108,6 +109,10 @@ def clip_grad_norm_(
     # another norm type, float64 or strided grads: norms per device (the kernels) and per
     # tensor (torch, for what the kernels do not take), combined, then the scaling.
     _check_dense(parameters)
+    try:
+        checks.check_no_shared_memory(("grads", grads))
+    except ValueError as e:
+        raise _naming_parameters(e, parameters) from None
     fast, other = [], []
     for g in grads:
         (fast if g.dtype != torch.float64 and checks._dense(g) else other).append(g)
@@ -128,6 +133,18 @@ def clip_grad_norm_(
     for g in other:
         g.mul_(coef.to(g.device, g.dtype))
     return total.to(out_dtype)
+
+
+def _naming_parameters(error: Exception, parameters: list) -> Exception:
+    """`error` of an op on the gradients, with `grads[k]` (the k-th gradient present) named
+    as the caller knows it: `parameters[i].grad`."""
+    owners = [i for i, p in enumerate(parameters) if p.grad is not None]
+    message = re.sub(r"\bgrads\[(\d+)\]", lambda m: f"parameters[{owners[int(m[1])]}].grad",
+                     str(error))
+    try:
+        return type(error)(message)
+    except TypeError:  # an exception type that takes other arguments: leave it as it was
+        return error
 
 
 def _has_dtensor(grads: list) -> bool:

@@ -16,7 +16,7 @@ namespace {
 // check sums raw * 0 (NaN exactly when raw is inf or NaN). The loop with a bool flag and one
 // double sum ran scalar: fp32 unscale + norm took 1.5x torch's two separate ops, fp16 7x.
 template <NormKind K, typename T>
-double unscale_chunk(T* __restrict__ x, int64_t n, float inv_scale, bool* nonfinite) {
+double unscale_chunk(T* __restrict__ x, int64_t n, double inv_scale, bool* nonfinite) {
   using A = typename OpMath<T>::type;
   const A s = static_cast<A>(inv_scale);
   const auto sums = lane_norm_partial<K, A, WideLanes<T>>(n, [&]<typename L>(int64_t i, L& probe) {
@@ -36,10 +36,13 @@ std::tuple<at::Tensor, at::Tensor> multi_tensor_unscale_norm_(at::TensorList ten
   check_norm_ord(ord);
   const at::Device cpu(at::kCPU);
   check_float_list("tensors", tensors, cpu);
+  check_no_shared_memory({{"tensors", tensors}});
   check_scalar_tensor("inv_scale", inv_scale, cpu);
   check_scalar_tensor("found_inf", found_inf, cpu);
   check_found_inf_dtype(found_inf);
-  const float inv = static_cast<float>(scalar_value(inv_scale));
+  // kept in double: float64 gradients are unscaled by the float64 value, the others by its
+  // float32 rounding (as GradScaler's float32 inv_scale)
+  const double inv = scalar_value(inv_scale);
 
   ChunkPlan plan = plan_chunks(tensors);
   std::vector<double> partials(plan.chunks.size());

@@ -11,6 +11,7 @@ namespace {
 
 void multi_tensor_scale_(at::TensorList tensors, const at::Tensor& scale) {
   const auto device = check_float_list("tensors", tensors);
+  check_no_shared_memory({{"tensors", tensors}});
   if (!device.has_value()) return;
   check_scalar_tensor("scale", scale, *device);
   const c10::cuda::CUDAGuard guard(*device);

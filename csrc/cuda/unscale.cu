@@ -17,6 +17,7 @@ std::tuple<at::Tensor, at::Tensor> multi_tensor_unscale_norm_(at::TensorList ten
   check_norm_ord(ord);
   // an empty list reaches this kernel through inv_scale and found_inf: they name the device
   const at::Device device = check_float_list("tensors", tensors).value_or(found_inf.device());
+  check_no_shared_memory({{"tensors", tensors}});
   check_scalar_tensor("inv_scale", inv_scale, device);
   check_scalar_tensor("found_inf", found_inf, device);
   check_found_inf_dtype(found_inf);
@@ -24,13 +25,12 @@ std::tuple<at::Tensor, at::Tensor> multi_tensor_unscale_norm_(at::TensorList ten
   const auto opts = found_inf.options().dtype(at::kFloat);
   const int64_t n = static_cast<int64_t>(tensors.size());
   if (n == 0) return {at::zeros({}, opts), at::empty({0}, opts)};
-  const at::Tensor inv = inv_scale.to(at::kFloat);
   at::Tensor partials = at::empty({n}, opts.dtype(at::kDouble));
   at::Tensor total = at::empty({}, opts);
   at::Tensor per = at::empty({per_tensor ? n : 0}, opts);
   dispatch_norm_kind(ord, [&](auto kind) {
     constexpr NormKind K = decltype(kind)::value;
-    per_tensor_partials<K>(tensors, partials.data_ptr<double>(), inv.data_ptr<float>(),
+    per_tensor_partials<K>(tensors, partials.data_ptr<double>(), scalar_ref(inv_scale),
                            found_inf.data_ptr<float>());
     launch_total<K>(partials.data_ptr<double>(), n, total.data_ptr<float>(),
                     per_tensor ? per.data_ptr<float>() : nullptr);

@@ -8,6 +8,7 @@ import math
 from typing import Sequence
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -56,6 +57,14 @@ def check_same_length(name: str, n: int, ref_name: str, ref_n: int):
         raise ValueError(f"{name} has {n} tensors but {ref_name} has {ref_n}")
 
 
+def same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same walk order in memory: strides agree wherever the size is above 1 (a size-1
+    dim's stride is arbitrary); an empty pair has nothing to walk."""
+    if a.numel() == 0:
+        return True
+    return all(n == 1 or sa == sb for n, sa, sb in zip(a.shape, a.stride(), b.stride()))
+
+
 def check_like(name, tensors, ref_name, ref):
     check_same_length(name, len(tensors), ref_name, len(ref))
     for i, (t, r) in enumerate(zip(tensors, ref)):
@@ -63,10 +72,33 @@ def check_like(name, tensors, ref_name, ref):
             raise ValueError(
                 f"{name}[{i}] has shape {list(t.shape)} but {ref_name}[{i}] has shape {list(r.shape)}"
             )
-        if t.stride() != r.stride():
+        if not same_layout(t, r):
             raise ValueError(
                 f"{name}[{i}] has strides {list(t.stride())} but {ref_name}[{i}] has strides "
                 f"{list(r.stride())}; both must have the same memory layout"
+            )
+
+
+def check_no_shared_memory(*lists):
+    """Mirror of check_no_shared_memory in checks.h: no two tensors of the lists an op
+    writes, given as (name, tensors) pairs, share memory. Fake and meta tensors (the fake
+    kernels under torch.compile) have no memory to compare and are skipped."""
+    ranges = []
+    for order, (name, tensors) in enumerate(lists):
+        for i, t in enumerate(tensors):
+            if t.numel() == 0:
+                continue
+            if t.device.type == "meta" or is_fake(t):
+                return
+            begin = t.data_ptr()  # dense tensors: their bytes run from here for nbytes
+            ranges.append((begin, begin + t.numel() * t.element_size(), order, i, name))
+    ranges.sort()
+    # sorted by first byte, any overlap shows in a neighbouring pair
+    for a, b in zip(ranges, ranges[1:]):
+        if b[0] < a[1]:
+            raise ValueError(
+                f"{a[4]}[{a[3]}] and {b[4]}[{b[3]}] share memory (the same tensor twice, or "
+                "overlapping views); the op writes both, so pass each tensor once"
             )
 
 
@@ -155,6 +187,9 @@ def check_update_group(params, grads, states: dict, master_params, steps, lr, gr
             if s.dtype != steps[0].dtype:
                 raise TypeError(f"state_steps[{i}] is {s.dtype} but state_steps[0] is "
                                 f"{steps[0].dtype}: the steps must share one dtype")
+    check_no_shared_memory(("params", params), ("state_steps", steps),
+                           *[(name, lst) for name, lst in states.items()],
+                           ("master_params", master_params or []))
     if stats is not None:
         if stats.device != device:
             raise ValueError(f"stats is on {stats.device} but params are on {device}")
@@ -179,6 +214,7 @@ def norm_args(tensors, ord=2.0, per_tensor=False):
 
 def scale_args(tensors, scale):
     device = check_float_list("tensors", tensors)
+    check_no_shared_memory(("tensors", tensors))
     if device is not None:
         check_scalar_tensor("scale", scale, device)
     return device
@@ -186,6 +222,7 @@ def scale_args(tensors, scale):
 
 def unscale_norm_args(tensors, inv_scale, found_inf, ord=2.0, per_tensor=False):
     device = norm_args(tensors, ord)
+    check_no_shared_memory(("tensors", tensors))
     if device is None:  # an empty list: inv_scale and found_inf name the device
         device = found_inf.device if isinstance(found_inf, torch.Tensor) else None
     if device is not None:
@@ -199,7 +236,9 @@ def unscale_norm_args(tensors, inv_scale, found_inf, ord=2.0, per_tensor=False):
 
 def clip_args(grads, max_norm, ord=2.0):
     check_norm_ord(ord)
-    return check_float_list("grads", grads)
+    device = check_float_list("grads", grads)
+    check_no_shared_memory(("grads", grads))
+    return device
 
 
 def adam_args(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, state_steps,

@@ -128,6 +128,8 @@ class FusedOptimizer(Optimizer):
                 if not ops.checks._dense(p):
                     raise ValueError(f"params[{i}] is not dense (strides {p.stride()}); pass a "
                                      "contiguous parameter")
+            # the fused step writes every param at once: one twice would lose an update
+            ops.checks.check_no_shared_memory(("params", group["params"]))
         except (TypeError, ValueError):
             self.param_groups.pop()
             raise

@@ -22,9 +22,11 @@ def write_stats(stats, i, grad, param_before, param_after, trust_ratio=1.0, upda
     stats[i, 3] = trust_ratio
 
 
-def source(params, master_params, i):
-    """The tensor holding the authoritative value of param i (its fp32 master if any)."""
-    return master_params[i] if master_params else params[i]
+def param_value(params, master_params, i) -> torch.Tensor:
+    """Param i's authoritative value (its fp32 master if any) as a float64 copy: a copy even
+    for float64 params, or store() overwrites it and the stats saw an update norm of 0."""
+    held = master_params[i] if master_params else params[i]
+    return held.to(torch.float64, copy=True)
 
 
 def store(params, master_params, i, value: torch.Tensor):

@@ -1,7 +1,7 @@
 import torch
 
 from fastdyn.ops.checks import adam_args
-from fastdyn.reference._update import begin_step, source, store, write_stats
+from fastdyn.reference._update import begin_step, param_value, store, write_stats
 
 
 def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, state_steps, lr,
@@ -16,7 +16,7 @@ def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, 
     if skip:
         return
     for i in range(len(params)):
-        p = source(params, master_params, i).double()
+        p = param_value(params, master_params, i)
         g = grads[i].double() * inv
         g_seen = g
         if maximize:

@@ -3,7 +3,7 @@
 import torch
 
 from fastdyn.ops.checks import lamb_apply_args, lamb_args, lamb_moments_args
-from fastdyn.reference._update import begin_step, source, store, write_stats
+from fastdyn.reference._update import begin_step, param_value, store, write_stats
 
 
 def lamb_trust_ratio(param_norm: float, update_norm: float, adapt: bool, trust_clip: bool):
@@ -51,7 +51,7 @@ def _moments_and_direction(params, grads, exp_avgs, exp_avg_sqs, master_params, 
     recomputes u from memory, so both passes use the stored values. With 16-bit state this
     is the contract, not a detail: a subnormal fp16 v (below 6e-5) holds 1-3 significant
     bits, so sqrt(v) stored and unrounded differ by percents on the largest updates."""
-    p = source(params, master_params, i).double()
+    p = param_value(params, master_params, i)
     g = grads[i].double() * inv
     exp_avgs[i].copy_(beta1 * exp_avgs[i].double() + ((1 - beta1) if grad_averaging else 1.0) * g)
     exp_avg_sqs[i].copy_(beta2 * exp_avg_sqs[i].double() + (1 - beta2) * g * g)
@@ -88,7 +88,7 @@ def lamb_apply_(params, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, t
     if skip:
         return
     for i in range(len(params)):
-        p = source(params, master_params, i).double()
+        p = param_value(params, master_params, i)
         u = _direction(p, exp_avgs[i].double(), exp_avg_sqs[i].double(), beta1, beta2, eps,
                        weight_decay, bias_correction, float(state_steps[i]))
         store(params, master_params, i, p - lr * float(trust_ratios[i]) * u)

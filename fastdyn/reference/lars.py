@@ -1,7 +1,7 @@
 """LARS as DESIGN.md's contract states it, in float64."""
 
 from fastdyn.ops.checks import lars_args
-from fastdyn.reference._update import begin_step, source, store, write_stats
+from fastdyn.reference._update import begin_step, param_value, store, write_stats
 from fastdyn.reference.sgd import momentum_step
 
 
@@ -28,7 +28,7 @@ def lars_(params, grads, momentum_buffers, master_params, lr, momentum, dampenin
         return
     adapt = weight_decay != 0 or always_adapt
     for i in range(len(params)):
-        p = source(params, master_params, i).double()
+        p = param_value(params, master_params, i)
         g = grads[i].double() * inv
         if trust_ratios is not None:  # the caller's ratios replace the computed ones
             r = float(trust_ratios[i]) if adapt else 1.0

@@ -1,5 +1,5 @@
 from fastdyn.ops.checks import sgd_args
-from fastdyn.reference._update import begin_step, source, store, write_stats
+from fastdyn.reference._update import begin_step, param_value, store, write_stats
 
 
 def momentum_step(d, buf, momentum, dampening, nesterov, is_first_step):
@@ -20,7 +20,7 @@ def sgd_(params, grads, momentum_buffers, master_params, lr, momentum, dampening
     if skip:
         return
     for i in range(len(params)):
-        p = source(params, master_params, i).double()
+        p = param_value(params, master_params, i)
         g = grads[i].double() * inv
         d = -g if maximize else g
         if weight_decay != 0:

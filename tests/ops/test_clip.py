@@ -194,3 +194,18 @@ def test_float32_norm_past_float_range_is_inf_whatever_the_length(backend, devic
     with use_backend(backend):
         total = fastdyn.clip_grad_norm_([p], 1.0)
     assert torch.isinf(total).item()
+
+
+@pytest.mark.parametrize("error_if_nonfinite", [False, True])
+def test_shared_gradients_are_refused_naming_the_parameters(error_if_nonfinite):
+    """Two parameters holding one gradient tensor would be scaled twice (torch's foreach
+    does that); the error names them as the caller does, not by their place among the
+    gradients present (parameter 0 has none). Both the fused and the general path."""
+    ps = [torch.nn.Parameter(torch.randn(3)) for _ in range(3)]
+    ps[1].grad = torch.randn(3)
+    ps[2].grad = ps[1].grad
+    before = ps[1].grad.clone()
+    with pytest.raises(ValueError, match=r"parameters\[1\]\.grad and parameters\[2\]\.grad "
+                                         r"share memory"):
+        fastdyn.clip_grad_norm_(ps, 1e-3, error_if_nonfinite=error_if_nonfinite)
+    assert torch.equal(ps[1].grad, before)

@@ -150,3 +150,61 @@ def test_state_of_another_dtype_is_refused_before_anything_changes(backend, devi
             assert all(torch.equal(a, b) for a, b in zip(steps, before)), name
         checked.add(name)
     assert checked == {"adam_", "sgd_", "lamb_", "lars_", "lamb_moments_", "lamb_apply_"}
+
+
+def _snapshot(args, kwargs):
+    return [t.clone() for a in (*args, *kwargs.values())
+            for t in (a if isinstance(a, (list, tuple)) else [a]) if isinstance(t, torch.Tensor)]
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+def test_a_written_tensor_twice_is_refused_before_anything_changes(backend, device):
+    """Two entries of a list an op writes that share memory ran their chunks at once on the
+    CPU and lost updates (scale_([x, x]) differed from torch in half the runs): every
+    writing op refuses them, naming both, before it writes anything."""
+    ns = _namespace(backend)
+    checked = set()
+    for name, args, kwargs in samples(device):
+        if name == "multi_tensor_norm":
+            continue
+        args = list(args)
+        first = list(args[0])
+        first[2] = first[1][3:4]  # a view into entry 1, the shape of entry 2
+        args[0] = first
+        before = _snapshot(args, kwargs)
+        op = getattr(ns, name).default
+        call_args, call_kwargs = (_positional(op, tuple(args), kwargs) if backend == "triton"
+                                  else (args, kwargs))
+        with pytest.raises(ValueError, match=r"(params|tensors|grads)\[1\] and "
+                                             r"(params|tensors|grads)\[2\] share memory"):
+            op(*call_args, **call_kwargs)
+        after = _snapshot(args, kwargs)
+        assert all(torch.equal(a, b) for a, b in zip(after, before)), name
+        checked.add(name)
+    assert checked == set(fastdyn.ops.registry.OP_NAMES) - {"multi_tensor_norm"}
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+def test_state_sharing_a_params_memory_is_refused(backend, device):
+    ns = _namespace(backend)
+    name, args, kwargs = next(s for s in samples(device) if s[0] == "adam_")
+    args = list(args)
+    args[2] = [args[0][0], *args[2][1:]]  # exp_avgs[0] is params[0]
+    op = ns.adam_.default
+    if backend == "triton":
+        args, kwargs = _positional(op, tuple(args), kwargs)
+    with pytest.raises(ValueError, match=r"params\[0\] and exp_avgs\[0\] share memory"):
+        op(*args, **kwargs)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+def test_the_same_tensor_twice_is_refused_by_scale_and_allowed_by_norm(backend, device):
+    x = torch.randn(100_003, device=device)
+    ns = _namespace(backend)
+    with pytest.raises(ValueError, match=r"tensors\[0\] and tensors\[1\] share memory"):
+        ns.multi_tensor_scale_.default([x, x], torch.tensor(0.5, device=device))
+    # reading a tensor twice is fine: the norm counts it twice, as torch's does
+    total, _ = ns.multi_tensor_norm.default([x, x], 2.0, False)
+    torch.testing.assert_close(total.double().cpu(),
+                               torch.linalg.vector_norm(torch.cat([x, x]).double().cpu()),
+                               rtol=2e-5, atol=0)

@@ -5,6 +5,8 @@ import pytest
 import torch
 
 import fastdyn
+from fastdyn.ops import use_backend
+from helpers import BACKEND_DEVICES
 from optim.models import mlp, mlp_loss, regression_data
 
 P = lambda: [torch.nn.Parameter(torch.randn(3))]  # noqa: E731
@@ -78,6 +80,32 @@ def test_mismatched_grad_layout_fails_cleanly():
         opt.step()
     assert torch.equal(p, before[0]) and torch.equal(q, before[1])
     assert all(s.get("step") is None or s["step"].item() == 0 for s in opt.state.values())
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("name", ["AdamW", "SGD"])
+def test_size_one_dims_take_any_stride_like_torch(backend, device, name):
+    """A size-1 dim's stride is arbitrary: a (1, 40) gradient with strides (1, 1) walks
+    memory as the (40, 1)-strided param does. torch takes it; so must the layout check."""
+    kw = dict(lr=0.1, momentum=0.9) if name == "SGD" else dict(lr=0.1)
+    ours = torch.nn.Parameter(torch.randn(1, 40, device=device))
+    theirs = torch.nn.Parameter(ours.detach().clone())
+    grad = torch.randn(40, 1, device=device).t()
+    assert grad.shape == ours.shape and grad.stride() != ours.stride()
+    ours.grad, theirs.grad = grad, grad.clone()
+    with use_backend(backend):
+        getattr(fastdyn.optim, name)([ours], **kw).step()
+    getattr(torch.optim, name)([theirs], **kw).step()
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7)
+
+
+def test_the_same_param_twice_is_refused():
+    """The fused step writes all params at once: one listed twice would lose an update
+    (torch only warns, and applies it twice)."""
+    p = torch.nn.Parameter(torch.randn(3))
+    with pytest.warns(UserWarning, match="duplicate parameters"):
+        with pytest.raises(ValueError, match=r"params\[0\] and params\[1\] share memory"):
+            fastdyn.optim.SGD([p, p], lr=0.1)
 
 
 def test_differentiable_rejected():

@@ -3,6 +3,7 @@
 #pragma once
 #include <initializer_list>
 #include <utility>
+#include <vector>
 
 #include "fastdyn/checks.h"
 
@@ -93,6 +94,13 @@ inline UpdateGroup check_update_group(at::TensorList params, at::TensorList grad
                        "] is ", steps[i].scalar_type(), " but state_steps[0] is ",
                        steps[0].scalar_type(), ": the steps must share one dtype");
     }
+  }
+  {
+    // everything the update writes
+    std::vector<WrittenList> written{{"params", params}, {"state_steps", steps}};
+    for (const NamedList& s : states) written.push_back({s.name, s.tensors});
+    if (g.has_master) written.push_back({"master_params", master_params});
+    check_no_shared_memory(written);
   }
   if (stats.has_value()) {
     const at::Tensor& s = *stats;

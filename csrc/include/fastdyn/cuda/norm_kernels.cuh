@@ -45,14 +45,14 @@ struct NormChunkOp {
 template <NormKind K, typename T>
 struct UnscaleChunkOp {
   double* partials;
-  const float* inv_scale;
+  ScalarRef inv_scale;  // float64 gradients get a float64 inv_scale unrounded
   float* found_inf;
   __device__ __forceinline__ bool skip() const { return false; }
   __device__ __forceinline__ void operator()(const TensorListMeta<1>& meta, ChunkRef c) const {
     using A = typename OpMath<T>::type;
     __shared__ A shared[32];
     T* __restrict__ x = static_cast<T*>(meta.addr[0][c.slot]);
-    const A inv = static_cast<A>(*inv_scale);
+    const A inv = static_cast<A>(inv_scale.get());
     A acc = A(0);
     bool bad = false;
     for_chunk_elements(
@@ -147,7 +147,7 @@ inline void dispatch_norm_kind(double ord, F&& f) {
 // Per-tensor partials (sums of squares / max) of a mixed-dtype list into per_tensor[n],
 // optionally unscaling in place first (inv_scale/found_inf non-null).
 template <NormKind K>
-void per_tensor_partials(at::TensorList ts, double* per_tensor, const float* inv_scale = nullptr,
+void per_tensor_partials(at::TensorList ts, double* per_tensor, ScalarRef inv_scale = {},
                          float* found_inf = nullptr) {
   const int64_t n_chunks = count_chunks(ts);
   at::Tensor partials = at::empty({n_chunks > 0 ? n_chunks : 1},
@@ -159,7 +159,7 @@ void per_tensor_partials(at::TensorList ts, double* per_tensor, const float* inv
     dispatch_float(kv.first, "tensors", [&](auto tag) {
       using T = typename decltype(tag)::type;
       for_each_batch<1>({at::TensorList(sub)}, [&](const TensorListMeta<1>& meta) {
-        if (inv_scale) {
+        if (inv_scale.ptr) {
           launch_apply(meta, UnscaleChunkOp<K, T>{partials_ptr, inv_scale, found_inf});
         } else {
           launch_apply(meta, NormChunkOp<K, T>{partials_ptr});
