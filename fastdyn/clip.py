@@ -110,7 +110,7 @@ def clip_grad_norm_(
     # tensor (torch, for what the kernels do not take), combined, then the scaling.
     _check_dense(parameters)
     try:
-        checks.check_no_shared_memory(("grads", grads))
+        checks.check_no_shared_memory(written=[("grads", grads)])
     except ValueError as e:
         raise _naming_parameters(e, parameters) from None
     fast, other = [], []

@@ -14,7 +14,7 @@ namespace {
 at::Tensor clip_grad_norm_(at::TensorList grads, double max_norm, double ord) {
   check_norm_ord(ord);
   check_float_list("grads", grads, at::Device(at::kCPU));
-  check_no_shared_memory({{"grads", grads}});
+  check_no_shared_memory({written_list("grads", grads)});
   float total = 0.f;
   multi_tensor_norm_into(grads, ord, &total, nullptr);
   const float coef = math::clip_coefficient(total, static_cast<float>(max_norm));

@@ -11,8 +11,8 @@ namespace {
 
 void multi_tensor_scale_(at::TensorList tensors, const at::Tensor& scale) {
   check_float_list("tensors", tensors, at::Device(at::kCPU));
-  check_no_shared_memory({{"tensors", tensors}});
   check_scalar_tensor("scale", scale, at::Device(at::kCPU));
+  check_no_shared_memory({written_list("tensors", tensors), read_tensor("scale", scale)});
   scale_tensors_(tensors, scalar_value(scale));
 }
 

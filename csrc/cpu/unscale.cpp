@@ -36,10 +36,11 @@ std::tuple<at::Tensor, at::Tensor> multi_tensor_unscale_norm_(at::TensorList ten
   check_norm_ord(ord);
   const at::Device cpu(at::kCPU);
   check_float_list("tensors", tensors, cpu);
-  check_no_shared_memory({{"tensors", tensors}});
   check_scalar_tensor("inv_scale", inv_scale, cpu);
   check_scalar_tensor("found_inf", found_inf, cpu);
   check_found_inf_dtype(found_inf);
+  check_no_shared_memory({written_list("tensors", tensors), read_tensor("inv_scale", inv_scale),
+                          written_tensor("found_inf", found_inf)});
   // kept in double: float64 gradients are unscaled by the float64 value, the others by its
   // float32 rounding (as GradScaler's float32 inv_scale)
   const double inv = scalar_value(inv_scale);

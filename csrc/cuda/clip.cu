@@ -15,7 +15,7 @@ namespace {
 at::Tensor clip_grad_norm_(at::TensorList grads, double max_norm, double ord) {
   check_norm_ord(ord);
   const at::Device device = *check_float_list("grads", grads);
-  check_no_shared_memory({{"grads", grads}});
+  check_no_shared_memory({written_list("grads", grads)});
   const c10::cuda::CUDAGuard guard(device);
   const auto opts = grads[0].options().dtype(at::kFloat);
   const int64_t n = static_cast<int64_t>(grads.size());

@@ -11,9 +11,9 @@ namespace {
 
 void multi_tensor_scale_(at::TensorList tensors, const at::Tensor& scale) {
   const auto device = check_float_list("tensors", tensors);
-  check_no_shared_memory({{"tensors", tensors}});
   if (!device.has_value()) return;
   check_scalar_tensor("scale", scale, *device);
+  check_no_shared_memory({written_list("tensors", tensors), read_tensor("scale", scale)});
   const c10::cuda::CUDAGuard guard(*device);
   scale_tensors_(tensors, scalar_ref(scale));
 }

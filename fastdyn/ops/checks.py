@@ -72,34 +72,51 @@ def check_like(name, tensors, ref_name, ref):
             raise ValueError(
                 f"{name}[{i}] has shape {list(t.shape)} but {ref_name}[{i}] has shape {list(r.shape)}"
             )
-        if not same_layout(t, r):
+        if t.stride() != r.stride() and not same_layout(t, r):
             raise ValueError(
                 f"{name}[{i}] has strides {list(t.stride())} but {ref_name}[{i}] has strides "
                 f"{list(r.stride())}; both must have the same memory layout"
             )
 
 
-def check_no_shared_memory(*lists):
-    """Mirror of check_no_shared_memory in checks.h: no two tensors of the lists an op
-    writes, given as (name, tensors) pairs, share memory. Fake and meta tensors (the fake
-    kernels under torch.compile) have no memory to compare and are skipped."""
-    ranges = []
-    for order, (name, tensors) in enumerate(lists):
-        for i, t in enumerate(tensors):
-            if t.numel() == 0:
-                continue
-            if t.device.type == "meta" or is_fake(t):
-                return
-            begin = t.data_ptr()  # dense tensors: their bytes run from here for nbytes
-            ranges.append((begin, begin + t.numel() * t.element_size(), order, i, name))
-    ranges.sort()
-    # sorted by first byte, any overlap shows in a neighbouring pair
-    for a, b in zip(ranges, ranges[1:]):
-        if b[0] < a[1]:
+def check_no_shared_memory(written=(), read=(), written_single=()):
+    """Mirror of check_no_shared_memory in checks.h: what an op writes (`written`: (name,
+    tensors) lists; `written_single`: (name, tensor)) and the scalars it reads while writing
+    (`read`: (name, tensor or None)) share no memory. Fake and meta tensors (the fake
+    kernels under torch.compile) have no memory to compare: the check is skipped."""
+    uses = [(name, [t], False, True) for name, t in read if t is not None]
+    uses += [(name, [t], True, True) for name, t in written_single if t is not None]
+    uses += [(name, ts, True, False) for name, ts in written]
+    first = next((t for _, ts, _, _ in uses for t in ts), None)
+    if first is None or first.device.type == "meta" or is_fake(first):
+        return  # (is_fake costs 3 us: asked of one tensor, not of each)
+    # (first byte, one past the last, use, index); dense tensors' bytes run from their
+    # data pointer. Lists allocated in order are sorted runs, which timsort merges.
+    spans = [(b := t.data_ptr(), b + t.nbytes, k, i) for k, (_, ts, _, _) in enumerate(uses)
+             for i, t in enumerate(ts) if t.nbytes]
+    spans.sort()
+    # one sweep: a span starting before the furthest end of one it may not overlap (any,
+    # if it is written; a written one, if it is read) overlaps that one
+    furthest_any = furthest_written = None
+    for span in spans:
+        written = uses[span[2]][2]
+        other = furthest_any if written else furthest_written
+        if other is not None and span[0] < other[1]:
+            both = written and uses[other[2]][2]
             raise ValueError(
-                f"{a[4]}[{a[3]}] and {b[4]}[{b[3]}] share memory (the same tensor twice, or "
-                "overlapping views); the op writes both, so pass each tensor once"
+                f"{_describe(uses, other)} and {_describe(uses, span)} share memory (the same "
+                f"tensor twice, or overlapping views) and the op writes "
+                f"{'both' if both else 'one of them'}: pass separate tensors"
             )
+        if furthest_any is None or span[1] > furthest_any[1]:
+            furthest_any = span
+        if written and (furthest_written is None or span[1] > furthest_written[1]):
+            furthest_written = span
+
+
+def _describe(uses, span):
+    name, _, _, single = uses[span[2]]
+    return name if single else f"{name}[{span[3]}]"
 
 
 def common_dtype(name, tensors):
@@ -187,9 +204,10 @@ def check_update_group(params, grads, states: dict, master_params, steps, lr, gr
             if s.dtype != steps[0].dtype:
                 raise TypeError(f"state_steps[{i}] is {s.dtype} but state_steps[0] is "
                                 f"{steps[0].dtype}: the steps must share one dtype")
-    check_no_shared_memory(("params", params), ("state_steps", steps),
-                           *[(name, lst) for name, lst in states.items()],
-                           ("master_params", master_params or []))
+    check_no_shared_memory(
+        written=[("params", params), ("state_steps", steps), *states.items(),
+                 ("master_params", master_params or [])],
+        read=[("lr", lr), ("grad_scale", grad_scale), ("found_inf", found_inf)])
     if stats is not None:
         if stats.device != device:
             raise ValueError(f"stats is on {stats.device} but params are on {device}")
@@ -214,15 +232,14 @@ def norm_args(tensors, ord=2.0, per_tensor=False):
 
 def scale_args(tensors, scale):
     device = check_float_list("tensors", tensors)
-    check_no_shared_memory(("tensors", tensors))
     if device is not None:
         check_scalar_tensor("scale", scale, device)
+        check_no_shared_memory(written=[("tensors", tensors)], read=[("scale", scale)])
     return device
 
 
 def unscale_norm_args(tensors, inv_scale, found_inf, ord=2.0, per_tensor=False):
     device = norm_args(tensors, ord)
-    check_no_shared_memory(("tensors", tensors))
     if device is None:  # an empty list: inv_scale and found_inf name the device
         device = found_inf.device if isinstance(found_inf, torch.Tensor) else None
     if device is not None:
@@ -231,13 +248,15 @@ def unscale_norm_args(tensors, inv_scale, found_inf, ord=2.0, per_tensor=False):
         # written as GradScaler's is, on every backend
         if found_inf.dtype != torch.float32:
             raise TypeError(f"found_inf must be float32 (as GradScaler's), got {found_inf.dtype}")
+        check_no_shared_memory(written=[("tensors", tensors)], read=[("inv_scale", inv_scale)],
+                               written_single=[("found_inf", found_inf)])
     return device
 
 
 def clip_args(grads, max_norm, ord=2.0):
     check_norm_ord(ord)
     device = check_float_list("grads", grads)
-    check_no_shared_memory(("grads", grads))
+    check_no_shared_memory(written=[("grads", grads)])
     return device
 
 

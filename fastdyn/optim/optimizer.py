@@ -129,7 +129,7 @@ class FusedOptimizer(Optimizer):
                     raise ValueError(f"params[{i}] is not dense (strides {p.stride()}); pass a "
                                      "contiguous parameter")
             # the fused step writes every param at once: one twice would lose an update
-            ops.checks.check_no_shared_memory(("params", group["params"]))
+            ops.checks.check_no_shared_memory(written=[("params", group["params"])])
         except (TypeError, ValueError):
             self.param_groups.pop()
             raise

@@ -164,3 +164,30 @@ def test_triton_tables_of_many_buckets_stay_cached():
                 cached = {id(t) for t in _multi_tensor._tables.values()}
     assert len(cached) >= 80
     assert cached <= {id(t) for t in _multi_tensor._tables.values()}
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("op", ["norm", "unscale", "clip"])
+def test_sum_of_squares_past_float32_range(backend, device, op):
+    """65536 x 1e17: every square fits float32, their sum (6.6e38) does not. Chunks combined
+    in float32 made the norm inf on CUDA and Triton (clip then zeroed the grads) where the
+    CPU, combining in float64, gives 2.56e19."""
+    ts = [torch.full((65536,), 1e17, device=device), torch.full((3,), 2.0, device=device)]
+    expected = torch.linalg.vector_norm(torch.cat([t.double().cpu() for t in ts]))
+    with use_backend(backend):
+        if op == "norm":
+            total, per = fastdyn.ops.multi_tensor_norm(ts, per_tensor=True)
+        elif op == "unscale":
+            ts = [t * 4 for t in ts]
+            total, per = fastdyn.ops.multi_tensor_unscale_norm_(
+                ts, torch.tensor(0.25, device=device), torch.zeros((), device=device), 2.0, True)
+        else:
+            total = fastdyn.ops.norm.clip_grads_(ts, 1.0, 2.0)
+            per = None
+    torch.testing.assert_close(total.double().cpu(), expected, rtol=NORM_RTOL, atol=0)
+    if per is not None:
+        torch.testing.assert_close(per.double().cpu(), torch.tensor([2.56e19, 12 ** 0.5],
+                                   dtype=torch.float64), rtol=NORM_RTOL, atol=0)
+    if op == "clip":  # scaled by 1 / 2.56e19, not zeroed
+        torch.testing.assert_close(ts[0].double().cpu(), torch.full((65536,), 1e17 / 2.56e19,
+                                   dtype=torch.float64), rtol=1e-5, atol=0)

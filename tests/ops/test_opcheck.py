@@ -198,6 +198,30 @@ def test_state_sharing_a_params_memory_is_refused(backend, device):
 
 
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+def test_a_scalar_inside_a_written_tensor_is_refused(backend, device):
+    """On CUDA every block reads the scalar, some after others wrote it: scale_([x], x[0])
+    scaled the chunks after the first by the new x[0]. Scalars that are only read may share
+    memory with each other (lr and grad_scale one tensor)."""
+    ns = _namespace(backend)
+    x = torch.full((100,), 2.0, device=device)
+    with pytest.raises(ValueError, match=r"scale and tensors\[0\] share memory .* the op writes "
+                                         r"one of them"):
+        ns.multi_tensor_scale_.default([x], x[0])
+    assert (x == 2.0).all()
+    found_inf = torch.zeros(4, device=device)
+    with pytest.raises(ValueError, match=r"found_inf and tensors\[0\] share memory"):
+        ns.multi_tensor_unscale_norm_.default([found_inf], torch.tensor(0.5, device=device),
+                                              found_inf[0], 2.0, False)
+    p, g = [torch.ones(3, device=device)], [torch.ones(3, device=device)]
+    one = torch.tensor(1.0, device=device)
+    args = (p, g, [], [], one, 0.0, 0.0, 0.0, False, False, False, one, None, None)
+    ns.sgd_.default(*args)  # lr and grad_scale: one tensor, read twice
+    torch.testing.assert_close(p[0], torch.zeros(3, device=device))
+    with pytest.raises(ValueError, match=r"lr and params\[0\] share memory"):
+        ns.sgd_.default(p, g, [], [], p[0][0], 0.0, 0.0, 0.0, False, False, False, None, None, None)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
 def test_the_same_tensor_twice_is_refused_by_scale_and_allowed_by_norm(backend, device):
     x = torch.randn(100_003, device=device)
     ns = _namespace(backend)

@@ -96,11 +96,14 @@ inline UpdateGroup check_update_group(at::TensorList params, at::TensorList grad
     }
   }
   {
-    // everything the update writes
-    std::vector<WrittenList> written{{"params", params}, {"state_steps", steps}};
-    for (const NamedList& s : states) written.push_back({s.name, s.tensors});
-    if (g.has_master) written.push_back({"master_params", master_params});
-    check_no_shared_memory(written);
+    // everything the update writes, and the scalars it reads
+    std::vector<MemoryUse> uses{written_list("params", params), written_list("state_steps", steps)};
+    for (const NamedList& s : states) uses.push_back(written_list(s.name, s.tensors));
+    if (g.has_master) uses.push_back(written_list("master_params", master_params));
+    if (lr.has_value()) uses.push_back(read_tensor("lr", *lr));
+    if (grad_scale.has_value()) uses.push_back(read_tensor("grad_scale", *grad_scale));
+    if (found_inf.has_value()) uses.push_back(read_tensor("found_inf", *found_inf));
+    check_no_shared_memory(uses);
   }
   if (stats.has_value()) {
     const at::Tensor& s = *stats;

@@ -147,12 +147,13 @@ def load_param(p_ptr, master_ptr, idx, mask, HAS_MASTER: tl.constexpr):
 
 @triton.jit
 def _segment_sum_kernel(partials_ptr, begin_ptr, out_ptr, K: tl.constexpr, COL: tl.constexpr,
-                        IS_MAX: tl.constexpr, SEG_BLOCK: tl.constexpr, N_BLOCKS: tl.constexpr):
+                        IS_MAX: tl.constexpr, ACC: tl.constexpr, SEG_BLOCK: tl.constexpr,
+                        N_BLOCKS: tl.constexpr):
     t = tl.program_id(0)
     start = tl.load(begin_ptr + t)
     end = tl.load(begin_ptr + t + 1)
     offs = tl.arange(0, SEG_BLOCK)
-    acc = tl.zeros([SEG_BLOCK], dtype=tl.float32)
+    acc = tl.zeros([SEG_BLOCK], dtype=ACC)
     # A constant trip count (enough for the largest tensor; masked past a tensor's end):
     # Triton 3.6's interpreter cannot take bounds loaded from memory in range().
     for b in range(N_BLOCKS):
@@ -169,13 +170,14 @@ def _segment_sum_kernel(partials_ptr, begin_ptr, out_ptr, K: tl.constexpr, COL: 
         r = tl.where(has_nan, float("nan"), r)
     else:
         r = tl.sum(acc, axis=0)
-    tl.store(out_ptr + t, r)
+    tl.store(out_ptr + t, r.to(out_ptr.dtype.element_ty))
 
 
 def segment_sum(partials: torch.Tensor, table: ChunkTable, n_tensors: int, col: int = 0,
-                is_max: bool = False) -> torch.Tensor:
-    """Per-tensor combination of column `col` of the chunk partials [n_chunks, k]."""
-    out = torch.empty(n_tensors, dtype=torch.float32, device=partials.device)
+                is_max: bool = False, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Per-tensor combination of column `col` of the chunk partials [n_chunks, k], in the
+    partials' dtype, stored as `out_dtype`."""
+    out = torch.empty(n_tensors, dtype=out_dtype, device=partials.device)
     if n_tensors == 0:
         return out
     k = partials.shape[1] if partials.dim() == 2 else 1
@@ -183,7 +185,9 @@ def segment_sum(partials: torch.Tensor, table: ChunkTable, n_tensors: int, col: 
     # a power of two: few distinct compiled variants however the tensor sizes vary
     n_blocks = triton.next_power_of_2(max(1, triton.cdiv(table.max_tensor_chunks, seg_block)))
     _segment_sum_kernel[(n_tensors,)](partials, table.chunk_begin, out, K=k, COL=col,
-                                      IS_MAX=is_max, SEG_BLOCK=seg_block, N_BLOCKS=n_blocks)
+                                      IS_MAX=is_max,
+                                      ACC=tl.float64 if partials.dtype == torch.float64 else tl.float32,
+                                      SEG_BLOCK=seg_block, N_BLOCKS=n_blocks)
     return out
 
 

@@ -43,18 +43,21 @@ def _norm_chunks_kernel(rows_ptr, partials_ptr, inv_scale_ptr, found_inf_ptr,
             acc += x * x
     if IS_MAX:
         has_nan = tl.sum((acc != acc).to(tl.int32), axis=0) > 0
-        r = tl.where(has_nan, float("nan"), tl.max(acc, axis=0))
+        r = tl.where(has_nan, float("nan"), tl.max(acc, axis=0)).to(tl.float64)
     else:
-        r = tl.sum(acc, axis=0)
+        # the lanes (8 squares each) combine in float64, as the partials after them: a
+        # float32 combination made 65536 x 1e17 an inf norm (the CPU gives 2.6e19)
+        r = tl.sum(acc.to(tl.float64), axis=0)
     tl.store(partials_ptr + pid, r)
     if UNSCALE:
         if tl.max(bad, axis=0) > 0:
             tl.store(found_inf_ptr, 1.0)
 
 
-def per_tensor_partials(tensors, is_max: bool, inv_scale=None, found_inf=None) -> torch.Tensor:
-    """Sum of squares (or max |x|) of every tensor, float32 [n]; unscales in place first
-    when inv_scale is given."""
+def per_tensor_partials(tensors, is_max: bool, inv_scale=None, found_inf=None,
+                        out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Sum of squares (or max |x|) of every tensor, [n] in `out_dtype` (combined in
+    float64); unscales in place first when inv_scale is given."""
     device = tensors[0].device
     by_dtype: dict = {}
     for i, t in enumerate(tensors):
@@ -63,20 +66,20 @@ def per_tensor_partials(tensors, is_max: bool, inv_scale=None, found_inf=None) -
     for dtype, idx in by_dtype.items():
         sub = [tensors[i] for i in idx]
         table = chunk_table([sub], device)
-        partials = torch.zeros(max(table.n_chunks, 1), dtype=torch.float32, device=device)
+        partials = torch.zeros(max(table.n_chunks, 1), dtype=torch.float64, device=device)
         if table.n_chunks:
             _norm_chunks_kernel[(table.n_chunks,)](
                 table.rows, partials, inv_scale if inv_scale is not None else partials,
                 found_inf if found_inf is not None else partials, N_COLS=table.n_cols,
                 ELEM=tl_dtype(dtype), IS_MAX=is_max, UNSCALE=inv_scale is not None,
                 CHUNK_=CHUNK, BLOCK_=BLOCK)
-        parts.append(segment_sum(partials, table, len(sub), is_max=is_max))
+        parts.append(segment_sum(partials, table, len(sub), is_max=is_max, out_dtype=out_dtype))
     if len(parts) == 1:
         return parts[0]
     # mixed dtypes: put each group's results back in list order (the order is built on the
     # host, and so is this permutation; it goes to the device once per distinct order)
     order = [i for idx in by_dtype.values() for i in idx]
-    out = torch.empty(len(tensors), dtype=torch.float32, device=device)
+    out = torch.empty(len(tensors), dtype=out_dtype, device=device)
     out[_device_order(tuple(order), device)] = torch.cat(parts)
     return out
 
@@ -94,19 +97,21 @@ def _device_order(order: tuple, device: torch.device) -> torch.Tensor:
 
 
 def finish(per: torch.Tensor, is_max: bool):
-    """(total, per-tensor norms) from per-tensor partials."""
+    """(total, per-tensor norms), float32, from float64 per-tensor partials."""
     if is_max:
         total = per.max() if per.numel() else per.new_zeros(())
         if per.numel():
             # masked_fill with a device mask: new_tensor(nan) would be a blocking H2D copy
             total = total.masked_fill(per.isnan().any(), float("nan"))
-        return total, per
-    return per.sum().sqrt(), per.sqrt()
+        return total.float(), per.float()
+    # the square roots are taken in float64 and rounded once, by writing them to float32
+    total, norms = per.new_empty((), dtype=torch.float32), per.new_empty(per.shape, dtype=torch.float32)
+    return torch.sqrt(per.sum(), out=total), torch.sqrt(per, out=norms)
 
 
 def multi_tensor_norm(tensors, ord: float, per_tensor: bool):
     is_max = math.isinf(ord)
-    total, per = finish(per_tensor_partials(tensors, is_max), is_max)
+    total, per = finish(per_tensor_partials(tensors, is_max, out_dtype=torch.float64), is_max)
     return total, (per if per_tensor else per.new_zeros(0))
 
 
@@ -115,7 +120,8 @@ def multi_tensor_unscale_norm_(tensors, inv_scale, found_inf, ord: float, per_te
     if not tensors:  # reached through inv_scale and found_inf alone: zeros on their device
         return found_inf.new_zeros(()), found_inf.new_zeros(0)
     inv = inv_scale.float().reshape(1)
-    total, per = finish(per_tensor_partials(tensors, is_max, inv, found_inf), is_max)
+    total, per = finish(per_tensor_partials(tensors, is_max, inv, found_inf, torch.float64),
+                        is_max)
     return total, (per if per_tensor else per.new_zeros(0))
 
 

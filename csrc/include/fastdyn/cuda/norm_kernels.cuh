@@ -1,8 +1,9 @@
 // CUDA pieces of the norm, unscale and clip ops: per-chunk partials, their per-tensor
-// reduction and the total, each combined in a fixed order. A block reduces in the type it
-// accumulates in (float, double for float64 inputs); partials and what combines them are
-// double, so float64 sums of squares past float's range (1e20^2) neither overflow nor
-// flush to 0 before the square root.
+// reduction and the total, each combined in a fixed order. A thread accumulates its
+// elements in float (double for float64 inputs); the block, the partials and what combines
+// them are double, so sums of squares past float's range neither overflow nor flush to 0
+// before the square root. (A float block sum made 65536 x 1e17 an inf norm where the CPU,
+// flushing 32-value lane sums into doubles, gives 2.6e19.)
 #pragma once
 #include <ATen/ATen.h>
 
@@ -23,21 +24,21 @@ struct NormCombine {
   __device__ __forceinline__ A operator()(A a, A b) const { return math::norm_combine<K>(a, b); }
 };
 
-// Partial of one chunk: sum of squares (L2) or max |x| (inf), fp32 accumulation.
+// Partial of one chunk: sum of squares (L2) or max |x| (inf), per thread in float.
 template <NormKind K, typename T>
 struct NormChunkOp {
   double* partials;
   __device__ __forceinline__ bool skip() const { return false; }
   __device__ __forceinline__ void operator()(const TensorListMeta<1>& meta, ChunkRef c) const {
     using A = typename OpMath<T>::type;
-    __shared__ A shared[32];
+    __shared__ double shared[32];
     const T* __restrict__ x = static_cast<const T*>(meta.addr[0][c.slot]);
     A acc = A(0);
     for_chunk_elements(
         c.begin, c.end, [&](int64_t i) { return static_cast<A>(x[i]); },
         [&](int64_t, A xv) { acc = math::norm_accumulate<K>(acc, xv); });
-    const A r = block_reduce(acc, NormCombine<K, A>{}, shared);
-    if (threadIdx.x == 0) partials[c.global] = static_cast<double>(r);
+    const double r = block_reduce(static_cast<double>(acc), NormCombine<K, double>{}, shared);
+    if (threadIdx.x == 0) partials[c.global] = r;
   }
 };
 
@@ -50,7 +51,7 @@ struct UnscaleChunkOp {
   __device__ __forceinline__ bool skip() const { return false; }
   __device__ __forceinline__ void operator()(const TensorListMeta<1>& meta, ChunkRef c) const {
     using A = typename OpMath<T>::type;
-    __shared__ A shared[32];
+    __shared__ double shared[32];
     T* __restrict__ x = static_cast<T*>(meta.addr[0][c.slot]);
     const A inv = static_cast<A>(inv_scale.get());
     A acc = A(0);
@@ -65,8 +66,8 @@ struct UnscaleChunkOp {
         });
     // Every writer stores the same 1.0, so the race is benign and the result deterministic.
     if (bad) *found_inf = 1.f;
-    const A r = block_reduce(acc, NormCombine<K, A>{}, shared);
-    if (threadIdx.x == 0) partials[c.global] = static_cast<double>(r);
+    const double r = block_reduce(static_cast<double>(acc), NormCombine<K, double>{}, shared);
+    if (threadIdx.x == 0) partials[c.global] = r;
   }
 };
 
