@@ -8,7 +8,6 @@ import math
 from typing import Sequence
 
 import torch
-from torch._subclasses.fake_tensor import is_fake
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -83,17 +82,18 @@ def check_no_shared_memory(written=(), read=(), written_single=()):
     """Mirror of check_no_shared_memory in checks.h: what an op writes (`written`: (name,
     tensors) lists; `written_single`: (name, tensor)) and the scalars it reads while writing
     (`read`: (name, tensor or None)) share no memory. Fake and meta tensors (the fake
-    kernels under torch.compile) have no memory to compare: the check is skipped."""
+    kernels under torch.compile) have no memory to compare."""
     uses = [(name, [t], False, True) for name, t in read if t is not None]
     uses += [(name, [t], True, True) for name, t in written_single if t is not None]
     uses += [(name, ts, True, False) for name, ts in written]
-    first = next((t for _, ts, _, _ in uses for t in ts), None)
-    if first is None or first.device.type == "meta" or is_fake(first):
-        return  # (is_fake costs 3 us: asked of one tensor, not of each)
-    # (first byte, one past the last, use, index); dense tensors' bytes run from their
-    # data pointer. Lists allocated in order are sorted runs, which timsort merges.
+    # (first byte, one past the last, use, index) of the plain tensors; dense tensors'
+    # bytes run from their data pointer. Subclasses (FakeTensor, DTensor: their data
+    # pointer is not their memory) are left out; the ops see DTensors' local tensors.
+    # Lists allocated in order are sorted runs, which timsort merges.
     spans = [(b := t.data_ptr(), b + t.nbytes, k, i) for k, (_, ts, _, _) in enumerate(uses)
-             for i, t in enumerate(ts) if t.nbytes]
+             for i, t in enumerate(ts) if type(t) in _PLAIN and t.nbytes]
+    if not spans or uses[spans[0][2]][1][spans[0][3]].is_meta:
+        return  # meta tensors have no memory (a list mixing devices is refused elsewhere)
     spans.sort()
     # one sweep: a span starting before the furthest end of one it may not overlap (any,
     # if it is written; a written one, if it is read) overlaps that one
@@ -112,6 +112,9 @@ def check_no_shared_memory(written=(), read=(), written_single=()):
             furthest_any = span
         if written and (furthest_written is None or span[1] > furthest_written[1]):
             furthest_written = span
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 def _describe(uses, span):
@@ -149,7 +152,9 @@ def check_update_group(params, grads, states: dict, master_params, steps, lr, gr
                        found_inf, stats):
     """Mirror of check_update_group in csrc/include/fastdyn/optimizer_checks.h."""
     device = check_float_list("params", params)
-    device = device if device is not None else (lr.device if lr is not None else torch.device("cpu"))
+    if device is None:  # an empty list: the scalars name the device (lamb_moments_ has no lr)
+        device = next((t.device for t in (lr, grad_scale, found_inf) if t is not None),
+                      torch.device("cpu"))
     if lr is not None:  # None: LAMB's moment pass, which takes no learning rate
         check_scalar_tensor("lr", lr, device)
     if grad_scale is not None:

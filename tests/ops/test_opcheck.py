@@ -232,3 +232,14 @@ def test_the_same_tensor_twice_is_refused_by_scale_and_allowed_by_norm(backend, 
     torch.testing.assert_close(total.double().cpu(),
                                torch.linalg.vector_norm(torch.cat([x, x]).double().cpu()),
                                rtol=2e-5, atol=0)
+
+
+@pytest.mark.parametrize("device", ["meta", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_an_empty_lamb_moments_takes_its_device_from_its_scalars(device):
+    """lamb_moments_ has no lr: with no params, grad_scale/found_inf name the device (it
+    used to fall back to the CPU and refuse them as on another device)."""
+    scalars = dict(grad_scale=torch.tensor(2.0, device=device),
+                   found_inf=torch.zeros((), device=device))
+    torch.ops.fastdyn.lamb_moments_([], [], [], [], [], [], 0.9, 0.999, 1e-6, 0.0, True, True,
+                                    **scalars)

@@ -36,7 +36,12 @@ inline UpdateGroup check_update_group(at::TensorList params, at::TensorList grad
   UpdateGroup g;
   g.size = static_cast<int64_t>(params.size());
   auto device = check_float_list("params", params);
-  g.device = device.has_value() ? *device : (lr.has_value() ? lr->device() : at::Device(at::kCPU));
+  // an empty list: the scalars name the device (lamb_moments_ has no lr)
+  if (device.has_value()) {
+    g.device = *device;
+  } else if (lr.has_value() || grad_scale.has_value() || found_inf.has_value()) {
+    g.device = (lr.has_value() ? *lr : grad_scale.has_value() ? *grad_scale : *found_inf).device();
+  }
   if (lr.has_value()) check_scalar_tensor("lr", *lr, g.device);
   if (grad_scale.has_value()) check_scalar_tensor("grad_scale", *grad_scale, g.device);
   if (found_inf.has_value()) check_scalar_tensor("found_inf", *found_inf, g.device);
