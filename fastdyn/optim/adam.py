@@ -40,7 +40,8 @@ class Adam(FusedOptimizer):
         beta1, beta2 = group["betas"]
         _check_float("beta parameter at index 0", beta1, 0.0, 1.0)
         _check_float("beta parameter at index 1", beta2, 0.0, 1.0)
-        _check_float("epsilon value", group["eps"])
+        # eps <= 0 is an error in the contract (DESIGN.md), though torch's Adam takes 0
+        _check_float("epsilon value", group["eps"], 0.0, low_inclusive=False)
         _check_float("weight_decay value", group["weight_decay"])
 
     def __setstate__(self, state):

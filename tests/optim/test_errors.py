@@ -16,6 +16,7 @@ BAD = [
     ("Adam", dict(betas=(1.0, 0.9)), "beta parameter at index 0"),
     ("Adam", dict(betas=(0.9, -0.1)), "beta parameter at index 1"),
     ("Adam", dict(eps=-1e-8), "epsilon"),
+    ("AdamW", dict(eps=0.0), "epsilon"),  # the contract: eps <= 0 (torch takes 0: 0/0 = NaN)
     ("Adam", dict(weight_decay=-1.0), "weight_decay"),
     ("AdamW", dict(lr=float("nan")), "learning rate"),
     ("SGD", dict(lr=-0.1), "learning rate"),
@@ -30,6 +31,7 @@ BAD = [
     ("LARS", dict(trust_coeff=0.0), "trust_coeff"),
     ("LARS", dict(momentum=-0.9), "momentum"),
     ("LARS", dict(dampening=2.0), "dampening"),
+    ("LARS", dict(eps=0.0), "epsilon"),
 ]
 
 

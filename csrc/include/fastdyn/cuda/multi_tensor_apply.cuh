@@ -148,9 +148,26 @@ __global__ void __launch_bounds__(kBlockSize) apply_kernel(TensorListMeta<Depth>
   }
 }
 
+// Built for 32 KB arguments, the driver must take them too: a CUDA 12.0 driver (which runs
+// 12.x builds through minor-version compatibility) fails every launch with a generic error.
+inline void check_driver_takes_kernel_arguments() {
+#if defined(CUDA_VERSION) && CUDA_VERSION >= 12010
+  static const int driver = [] {
+    int v = 0;
+    C10_CUDA_CHECK(cudaDriverGetVersion(&v));
+    return v;
+  }();
+  TORCH_CHECK(driver >= 12010, "fastdyn's CUDA kernels were built to take up to 32 KB of "
+              "arguments, which needs an NVIDIA driver for CUDA 12.1 or newer; this driver "
+              "supports CUDA ", driver / 1000, ".", (driver % 1000) / 10,
+              ". Update the driver, or use the Triton backend (FASTDYN_BACKEND=triton)");
+#endif
+}
+
 template <int Depth, typename Op>
 void launch_apply(const TensorListMeta<Depth>& meta, const Op& op) {
   if (meta.n_chunks == 0) return;
+  check_driver_takes_kernel_arguments();
   // once per kernel instantiation (a host query, no stream work: fine under graph capture)
   static const int per_sm = resident_blocks_per_sm(apply_kernel<Depth, Op>, kBlockSize);
   apply_kernel<Depth, Op><<<grid_size(meta.n_chunks, per_sm), kBlockSize, 0,
