@@ -62,6 +62,15 @@ def _like_param(t: torch.Tensor, p: torch.Tensor, dtype: torch.dtype) -> torch.T
     return t
 
 
+def _grads_in_param_layout(grads: list, params: list, error: ValueError) -> Optional[list]:
+    """`grads` with those laid out unlike their param copied into the param's layout, when
+    that is what `error` refused; None otherwise."""
+    if "grads[" not in str(error) or "has strides" not in str(error):
+        return None
+    return [g if ops.checks.same_layout(g, p) else torch.empty_like(p).copy_(g)
+            for g, p in zip(grads, params)]
+
+
 @dataclass
 class Bucket:
     """Parameters of one param group on one device with one dtype (and, for DTensors, one
@@ -427,10 +436,19 @@ class FusedOptimizer(Optimizer):
                 stats.append((b.owners, st))
             args = (b, bucket_grads, self._lr_tensor(b), self._on(grad_scale, b.device),
                     self._on(found_inf, b.device), st)
-            if b.started is not None:
-                self._run_maybe_first(*args)
+            if torch.compiler.is_compiling():
+                self._run_bucket_step(*args)
             else:
-                self._run(*args)
+                try:
+                    self._run_bucket_step(*args)
+                except ValueError as error:
+                    # the op refused before writing anything: grads whose layout differs from
+                    # their param's (hand-assigned; autograd's match) are copied into it, as
+                    # torch takes them; only this rare case pays the copy
+                    fixed = _grads_in_param_layout(bucket_grads, b.params, error)
+                    if fixed is None:
+                        raise
+                    self._run_bucket_step(b, fixed, *args[2:])
         if self.track_stats:
             first = plan[0].device
             self._runtime["stats"] = StepStats(
@@ -438,6 +456,12 @@ class FusedOptimizer(Optimizer):
                 values=torch.cat([s.to(first, non_blocking=True) for _, s in stats]),
                 grad_norm=self._runtime["grad_norm"])
         return loss
+
+    def _run_bucket_step(self, b, grads, lr, grad_scale, found_inf, stats):
+        if b.started is not None:
+            self._run_maybe_first(b, grads, lr, grad_scale, found_inf, stats)
+        else:
+            self._run(b, grads, lr, grad_scale, found_inf, stats)
 
     def _run(self, b, grads, lr, grad_scale, found_inf, stats):
         if b.spec is not None and self._update_needs_norms:
