@@ -62,10 +62,10 @@ def _like_param(t: torch.Tensor, p: torch.Tensor, dtype: torch.dtype) -> torch.T
     return t
 
 
-def _grads_in_param_layout(grads: list, params: list, error: ValueError) -> Optional[list]:
-    """`grads` with those laid out unlike their param copied into the param's layout, when
-    that is what `error` refused; None otherwise."""
-    if "grads[" not in str(error) or "has strides" not in str(error):
+def _grads_in_param_layout(grads: list, params: list) -> Optional[list]:
+    """`grads` with those laid out unlike their param copied into the param's layout; None
+    when all already are (the op refused something else)."""
+    if all(map(ops.checks.same_layout, grads, params)):
         return None
     return [g if ops.checks.same_layout(g, p) else torch.empty_like(p).copy_(g)
             for g, p in zip(grads, params)]
@@ -441,11 +441,11 @@ class FusedOptimizer(Optimizer):
             else:
                 try:
                     self._run_bucket_step(*args)
-                except ValueError as error:
+                except ValueError:
                     # the op refused before writing anything: grads whose layout differs from
                     # their param's (hand-assigned; autograd's match) are copied into it, as
                     # torch takes them; only this rare case pays the copy
-                    fixed = _grads_in_param_layout(bucket_grads, b.params, error)
+                    fixed = _grads_in_param_layout(bucket_grads, b.params)
                     if fixed is None:
                         raise
                     self._run_bucket_step(b, fixed, *args[2:])

@@ -96,22 +96,26 @@ def _device_order(order: tuple, device: torch.device) -> torch.Tensor:
     return _ORDERS[key]
 
 
-def finish(per: torch.Tensor, is_max: bool):
-    """(total, per-tensor norms), float32, from float64 per-tensor partials."""
+def norms(tensors, is_max: bool, inv_scale=None, found_inf=None):
+    """(total, per-tensor norms), float32; unscales in place first when inv_scale is given.
+    Sums of squares come back in float64 and their square roots are rounded once, by
+    writing them to float32; maxima are exact in float32."""
+    per = per_tensor_partials(tensors, is_max, inv_scale, found_inf,
+                              out_dtype=torch.float32 if is_max else torch.float64)
     if is_max:
         total = per.max() if per.numel() else per.new_zeros(())
         if per.numel():
             # masked_fill with a device mask: new_tensor(nan) would be a blocking H2D copy
             total = total.masked_fill(per.isnan().any(), float("nan"))
-        return total.float(), per.float()
-    # the square roots are taken in float64 and rounded once, by writing them to float32
-    total, norms = per.new_empty((), dtype=torch.float32), per.new_empty(per.shape, dtype=torch.float32)
-    return torch.sqrt(per.sum(), out=total), torch.sqrt(per, out=norms)
+        return total, per
+    total = per.new_empty((), dtype=torch.float32)
+    roots = per.new_empty(per.shape, dtype=torch.float32)
+    return torch.sqrt(per.sum(), out=total), torch.sqrt(per, out=roots)
 
 
 def multi_tensor_norm(tensors, ord: float, per_tensor: bool):
     is_max = math.isinf(ord)
-    total, per = finish(per_tensor_partials(tensors, is_max, out_dtype=torch.float64), is_max)
+    total, per = norms(tensors, is_max)
     return total, (per if per_tensor else per.new_zeros(0))
 
 
@@ -120,8 +124,7 @@ def multi_tensor_unscale_norm_(tensors, inv_scale, found_inf, ord: float, per_te
     if not tensors:  # reached through inv_scale and found_inf alone: zeros on their device
         return found_inf.new_zeros(()), found_inf.new_zeros(0)
     inv = inv_scale.float().reshape(1)
-    total, per = finish(per_tensor_partials(tensors, is_max, inv, found_inf, torch.float64),
-                        is_max)
+    total, per = norms(tensors, is_max, inv, found_inf)
     return total, (per if per_tensor else per.new_zeros(0))
 
 
