@@ -148,13 +148,17 @@ def check_norm_ord(ord: float):
         raise ValueError(f"ord must be 2 or inf, got {ord} (other norms go through fastdyn.reference)")
 
 
+def empty_list_device(*scalars) -> torch.device:
+    """The device of an update on an empty list: its scalars' (lamb_moments_ has no lr)."""
+    return next((t.device for t in scalars if t is not None), torch.device("cpu"))
+
+
 def check_update_group(params, grads, states: dict, master_params, steps, lr, grad_scale,
                        found_inf, stats):
     """Mirror of check_update_group in csrc/include/fastdyn/optimizer_checks.h."""
     device = check_float_list("params", params)
-    if device is None:  # an empty list: the scalars name the device (lamb_moments_ has no lr)
-        device = next((t.device for t in (lr, grad_scale, found_inf) if t is not None),
-                      torch.device("cpu"))
+    if device is None:
+        device = empty_list_device(lr, grad_scale, found_inf)
     if lr is not None:  # None: LAMB's moment pass, which takes no learning rate
         check_scalar_tensor("lr", lr, device)
     if grad_scale is not None:

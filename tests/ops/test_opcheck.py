@@ -78,6 +78,40 @@ def _to_meta(x):
     return x
 
 
+def _tensors(value):
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for t in value if isinstance(t, torch.Tensor)]
+    return []
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+def test_every_op_bumps_the_version_of_each_tensor_it_writes(backend, device):
+    """As torch's in-place and foreach ops do: autograd then refuses a backward through a
+    tensor changed after it was saved. The tensors an op only reads keep their versions; the
+    native ops also leave those of a refused call (torch's custom_op, which wraps the Triton
+    ops, bumps before the call)."""
+    ns = _namespace(backend)
+    for name, args, kwargs in samples(device):
+        op = getattr(ns, name).default
+        args, kwargs = _positional(op, args, kwargs)
+        schema = op._schema.arguments
+        written = {id(t) for a, v in zip(schema, args)
+                   if a.alias_info is not None and a.alias_info.is_write for t in _tensors(v)}
+        every = [t for v in args for t in _tensors(v)]
+        before = [t._version for t in every]
+        op(*args)
+        for t, v in zip(every, before):  # (a Triton op may bump one twice: stats.copy_)
+            assert (t._version > v) == (id(t) in written), (name, [a.name for a in schema])
+        assert bool(written) == (name != "multi_tensor_norm"), name
+    # a refused call: the same tensor twice in a written list
+    x = torch.ones(3, device=device)
+    with pytest.raises(ValueError, match="share memory"):
+        ns.multi_tensor_scale_.default([x, x], torch.tensor(2.0, device=device))
+    assert x._version == 0 or backend == "triton"
+
+
 def test_fake_kernels_check_arguments_like_the_kernels():
     """A list mixing a real and a meta tensor dispatches to the fake kernel: it must refuse it
     as the CPU kernel refuses mixed devices (it used to return an uninitialised norm)."""
@@ -234,12 +268,17 @@ def test_the_same_tensor_twice_is_refused_by_scale_and_allowed_by_norm(backend, 
                                rtol=2e-5, atol=0)
 
 
-@pytest.mark.parametrize("device", ["meta", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA device"))])
-def test_an_empty_lamb_moments_takes_its_device_from_its_scalars(device):
+_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize("backend,device", [
+    ("native", "meta"), ("triton", "meta"),  # the fake kernels
+    pytest.param("native", "cuda", marks=_CUDA), pytest.param("triton", "cuda", marks=_CUDA)])
+def test_an_empty_lamb_moments_takes_its_device_from_its_scalars(backend, device):
     """lamb_moments_ has no lr: with no params, grad_scale/found_inf name the device (it
-    used to fall back to the CPU and refuse them as on another device)."""
-    scalars = dict(grad_scale=torch.tensor(2.0, device=device),
-                   found_inf=torch.zeros((), device=device))
-    torch.ops.fastdyn.lamb_moments_([], [], [], [], [], [], 0.9, 0.999, 1e-6, 0.0, True, True,
-                                    **scalars)
+    used to fall back to the CPU: the native op refused them as on another device, the
+    Triton op returned its sums on the CPU)."""
+    sums = _namespace(backend).lamb_moments_.default(
+        [], [], [], [], [], [], 0.9, 0.999, 1e-6, 0.0, True, True,
+        torch.tensor(2.0, device=device), torch.zeros((), device=device))
+    assert sums.shape == (0, 3) and sums.device.type == device

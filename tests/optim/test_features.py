@@ -305,3 +305,25 @@ def test_lamb_max_grad_norm_is_read_from_the_groups():
     with pytest.raises(ValueError, match="max_grad_norm is one for all groups"):
         reference.add_param_group({"params": [torch.nn.Parameter(torch.ones(2))],
                                    "max_grad_norm": 5.0})
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "SGD", "LAMB", "LARS"])
+def test_a_step_between_forward_and_backward_is_refused_like_torch(backend, device, name):
+    """A step changes weights the pending backward saved (a GAN's discriminator stepped
+    before the generator's backward through it): torch's optimizers bump the params'
+    versions and autograd refuses; fastdyn's used to let the backward use the new weights."""
+    kw = {"momentum": 0.9} if name in ("SGD", "LARS") else {}
+    torch_twin = getattr(torch.optim, name, None)
+    for make in [lambda ps: getattr(fastdyn.optim, name)(ps, lr=1e-2, **kw)] + (
+            [lambda ps: torch_twin(ps, lr=1e-2, **kw)] if torch_twin else []):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1)).to(device)
+        opt = make(model.parameters())
+        x = torch.randn(8, 4, device=device)
+        model(x).sum().backward()
+        pending = model(x).sum()  # the second layer's weight is saved for the first's grads
+        with use_backend(backend):
+            opt.step()
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            pending.backward()

@@ -229,9 +229,14 @@ def write_stats(stats, found_inf, grad_sq, param_sq, update_norm, ratio) -> None
     stats.copy_(new)
 
 
-def bias_corrections(steps: list, beta: float) -> torch.Tensor:
-    """1 - beta^step of every tensor, computed in float64 on the device (one stack of the
-    step counters), as float32 [n]."""
-    t = torch.stack([s.reshape(()) for s in steps]).double()
-    # a Python-float base: no host-to-device copy (that would sync)
-    return (1.0 - torch.pow(float(beta), t)).float()
+def bias_corrections(steps: list, beta1: float, beta2: float):
+    """(1 - beta1^step, 1 - beta2^step) of every tensor, computed in float64 on the device
+    from one stack of the step counters, as float32 [n] each."""
+    try:
+        # 0-d counters (torch's and fastdyn's) stack as they are: a reshape of each first
+        # cost 3 us a param, 6.5 ms of an AdamW step on 2,000 params
+        t = torch.stack(steps).reshape(-1).double()
+    except RuntimeError:  # counters of mixed shapes, () and (1,)
+        t = torch.stack([s.reshape(()) for s in steps]).double()
+    # Python-float bases: no host-to-device copy (that would sync)
+    return tuple((1.0 - torch.pow(float(beta), t)).float() for beta in (beta1, beta2))

@@ -86,8 +86,7 @@ def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, 
     increment_steps(state_steps, found_inf)
     table = chunk_table([params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else [],
                          master_params], device)
-    bc1 = bias_corrections(state_steps, beta1)
-    bc2 = bias_corrections(state_steps, beta2)
+    bc1, bc2 = bias_corrections(state_steps, beta1, beta2)
     partials = torch.zeros((max(table.n_chunks, 1), 3), dtype=torch.float32, device=device)
     if table.n_chunks:
         lr32 = as_float32(lr)

@@ -5,6 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fastdyn.ops import checks
 from fastdyn.ops.triton._multi_tensor import (BLOCK, CHUNK, as_float32, bias_corrections,
                                               chunk_table, increment_steps, inverse_grad_scale,
                                               load_param, segment_sum, step_is_skipped, tl_dtype,
@@ -101,7 +102,7 @@ def _group(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, bet
     device = params[0].device
     table = chunk_table([params, grads, exp_avgs, exp_avg_sqs, master_params], device)
     if bias_correction:
-        bc1, bc2 = bias_corrections(state_steps, beta1), bias_corrections(state_steps, beta2)
+        bc1, bc2 = bias_corrections(state_steps, beta1, beta2)
     else:
         bc1 = bc2 = torch.ones(len(params), dtype=torch.float32, device=device)
     common = dict(N_COLS=table.n_cols, P_DT=tl_dtype(params[0].dtype),
@@ -165,7 +166,8 @@ def lamb_moments_(params, grads, exp_avgs, exp_avg_sqs, master_params, state_ste
                   eps, weight_decay, bias_correction, grad_averaging, grad_scale=None,
                   found_inf=None):
     if not params:
-        return torch.empty((0, 3), dtype=torch.float64)
+        return torch.empty((0, 3), dtype=torch.float64,
+                           device=checks.empty_list_device(grad_scale, found_inf))
     n = len(params)
     found_inf = as_float32(found_inf)
     (table, _, _, _), partials = _step_moments(

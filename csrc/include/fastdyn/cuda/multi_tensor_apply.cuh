@@ -17,6 +17,7 @@
 #include <cuda_runtime.h>
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <vector>
 
@@ -47,15 +48,31 @@ struct TensorListMeta {
   int64_t chunk_offset;  // global number of this launch's first chunk
 };
 
+// Properties of a device, queried once per device (and per kernel for occupancy): a host
+// query, no stream work, so it is fine under graph capture. A process may see GPUs of
+// different models, whose SM counts and register files differ: nothing is shared between
+// devices. Relaxed atomics: two threads racing on a first query store the same value.
+constexpr int kMaxDevices = 64;
+
+template <typename Query>
+int cached_per_device(std::atomic<int> (&cache)[kMaxDevices], int device, Query&& query) {
+  TORCH_CHECK(device >= 0 && device < kMaxDevices, "fastdyn supports CUDA devices 0..",
+              kMaxDevices - 1, ", got device ", device);
+  int v = cache[device].load(std::memory_order_relaxed);
+  if (v == 0) {
+    v = query();
+    cache[device].store(v, std::memory_order_relaxed);
+  }
+  return v;
+}
+
 inline int sm_count(int device) {
-  static int counts[64] = {0};
-  if (device < 0 || device >= 64) return 132;
-  if (counts[device] == 0) {
+  static std::atomic<int> counts[kMaxDevices] = {};
+  return cached_per_device(counts, device, [device] {
     int n = 0;
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
-    counts[device] = n;
-  }
-  return counts[device];
+    return n;
+  });
 }
 
 // Blocks per launch of a persistent kernel: as many as are resident at once on every SM
@@ -63,16 +80,20 @@ inline int sm_count(int device) {
 // runs its extra blocks as a second wave after the first has done all its chunks: a fixed
 // 4 blocks of 512 threads per SM, with 3 resident (40 registers), left a fourth of the
 // blocks to a nearly empty wave (AdamW at 79% of copy bandwidth on an H100).
-inline int grid_size(int n_chunks, int per_sm) {
-  const int cap = sm_count(c10::cuda::current_device()) * per_sm;
+inline int grid_size(int n_chunks, int device, int per_sm) {
+  const int cap = sm_count(device) * per_sm;
   return n_chunks < cap ? (n_chunks > 0 ? n_chunks : 1) : cap;
 }
 
-template <typename Kernel>
-int resident_blocks_per_sm(Kernel kernel, int block_size) {
-  int n = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, block_size, 0));
-  return n > 0 ? n : 1;
+// Blocks of `kernel` resident per SM on `device` (cached per kernel and device).
+template <auto Kernel>
+int resident_blocks_per_sm(int device, int block_size) {
+  static std::atomic<int> per_device[kMaxDevices] = {};
+  return cached_per_device(per_device, device, [block_size] {
+    int n = 0;
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, Kernel, block_size, 0));
+    return n > 0 ? n : 1;
+  });
 }
 
 inline int64_t count_chunks(at::TensorList list) {
@@ -168,9 +189,9 @@ template <int Depth, typename Op>
 void launch_apply(const TensorListMeta<Depth>& meta, const Op& op) {
   if (meta.n_chunks == 0) return;
   check_driver_takes_kernel_arguments();
-  // once per kernel instantiation (a host query, no stream work: fine under graph capture)
-  static const int per_sm = resident_blocks_per_sm(apply_kernel<Depth, Op>, kBlockSize);
-  apply_kernel<Depth, Op><<<grid_size(meta.n_chunks, per_sm), kBlockSize, 0,
+  const int device = c10::cuda::current_device();
+  const int per_sm = resident_blocks_per_sm<apply_kernel<Depth, Op>>(device, kBlockSize);
+  apply_kernel<Depth, Op><<<grid_size(meta.n_chunks, device, per_sm), kBlockSize, 0,
                             c10::cuda::getCurrentCUDAStream()>>>(meta, op);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

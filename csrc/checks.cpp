@@ -1,0 +1,68 @@
+// The update ops' argument checks as ops of their own, for the Python-side Triton backend:
+// the checks the CPU and CUDA launchers run (fastdyn/optimizer_checks.h), so every backend
+// refuses the same calls with the same messages. Host code only: registered for every
+// backend, whatever kernels this build has.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "fastdyn/optimizer_checks.h"
+
+namespace fastdyn {
+namespace {
+
+void check_adam(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,
+                at::TensorList master_params, at::TensorList state_steps, const at::Tensor& lr,
+                bool amsgrad, const c10::optional<at::Tensor>& grad_scale,
+                const c10::optional<at::Tensor>& found_inf, const c10::optional<at::Tensor>& stats) {
+  check_adam_args(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params,
+                  state_steps, lr, amsgrad, grad_scale, found_inf, stats);
+}
+
+void check_momentum(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+                    at::TensorList master_params, const at::Tensor& lr, double momentum,
+                    const c10::optional<at::Tensor>& grad_scale,
+                    const c10::optional<at::Tensor>& found_inf,
+                    const c10::optional<at::Tensor>& stats,
+                    const c10::optional<at::Tensor>& trust_ratios) {
+  const UpdateGroup grp = check_momentum_args(params, grads, momentum_buffers, master_params, lr,
+                                              momentum, grad_scale, found_inf, stats);
+  if (trust_ratios.has_value()) check_trust_ratios(*trust_ratios, grp);
+}
+
+void check_lamb(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                at::TensorList exp_avg_sqs, at::TensorList master_params,
+                at::TensorList state_steps, const at::Tensor& lr,
+                const c10::optional<at::Tensor>& grad_scale,
+                const c10::optional<at::Tensor>& found_inf, const c10::optional<at::Tensor>& stats) {
+  check_lamb_args(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, lr,
+                  grad_scale, found_inf, stats);
+}
+
+void check_lamb_moments(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                        at::TensorList exp_avg_sqs, at::TensorList master_params,
+                        at::TensorList state_steps, const c10::optional<at::Tensor>& grad_scale,
+                        const c10::optional<at::Tensor>& found_inf) {
+  check_lamb_moments_args(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps,
+                          grad_scale, found_inf);
+}
+
+void check_lamb_apply(at::TensorList params, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                      at::TensorList master_params, at::TensorList state_steps,
+                      const at::Tensor& lr, const at::Tensor& trust_ratios,
+                      const c10::optional<at::Tensor>& found_inf) {
+  check_lamb_apply_args(params, exp_avgs, exp_avg_sqs, master_params, state_steps, lr,
+                        trust_ratios, found_inf);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastdyn, CompositeExplicitAutograd, m) {
+  m.impl("check_adam_args", &check_adam);
+  m.impl("check_momentum_args", &check_momentum);
+  m.impl("check_lamb_args", &check_lamb);
+  m.impl("check_lamb_moments_args", &check_lamb_moments);
+  m.impl("check_lamb_apply_args", &check_lamb_apply);
+}
+
+}  // namespace fastdyn
