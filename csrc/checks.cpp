@@ -1,14 +1,26 @@
-// The update ops' argument checks as ops of their own, for the Python-side Triton backend:
-// the checks the CPU and CUDA launchers run (fastdyn/optimizer_checks.h), so every backend
-// refuses the same calls with the same messages. Host code only: registered for every
+// Every op's argument checks as ops of their own, for the Python-side Triton backend: the
+// checks the CPU and CUDA launchers run (fastdyn/norm_checks.h, fastdyn/optimizer_checks.h),
+// so every backend refuses the same calls with the same messages. Host code only: registered for every
 // backend, whatever kernels this build has.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "fastdyn/norm_checks.h"
 #include "fastdyn/optimizer_checks.h"
 
 namespace fastdyn {
 namespace {
+
+void check_norm(at::TensorList tensors, double ord) { check_norm_args(tensors, ord); }
+
+void check_scale(at::TensorList tensors, const at::Tensor& scale) { check_scale_args(tensors, scale); }
+
+void check_unscale_norm(at::TensorList tensors, const at::Tensor& inv_scale,
+                        const at::Tensor& found_inf, double ord) {
+  check_unscale_norm_args(tensors, inv_scale, found_inf, ord);
+}
+
+void check_clip(at::TensorList grads, double ord) { check_clip_args(grads, ord); }
 
 void check_adam(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                 at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,
@@ -58,6 +70,10 @@ void check_lamb_apply(at::TensorList params, at::TensorList exp_avgs, at::Tensor
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastdyn, CompositeExplicitAutograd, m) {
+  m.impl("check_norm_args", &check_norm);
+  m.impl("check_scale_args", &check_scale);
+  m.impl("check_unscale_norm_args", &check_unscale_norm);
+  m.impl("check_clip_args", &check_clip);
   m.impl("check_adam_args", &check_adam);
   m.impl("check_momentum_args", &check_momentum);
   m.impl("check_lamb_args", &check_lamb);

@@ -45,9 +45,13 @@ TORCH_LIBRARY(fastdyn, m) {
       "Tensor(b!)[] master_params, Tensor[] state_steps, Tensor lr, Tensor trust_ratios, "
       "float beta1, float beta2, float eps, float weight_decay, bool bias_correction, "
       "Tensor? found_inf=None) -> ()");
-  // The update ops' argument checks alone (csrc/checks.cpp), for the Triton backend: the
-  // same checks and messages as the C++ launchers, at ~0.2 us a param where the Python
-  // mirror (fastdyn.ops.checks, kept for fake tensors) took ~5.
+  // Every op's argument checks alone (csrc/checks.cpp), for the Triton backend: the same
+  // checks and messages as the C++ launchers, at ~0.2 us a param where the Python mirror
+  // (fastdyn.ops.checks, kept for fake tensors) took ~5.
+  m.def("check_norm_args(Tensor[] tensors, float ord) -> ()");
+  m.def("check_scale_args(Tensor[] tensors, Tensor scale) -> ()");
+  m.def("check_unscale_norm_args(Tensor[] tensors, Tensor inv_scale, Tensor found_inf, float ord) -> ()");
+  m.def("check_clip_args(Tensor[] grads, float ord) -> ()");
   m.def(
       "check_adam_args(Tensor[] params, Tensor[] grads, Tensor[] exp_avgs, Tensor[] exp_avg_sqs, "
       "Tensor[] max_exp_avg_sqs, Tensor[] master_params, Tensor[] state_steps, Tensor lr, "

@@ -18,6 +18,8 @@ GradScaler's rule (torch._amp_update_scale_), so nothing waits for the device.
 
 from __future__ import annotations
 
+import warnings
+from collections import abc
 from typing import Optional
 
 import torch
@@ -39,6 +41,11 @@ class LossScaler:
         if init_scale <= 0:
             raise ValueError(f"init_scale must be > 0, got {init_scale}")
         self.device = torch.device(device)
+        if enabled and self.device.type == "cuda" and not torch.cuda.is_available():
+            # as GradScaler: a script written for a GPU still runs (unscaled) on a machine without
+            warnings.warn("fastdyn.amp.LossScaler is enabled, but CUDA is not available.  "
+                          "Disabling.", stacklevel=2)
+            enabled = False
         self.enabled = enabled
         self._init_scale = float(init_scale)
         self._growth_factor = float(growth_factor)
@@ -59,15 +66,18 @@ class LossScaler:
                                               device=device)
 
     def scale(self, outputs):
-        """outputs * scale (a tensor, or any nesting of lists/tuples of tensors)."""
+        """outputs * scale: a tensor, or an iterable of them (lists and tuples keep their
+        type, other iterables come back as a lazy map, as from GradScaler)."""
         if not self.enabled:
             return outputs
         if isinstance(outputs, torch.Tensor):
             self._lazy_init(outputs.device)
             return outputs * self._scale.to(outputs.device, non_blocking=True)
-        if isinstance(outputs, (list, tuple)):
-            return type(outputs)(self.scale(o) for o in outputs)
-        raise TypeError(f"outputs must be a tensor or a list/tuple of tensors, got {type(outputs).__name__}")
+        if isinstance(outputs, abc.Iterable):
+            scaled = map(self.scale, outputs)
+            return type(outputs)(scaled) if isinstance(outputs, (list, tuple)) else scaled
+        raise ValueError(f"outputs must be a Tensor or an iterable of Tensors, got "
+                         f"{type(outputs).__name__}")
 
     def _new_found_inf(self) -> torch.Tensor:
         return torch.zeros((), dtype=torch.float32, device=self._scale.device)
@@ -77,22 +87,16 @@ class LossScaler:
         read and write per device, which also checks them for inf/NaN and gives their norm."""
         if not self.enabled:
             return
+        if id(optimizer) in self._found_inf:  # it would divide the gradients a second time
+            raise RuntimeError("unscale_() is being called after step().")
         if id(optimizer) in self._unscaled:
             raise RuntimeError("unscale_() has already been called on this optimizer since the last update().")
         if self._scale is None:
             raise RuntimeError("LossScaler.unscale_() called before scale(); nothing was scaled")
         found_inf = self._new_found_inf()
-        by_place: dict = {}  # (device, ShardSpec of DTensor shards or None) -> local grads
-        for group in optimizer.param_groups:
-            for i, p in enumerate(group["params"]):
-                if p.grad is not None:
-                    if p.grad.is_sparse:
-                        raise ValueError("LossScaler does not support sparse gradients")
-                    spec = distributed.shard_spec(p.grad, f"params[{i}].grad")
-                    by_place.setdefault((p.grad.device, spec), []).append(distributed.local(p.grad))
         inv = self._scale.double().reciprocal().float()
         sq = []
-        for (device, spec), grads in by_place.items():
+        for (device, spec), grads in _grads_by_place(optimizer).items():
             f = found_inf if device == found_inf.device else torch.zeros_like(found_inf, device=device)
             total, _ = ops.multi_tensor_unscale_norm_(grads, inv.to(device), f)
             if spec is not None:  # every rank that holds a shard of these grads skips alike
@@ -127,15 +131,22 @@ class LossScaler:
                 return optimizer.step(*args, **kwargs)
             return None
         found_inf = unscaled if unscaled is not None else self._new_found_inf()
+        # fastdyn's optimizers fold the inf check into their own pass over the gradients;
+        # another amp-aware one (torch's fused optimizers) only reads found_inf: fill it first
+        folds = getattr(optimizer, "_folds_inf_check", False)
+        if unscaled is None and not folds:
+            _flag_nonfinite(optimizer, found_inf)
         optimizer.grad_scale = None if unscaled is not None else self._scale
         optimizer.found_inf = found_inf
-        optimizer._check_inf = unscaled is None
+        if folds:
+            optimizer._check_inf = unscaled is None
         try:
             out = optimizer.step(*args, **kwargs)
         finally:
             del optimizer.grad_scale
             del optimizer.found_inf
-            del optimizer._check_inf
+            if folds:
+                del optimizer._check_inf
         grad_norm = getattr(optimizer, "_runtime", {}).get("grad_norm")
         if grad_norm is not None and unscaled is None:
             self.last_grad_norm = grad_norm
@@ -145,8 +156,12 @@ class LossScaler:
     def update(self, new_scale: Optional[float] = None) -> None:
         """Grow the scale after growth_interval good steps, back off after a bad one
         (GradScaler's rule, on the device)."""
-        if not self.enabled or self._scale is None:
+        if not self.enabled:
             return
+        if self._scale is None:
+            raise AssertionError("Attempted update but _scale is None.  This may indicate your "
+                                 "script did not use scaler.scale(loss or outputs) earlier in "
+                                 "the iteration.")
         if new_scale is not None:
             self._scale.fill_(float(new_scale))
         elif self._found_inf or self._unscaled:
@@ -159,6 +174,8 @@ class LossScaler:
                 total = total + f
             torch._amp_update_scale_(self._scale, self._growth_tracker, total, self._growth_factor,
                                      self._backoff_factor, self._growth_interval)
+        else:  # as GradScaler: neither step() nor unscale_() since the last update
+            raise AssertionError("No inf checks were recorded prior to update.")
         self._found_inf = {}
         self._unscaled = {}
 
@@ -175,6 +192,32 @@ class LossScaler:
 
     def is_enabled(self) -> bool:
         return self.enabled
+
+    # GradScaler's accessors
+    def get_growth_factor(self) -> float:
+        return self._growth_factor
+
+    def set_growth_factor(self, new_factor: float) -> None:
+        self._growth_factor = new_factor
+
+    def get_backoff_factor(self) -> float:
+        return self._backoff_factor
+
+    def set_backoff_factor(self, new_factor: float) -> None:
+        self._backoff_factor = new_factor
+
+    def get_growth_interval(self) -> int:
+        return self._growth_interval
+
+    def set_growth_interval(self, new_interval: int) -> None:
+        self._growth_interval = new_interval
+
+    def _get_growth_tracker(self) -> int:
+        if not self.enabled:
+            return 0
+        if self._growth_tracker is None:
+            return self._init_growth_tracker
+        return int(self._growth_tracker.item())
 
     def state_dict(self) -> dict:
         """GradScaler's keys, so the two can load each other's state."""
@@ -203,3 +246,27 @@ class LossScaler:
         if self._scale is not None:
             self._scale.fill_(self._init_scale)
             self._growth_tracker.fill_(self._init_growth_tracker)
+
+
+def _grads_by_place(optimizer) -> dict:
+    """(device, ShardSpec of DTensor shards or None) -> the local gradients there."""
+    by_place: dict = {}
+    for group in optimizer.param_groups:
+        for i, p in enumerate(group["params"]):
+            if p.grad is not None:
+                if p.grad.is_sparse:
+                    raise ValueError("LossScaler does not support sparse gradients")
+                spec = distributed.shard_spec(p.grad, f"params[{i}].grad")
+                by_place.setdefault((p.grad.device, spec), []).append(distributed.local(p.grad))
+    return by_place
+
+
+def _flag_nonfinite(optimizer, found_inf: torch.Tensor) -> None:
+    """found_inf += 1 where a gradient of `optimizer` holds an inf or NaN: one read of them
+    (GradScaler's check also writes them back). A max-abs norm, which no finite gradient
+    overflows: inf or NaN exactly when an element is."""
+    for (device, spec), grads in _grads_by_place(optimizer).items():
+        bad = (~torch.isfinite(ops.multi_tensor_norm(grads, float("inf"))[0])).float()
+        if spec is not None:  # every rank that holds a shard of these grads skips alike
+            spec.all_reduce_(bad, op="max")
+        found_inf.add_(bad.to(found_inf.device))

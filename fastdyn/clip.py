@@ -76,7 +76,7 @@ def clip_grad_norm_(
         parameters = list(parameters)
         if not parameters:
             warnings.warn("`parameters` is an empty generator, no gradient clipping will occur.",
-                          stacklevel=2)
+                          stacklevel=3)
     parameters = _as_list(parameters)
     grads = [p.grad for p in parameters if p.grad is not None]
     max_norm = float(max_norm)
@@ -119,20 +119,35 @@ def clip_grad_norm_(
     groups = _by_device(fast)[0] if fast else {}
     first = grads[0].device
     parts = [multi_tensor_norm(g, norm_type)[0].to(first) for g in groups.values()]
-    parts += [torch.linalg.vector_norm(g, norm_type, dtype=torch.promote_types(g.dtype, torch.float32))
-              .to(first) for g in other]
+    parts += [_tensor_norm(g, norm_type).to(first) for g in other]
     parts_dtype = functools.reduce(torch.promote_types, [t.dtype for t in parts])
     parts = torch.stack([t.to(parts_dtype) for t in parts])
-    # the 0-"norm" counts nonzeros: the counts of the parts add up
+    # torch's 0-"norm" counts the tensors holding a nonzero: the parts' counts add up
     total = torch.linalg.vector_norm(parts, 1.0 if norm_type == 0 else norm_type)
-    if error_if_nonfinite and not torch.isfinite(total):
+    # judged in the dtype returned, as torch's (whose float16 norm is float16)
+    if error_if_nonfinite and not torch.isfinite(total.to(out_dtype)):
         raise RuntimeError(_NONFINITE_MESSAGE.format(norm_type))
+    for g in other:  # refused before any gradient is scaled, not after the kernels' groups
+        if torch._debug_has_internal_overlap(g) == 1:
+            raise RuntimeError(
+                "unsupported operation: more than one element of the written-to tensor refers "
+                "to a single memory location. Please clone() the tensor before performing the "
+                "operation.")
     coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
     for device, device_grads in groups.items():
         multi_tensor_scale_(device_grads, coef.to(device))
     for g in other:
         g.mul_(coef.to(g.device, g.dtype))
     return total.to(out_dtype)
+
+
+def _tensor_norm(g: torch.Tensor, norm_type: float) -> torch.Tensor:
+    """One gradient's part of the total, as the kernels' groups give theirs (at least float32):
+    for norm_type 0, whether it holds a nonzero (torch's total counts tensors, not elements)."""
+    dtype = torch.promote_types(g.dtype, torch.float32)
+    if norm_type == 0:
+        return (g != 0).any().to(dtype)
+    return torch.linalg.vector_norm(g, norm_type, dtype=dtype)
 
 
 def _naming_parameters(error: Exception, parameters: list) -> Exception:

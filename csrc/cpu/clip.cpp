@@ -3,7 +3,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include "fastdyn/checks.h"
+#include "fastdyn/norm_checks.h"
 #include "fastdyn/cpu/norm_kernels.h"
 #include "fastdyn/cpu/scale_kernels.h"
 
@@ -12,9 +12,7 @@ namespace cpu {
 namespace {
 
 at::Tensor clip_grad_norm_(at::TensorList grads, double max_norm, double ord) {
-  check_norm_ord(ord);
-  check_float_list("grads", grads, at::Device(at::kCPU));
-  check_no_shared_memory({written_list("grads", grads)});
+  check_clip_args(grads, ord);
   float total = 0.f;
   multi_tensor_norm_into(grads, ord, &total, nullptr);
   const float coef = math::clip_coefficient(total, static_cast<float>(max_norm));

@@ -2,7 +2,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include "fastdyn/checks.h"
+#include "fastdyn/norm_checks.h"
 #include "fastdyn/cpu/norm_kernels.h"
 
 namespace fastdyn {
@@ -11,8 +11,7 @@ namespace {
 
 std::tuple<at::Tensor, at::Tensor> multi_tensor_norm(at::TensorList tensors, double ord,
                                                      bool per_tensor) {
-  check_norm_ord(ord);
-  check_float_list("tensors", tensors);
+  check_norm_args(tensors, ord);
   const auto opts = at::TensorOptions().dtype(at::kFloat).device(at::kCPU);
   at::Tensor total = at::empty({}, opts);
   at::Tensor per = at::empty({per_tensor ? static_cast<int64_t>(tensors.size()) : 0}, opts);

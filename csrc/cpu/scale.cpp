@@ -2,7 +2,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include "fastdyn/checks.h"
+#include "fastdyn/norm_checks.h"
 #include "fastdyn/cpu/scale_kernels.h"
 
 namespace fastdyn {
@@ -10,9 +10,7 @@ namespace cpu {
 namespace {
 
 void multi_tensor_scale_(at::TensorList tensors, const at::Tensor& scale) {
-  check_float_list("tensors", tensors, at::Device(at::kCPU));
-  check_scalar_tensor("scale", scale, at::Device(at::kCPU));
-  check_no_shared_memory({written_list("tensors", tensors), read_tensor("scale", scale)});
+  check_scale_args(tensors, scale);
   scale_tensors_(tensors, scalar_value(scale));
 }
 

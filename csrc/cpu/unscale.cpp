@@ -3,7 +3,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include "fastdyn/checks.h"
+#include "fastdyn/norm_checks.h"
 #include "fastdyn/cpu/convert.h"
 #include "fastdyn/cpu/norm_kernels.h"
 #include "fastdyn/cpu/lanes.h"
@@ -33,14 +33,7 @@ std::tuple<at::Tensor, at::Tensor> multi_tensor_unscale_norm_(at::TensorList ten
                                                               const at::Tensor& inv_scale,
                                                               const at::Tensor& found_inf,
                                                               double ord, bool per_tensor) {
-  check_norm_ord(ord);
-  const at::Device cpu(at::kCPU);
-  check_float_list("tensors", tensors, cpu);
-  check_scalar_tensor("inv_scale", inv_scale, cpu);
-  check_scalar_tensor("found_inf", found_inf, cpu);
-  check_found_inf_dtype(found_inf);
-  check_no_shared_memory({written_list("tensors", tensors), read_tensor("inv_scale", inv_scale),
-                          written_tensor("found_inf", found_inf)});
+  check_unscale_norm_args(tensors, inv_scale, found_inf, ord);
   // kept in double: float64 gradients are unscaled by the float64 value, the others by its
   // float32 rounding (as GradScaler's float32 inv_scale)
   const double inv = scalar_value(inv_scale);

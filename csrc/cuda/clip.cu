@@ -4,7 +4,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include "fastdyn/checks.h"
+#include "fastdyn/norm_checks.h"
 #include "fastdyn/cuda/norm_kernels.cuh"
 #include "fastdyn/cuda/scale_kernels.cuh"
 
@@ -13,9 +13,7 @@ namespace cuda {
 namespace {
 
 at::Tensor clip_grad_norm_(at::TensorList grads, double max_norm, double ord) {
-  check_norm_ord(ord);
-  const at::Device device = *check_float_list("grads", grads);
-  check_no_shared_memory({written_list("grads", grads)});
+  const at::Device device = *check_clip_args(grads, ord);
   const c10::cuda::CUDAGuard guard(device);
   const auto opts = grads[0].options().dtype(at::kFloat);
   const int64_t n = static_cast<int64_t>(grads.size());

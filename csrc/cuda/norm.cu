@@ -3,7 +3,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include "fastdyn/checks.h"
+#include "fastdyn/norm_checks.h"
 #include "fastdyn/cuda/norm_kernels.cuh"
 
 namespace fastdyn {
@@ -12,8 +12,7 @@ namespace {
 
 std::tuple<at::Tensor, at::Tensor> multi_tensor_norm(at::TensorList tensors, double ord,
                                                      bool per_tensor) {
-  check_norm_ord(ord);
-  const at::Device device = *check_float_list("tensors", tensors);
+  const at::Device device = *check_norm_args(tensors, ord);
   TORCH_CHECK_VALUE(device.is_cuda(), "tensors must be CUDA tensors here, got ", device);
   const c10::cuda::CUDAGuard guard(device);
   const auto opts = tensors[0].options().dtype(at::kFloat);

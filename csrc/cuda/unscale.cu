@@ -3,7 +3,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include "fastdyn/checks.h"
+#include "fastdyn/norm_checks.h"
 #include "fastdyn/cuda/norm_kernels.cuh"
 
 namespace fastdyn {
@@ -14,14 +14,7 @@ std::tuple<at::Tensor, at::Tensor> multi_tensor_unscale_norm_(at::TensorList ten
                                                               const at::Tensor& inv_scale,
                                                               const at::Tensor& found_inf,
                                                               double ord, bool per_tensor) {
-  check_norm_ord(ord);
-  // an empty list reaches this kernel through inv_scale and found_inf: they name the device
-  const at::Device device = check_float_list("tensors", tensors).value_or(found_inf.device());
-  check_scalar_tensor("inv_scale", inv_scale, device);
-  check_scalar_tensor("found_inf", found_inf, device);
-  check_found_inf_dtype(found_inf);
-  check_no_shared_memory({written_list("tensors", tensors), read_tensor("inv_scale", inv_scale),
-                          written_tensor("found_inf", found_inf)});
+  const at::Device device = check_unscale_norm_args(tensors, inv_scale, found_inf, ord);
   const c10::cuda::CUDAGuard guard(device);
   const auto opts = found_inf.options().dtype(at::kFloat);
   const int64_t n = static_cast<int64_t>(tensors.size());

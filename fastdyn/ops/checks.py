@@ -241,9 +241,10 @@ def norm_args(tensors, ord=2.0, per_tensor=False):
 
 def scale_args(tensors, scale):
     device = check_float_list("tensors", tensors)
-    if device is not None:
-        check_scalar_tensor("scale", scale, device)
-        check_no_shared_memory(written=[("tensors", tensors)], read=[("scale", scale)])
+    # an empty list still needs a one-element scale (on its own device): the kernels read it
+    check_scalar_tensor("scale", scale,
+                        device if device is not None else getattr(scale, "device", None))
+    check_no_shared_memory(written=[("tensors", tensors)], read=[("scale", scale)])
     return device
 
 

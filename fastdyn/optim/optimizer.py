@@ -121,6 +121,9 @@ class FusedOptimizer(Optimizer):
 
     # torch.amp.GradScaler hands grad_scale/found_inf to the step instead of unscaling.
     _step_supports_amp_scaling = True
+    # fastdyn.amp.LossScaler sets _check_inf instead of checking the gradients itself: the
+    # step checks them in its own pass (see _check_nonfinite)
+    _folds_inf_check = True
     # per-parameter state tensors shaped like the parameter (besides "step")
     _state_keys: tuple = ()
     _has_step = True

@@ -61,8 +61,9 @@ def test_dropin_returns_grad_dtype_and_handles_edge_cases():
     p = params_with_grads([4], torch.float32, "cpu")[0]
     assert fastdyn.clip_grad_norm_(p, 1.0).shape == ()
     assert fastdyn.clip_grad_norm_([torch.nn.Parameter(torch.ones(3))], 1.0).item() == 0.0
-    with pytest.warns(UserWarning, match="empty generator"):
+    with pytest.warns(UserWarning, match="empty generator") as warned:
         fastdyn.clip_grad_norm_((q for q in []), 1.0)
+    assert warned[0].filename == __file__  # the caller's line, as torch's warning gives
 
 
 def test_error_if_nonfinite_raises_before_clipping():
@@ -209,3 +210,52 @@ def test_shared_gradients_are_refused_naming_the_parameters(error_if_nonfinite):
                                          r"share memory"):
         fastdyn.clip_grad_norm_(ps, 1e-3, error_if_nonfinite=error_if_nonfinite)
     assert torch.equal(ps[1].grad, before)
+
+
+def _grads_of_three_kinds(seed):
+    """A dense float32 grad (the kernels), a float64 one and a sliced one (torch's ops)."""
+    g = torch.Generator().manual_seed(seed)
+    ps = [torch.nn.Parameter(torch.zeros(n, dtype=dt)) for n, dt in
+          ((50, torch.float32), (7, torch.float64), (6, torch.float32))]
+    ps[0].grad = torch.randn(50, generator=g)
+    ps[1].grad = torch.randn(7, generator=g, dtype=torch.float64)
+    ps[2].grad = torch.randn(12, generator=g)[::2]
+    return ps
+
+
+@pytest.mark.parametrize("norm_type", [0.0, 1.0, 2.0, math.inf])
+def test_grads_the_kernels_and_torch_measure_add_up_like_torch(norm_type):
+    """The 0-"norm" counts tensors holding a nonzero; a float64 or sliced grad's part used
+    to count its elements instead (total 7 where torch gives 3)."""
+    ours, theirs = _grads_of_three_kinds(1), _grads_of_three_kinds(1)
+    ours[1].grad.zero_()
+    theirs[1].grad.zero_()
+    t1 = fastdyn.clip_grad_norm_(ours, 0.5, norm_type)
+    t2 = torch.nn.utils.clip_grad_norm_(theirs, 0.5, norm_type)
+    torch.testing.assert_close(t1, t2, rtol=1e-6, atol=0)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=1e-7)
+
+
+def test_error_if_nonfinite_judges_the_norm_in_the_grads_dtype():
+    """Two finite float16 grads of 60000: torch's float16 norm (84853) overflows and
+    error_if_nonfinite raises. So does fastdyn, whose float32 norm is finite but would be
+    returned as a float16 inf; nothing is scaled."""
+    p = torch.nn.Parameter(torch.zeros(2, dtype=torch.float16))
+    for clip in (torch.nn.utils.clip_grad_norm_, fastdyn.clip_grad_norm_):
+        p.grad = torch.full((2,), 60000.0, dtype=torch.float16)
+        with pytest.raises(RuntimeError, match="non-finite"):
+            clip([p], 1.0, error_if_nonfinite=True)
+        assert torch.equal(p.grad, torch.full((2,), 60000.0, dtype=torch.float16))
+
+
+def test_a_gradient_that_cannot_be_written_is_refused_before_any_is_scaled():
+    """An expanded grad (stride 0) cannot be scaled in place: torch raises when it reaches
+    it, after scaling those before it; fastdyn raises before scaling any."""
+    dense = torch.nn.Parameter(torch.zeros(4))
+    dense.grad = torch.full((4,), 2.0)
+    expanded = torch.nn.Parameter(torch.zeros(4))
+    expanded.grad = torch.ones(1).expand(4)
+    with pytest.raises(RuntimeError, match="more than one element of the written-to tensor"):
+        fastdyn.clip_grad_norm_([dense, expanded], 0.1)
+    assert torch.equal(dense.grad, torch.full((4,), 2.0))

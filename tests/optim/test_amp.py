@@ -350,3 +350,68 @@ def test_master_weights_train_low_precision_params(dtype):
         assert torch.equal(p, o_low.state[q]["master_param"].to(dtype))
     for p, q in zip(ref.parameters(), low.parameters()):
         torch.testing.assert_close(q.float(), p, rtol=0.05, atol=0.02)
+
+
+@pytest.mark.parametrize("name", ["AdamW", "SGD"])
+def test_loss_scaler_skips_torch_fused_optimizers_on_inf(name):
+    """torch's fused optimizers take grad_scale/found_inf as fastdyn's do, but do not check
+    the gradients: LossScaler fills found_inf first (it used to leave it 0, and the inf
+    reached the weights)."""
+    results = []
+    for kind in ("GradScaler", "LossScaler"):
+        torch.manual_seed(0)
+        model = mlp()
+        opt = getattr(torch.optim, name)(model.parameters(), lr=0.1, fused=True)
+        scaler = scaler_for(kind, "cpu")
+        before = [p.detach().clone() for p in model.parameters()]
+        scaler.scale(mlp_loss(model, regression_data())).backward()
+        poison(model)
+        scaler.step(opt)
+        scaler.update()
+        assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before)), kind
+        results.append(scaler.get_scale())
+        opt.zero_grad()
+        scaler.scale(mlp_loss(model, regression_data())).backward()
+        scaler.step(opt)  # a clean step goes through
+        scaler.update()
+        assert not all(torch.equal(p, b) for p, b in zip(model.parameters(), before)), kind
+    assert results == [2.0 ** 9, 2.0 ** 9]
+
+
+@pytest.mark.parametrize("kind", ["GradScaler", "LossScaler"])
+def test_scaler_misuse_is_refused_like_gradscaler(kind):
+    model = mlp()
+    opt = fastdyn.optim.AdamW(model.parameters(), lr=1e-2)
+    scaler = scaler_for(kind, "cpu")
+    with pytest.raises(AssertionError, match="_scale is None"):
+        scaler.update()  # before any scale()
+    scaler.scale(mlp_loss(model, regression_data())).backward()
+    scaler.step(opt)
+    grads = [p.grad.clone() for p in model.parameters()]
+    with pytest.raises(RuntimeError, match=r"unscale_\(\) is being called after step\(\)"):
+        scaler.unscale_(opt)  # it would divide the gradients a second time
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads))
+    scaler.update()
+    with pytest.raises(AssertionError, match="No inf checks were recorded prior to update"):
+        scaler.update()  # neither step() nor unscale_() since the last one
+
+
+def test_loss_scaler_has_gradscalers_accessors_and_scales_iterables():
+    s = LossScaler("cpu", init_scale=4.0)
+    for name, value in (("growth_factor", 3.0), ("backoff_factor", 0.25), ("growth_interval", 7)):
+        getattr(s, f"set_{name}")(value)
+        assert getattr(s, f"get_{name}")() == value
+    assert s._get_growth_tracker() == 0
+    scaled = s.scale(t for t in (torch.ones(2), torch.full((1,), 2.0)))
+    assert [t.tolist() for t in scaled] == [[4.0, 4.0], [8.0]]
+    with pytest.raises(ValueError, match="iterable of Tensors"):
+        s.scale(3)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA")
+def test_loss_scaler_for_cuda_disables_itself_without_cuda_like_gradscaler():
+    with pytest.warns(UserWarning, match="CUDA is not available.  Disabling"):
+        s = LossScaler()
+    assert not s.is_enabled()
+    loss = torch.ones(())
+    assert s.scale(loss) is loss

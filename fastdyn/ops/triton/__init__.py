@@ -1,10 +1,9 @@
 """The Triton backend: the same ops as torch.ops.fastdyn, as torch.ops.fastdyn_triton.*
 (opaque custom ops, so torch.compile calls them as they are). On a GPU they run compiled;
 on the CPU, under TRITON_INTERPRET=1, the same kernels run in Triton's interpreter (tests).
-Arguments are checked as the C++ launchers check theirs: the update ops by those very
-checks (torch.ops.fastdyn.check_*_args, ~0.2 us a param; the Python mirror in
-fastdyn.ops.checks took ~5, 11 ms an AdamW step of 2,000 params), the norm ops by
-fastdyn.ops.checks.
+Arguments are checked by the C++ launchers' own checks (torch.ops.fastdyn.check_*_args,
+~0.2 us a param; their Python mirror in fastdyn.ops.checks, which the fake kernels use,
+took ~5: 11 ms of an AdamW step on 2,000 params).
 
 No `from __future__ import annotations` here: torch 2.6's custom_op evaluates string
 annotations without `Tuple` in scope."""
@@ -43,7 +42,7 @@ def _device_guard(tensors):
 @torch.library.custom_op(f"{_NS}::multi_tensor_norm", mutates_args=())
 def multi_tensor_norm(tensors: List[torch.Tensor], ord: float = 2.0,
                       per_tensor: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
-    checks.norm_args(tensors, ord)
+    _native_checks.check_norm_args(tensors, ord)
     with _device_guard(tensors):
         return _norm.multi_tensor_norm(tensors, ord, per_tensor)
 
@@ -57,7 +56,8 @@ def _(tensors, ord=2.0, per_tensor=False):
 
 @torch.library.custom_op(f"{_NS}::multi_tensor_scale_", mutates_args=("tensors",))
 def multi_tensor_scale_(tensors: List[torch.Tensor], scale: torch.Tensor) -> None:
-    if checks.scale_args(tensors, scale) is None:
+    _native_checks.check_scale_args(tensors, scale)
+    if not tensors:
         return
     with _device_guard(tensors):
         _norm.scale_(tensors, scale)
@@ -67,7 +67,7 @@ def multi_tensor_scale_(tensors: List[torch.Tensor], scale: torch.Tensor) -> Non
 def multi_tensor_unscale_norm_(tensors: List[torch.Tensor], inv_scale: torch.Tensor,
                                found_inf: torch.Tensor, ord: float = 2.0,
                                per_tensor: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
-    checks.unscale_norm_args(tensors, inv_scale, found_inf, ord)
+    _native_checks.check_unscale_norm_args(tensors, inv_scale, found_inf, ord)
     with _device_guard(tensors):
         return _norm.multi_tensor_unscale_norm_(tensors, inv_scale, found_inf, ord, per_tensor)
 
@@ -81,7 +81,7 @@ def _(tensors, inv_scale, found_inf, ord=2.0, per_tensor=False):
 
 @torch.library.custom_op(f"{_NS}::clip_grad_norm_", mutates_args=("grads",))
 def clip_grad_norm_(grads: List[torch.Tensor], max_norm: float, ord: float = 2.0) -> torch.Tensor:
-    checks.clip_args(grads, max_norm, ord)
+    _native_checks.check_clip_args(grads, ord)
     with _device_guard(grads):
         return _clip.clip_grad_norm_(grads, max_norm, ord)
 
