@@ -134,8 +134,9 @@ class LossScaler:
         # fastdyn's optimizers fold the inf check into their own pass over the gradients;
         # another amp-aware one (torch's fused optimizers) only reads found_inf: fill it first
         folds = getattr(optimizer, "_folds_inf_check", False)
+        checked = True
         if unscaled is None and not folds:
-            _flag_nonfinite(optimizer, found_inf)
+            checked = _flag_nonfinite(optimizer, found_inf)
         optimizer.grad_scale = None if unscaled is not None else self._scale
         optimizer.found_inf = found_inf
         if folds:
@@ -147,6 +148,11 @@ class LossScaler:
             del optimizer.found_inf
             if folds:
                 del optimizer._check_inf
+        if unscaled is None and not (optimizer._runtime["had_grads"] if folds else checked):
+            # stepped without gradients, so nothing was checked: as with GradScaler,
+            # update() then finds no inf check (unless another optimizer made one)
+            self._found_inf[id(optimizer)] = None
+            return out
         grad_norm = getattr(optimizer, "_runtime", {}).get("grad_norm")
         if grad_norm is not None and unscaled is None:
             self.last_grad_norm = grad_norm
@@ -164,11 +170,12 @@ class LossScaler:
                                  "the iteration.")
         if new_scale is not None:
             self._scale.fill_(float(new_scale))
-        elif self._found_inf or self._unscaled:
+        elif any(f is not None for f in (*self._found_inf.values(), *self._unscaled.values())):
             # an optimizer only unscaled (its step skipped by the caller) counts too, as in
             # GradScaler
             flags = {**self._unscaled, **self._found_inf}
-            found = [f.to(self._scale.device, non_blocking=True) for f in flags.values()]
+            found = [f.to(self._scale.device, non_blocking=True) for f in flags.values()
+                     if f is not None]
             total = found[0]
             for f in found[1:]:
                 total = total + f
@@ -261,12 +268,14 @@ def _grads_by_place(optimizer) -> dict:
     return by_place
 
 
-def _flag_nonfinite(optimizer, found_inf: torch.Tensor) -> None:
+def _flag_nonfinite(optimizer, found_inf: torch.Tensor) -> bool:
     """found_inf += 1 where a gradient of `optimizer` holds an inf or NaN: one read of them
     (GradScaler's check also writes them back). A max-abs norm, which no finite gradient
-    overflows: inf or NaN exactly when an element is."""
-    for (device, spec), grads in _grads_by_place(optimizer).items():
+    overflows: inf or NaN exactly when an element is. False: there were no gradients."""
+    by_place = _grads_by_place(optimizer)
+    for (device, spec), grads in by_place.items():
         bad = (~torch.isfinite(ops.multi_tensor_norm(grads, float("inf"))[0])).float()
         if spec is not None:  # every rank that holds a shard of these grads skips alike
             spec.all_reduce_(bad, op="max")
         found_inf.add_(bad.to(found_inf.device))
+    return bool(by_place)

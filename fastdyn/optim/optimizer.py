@@ -420,6 +420,7 @@ class FusedOptimizer(Optimizer):
         group_grads = [[p.grad for p in g["params"]] for g in self.param_groups]
         grad_scale, found_inf = self._amp_scalars()
         plan = self._plan(group_grads, may_skip=found_inf is not None)
+        self._runtime["had_grads"] = bool(plan)  # (LossScaler: no gradient, no inf check)
         if not plan:
             return loss
         grads = []  # aligned with plan

@@ -415,3 +415,18 @@ def test_loss_scaler_for_cuda_disables_itself_without_cuda_like_gradscaler():
     assert not s.is_enabled()
     loss = torch.ones(())
     assert s.scale(loss) is loss
+
+
+@pytest.mark.parametrize("kind", ["GradScaler", "LossScaler"])
+@pytest.mark.parametrize("make", ["fastdyn", "torch fused"])
+def test_a_step_without_gradients_is_no_inf_check(kind, make):
+    """A step with no gradient at all (a forgotten backward) checked nothing: update() says
+    so, as GradScaler's does, instead of counting a clean step towards growth."""
+    model = mlp()
+    opt = (fastdyn.optim.AdamW(model.parameters(), lr=1e-2) if make == "fastdyn"
+           else torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True))
+    scaler = scaler_for(kind, "cpu")
+    scaler.scale(mlp_loss(model, regression_data()))  # no backward
+    scaler.step(opt)
+    with pytest.raises(AssertionError, match="No inf checks were recorded"):
+        scaler.update()
