@@ -6,8 +6,11 @@
 // the schema marks as written (Tensor(a!)[], Tensor(b!), Tensor(c!)?).
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/LegacyTypeDispatch.h>
+#include <c10/core/InferenceMode.h>
 #include <torch/library.h>
 
+#include <string>
+#include <utility>
 #include <vector>
 
 namespace fastdyn {
@@ -17,26 +20,50 @@ void bump(const at::Tensor& t) {
   if (t.defined()) t.unsafeGetTensorImpl()->bump_version();
 }
 
+// The tensors of a written argument: Tensor(a!), Tensor(a!)[], Tensor(a!)? (none if None).
+std::vector<at::Tensor> tensors_of(const c10::IValue& v) {
+  if (v.isTensor()) return {v.toTensor()};
+  if (v.isTensorList()) return v.toTensorList().vec();
+  return {};
+}
+
 void run_and_bump_written_versions(const c10::OperatorHandle& op, c10::DispatchKeySet keys,
                                    torch::jit::Stack* stack) {
   const auto& arguments = op.schema().arguments();
   const size_t start = stack->size() - arguments.size();
-  std::vector<c10::IValue> written;  // the op pops its arguments: keep what it writes
+  // the op pops its arguments: keep what it writes, with the argument's name
+  struct Written {
+    const std::string& name;
+    bool is_list;
+    std::vector<at::Tensor> tensors;
+  };
+  std::vector<Written> written;
   for (size_t i = 0; i < arguments.size(); ++i) {
     const c10::AliasInfo* alias = arguments[i].alias_info();
-    if (alias != nullptr && alias->isWrite()) written.push_back((*stack)[start + i]);
+    if (alias != nullptr && alias->isWrite()) {
+      const c10::IValue& v = (*stack)[start + i];
+      written.push_back({arguments[i].name(), v.isTensorList(), tensors_of(v)});
+    }
+  }
+  // the bump of an inference tensor (made under torch.inference_mode) fails outside that
+  // mode: refuse it before the op writes anything, not after
+  if (!c10::InferenceMode::is_enabled()) {
+    for (const Written& w : written) {
+      for (size_t j = 0; j < w.tensors.size(); ++j) {
+        TORCH_CHECK(!w.tensors[j].defined() || !w.tensors[j].is_inference(), w.name,
+                    w.is_list ? "[" + std::to_string(j) + "]" : std::string(),
+                    " is an inference tensor (made under torch.inference_mode): it cannot be "
+                    "updated in place outside that mode; clone it first");
+      }
+    }
   }
   {
     at::AutoDispatchBelowADInplaceOrView guard;
     op.redispatchBoxed(keys & c10::after_ADInplaceOrView_keyset, stack);
   }
   // only once the op has succeeded: a refused call changes nothing, its versions included
-  for (const c10::IValue& v : written) {
-    if (v.isTensor()) {
-      bump(v.toTensor());
-    } else if (v.isTensorList()) {
-      for (const at::Tensor& t : v.toTensorList().vec()) bump(t);
-    }
+  for (const Written& w : written) {
+    for (const at::Tensor& t : w.tensors) bump(t);
   }
 }
 

@@ -170,10 +170,10 @@ def _clip_dtensor_grads(grads: list, max_norm: float, norm_type: float,
                         error_if_nonfinite: bool) -> torch.Tensor:
     """DTensor gradients (FSDP2, tensor parallel): the norm of each rank's local shards,
     combined over the ranks that hold the other shards (sums of |g|^p, or a max), then
-    the same coefficient scales every shard. Returns the norm as a replicated DTensor, as
-    torch does."""
-    if not (norm_type > 0):
-        raise ValueError(f"norm_type must be > 0 (or inf) for DTensor gradients, got {norm_type}")
+    the same coefficient scales every shard. Returns the norm as a replicated DTensor.
+    norm_type 0 counts the tensors holding a nonzero on any rank, as torch's does."""
+    if not (norm_type >= 0):
+        raise ValueError(f"norm_type must be >= 0 (or inf) for DTensor gradients, got {norm_type}")
     by_place: dict = {}
     for i, g in enumerate(grads):
         spec = distributed.shard_spec(g, f"gradient {i}")
@@ -181,6 +181,12 @@ def _clip_dtensor_grads(grads: list, max_norm: float, norm_type: float,
     first = next(iter(by_place))[0]
     parts = []
     for (device, spec), local_grads in by_place.items():
+        if norm_type == 0:
+            nonzero = torch.stack([_tensor_norm(g, 0.0) for g in local_grads])
+            if spec is not None:  # a tensor counts once, whichever ranks hold its nonzeros
+                nonzero = spec.all_reduce_(nonzero, op="max")
+            parts.append(nonzero.sum().to(first))
+            continue
         norm = multi_tensor_norm(local_grads, norm_type)[0]
         if spec is not None:
             if norm_type == math.inf:
@@ -190,12 +196,12 @@ def _clip_dtensor_grads(grads: list, max_norm: float, norm_type: float,
             else:
                 norm = spec.all_reduce_(norm.pow(norm_type)).pow_(1.0 / norm_type)
         parts.append(norm.to(first))
-    total = torch.linalg.vector_norm(torch.stack(parts), norm_type)
-    if error_if_nonfinite and not torch.isfinite(total):
+    total = torch.linalg.vector_norm(torch.stack(parts), 1.0 if norm_type == 0 else norm_type)
+    out_dtype = functools.reduce(torch.promote_types, {g.dtype for g in grads})
+    if error_if_nonfinite and not torch.isfinite(total.to(out_dtype)):
         raise RuntimeError(_NONFINITE_MESSAGE.format(norm_type))
     coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
     for (device, _), local_grads in by_place.items():
         multi_tensor_scale_(local_grads, coef.to(device))
-    out_dtype = functools.reduce(torch.promote_types, {g.dtype for g in grads})
     like = next(g for g in grads if distributed.is_dtensor(g))
     return distributed.as_replicated(total.to(out_dtype), like)

@@ -77,10 +77,10 @@ class LAMB(FusedOptimizer):
         clip = torch.clamp(total / max_norm, min=1.0)
         return clip if grad_scale is None else grad_scale.to(clip.device) * clip
 
-    def _check_nonfinite(self, plan, grads, found_inf):
+    def _check_nonfinite(self, plan, grads, found_inf, grad_scale):
         # Already folded into the clipping pass when max_grad_norm is set.
         if self._max_grad_norm() is None:
-            super()._check_nonfinite(plan, grads, found_inf)
+            super()._check_nonfinite(plan, grads, found_inf, grad_scale)
 
     def _run_bucket(self, b, grads, lr, grad_scale, found_inf, stats):
         g = b.group

@@ -254,10 +254,14 @@ class FusedOptimizer(Optimizer):
 
     def _plan_contents(self) -> tuple:
         """What a plan holds besides the lists it checks by identity: the group dicts, each
-        params list's entries, the per-param state dicts and the tensors in them."""
+        params list's entries, the per-param state dicts and the tensors in them, and the
+        local tensors of DTensor params (the plan hands the kernels those: a module op such
+        as `model.double().float()` swaps in new ones, and the steps went to the old)."""
         dicts = tuple(self.state.values())
+        sharded = [(p, p._local_tensor) for b in self._runtime["plan"] if b.dtensor
+                   for p in b.owners]
         return (tuple(self.param_groups), [tuple(g["params"]) for g in self.param_groups], dicts,
-                list(chain.from_iterable(map(dict.values, dicts))))
+                list(chain.from_iterable(map(dict.values, dicts))), sharded)
 
     def _plan_contents_same(self) -> bool:
         """An object swapped in since the plan was built (a group dict, a param in a params
@@ -268,7 +272,7 @@ class FusedOptimizer(Optimizer):
         difference showed."""
         if self._runtime["plan_contents"] is None:  # a plan built while compiling
             return False
-        groups, params, dicts, values = self._runtime["plan_contents"]
+        groups, params, dicts, values, sharded = self._runtime["plan_contents"]
         if len(groups) != len(self.param_groups) or not all(map(is_, groups, self.param_groups)):
             return False
         if not all(len(a) == len(g["params"]) and all(map(is_, a, g["params"]))
@@ -277,7 +281,8 @@ class FusedOptimizer(Optimizer):
         if len(dicts) != len(self.state) or not all(map(is_, dicts, self.state.values())):
             return False
         now = list(chain.from_iterable(map(dict.values, dicts)))
-        return len(now) == len(values) and all(map(is_, now, values))
+        return len(now) == len(values) and all(map(is_, now, values)) \
+            and all(p._local_tensor is local for p, local in sharded)
 
     def _plan(self, group_grads: list, may_skip: bool) -> list:
         """Buckets of the params that have grads; `group_grads[i]` holds the grads of group i.
@@ -421,6 +426,7 @@ class FusedOptimizer(Optimizer):
         grad_scale, found_inf = self._amp_scalars()
         plan = self._plan(group_grads, may_skip=found_inf is not None)
         self._runtime["had_grads"] = bool(plan)  # (LossScaler: no gradient, no inf check)
+        self._runtime["grad_norm"] = None  # set again if this step computes it
         if not plan:
             return loss
         grads = []  # aligned with plan
@@ -430,7 +436,7 @@ class FusedOptimizer(Optimizer):
             bg = gg if len(b.indices) == len(gg) else [gg[i] for i in b.indices]
             grads.append([distributed.local(g) for g in bg] if b.dtensor else bg)
         if getattr(self, "_check_inf", False) and found_inf is not None:
-            self._check_nonfinite(plan, grads, found_inf)
+            self._check_nonfinite(plan, grads, found_inf, grad_scale)
         grad_scale = self._prepare(plan, grads, grad_scale, found_inf)
         stats = []
         for b, bucket_grads in zip(plan, grads):
@@ -488,12 +494,15 @@ class FusedOptimizer(Optimizer):
             stats.copy_(torch.where(started != 0, stats, first_stats))
         started.copy_(torch.maximum(started, (found == 0).to(started.dtype)))
 
-    def _check_nonfinite(self, plan, grads, found_inf):
+    def _check_nonfinite(self, plan, grads, found_inf, grad_scale):
         """LossScaler's inf check for optimizers whose update has no global read pass of the
         gradients before it: one read-only pass (GradScaler reads and writes them). It also
-        gives the global gradient norm for free."""
+        gives the global gradient norm for free, unscaled as the stats' per-tensor norms
+        (it was reported times the loss scale)."""
         total = self._global_grad_norm(plan, grads)
         found_inf.add_((~torch.isfinite(total)).to(found_inf.dtype).to(found_inf.device))
+        if grad_scale is not None:
+            self._runtime["grad_norm"] = total / grad_scale.to(total.device)
 
     def _global_grad_norm(self, plan, grads) -> torch.Tensor:
         """L2 norm of every gradient of the optimizer (still scaled, if a scaler is on); the

@@ -83,9 +83,10 @@ def test_ddp_trains_like_one_process(ranks, case):
         _close(seen[case], params, f"rank {r} params")
 
 
-@pytest.mark.parametrize("norm", ["2", "inf", "3-checked"])
+@pytest.mark.parametrize("norm", ["2", "inf", "3-checked", "0"])
 def test_clip_grad_norm_of_dtensor_grads_is_torchs(ranks, norm):
-    """The fused path (2, inf) and the general one (another order, error_if_nonfinite)."""
+    """The fused path (2, inf) and the general one (another order, error_if_nonfinite; the
+    0-"norm" counts tensors holding a nonzero on any rank: it used to be refused)."""
     for seen in part(ranks, "clip"):
         clip = seen[norm]
         assert clip["fastdyn_total_type"] == "DTensor"  # as torch returns for DTensor grads
@@ -157,3 +158,8 @@ def test_fsdp2_compiled_step_is_eager_bitwise(ranks, case):
 def test_partial_dtensor_param_is_refused(ranks):
     for seen in part(ranks, "partial"):
         assert "params[0]" in seen and "Partial" in seen, seen
+
+
+def test_fsdp2_steps_the_params_new_storage_after_a_module_op(ranks):
+    for r, seen in enumerate(part(ranks, "swapped")):
+        _close(seen["fastdyn"], seen["torch"], f"rank {r} params")

@@ -253,6 +253,24 @@ def _compiled(case: str, rank: int) -> dict:
                            for a, b in zip(*(m.parameters() for m in models)))}
 
 
+def _storage_swapped(rank: int) -> dict:
+    """FSDP2 gives the DTensor params new local tensors in `model.double().float()` (the
+    Parameter objects stay): fastdyn's AdamW must step the new ones, as torch's does (its
+    cached plan kept stepping the old ones, and the model stopped training)."""
+    out = {}
+    for name, cls in (("torch", torch.optim.AdamW), ("fastdyn", AdamW)):
+        model = _fsdp_model()
+        opt = cls(model.parameters(), lr=1e-2)
+        for i, (x, y) in enumerate(batches()):
+            if i == 2:
+                model.double().float()  # same values, new storage
+            F.mse_loss(model(rows(x, rank)), rows(y, rank)).backward()
+            opt.step()
+            opt.zero_grad()
+        out[name] = [p.full_tensor().detach().clone() for p in model.parameters()]
+    return out
+
+
 def _partial_refused(rank: int) -> str:
     """A parameter whose local values are pending sums cannot be updated shard-wise."""
     from torch.distributed.device_mesh import init_device_mesh
@@ -277,7 +295,9 @@ PARTS = {
     "tp": lambda rank: {c: _train_tp(c, rank) for c in CASES},
     "tp_clip": _clip_tp,
     "clip": lambda rank: {"2": _clip(rank, 2.0), "inf": _clip(rank, float("inf")),
-                          "3-checked": _clip(rank, 3.0, error_if_nonfinite=True)},
+                          "3-checked": _clip(rank, 3.0, error_if_nonfinite=True),
+                          "0": _clip(rank, 0.0)},
+    "swapped": _storage_swapped,
     "resume": _resume,
     "compiled": lambda rank: {c: _compiled(c, rank) for c in ("adamw", "lamb-clip", "lars-clip")},
     "partial": _partial_refused,

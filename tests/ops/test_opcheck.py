@@ -112,6 +112,21 @@ def test_every_op_bumps_the_version_of_each_tensor_it_writes(backend, device):
     assert x._version == 0 or backend == "triton"
 
 
+@pytest.mark.parametrize("backend,device", [p for p in BACKEND_DEVICES if p.values[0] == "native"])
+def test_an_inference_tensor_is_refused_before_anything_is_written(backend, device):
+    """A tensor made under torch.inference_mode cannot be updated in place outside it (its
+    version cannot move): the op refuses it before writing the others (torch's foreach
+    scales the tensors before it first). The Triton ops, torch `custom_op`s, let torch
+    decide, and it lets them through."""
+    with torch.inference_mode():
+        frozen = torch.ones(3, device=device)
+    normal = torch.ones(3, device=device)
+    with pytest.raises(RuntimeError, match="inference tensor"):
+        _namespace(backend).multi_tensor_scale_.default([normal, frozen],
+                                                        torch.tensor(2.0, device=device))
+    assert torch.equal(normal.cpu(), torch.ones(3)) and torch.equal(frozen.cpu(), torch.ones(3))
+
+
 def test_fake_kernels_check_arguments_like_the_kernels():
     """A list mixing a real and a meta tensor dispatches to the fake kernel: it must refuse it
     as the CPU kernel refuses mixed devices (it used to return an uninitialised norm)."""
