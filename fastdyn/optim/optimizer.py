@@ -255,11 +255,13 @@ class FusedOptimizer(Optimizer):
     def _plan_contents(self) -> tuple:
         """What a plan holds besides the lists it checks by identity: the group dicts, each
         params list's entries, the per-param state dicts and the tensors in them, and the
-        local tensors of DTensor params (the plan hands the kernels those: a module op such
-        as `model.double().float()` swaps in new ones, and the steps went to the old)."""
+        local tensors of DTensor params and state (the plan hands the kernels those: a
+        module op such as `model.double().float()` swaps in new ones, and the steps went to
+        the old)."""
         dicts = tuple(self.state.values())
-        sharded = [(p, p._local_tensor) for b in self._runtime["plan"] if b.dtensor
-                   for p in b.owners]
+        owners = [p for b in self._runtime["plan"] if b.dtensor for p in b.owners]
+        sharded = [(t, t._local_tensor) for p in owners
+                   for t in (p, *self.state.get(p, {}).values()) if distributed.is_dtensor(t)]
         return (tuple(self.param_groups), [tuple(g["params"]) for g in self.param_groups], dicts,
                 list(chain.from_iterable(map(dict.values, dicts))), sharded)
 
