@@ -62,11 +62,11 @@ void adam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
     using P = typename decltype(ptag)::type;
     using S = typename decltype(stag)::type;
     using A = typename OpMath<P>::type;
-    const math::AdamHyper<A> h{A(beta1), A(beta2), A(eps), A(weight_decay), amsgrad, maximize,
-                               decoupled_weight_decay};
+    const auto h = math::adam_hyper<A>(beta1, beta2, eps, weight_decay, amsgrad, maximize,
+                                       decoupled_weight_decay);
     for_each_chunk(plan, [&](const Chunk& c, int64_t ci) {
       const int64_t t = c.tensor, b = c.begin;
-      const auto s = math::adam_step_scalars<A>(h, A(ctx.lr), A(scalar_value(state_steps[t])));
+      const auto s = math::adam_step_scalars<A>(h, ctx.lr, scalar_value(state_steps[t]));
       auto run = [&](auto master_c, auto stats_c) {
         auto kernel = amsgrad ? adam_chunk<P, S, decltype(master_c)::value, decltype(stats_c)::value, true>
                               : adam_chunk<P, S, decltype(master_c)::value, decltype(stats_c)::value, false>;

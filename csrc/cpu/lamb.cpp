@@ -73,10 +73,9 @@ void with_lamb_kernels(const UpdateGroup& grp, at::TensorList params, at::Tensor
     using P = typename decltype(ptag)::type;
     using S = typename decltype(stag)::type;
     using A = typename OpMath<P>::type;
-    const math::LambHyper<A> h{A(beta1), A(beta2), grad_averaging ? A(1) - A(beta1) : A(1),
-                               A(eps), A(weight_decay)};
+    const auto h = math::lamb_hyper<A>(beta1, beta2, grad_averaging, eps, weight_decay);
     auto scalars = [&](int64_t t) {
-      return math::lamb_step_scalars<A>(h, A(scalar_value(state_steps[t])), bias_correction);
+      return math::lamb_step_scalars<A>(h, scalar_value(state_steps[t]), bias_correction);
     };
     auto moments = [&](const Chunk& c, StatsPartial* out) {
       const int64_t t = c.tensor, b = c.begin;

@@ -29,8 +29,8 @@ struct AdamChunkOp : SkipIfFoundInf {
     S* __restrict__ v = static_cast<S*>(meta.addr[kV][c.slot]);
     S* __restrict__ vmax = static_cast<S*>(meta.addr[kVmax][c.slot]);
     float* __restrict__ master = static_cast<float*>(meta.addr[kMaster][c.slot]);
-    const A step = static_cast<A>(read_scalar(meta.addr[kStep][c.slot], steps_double));
-    const auto s = math::adam_step_scalars<A>(h, static_cast<A>(lr.get()), step);
+    const double step = read_scalar(meta.addr[kStep][c.slot], steps_double);
+    const auto s = math::adam_step_scalars<A>(h, lr.get(), step);
     const A inv = static_cast<A>(inverse_grad_scale(grad_scale));
     A g2 = A(0), p2 = A(0), d2 = A(0);
     struct Elem {
@@ -89,8 +89,8 @@ void adam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
     using P = typename decltype(ptag)::type;
     using S = typename decltype(stag)::type;
     using A = typename OpMath<P>::type;
-    const math::AdamHyper<A> h{A(beta1), A(beta2), A(eps), A(weight_decay), amsgrad, maximize,
-                               decoupled_weight_decay};
+    const auto h = math::adam_hyper<A>(beta1, beta2, eps, weight_decay, amsgrad, maximize,
+                                       decoupled_weight_decay);
     dispatch_flags(grp.has_master, want_stats, [&](auto master_c, auto stats_c) {
       using Op = AdamChunkOp<P, S, decltype(master_c)::value, decltype(stats_c)::value>;
       Op op;

@@ -25,7 +25,7 @@ struct LambCommon : SkipIfFoundInf {
 
   __device__ __forceinline__ math::LambStepScalars<A> scalars(const TensorListMeta<kLambDepth>& meta,
                                                               int slot) const {
-    const A step = static_cast<A>(read_scalar(meta.addr[kStep][slot], steps_double));
+    const double step = read_scalar(meta.addr[kStep][slot], steps_double);
     return math::lamb_step_scalars<A>(h, step, bias_correction);
   }
 };
@@ -171,8 +171,7 @@ void with_lamb_ops(const UpdateGroup& grp, const LambArgs& a, Body&& body) {
     using A = typename OpMath<P>::type;
     dispatch_flags(grp.has_master, false, [&](auto master_c, auto) {
       constexpr bool kM = decltype(master_c)::value;
-      const math::LambHyper<A> h{A(a.beta1), A(a.beta2), a.grad_averaging ? A(1) - A(a.beta1) : A(1),
-                                 A(a.eps), A(a.weight_decay)};
+      const auto h = math::lamb_hyper<A>(a.beta1, a.beta2, a.grad_averaging, a.eps, a.weight_decay);
       LambMomentsOp<P, S, kM> moments;
       LambApplyOp<P, S, kM> apply;
       auto set_common = [&](LambCommon<A>& op) {

@@ -136,11 +136,11 @@ static void test_math_lanes() {
   int64_t worst = 0;
   std::mt19937 rng(0);
   std::normal_distribution<float> normal(0.0f, 1.0f);
-  const math::AdamHyper<float> ah{0.9f, 0.999f, 1e-8f, 0.01f, true, false, true};
-  const auto as = math::adam_step_scalars<float>(ah, 1e-3f, 7.0f);
+  const auto ah = math::adam_hyper<float>(0.9, 0.999, 1e-8, 0.01, true, false, true);
+  const auto as = math::adam_step_scalars<float>(ah, 1e-3, 7.0);
   const math::MomentumHyper<float> mh{0.9f, 0.1f, true};
-  const math::LambHyper<float> lh{0.9f, 0.999f, 0.1f, 1e-6f, 0.01f};
-  const auto ls = math::lamb_step_scalars<float>(lh, 5.0f, true);
+  const auto lh = math::lamb_hyper<float>(0.9, 0.999, true, 1e-6, 0.01);
+  const auto ls = math::lamb_step_scalars<float>(lh, 5.0, true);
   for (int round = 0; round < 1000; ++round) {
     float p[kW], g[kW], m[kW], v[kW], vmax[kW];
     for (int j = 0; j < kW; ++j) {

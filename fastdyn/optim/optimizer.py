@@ -259,11 +259,14 @@ class FusedOptimizer(Optimizer):
         module op such as `model.double().float()` swaps in new ones, and the steps went to
         the old)."""
         dicts = tuple(self.state.values())
-        owners = [p for b in self._runtime["plan"] if b.dtensor for p in b.owners]
+        plan = self._runtime["plan"]
+        owners = [p for b in plan if b.dtensor for p in b.owners]
         sharded = [(t, t._local_tensor) for p in owners
                    for t in (p, *self.state.get(p, {}).values()) if distributed.is_dtensor(t)]
+        plain = [p for b in plan if not b.dtensor for p in b.owners]
         return (tuple(self.param_groups), [tuple(g["params"]) for g in self.param_groups], dicts,
-                list(chain.from_iterable(map(dict.values, dicts))), sharded)
+                list(chain.from_iterable(map(dict.values, dicts))), sharded,
+                plain, list(map(torch.Tensor.data_ptr, plain)))
 
     def _plan_contents_same(self) -> bool:
         """An object swapped in since the plan was built (a group dict, a param in a params
@@ -274,7 +277,7 @@ class FusedOptimizer(Optimizer):
         difference showed."""
         if self._runtime["plan_contents"] is None:  # a plan built while compiling
             return False
-        groups, params, dicts, values, sharded = self._runtime["plan_contents"]
+        groups, params, dicts, values, sharded, plain, addresses = self._runtime["plan_contents"]
         if len(groups) != len(self.param_groups) or not all(map(is_, groups, self.param_groups)):
             return False
         if not all(len(a) == len(g["params"]) and all(map(is_, a, g["params"]))
@@ -283,8 +286,12 @@ class FusedOptimizer(Optimizer):
         if len(dicts) != len(self.state) or not all(map(is_, dicts, self.state.values())):
             return False
         now = list(chain.from_iterable(map(dict.values, dicts)))
+        # A param given new storage (`model.half()`, `.to(memory_format=...)`, `p.data = x`:
+        # the same Parameter, new data) needs its state recast and its master weights made:
+        # the new data is always at a new address, as the old was alive while it was made
         return len(now) == len(values) and all(map(is_, now, values)) \
-            and all(p._local_tensor is local for p, local in sharded)
+            and all(p._local_tensor is local for p, local in sharded) \
+            and list(map(torch.Tensor.data_ptr, plain)) == addresses
 
     def _plan(self, group_grads: list, may_skip: bool) -> list:
         """Buckets of the params that have grads; `group_grads[i]` holds the grads of group i.

@@ -327,3 +327,54 @@ def test_a_step_between_forward_and_backward_is_refused_like_torch(backend, devi
             opt.step()
         with pytest.raises(RuntimeError, match="modified by an inplace operation"):
             pending.backward()
+
+
+@pytest.mark.parametrize("name,change", [("AdamW", "channels_last"), ("SGD", "double"),
+                                         ("LAMB", "channels_last")])
+def test_a_param_given_new_storage_steps_like_torch_and_a_fresh_optimizer(name, change):
+    """`model.to(...)` between steps keeps the Parameter objects and gives them new data: the
+    plan used to keep the old layout's state (the next step raised, after earlier groups had
+    stepped). It now matches torch's optimizer and one built fresh from the state dict."""
+    kw = dict(lr=0.05, momentum=0.9) if name == "SGD" else dict(lr=0.05)
+    results = []
+    for build in ("cached", "fresh", "torch"):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 2), torch.nn.Flatten(),
+                                    torch.nn.Linear(4 * 4 * 4, 2))
+        cls = getattr(torch.optim if build == "torch" else fastdyn.optim, name, None)
+        if cls is None:
+            continue
+        opt = cls(model.parameters(), **kw)
+        x = torch.randn(2, 3, 5, 5)
+        for k in range(3):
+            if k == 1:
+                model.to(memory_format=torch.channels_last) if change == "channels_last" \
+                    else model.double()
+                x = x.to(memory_format=torch.channels_last) if change == "channels_last" \
+                    else x.double()
+                if build == "fresh":
+                    state = opt.state_dict()
+                    opt = cls(model.parameters(), **kw)
+                    opt.load_state_dict(state)
+            opt.zero_grad()
+            model(x).square().sum().backward()
+            opt.step()
+        results.append([p.detach().clone() for p in model.parameters()])
+    for other in results[1:]:
+        for p, q in zip(results[0], other):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_master_weights_appear_when_a_model_goes_to_float16_mid_training():
+    """fp32 -> fp16 after a step with master_weights=True: the plan used to keep the fp32
+    layout, so no master copy was made and updates below half an fp16 ulp were lost."""
+    p = torch.nn.Parameter(torch.ones(4))
+    opt = fastdyn.optim.SGD([p], lr=1e-4, master_weights=True)
+    p.grad = torch.ones(4)
+    opt.step()
+    p.data = p.data.half()
+    for _ in range(20):
+        p.grad = torch.ones(4, dtype=torch.float16)
+        opt.step()
+    assert "master_param" in opt.state[p]
+    assert p[0].item() < 0.9985  # 1 - 21e-4 = 0.9979; without a master copy it stayed 1.0

@@ -104,3 +104,16 @@ def test_state_dict_layout_matches_torch(cls):
     if cls != "SGD" and "decoupled_weight_decay" not in b["param_groups"][0]:
         ours.discard("decoupled_weight_decay")  # fastdyn takes it on torch 2.6 too, torch's Adam not
     assert ours == set(b["param_groups"][0])
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("cls", ["Adam", "AdamW"])
+def test_adam_first_step_state_matches_torch_to_rounding(backend, device, cls):
+    """One step from zero state: exp_avg = (1-b1) g and exp_avg_sq = (1-b2) g^2, with 1 - b
+    rounded once from double as torch's single-tensor Adam does. Computed as 1 - 0.999f in
+    float32 (0.00099998713), exp_avg_sq was 1.3e-5 (relative) off torch's."""
+    _, _, ours, theirs = run_pair(getattr(fastdyn.optim, cls), getattr(torch.optim, cls),
+                                  dict(lr=1e-3, foreach=False), [{}], backend, device, steps=1)
+    for a, b in zip(ours.state.values(), theirs.state.values()):
+        for key in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(a[key], b[key], rtol=3e-7, atol=0, msg=key)

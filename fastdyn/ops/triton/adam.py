@@ -12,7 +12,7 @@ from fastdyn.ops.triton._multi_tensor import (BLOCK, CHUNK, as_float32, bias_cor
 
 @triton.jit
 def _adam_kernel(rows_ptr, lr_ptr, scale_ptr, found_inf_ptr, bc1_ptr, bc2_ptr, partials_ptr,
-                 beta1, beta2, eps, weight_decay,
+                 beta1, beta2, one_minus_beta1, one_minus_beta2, eps, weight_decay,
                  N_COLS: tl.constexpr, P_DT: tl.constexpr, S_DT: tl.constexpr,
                  HAS_MASTER: tl.constexpr, AMSGRAD: tl.constexpr, MAXIMIZE: tl.constexpr,
                  DECOUPLED: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr,
@@ -51,8 +51,8 @@ def _adam_kernel(rows_ptr, lr_ptr, scale_ptr, found_inf_ptr, bc1_ptr, bc2_ptr, p
                     p = p * (1.0 - lr * weight_decay)
                 else:
                     g = g + weight_decay * p
-            m = beta1 * tl.load(m_ptr + idx, mask=mask, other=0.0).to(tl.float32) + (1.0 - beta1) * g
-            v = beta2 * tl.load(v_ptr + idx, mask=mask, other=0.0).to(tl.float32) + (1.0 - beta2) * g * g
+            m = beta1 * tl.load(m_ptr + idx, mask=mask, other=0.0).to(tl.float32) + one_minus_beta1 * g
+            v = beta2 * tl.load(v_ptr + idx, mask=mask, other=0.0).to(tl.float32) + one_minus_beta2 * g * g
             second = v
             if AMSGRAD:
                 vm = tl.load(vmax_ptr + idx, mask=mask, other=0.0).to(tl.float32)
@@ -93,7 +93,8 @@ def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, 
         _adam_kernel[(table.n_chunks,)](
             table.rows, lr32, as_float32(grad_scale) if grad_scale is not None else lr32,
             found_inf if found_inf is not None else lr32, bc1, bc2, partials,
-            float(beta1), float(beta2), float(eps), float(weight_decay),
+            # 1 - beta in double, rounded once (as csrc/include/fastdyn/math/adam.h)
+            float(beta1), float(beta2), 1.0 - beta1, 1.0 - beta2, float(eps), float(weight_decay),
             N_COLS=table.n_cols, P_DT=tl_dtype(params[0].dtype), S_DT=tl_dtype(exp_avgs[0].dtype),
             HAS_MASTER=len(master_params) > 0, AMSGRAD=bool(amsgrad), MAXIMIZE=bool(maximize),
             DECOUPLED=bool(decoupled_weight_decay), HAS_SCALE=grad_scale is not None,

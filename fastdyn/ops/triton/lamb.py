@@ -23,7 +23,7 @@ def _lamb_direction(p, m, v, bc1, bc2, eps, weight_decay):
 
 @triton.jit
 def _lamb_moments_kernel(rows_ptr, scale_ptr, found_inf_ptr, bc1_ptr, bc2_ptr, partials_ptr,
-                         beta1, beta2, grad_coef, eps, weight_decay,
+                         beta1, beta2, grad_coef, one_minus_beta2, eps, weight_decay,
                          N_COLS: tl.constexpr, P_DT: tl.constexpr, S_DT: tl.constexpr,
                          HAS_MASTER: tl.constexpr, HAS_SCALE: tl.constexpr,
                          HAS_FOUND_INF: tl.constexpr, CHUNK_: tl.constexpr, BLOCK_: tl.constexpr):
@@ -52,7 +52,7 @@ def _lamb_moments_kernel(rows_ptr, scale_ptr, found_inf_ptr, bc1_ptr, bc2_ptr, p
             g = tl.load(g_ptr + idx, mask=mask, other=0.0).to(tl.float32) * inv
             m = (beta1 * tl.load(m_ptr + idx, mask=mask, other=0.0).to(tl.float32) + grad_coef * g).to(S_DT)
             v = (beta2 * tl.load(v_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-                 + (1.0 - beta2) * g * g).to(S_DT)
+                 + one_minus_beta2 * g * g).to(S_DT)
             tl.store(m_ptr + idx, m, mask=mask)
             tl.store(v_ptr + idx, v, mask=mask)
             u = _lamb_direction(p, m.to(tl.float32), v.to(tl.float32), bc1, bc2, eps, weight_decay)
@@ -120,7 +120,7 @@ def _moments(table, bc1, bc2, common, grad_scale, found_inf, beta1, beta2, grad_
         _lamb_moments_kernel[(table.n_chunks,)](
             table.rows, as_float32(grad_scale) if grad_scale is not None else placeholder,
             found_inf if found_inf is not None else placeholder, bc1, bc2, partials,
-            float(beta1), float(beta2), (1.0 - beta1) if grad_averaging else 1.0, float(eps),
+            float(beta1), float(beta2), (1.0 - beta1) if grad_averaging else 1.0, 1.0 - beta2, float(eps),
             float(weight_decay), HAS_SCALE=grad_scale is not None, **common)
     return partials
 

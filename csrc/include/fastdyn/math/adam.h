@@ -7,16 +7,31 @@
 namespace fastdyn {
 namespace math {
 
+// The per-element coefficients in the op's precision; the exact hyperparameters beside them
+// for the per-tensor scalars. Everything derived from a beta is computed in double and
+// rounded once, as torch's single-tensor Adam does in Python floats: 1 - 0.999f in float32
+// is 0.00099998713, which put exp_avg_sq 1.3e-5 (relative) off torch's from the first step.
 template <typename T>
 struct AdamHyper {
   T beta1;
   T beta2;
+  T one_minus_beta1;
+  T one_minus_beta2;
   T eps;
-  T weight_decay;
   bool amsgrad;
   bool maximize;
   bool decoupled_weight_decay;  // AdamW
+  double beta1_exact;
+  double beta2_exact;
+  double weight_decay;
 };
+
+template <typename T>
+AdamHyper<T> adam_hyper(double beta1, double beta2, double eps, double weight_decay, bool amsgrad,
+                        bool maximize, bool decoupled_weight_decay) {
+  return {T(beta1), T(beta2), T(1.0 - beta1), T(1.0 - beta2), T(eps), amsgrad, maximize,
+          decoupled_weight_decay, beta1, beta2, weight_decay};
+}
 
 // Per-tensor values (step count, lr and options folded into coefficients), computed once
 // per chunk so the per-element update has no branch on an option: GCC 12 stopped
@@ -30,14 +45,15 @@ struct AdamStepScalars {
   T param_decay;            // 1 - lr * weight_decay for AdamW (torch's form), 1 for Adam
 };
 
+// In double (once per tensor or chunk), each rounded once to T.
 template <typename T>
-FASTDYN_HD AdamStepScalars<T> adam_step_scalars(const AdamHyper<T>& h, T lr, T step) {
+FASTDYN_HD AdamStepScalars<T> adam_step_scalars(const AdamHyper<T>& h, double lr, double step) {
   AdamStepScalars<T> s;
-  s.step_size = lr / (T(1) - fpow(h.beta1, step));
-  s.bias_correction2_sqrt = fsqrt(T(1) - fpow(h.beta2, step));
+  s.step_size = T(lr / (1.0 - fpow(h.beta1_exact, step)));
+  s.bias_correction2_sqrt = T(fsqrt(1.0 - fpow(h.beta2_exact, step)));
   s.grad_sign = h.maximize ? T(-1) : T(1);
-  s.coupled_decay = h.decoupled_weight_decay ? T(0) : h.weight_decay;
-  s.param_decay = h.decoupled_weight_decay ? T(1) - lr * h.weight_decay : T(1);
+  s.coupled_decay = h.decoupled_weight_decay ? T(0) : T(h.weight_decay);
+  s.param_decay = h.decoupled_weight_decay ? T(1.0 - lr * h.weight_decay) : T(1);
   return s;
 }
 
@@ -50,8 +66,8 @@ FASTDYN_HD void adam_update(T& p, T g, T& m, T& v, T& vmax, bool amsgrad, const 
                             const AdamStepScalars<H>& s) {
   g = s.grad_sign * g + s.coupled_decay * p;
   p = p * s.param_decay;
-  m = h.beta1 * m + (H(1) - h.beta1) * g;
-  v = h.beta2 * v + (H(1) - h.beta2) * g * g;
+  m = h.beta1 * m + h.one_minus_beta1 * g;
+  v = h.beta2 * v + h.one_minus_beta2 * g * g;
   if (amsgrad) vmax = nan_max(vmax, v);
   const T denom = fsqrt(amsgrad ? vmax : v) / s.bias_correction2_sqrt + h.eps;
   p -= s.step_size * m / denom;

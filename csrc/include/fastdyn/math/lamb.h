@@ -7,14 +7,26 @@
 namespace fastdyn {
 namespace math {
 
+// As AdamHyper (adam.h): coefficients derived from a beta are computed in double and
+// rounded once; the exact betas give the per-tensor bias corrections.
 template <typename T>
 struct LambHyper {
   T beta1;
   T beta2;
   T grad_coef;  // 1 - beta1 with grad_averaging, else 1
+  T one_minus_beta2;
   T eps;
   T weight_decay;
+  double beta1_exact;
+  double beta2_exact;
 };
+
+template <typename T>
+LambHyper<T> lamb_hyper(double beta1, double beta2, bool grad_averaging, double eps,
+                        double weight_decay) {
+  return {T(beta1), T(beta2), grad_averaging ? T(1.0 - beta1) : T(1), T(1.0 - beta2), T(eps),
+          T(weight_decay), beta1, beta2};
+}
 
 // Reciprocals of the bias corrections (1 - beta1^t, sqrt(1 - beta2^t)), or 1 when
 // bias_correction is off: the per-element update then multiplies where the contract divides.
@@ -25,11 +37,12 @@ struct LambStepScalars {
 };
 
 template <typename T>
-FASTDYN_HD LambStepScalars<T> lamb_step_scalars(const LambHyper<T>& h, T step,
+FASTDYN_HD LambStepScalars<T> lamb_step_scalars(const LambHyper<T>& h, double step,
                                                 bool bias_correction) {
   LambStepScalars<T> s;
-  s.inv_bias_correction1 = bias_correction ? T(1) / (T(1) - fpow(h.beta1, step)) : T(1);
-  s.inv_sqrt_bias_correction2 = bias_correction ? T(1) / fsqrt(T(1) - fpow(h.beta2, step)) : T(1);
+  s.inv_bias_correction1 = bias_correction ? T(1.0 / (1.0 - fpow(h.beta1_exact, step))) : T(1);
+  s.inv_sqrt_bias_correction2 =
+      bias_correction ? T(1.0 / fsqrt(1.0 - fpow(h.beta2_exact, step))) : T(1);
   return s;
 }
 
@@ -37,7 +50,7 @@ FASTDYN_HD LambStepScalars<T> lamb_step_scalars(const LambHyper<T>& h, T step,
 template <typename T, typename H>
 FASTDYN_HD void lamb_moments(T g, T& m, T& v, const LambHyper<H>& h) {
   m = h.beta1 * m + h.grad_coef * g;
-  v = h.beta2 * v + (H(1) - h.beta2) * g * g;
+  v = h.beta2 * v + h.one_minus_beta2 * g * g;
 }
 
 // u = (m / bc1) / (sqrt(v / bc2) + eps) + weight_decay * p, computed as
