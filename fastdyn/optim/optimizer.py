@@ -115,6 +115,9 @@ def _check_float(name: str, value: Any, low: float = 0.0, high: Optional[float] 
         raise ValueError(f"Invalid {name}: {value} (must be in {lo}{low}{hi or ', inf)'})")
 
 
+_WITH_STORAGE = (torch.Tensor, torch.nn.Parameter)
+
+
 class FusedOptimizer(Optimizer):
     """Base of the fastdyn optimizers. Subclasses set `_state_keys` and implement
     `_validate_group`, `_new_state` and `_run_bucket`."""
@@ -263,7 +266,8 @@ class FusedOptimizer(Optimizer):
         owners = [p for b in plan if b.dtensor for p in b.owners]
         sharded = [(t, t._local_tensor) for p in owners
                    for t in (p, *self.state.get(p, {}).values()) if distributed.is_dtensor(t)]
-        plain = [p for b in plan if not b.dtensor for p in b.owners]
+        # (tensor subclasses may have no storage of their own: identity only)
+        plain = [p for b in plan if not b.dtensor for p in b.owners if type(p) in _WITH_STORAGE]
         return (tuple(self.param_groups), [tuple(g["params"]) for g in self.param_groups], dicts,
                 list(chain.from_iterable(map(dict.values, dicts))), sharded,
                 plain, list(map(torch.Tensor.data_ptr, plain)))
