@@ -68,12 +68,7 @@ class LAMB(FusedOptimizer):
             return grad_scale
         # One read of every gradient gives the clipping coefficient and, folded in, the
         # inf check; the divisor then rides into the update kernels with grad_scale.
-        total = self._global_grad_norm(plan, grads)
-        if check_inf:
-            found_inf.add_((~torch.isfinite(total)).to(found_inf.dtype).to(found_inf.device))
-        if grad_scale is not None:
-            total = total / grad_scale.to(total.device)
-            self._runtime["grad_norm"] = total
+        total = self._global_grad_norm(plan, grads, grad_scale, found_inf if check_inf else None)
         clip = torch.clamp(total / max_norm, min=1.0)
         return clip if grad_scale is None else grad_scale.to(clip.device) * clip
 

@@ -31,7 +31,7 @@ class LARS(FusedOptimizer):
         _check_float("dampening value", group["dampening"], 0.0, 1.0, high_inclusive=True)
         _check_float("weight_decay value", group["weight_decay"])
         _check_float("trust_coeff", group["trust_coeff"], 0.0, low_inclusive=False)
-        # eps <= 0 is an error in the contract (DESIGN.md), though torch's Adam takes 0
+        # eps <= 0 is an error in the contract (DESIGN.md)
         _check_float("epsilon value", group["eps"], 0.0, low_inclusive=False)
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")

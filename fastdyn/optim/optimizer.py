@@ -510,16 +510,14 @@ class FusedOptimizer(Optimizer):
     def _check_nonfinite(self, plan, grads, found_inf, grad_scale):
         """LossScaler's inf check for optimizers whose update has no global read pass of the
         gradients before it: one read-only pass (GradScaler reads and writes them). It also
-        gives the global gradient norm for free, unscaled as the stats' per-tensor norms
-        (it was reported times the loss scale)."""
-        total = self._global_grad_norm(plan, grads)
-        found_inf.add_((~torch.isfinite(total)).to(found_inf.dtype).to(found_inf.device))
-        if grad_scale is not None:
-            self._runtime["grad_norm"] = total / grad_scale.to(total.device)
+        gives the global gradient norm for free."""
+        self._global_grad_norm(plan, grads, grad_scale, found_inf)
 
-    def _global_grad_norm(self, plan, grads) -> torch.Tensor:
-        """L2 norm of every gradient of the optimizer (still scaled, if a scaler is on); the
-        gradients of sharded DTensors count whole."""
+    def _global_grad_norm(self, plan, grads, grad_scale, found_inf=None) -> torch.Tensor:
+        """L2 norm of every gradient of the optimizer, divided by grad_scale when a scaler
+        gave one (as the stats' per-tensor norms: it was reported times the loss scale); the
+        gradients of sharded DTensors count whole. With found_inf, also the inf check: the
+        scaled norm is inf or NaN where a gradient is."""
         by_place: dict = {}
         for b, bucket_grads in zip(plan, grads):
             by_place.setdefault((b.device, b.spec), []).extend(bucket_grads)
@@ -527,6 +525,10 @@ class FusedOptimizer(Optimizer):
         sq = [distributed.sharded_norms(ops.multi_tensor_l2norm(gs)[0], spec).to(first, non_blocking=True)
               for (_, spec), gs in by_place.items()]
         total = sq[0] if len(sq) == 1 else torch.linalg.vector_norm(torch.stack(sq))
+        if found_inf is not None:
+            found_inf.add_((~torch.isfinite(total)).to(found_inf.dtype).to(found_inf.device))
+        if grad_scale is not None:
+            total = total / grad_scale.to(total.device)
         self._runtime["grad_norm"] = total
         return total
 
