@@ -251,9 +251,32 @@ class FusedOptimizer(Optimizer):
         rt = self._runtime
         same = rt["plan_state"] is self.state and len(rt["plan_params"]) == len(self.param_groups) \
             and all(a is g["params"] for a, g in zip(rt["plan_params"], self.param_groups))
-        if not same or torch.compiler.is_compiling():
-            return same
+        if not same:
+            return False
+        if torch.compiler.is_compiling():
+            return self._plan_fits_params()
         return self._plan_contents_same()
+
+    def _plan_fits_params(self) -> bool:
+        """A compiled step's check of a param given new storage (`model.double()`,
+        `model.to(memory_format=...)`): a dtype or layout that no longer matches its bucket's
+        makes a new plan, and the new trace recasts the state. The eager check
+        (_plan_contents_same) reads addresses, which a trace has none of; this one reads the
+        metadata dynamo guards on anyway, so it costs nothing after the trace (a stale plan
+        made the compiled step raise)."""
+        for b in self._runtime["plan"]:
+            for i, p in enumerate(b.owners):
+                if p.dtype != b.dtype or p.device != b.device:
+                    return False
+                local = b.params[i]
+                if any(not ops.checks.same_layout(ts[i], local) for ts in b.state.values()):
+                    return False
+                if b.master_params and not ops.checks.same_layout(b.master_params[i], local):
+                    return False
+            if self.master_weights and b.dtype in _LOW_PRECISION \
+                    and len(b.master_params) != len(b.owners):
+                return False
+        return True
 
     def _plan_contents(self) -> tuple:
         """What a plan holds besides the lists it checks by identity: the group dicts, each

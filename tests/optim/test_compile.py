@@ -151,3 +151,52 @@ def test_compiled_step_sees_replaced_params_and_cleared_state(change):
     # two steps since the change: buf = 1, then 0.9 * 1 + 1
     for p in opt.param_groups[0]["params"]:
         torch.testing.assert_close(opt.state[p]["momentum_buffer"], torch.full((4,), 1.9))
+
+
+@pytest.mark.parametrize("name,change", [("AdamW", "channels_last"), ("SGD", "double"),
+                                         ("LAMB", "double")])
+def test_compiled_step_follows_a_param_given_new_storage(name, change):
+    """`model.double()` or `model.to(memory_format=torch.channels_last)` between compiled
+    steps: the retrace used to keep the plan of the old dtype or layout, and the step
+    raised. The compiled steps now match eager steps of the same optimizer bit for bit."""
+    kw = dict(lr=0.05, momentum=0.9) if name == "SGD" else dict(lr=0.05)
+    results, graphs = [], []
+    for compiled in (True, False):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 2), torch.nn.Flatten(),
+                                    torch.nn.Linear(4 * 4 * 4, 2))
+        opt = getattr(fastdyn.optim, name)(model.parameters(), **kw)
+        step, graphs = fullgraph_step(opt) if compiled else (opt.step, graphs)
+        x = torch.randn(2, 3, 5, 5)
+        for k in range(4):
+            if k == 2:
+                if change == "channels_last":
+                    model.to(memory_format=torch.channels_last)
+                    x = x.to(memory_format=torch.channels_last)
+                else:
+                    model.double()
+                    x = x.double()
+            opt.zero_grad()
+            model(x).square().sum().backward()
+            step()
+        results.append([p.detach().clone() for p in model.parameters()])
+    assert len(graphs) <= 4, f"{len(graphs)} graphs for 4 steps and one change"
+    for p, q in zip(*results):
+        assert p.dtype == q.dtype and p.stride() == q.stride()
+        assert torch.equal(p, q)
+
+
+def test_compiled_step_makes_master_weights_when_the_model_goes_to_float16():
+    torch._dynamo.reset()
+    p = torch.nn.Parameter(torch.ones(4))
+    opt = fastdyn.optim.SGD([p], lr=1e-4, master_weights=True)
+    step, _ = fullgraph_step(opt)
+    p.grad = torch.ones(4)
+    step()
+    p.data = p.data.half()
+    for _ in range(20):
+        p.grad = torch.ones(4, dtype=torch.float16)
+        step()
+    assert opt.state[p]["master_param"].dtype == torch.float32
+    assert p[0].item() < 0.9985  # 1 - 21e-4 = 0.9979; without a master copy it stays 1.0
