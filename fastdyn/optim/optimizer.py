@@ -140,7 +140,12 @@ class FusedOptimizer(Optimizer):
 
     # ---------------------------------------------------------------- validation
     def add_param_group(self, param_group: dict) -> None:
-        super().add_param_group(param_group)
+        try:
+            super().add_param_group(param_group)
+        except ValueError as e:
+            if "more than one parameter group" not in str(e):
+                raise
+            raise ValueError(f"{self._param_in_two_groups(param_group)}: {e}") from None
         group = self.param_groups[-1]
         try:
             self._validate_group(group)
@@ -162,6 +167,18 @@ class FusedOptimizer(Optimizer):
             self.param_groups.pop()
             raise
         self._invalidate()
+
+    def _param_in_two_groups(self, param_group: dict) -> str:
+        """Which param of a new group is already in which group (torch's message names
+        neither)."""
+        params = param_group["params"]
+        params = [params] if isinstance(params, torch.Tensor) else list(params)
+        for gi, group in enumerate(self.param_groups):
+            held = set(group["params"])
+            for i, p in enumerate(params):
+                if p in held:
+                    return f"params[{i}] of the new param group is already in param group {gi}"
+        return "a param of the new param group is already in another"
 
     def _validate_group(self, group: dict) -> None:
         lr = group["lr"]
@@ -350,17 +367,14 @@ class FusedOptimizer(Optimizer):
         if cohort_of:
             self._split_cohorts(group_grads)
         new_cohorts: dict = {}
+        specs = self._check_plan_inputs(group_grads)
         for gi, group in enumerate(self.param_groups):
             for i, p in enumerate(group["params"]):
-                grad = group_grads[gi][i]
-                if grad is None:
+                if group_grads[gi][i] is None:
                     continue
-                if grad.is_sparse:
-                    raise ValueError(f"{type(self).__name__} does not support sparse gradients "
-                                     f"(params[{i}] of a param group has one)")
                 created = self._ensure_state(p, group)
                 dtensor = distributed.is_dtensor(p)
-                spec = distributed.shard_spec(p, f"params[{i}]") if dtensor else None
+                spec = specs[(gi, i)]
                 first = created and self._first_step_matters(group)
                 cohort = cohort_of.get(p)
                 if first and may_skip:
@@ -395,6 +409,34 @@ class FusedOptimizer(Optimizer):
             if b.started is not None:
                 b.later = b.once_started()
         return list(buckets.values())
+
+    def _check_plan_inputs(self, group_grads: list) -> dict:
+        """Refuses what no step can take before any state is created or any param moves: a
+        refused step leaves the optimizer as it was (a momentum buffer created by a step
+        that then raised was taken for a started one: the next step's buf was
+        (1 - dampening) * d, not d), and no bucket steps before a later one refuses its
+        state. Returns the shard spec of each (group, index) with a grad."""
+        specs = {}
+        name = type(self).__name__
+        for gi, group in enumerate(self.param_groups):
+            keys = self._required_keys(group)
+            for i, p in enumerate(group["params"]):
+                grad = group_grads[gi][i]
+                if grad is None:
+                    continue
+                where = f"params[{i}] of param group {gi}"
+                if grad.is_sparse:
+                    raise ValueError(f"{name} does not support sparse gradients ({where} has one)")
+                state = self.state.get(p, {})
+                for key in (*keys, "master_param"):
+                    t = state.get(key)
+                    if isinstance(t, torch.Tensor) and t.shape != p.shape:
+                        raise ValueError(f"state[{key!r}] of {where} has shape {list(t.shape)}, "
+                                         f"but the param has shape {list(p.shape)} (a state "
+                                         "dict of another model?)")
+                specs[(gi, i)] = distributed.shard_spec(p, f"params[{i}]") \
+                    if distributed.is_dtensor(p) else None
+        return specs
 
     def _split_cohorts(self, group_grads: list) -> None:
         """Params of one `started` flag that miss the steps of this plan (no grad) must not

@@ -49,8 +49,9 @@ def test_bad_params(name):
     with pytest.raises(TypeError, match=r"params\[0\] has dtype torch.int64"):
         cls([torch.zeros(2, dtype=torch.int64)])
     p = torch.nn.Parameter(torch.randn(2))
-    with pytest.raises(ValueError, match="more than one parameter group"):
-        cls([{"params": [p]}, {"params": [p]}])
+    with pytest.raises(ValueError, match=r"params\[1\] of the new param group is already in "
+                                         "param group 0: .*more than one parameter group"):
+        cls([{"params": [p]}, {"params": [torch.nn.Parameter(torch.randn(2)), p]}])
     with pytest.raises(ValueError, match="not dense"):
         cls([torch.randn(4, 4)[:, :2]])
     with pytest.raises(ValueError, match="Invalid learning rate"):
@@ -65,10 +66,46 @@ def test_sparse_grad_fails_before_anything_moves(name):
     ps[0].grad = torch.randn(4)
     ps[1].grad = torch.randn(4).to_sparse()
     before = [p.detach().clone() for p in ps]
-    with pytest.raises(ValueError, match="sparse gradients"):
+    with pytest.raises(ValueError, match=r"sparse gradients \(params\[1\] of param group 0"):
         opt.step()
     for p, b in zip(ps, before):
         assert torch.equal(p, b)
+    assert not opt.state  # no state created by the refused step
+
+
+@pytest.mark.parametrize("name", ["SGD", "LARS"])
+def test_a_refused_step_leaves_the_first_momentum_step_ahead(name):
+    """A step refused for a later param's sparse grad used to create the earlier params'
+    momentum buffers first: the next step took them for started ones and set buf =
+    (1 - dampening) * d where torch sets buf = d."""
+    ps = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(4))]
+    opt = getattr(fastdyn.optim, name)(ps, lr=0.1, momentum=0.9, dampening=0.5)
+    ps[0].grad, ps[1].grad = torch.ones(3), torch.ones(4).to_sparse()
+    with pytest.raises(ValueError, match="sparse gradients"):
+        opt.step()
+    ps[1].grad = torch.ones(4)
+    opt.step()
+    for p in ps:
+        assert torch.equal(opt.state[p]["momentum_buffer"], torch.ones_like(p))
+
+
+@pytest.mark.parametrize("name,key", [("AdamW", "exp_avg"), ("LAMB", "exp_avg_sq"),
+                                      ("SGD", "momentum_buffer"), ("LARS", "momentum_buffer")])
+def test_state_of_the_wrong_shape_is_refused_before_any_group_steps(name, key):
+    """State of another model's shape in the second group (a state dict of another model):
+    its op refused it after the first group had stepped, a half-updated parameter set."""
+    a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(4))
+    kw = dict(momentum=0.9) if name == "SGD" else {}
+    opt = getattr(fastdyn.optim, name)([{"params": [a]}, {"params": [b]}], lr=0.1, **kw)
+    a.grad, b.grad = torch.ones(3), torch.ones(4)
+    opt.step()
+    opt.state[b][key] = torch.zeros(5)
+    before = [t.clone() for t in (a, b, *opt.state[a].values())]
+    with pytest.raises(ValueError, match=rf"state\['{key}'\] of params\[0\] of param group 1 "
+                                         r"has shape \[5\], but the param has shape \[4\]"):
+        opt.step()
+    for t, u in zip(before, (a, b, *opt.state[a].values())):
+        assert torch.equal(t, u)
 
 
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
