@@ -585,10 +585,13 @@ class FusedOptimizer(Optimizer):
         scaled norm is inf or NaN where a gradient is."""
         by_place: dict = {}
         for b, bucket_grads in zip(plan, grads):
-            by_place.setdefault((b.device, b.spec), []).extend(bucket_grads)
+            wide = b.dtype == torch.float64
+            by_place.setdefault((b.device, b.spec, wide), []).extend(bucket_grads)
         first = plan[0].device
-        sq = [distributed.sharded_norms(ops.multi_tensor_l2norm(gs)[0], spec).to(first, non_blocking=True)
-              for (_, spec), gs in by_place.items()]
+        sq = [distributed.sharded_norms(_norm_of(gs, wide), spec).to(first, non_blocking=True)
+              for (_, spec, wide), gs in by_place.items()]
+        if len({t.dtype for t in sq}) > 1:
+            sq = [t.double() for t in sq]
         total = sq[0] if len(sq) == 1 else torch.linalg.vector_norm(torch.stack(sq))
         if found_inf is not None:
             found_inf.add_((~torch.isfinite(total)).to(found_inf.dtype).to(found_inf.device))
@@ -687,6 +690,14 @@ class FusedOptimizer(Optimizer):
         self._reset_runtime()
         if flags is not None:
             self._runtime["started"], self._runtime["cohort_of"] = flags
+
+
+def _norm_of(grads: list, wide: bool) -> torch.Tensor:
+    """L2 norm of `grads`: float32 from the fused kernel, or float64 for float64 grads (a
+    float32 norm put float64 LAMB's clipped update 1e-8 off the float64 reference)."""
+    if not wide:
+        return ops.multi_tensor_l2norm(grads)[0]
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
 def _scalar_dtype() -> torch.dtype:
