@@ -109,10 +109,11 @@ def clip_grad_norm_(
     # another norm type, float64 or strided grads: norms per device (the kernels) and per
     # tensor (torch, for what the kernels do not take), combined, then the scaling.
     _check_dense(parameters)
-    try:
-        checks.check_no_shared_memory(written=[("grads", grads)])
-    except ValueError as e:
-        raise _naming_parameters(e, parameters) from None
+    if not torch.compiler.is_compiling():  # (a trace has no addresses; dynamo cannot read them)
+        try:
+            checks.check_no_shared_memory(written=[("grads", grads)])
+        except ValueError as e:
+            raise _naming_parameters(e, parameters) from None
     fast, other = [], []
     for g in grads:
         (fast if g.dtype != torch.float64 and checks._dense(g) else other).append(g)
@@ -128,7 +129,7 @@ def clip_grad_norm_(
     if error_if_nonfinite and not torch.isfinite(total.to(out_dtype)):
         raise RuntimeError(_NONFINITE_MESSAGE.format(norm_type))
     for g in other:  # refused before any gradient is scaled, not after the kernels' groups
-        if torch._debug_has_internal_overlap(g) == 1:
+        if not torch.compiler.is_compiling() and torch._debug_has_internal_overlap(g) == 1:
             raise RuntimeError(
                 "unsupported operation: more than one element of the written-to tensor refers "
                 "to a single memory location. Please clone() the tensor before performing the "
