@@ -138,6 +138,41 @@ def test_fake_kernels_check_arguments_like_the_kernels():
             op(*mixed, **kwargs)
 
 
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("bad", ["int tensor", "short list"])
+def test_fake_kernels_refuse_what_the_kernels_refuse(backend, device, bad):
+    """Under FakeTensorMode (torch.compile's tracing) each op raises the error its kernel
+    raises; the Triton ops' fakes used to check nothing, so a bad argument traced cleanly
+    and failed only when the compiled graph ran."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    def outcome(op, args, kwargs):
+        try:
+            op(*args, **kwargs)
+        except (TypeError, ValueError, RuntimeError) as e:
+            return type(e)
+        return None
+
+    for name, args, kwargs in samples(device):
+        args = (list(args[0]), *args[1:])
+        if bad == "int tensor":
+            args[0][-1] = torch.zeros(args[0][-1].shape, dtype=torch.int32, device=device)
+        else:
+            args[0].pop()
+        op = getattr(_namespace(backend), name).default
+        args, kwargs = _positional(op, args, kwargs)
+        real = outcome(op, args, kwargs)
+        mode = FakeTensorMode()
+        fake_args, fake_kwargs = torch.utils._pytree.tree_map_only(
+            torch.Tensor, mode.from_tensor, (args, kwargs))
+        with mode:
+            fake = outcome(op, fake_args, fake_kwargs)
+        if bad == "int tensor" or name not in ("multi_tensor_norm", "multi_tensor_scale_",
+                                               "multi_tensor_unscale_norm_", "clip_grad_norm_"):
+            assert real is not None, (name, bad)  # (a shorter list of norm inputs is fine)
+        assert fake == real, (name, bad, real, fake)
+
+
 def test_fake_kernels_run_on_meta_tensors():
     """All on meta (a model built on the meta device): the ops trace, with outputs on meta."""
     for name, args, kwargs in samples("cpu"):

@@ -14,7 +14,7 @@ from typing import List, Optional, Tuple
 import torch
 
 import fastdyn._extension  # noqa: F401  (torch.ops.fastdyn.check_*_args)
-from fastdyn.ops import checks
+from fastdyn.ops import fake
 from fastdyn.ops.triton import adam as _adam
 from fastdyn.ops.triton import clip as _clip
 from fastdyn.ops.triton import lamb as _lamb
@@ -47,13 +47,6 @@ def multi_tensor_norm(tensors: List[torch.Tensor], ord: float = 2.0,
         return _norm.multi_tensor_norm(tensors, ord, per_tensor)
 
 
-@multi_tensor_norm.register_fake
-def _(tensors, ord=2.0, per_tensor=False):
-    dev = tensors[0].device
-    return (torch.empty((), dtype=torch.float32, device=dev),
-            torch.empty((len(tensors) if per_tensor else 0,), dtype=torch.float32, device=dev))
-
-
 @torch.library.custom_op(f"{_NS}::multi_tensor_scale_", mutates_args=("tensors",))
 def multi_tensor_scale_(tensors: List[torch.Tensor], scale: torch.Tensor) -> None:
     _native_checks.check_scale_args(tensors, scale)
@@ -72,23 +65,11 @@ def multi_tensor_unscale_norm_(tensors: List[torch.Tensor], inv_scale: torch.Ten
         return _norm.multi_tensor_unscale_norm_(tensors, inv_scale, found_inf, ord, per_tensor)
 
 
-@multi_tensor_unscale_norm_.register_fake
-def _(tensors, inv_scale, found_inf, ord=2.0, per_tensor=False):
-    dev = tensors[0].device if tensors else found_inf.device
-    return (torch.empty((), dtype=torch.float32, device=dev),
-            torch.empty((len(tensors) if per_tensor else 0,), dtype=torch.float32, device=dev))
-
-
 @torch.library.custom_op(f"{_NS}::clip_grad_norm_", mutates_args=("grads",))
 def clip_grad_norm_(grads: List[torch.Tensor], max_norm: float, ord: float = 2.0) -> torch.Tensor:
     _native_checks.check_clip_args(grads, ord)
     with _device_guard(grads):
         return _clip.clip_grad_norm_(grads, max_norm, ord)
-
-
-@clip_grad_norm_.register_fake
-def _(grads, max_norm, ord=2.0):
-    return torch.empty((), dtype=torch.float32, device=grads[0].device)
 
 
 @torch.library.custom_op(
@@ -173,13 +154,6 @@ def lamb_moments_(params: List[torch.Tensor], grads: List[torch.Tensor],
                                    grad_scale, found_inf)
 
 
-@lamb_moments_.register_fake
-def _(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, beta1, beta2, eps,
-      weight_decay, bias_correction, grad_averaging, grad_scale, found_inf):
-    device = params[0].device if params else checks.empty_list_device(grad_scale, found_inf)
-    return torch.empty((len(params), 3), dtype=torch.float64, device=device)
-
-
 @torch.library.custom_op(f"{_NS}::lamb_apply_", mutates_args=("params", "master_params"))
 def lamb_apply_(params: List[torch.Tensor], exp_avgs: List[torch.Tensor],
                 exp_avg_sqs: List[torch.Tensor], master_params: List[torch.Tensor],
@@ -196,6 +170,11 @@ def lamb_apply_(params: List[torch.Tensor], exp_avgs: List[torch.Tensor],
 def _arguments(name: str) -> tuple:
     return tuple((a.name, a.default_value)
                  for a in getattr(torch.ops.fastdyn_triton, name).default._schema.arguments)
+
+
+# the native ops' fakes: the same checks (fastdyn.ops.checks), the same outputs
+for _name, _fake in fake.FAKES.items():
+    torch.library.register_fake(f"{_NS}::{_name}", _fake)
 
 
 # (name, default) of every argument of every op, read once at import for
