@@ -64,12 +64,13 @@ class LAMB(FusedOptimizer):
         max_norm = self._max_grad_norm()
         # (without clipping, step() has run the inf check already: _check_nonfinite)
         check_inf = getattr(self, "_check_inf", False) and found_inf is not None
+        self._runtime["clip"] = None
         if max_norm is None:
             return grad_scale
         # One read of every gradient gives the clipping coefficient and, folded in, the
         # inf check; the divisor then rides into the update kernels with grad_scale.
         total = self._global_grad_norm(plan, grads, grad_scale, found_inf if check_inf else None)
-        clip = torch.clamp(total / max_norm, min=1.0)
+        clip = self._runtime["clip"] = torch.clamp(total / max_norm, min=1.0)
         return clip if grad_scale is None else grad_scale.to(clip.device) * clip
 
     def _check_nonfinite(self, plan, grads, found_inf, grad_scale):

@@ -198,7 +198,7 @@ class FusedOptimizer(Optimizer):
         # traces item assignment into them but not setattr on the optimizer.
         self._runtime: dict = {"plan": None, "plan_key": None, "plan_state": None,
                                "plan_params": [], "plan_contents": None, "stats": None,
-                               "grad_norm": None,
+                               "grad_norm": None, "clip": None,
                                "started": [], "cohort_of": {}}
         self._lr_tensors: dict = {}
 
@@ -505,6 +505,7 @@ class FusedOptimizer(Optimizer):
         plan = self._plan(group_grads, may_skip=found_inf is not None)
         self._runtime["had_grads"] = bool(plan)  # (LossScaler: no gradient, no inf check)
         self._runtime["grad_norm"] = None  # set again if this step computes it
+        self._runtime["stats"] = None  # (a step without grads showed the last one's)
         if not plan:
             return loss
         grads = []  # aligned with plan
@@ -538,6 +539,10 @@ class FusedOptimizer(Optimizer):
                         raise
                     self._run_bucket_step(b, fixed, *args[2:])
         if self.track_stats:
+            clip = self._runtime.get("clip")
+            if clip is not None:  # ||g|| as the model gave it, on grad_norm's scale, not clipped
+                for _, st in stats:
+                    st[:, 0] *= clip.to(st.device)
             first = plan[0].device
             self._runtime["stats"] = StepStats(
                 params=[p for ps, _ in stats for p in ps],
@@ -601,7 +606,8 @@ class FusedOptimizer(Optimizer):
         return total
 
     def _prepare(self, plan, grads, grad_scale, found_inf):
-        """Hook before the updates (LAMB's global clipping); returns the gradient divisor."""
+        """Hook before the updates (LAMB's global clipping); returns the gradient divisor.
+        A clipping coefficient (>= 1) folded into it goes into _runtime["clip"]."""
         return grad_scale
 
     def _run_bucket(self, bucket: Bucket, grads: list, lr: torch.Tensor, grad_scale, found_inf,

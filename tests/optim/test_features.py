@@ -119,9 +119,13 @@ def test_float64_params_on_every_backend(backend, device, name):
         torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
 
 
-def test_track_stats():
+@pytest.mark.parametrize("max_grad_norm", [None, 0.05])
+def test_track_stats(max_grad_norm):
+    """With clipping (the grads' norm is ~0.1-1) the ||g|| column used to be the clipped
+    gradient's while grad_norm was the raw one: the rows now add up to grad_norm."""
     model = mlp()
-    opt = fastdyn.optim.LAMB(model.parameters(), lr=1e-2, track_stats=True)
+    opt = fastdyn.optim.LAMB(model.parameters(), lr=1e-2, track_stats=True,
+                             max_grad_norm=max_grad_norm)
     assert opt.last_stats() is None
     train(model, opt, mlp_loss, regression_data(), 1)
     before = [p.detach().clone() for p in model.parameters()]
@@ -134,6 +138,14 @@ def test_track_stats():
                                    rtol=1e-3, atol=1e-7)
         torch.testing.assert_close(st.values[i, 0].double(), p.grad.double().norm(), rtol=1e-5, atol=1e-7)
     assert (st.values[:, 3] > 0).all()
+    if max_grad_norm is not None:
+        assert st.grad_norm > max_grad_norm * 1.5  # (clipping was active)
+        torch.testing.assert_close(st.values[:, 0].double().norm(), st.grad_norm.double(),
+                                   rtol=1e-5, atol=0)
+    # a step without gradients has no stats, not the last step's
+    opt.zero_grad()
+    opt.step()
+    assert opt.last_stats() is None
 
 
 def test_optimizers_pickle_and_deepcopy():
