@@ -40,9 +40,15 @@ STATS_COLUMNS = ("grad_norm", "param_norm", "update_norm", "trust_ratio")
 class StepStats(NamedTuple):
     """Per-tensor statistics of the last step (`track_stats=True`).
 
-    values[i] = (||g||, ||p|| before the step, ||update applied||, trust ratio) of params[i],
-    float32 on the device of the first parameter; NaN rows when the step was skipped
-    (found_inf). grad_norm: the global gradient norm when the step computed one, else None.
+    values[i] = (||g||, ||p|| before the step, ||update||, trust ratio) of params[i], float32
+    on the device of the first parameter; NaN rows when the step was skipped (found_inf).
+    ||g|| is the gradient's as the model gave it: unscaled (a loss scaler's factor removed),
+    not clipped (LAMB's max_grad_norm). ||p|| and ||update|| are in the precision the step
+    computes in: for fp16/bf16 params with master weights, those of the fp32 master copy;
+    without, the update before it is rounded into the 16-bit param, which may move less or
+    not at all (updates under half its ulp are lost: the reason to keep master weights).
+    grad_norm: the global gradient norm (unscaled, not clipped) when the step computed one,
+    else None; float64 when a float64 param is in the step.
     """
 
     params: list
