@@ -113,3 +113,25 @@ def test_float64_inv_scale_is_not_rounded_for_float64_grads(backend, device, dty
         fastdyn.ops.multi_tensor_unscale_norm_(ts, inv, torch.zeros((), device=device))
     for a, b in zip(ts, expected):
         assert_close(a, b, dtype, scale=0.5)  # one rounding of the product
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+def test_an_infinite_inverse_scale_gives_inf_not_nan(backend, device):
+    """A loss scale underflowed to 0 makes the inverse inf: the unscaled gradients and their
+    norms are inf, as torch's. Triton's masked tail lanes (loaded as 0) gave 0 * inf = NaN,
+    which the sums took; the update kernels' statistics had the same flaw."""
+    ts = [torch.ones(3, device=device), torch.full((5,), -2.0, device=device)]
+    found = torch.zeros((), device=device)
+    with use_backend(backend):
+        total, per = fastdyn.ops.multi_tensor_unscale_norm_(
+            ts, torch.tensor(math.inf, device=device), found, 2.0, per_tensor=True)
+    assert total.item() == math.inf and per.tolist() == [math.inf, math.inf]
+    assert found.item() == 0.0  # (the gradients given were finite, as torch judges them)
+    p = [torch.ones(3, device=device)]
+    stats = torch.zeros(1, 4, device=device)
+    with use_backend(backend):
+        fastdyn.ops.adam_(p, [torch.ones(3, device=device)], [torch.zeros(3, device=device)],
+                          [torch.zeros(3, device=device)], [], [], [torch.zeros((), device=device)],
+                          torch.tensor(0.1, device=device), 0.9, 0.999, 0.0, 1e-8, False, False,
+                          True, grad_scale=torch.zeros((), device=device), stats=stats)
+    assert stats[0, 0].item() == math.inf

@@ -41,7 +41,8 @@ def _adam_kernel(rows_ptr, lr_ptr, scale_ptr, found_inf_ptr, bc1_ptr, bc2_ptr, p
             idx = off + start + offs
             mask = start + offs < length
             p = load_param(p_ptr, master_ptr, idx, mask, HAS_MASTER)
-            g_seen = tl.load(g_ptr + idx, mask=mask, other=0.0).to(tl.float32) * inv
+            # (masked lanes: 0 * an inf inverse scale is NaN, which the sums took)
+            g_seen = tl.where(mask, tl.load(g_ptr + idx, mask=mask, other=0.0).to(tl.float32) * inv, 0.0)
             g = g_seen
             if MAXIMIZE:
                 g = -g

@@ -49,7 +49,8 @@ def _lamb_moments_kernel(rows_ptr, scale_ptr, found_inf_ptr, bc1_ptr, bc2_ptr, p
             idx = off + start + offs
             mask = start + offs < length
             p = load_param(p_ptr, master_ptr, idx, mask, HAS_MASTER)
-            g = tl.load(g_ptr + idx, mask=mask, other=0.0).to(tl.float32) * inv
+            # (masked lanes: 0 * an inf inverse scale is NaN, which the sums took)
+            g = tl.where(mask, tl.load(g_ptr + idx, mask=mask, other=0.0).to(tl.float32) * inv, 0.0)
             m = (beta1 * tl.load(m_ptr + idx, mask=mask, other=0.0).to(tl.float32) + grad_coef * g).to(S_DT)
             v = (beta2 * tl.load(v_ptr + idx, mask=mask, other=0.0).to(tl.float32)
                  + one_minus_beta2 * g * g).to(S_DT)

@@ -35,7 +35,8 @@ def _norm_chunks_kernel(rows_ptr, partials_ptr, inv_scale_ptr, found_inf_ptr,
             bad = bad | ((x - x) != (x - x)).to(tl.int32)
             out = (x * inv).to(ELEM)
             tl.store(x_ptr + off + idx, out, mask=mask)
-            x = out.to(tl.float32)
+            # (masked lanes: 0 * an inf inverse scale is NaN, which the norm took)
+            x = tl.where(mask, out.to(tl.float32), 0.0)
         if IS_MAX:
             a = tl.abs(x)
             acc = tl.where((acc != acc) | (acc > a), acc, a)

@@ -42,7 +42,8 @@ def _momentum_update_kernel(rows_ptr, lr_ptr, scale_ptr, found_inf_ptr, ratio_pt
             idx = off + start + offs
             mask = start + offs < length
             p = load_param(p_ptr, master_ptr, idx, mask, HAS_MASTER)
-            g = tl.load(g_ptr + idx, mask=mask, other=0.0).to(tl.float32) * inv
+            # (masked lanes: 0 * an inf inverse scale is NaN, which the sums took)
+            g = tl.where(mask, tl.load(g_ptr + idx, mask=mask, other=0.0).to(tl.float32) * inv, 0.0)
             if LARS:
                 if ADAPT:
                     d = (g + weight_decay * p) * r
