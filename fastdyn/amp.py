@@ -27,6 +27,10 @@ import torch
 import fastdyn.ops as ops
 from fastdyn import distributed
 
+# GradScaler's message (and type) for a call before scale()
+_NOT_SCALED = ("Attempted {} but _scale is None.  This may indicate your script did not use "
+               "scaler.scale(loss or outputs) earlier in the iteration.")
+
 
 class LossScaler:
     def __init__(self, device: str = "cuda", init_scale: float = 2.0 ** 16,
@@ -92,7 +96,7 @@ class LossScaler:
         if id(optimizer) in self._unscaled:
             raise RuntimeError("unscale_() has already been called on this optimizer since the last update().")
         if self._scale is None:
-            raise RuntimeError("LossScaler.unscale_() called before scale(); nothing was scaled")
+            raise AssertionError(_NOT_SCALED.format("unscale_"))  # (GradScaler's type)
         found_inf = self._new_found_inf()
         inv = self._scale.double().reciprocal().float()
         sq = []
@@ -114,7 +118,7 @@ class LossScaler:
         if not self.enabled:
             return optimizer.step(*args, **kwargs)
         if self._scale is None:
-            raise RuntimeError("LossScaler.step() called before scale(); nothing was scaled")
+            raise AssertionError(_NOT_SCALED.format("step"))
         if "closure" in kwargs:
             raise RuntimeError("Closure use is not currently supported if LossScaler is enabled.")
         if id(optimizer) in self._found_inf:
@@ -165,9 +169,7 @@ class LossScaler:
         if not self.enabled:
             return
         if self._scale is None:
-            raise AssertionError("Attempted update but _scale is None.  This may indicate your "
-                                 "script did not use scaler.scale(loss or outputs) earlier in "
-                                 "the iteration.")
+            raise AssertionError(_NOT_SCALED.format("update"))
         if new_scale is not None:
             self._scale.fill_(float(new_scale))
         elif any(f is not None for f in (*self._found_inf.values(), *self._unscaled.values())):

@@ -383,8 +383,12 @@ def test_scaler_misuse_is_refused_like_gradscaler(kind):
     model = mlp()
     opt = fastdyn.optim.AdamW(model.parameters(), lr=1e-2)
     scaler = scaler_for(kind, "cpu")
-    with pytest.raises(AssertionError, match="_scale is None"):
-        scaler.update()  # before any scale()
+    loss = mlp_loss(model, regression_data())
+    loss.backward()
+    for call in ("update", "unscale_", "step"):  # before any scale(): GradScaler's type and text
+        with pytest.raises(AssertionError, match=f"Attempted {call} but _scale is None"):
+            getattr(scaler, call)(*(() if call == "update" else (opt,)))
+    opt.zero_grad()
     scaler.scale(mlp_loss(model, regression_data())).backward()
     scaler.step(opt)
     grads = [p.grad.clone() for p in model.parameters()]
