@@ -13,8 +13,9 @@
 # TEST_ARGS replaces "-m cuda" (e.g. "" for the whole suite, CPU tests included);
 # BENCH_OPS / BENCH_SETS pick the benchmark cases; failures stream to $OUT/failures.log.
 # expecttest (opcheck needs it; the lent machines lack it) comes from benchmarks/wheels/.
-# A first call leaves the built extension in $OUT/ext.tgz.part-*; carried back as
-# .devbuild/ (git-ignored), a second call skips the build. Logs and results go to $OUT
+# A first call leaves the built extension in $OUT/ext.tgz.part-* and the hash of its
+# sources in $OUT/ext.hash; copied to .devbuild/ (git-ignored: name it in the device call's
+# carry); a second call on the same sources skips the build. Logs and results go to $OUT
 # (the device tool brings them back) or benchmarks/results/; commit
 # benchmarks/results/<date>-<gpu>.json and the test summary afterwards.
 set -uo pipefail
@@ -71,10 +72,16 @@ build() {
   { date -u; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv;
     $PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"; } \
     2>&1 | tee "$OUT/env.txt"
-  if compgen -G ".devbuild/ext.tgz.part-*" > /dev/null; then
-    echo "== reusing the extension carried in .devbuild/"
+  # what the extension is built from: a carried build of other sources is not reused
+  local src_hash
+  src_hash=$(find csrc setup.py -type f | LC_ALL=C sort | xargs cat | sha256sum | cut -c1-16)
+  if compgen -G ".devbuild/ext.tgz.part-*" > /dev/null \
+      && [ "$(cat .devbuild/ext.hash 2> /dev/null)" = "$src_hash" ]; then
+    echo "== reusing the extension carried in .devbuild/ (sources $src_hash)"
     cat .devbuild/ext.tgz.part-* | tar xzf - -C fastdyn
   else
+    compgen -G ".devbuild/ext.tgz.part-*" > /dev/null \
+      && echo "== .devbuild/ holds a build of other sources: rebuilding"
     echo "== build (sm $TORCH_CUDA_ARCH_LIST, $MAX_JOBS jobs)"
     pick_compiler
     start=$(date +%s)
@@ -84,6 +91,7 @@ build() {
     echo "built in $(( $(date +%s) - start )) s"
     # back through $OUT (16 MB a file) for the next call to carry as .devbuild/
     (cd fastdyn && tar czf - _C*.so) | split -b 15M - "$OUT/ext.tgz.part-"
+    echo "$src_hash" > "$OUT/ext.hash"
   fi
   $PY -m fastdyn info | tee -a "$OUT/env.txt"
   if nm -D --defined-only fastdyn/_C*.so | grep -q "_ZNSo9_M_insertIlEERSoT_"; then
