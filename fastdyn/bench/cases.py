@@ -99,10 +99,27 @@ def _clip(params, device, set_name, with_compile, clipping: bool):
                 baseline="torch foreach")
 
 
+def _own_params(params):
+    """16-bit params: a copy for each implementation, sharing the (read-only) gradients.
+    torch's foreach and for-loop fp16 AdamW turn these params to inf in two steps (eps=1e-8
+    is 0 in fp16 and v underflows), and shared params then ran every implementation timed
+    after them on inf. fp32 params stay finite in every implementation and are shared (a
+    copy each of the 1B set would not fit beside the optimizer states)."""
+    if params[0].dtype not in (torch.float16, torch.bfloat16):
+        return params
+    copies = []
+    for p in params:
+        q = torch.nn.Parameter(p.detach().clone())
+        q.grad = p.grad
+        copies.append(q)
+    return copies
+
+
 def _optimizer_case(op, params, make_ours, torch_variants, bytes_per_elem, set_name, baseline, arrays):
-    impls = {"fastdyn": make_ours(params).step, TRITON: _on_triton(make_ours(params).step)}
+    impls = {"fastdyn": make_ours(_own_params(params)).step,
+             TRITON: _on_triton(make_ours(_own_params(params)).step)}
     for name, make in torch_variants.items():
-        opt = make(params)
+        opt = make(_own_params(params))
         impls[name] = opt.step
     return Case(op, set_name, numel(params), bytes_per_elem, "update", arrays, impls, baseline=baseline)
 
@@ -149,10 +166,13 @@ class _Compiled:
 
 
 def _with_loss_scale(opt):
-    """What GradScaler hands the step: the scale (1, so values stay put) and found_inf."""
+    """What fastdyn.amp.LossScaler hands the step: the scale (1, so values stay put),
+    found_inf, and the inf check to fold into the step's own gradient pass (without
+    `_check_inf` the step had no inf check at all, where the baseline's pass has one)."""
     device = opt.param_groups[0]["params"][0].device
     opt.grad_scale = torch.ones((), device=device)
     opt.found_inf = torch.zeros((), device=device)
+    opt._check_inf = True
     return opt
 
 
