@@ -64,6 +64,10 @@ def lamb_moments_(params, grads, exp_avgs, exp_avg_sqs, master_params, state_ste
                   found_inf=None):
     """LAMB's first pass alone: steps advanced, moments updated; returns per tensor
     (sum g^2, sum p^2, sum u^2) as float64 [n, 3] (NaN rows when found_inf skips)."""
+    if not params and grad_scale is None and found_inf is None and not any(
+            (grads, exp_avgs, exp_avg_sqs, master_params, state_steps)):
+        # nothing to dispatch on (the native op raised NotImplementedError; Triton's gave this)
+        return torch.empty((0, 3), dtype=torch.float64)
     explain = _explain(params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs},
                        master_params, state_steps, None, grad_scale, found_inf, None)
     device = params[0].device if params else torch.device("cpu")

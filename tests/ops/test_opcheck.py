@@ -4,7 +4,8 @@ mutations are the real ones), fake kernels, autograd registration, AOT dispatch.
 import pytest
 import torch
 
-import fastdyn  # noqa: F401
+import fastdyn
+from fastdyn.ops import use_backend
 from helpers import BACKEND_DEVICES
 
 
@@ -332,3 +333,6 @@ def test_an_empty_lamb_moments_takes_its_device_from_its_scalars(backend, device
         [], [], [], [], [], [], 0.9, 0.999, 1e-6, 0.0, True, True,
         torch.tensor(2.0, device=device), torch.zeros((), device=device))
     assert sums.shape == (0, 3) and sums.device.type == device
+    with use_backend(backend):  # the wrapper with no tensors at all: the same on each backend
+        sums = fastdyn.ops.lamb_moments_([], [], [], [], [], [], 0.9, 0.999, 1e-6, 0.0, True, True)
+    assert sums.shape == (0, 3) and sums.dtype == torch.float64
