@@ -366,6 +366,7 @@ class FusedOptimizer(Optimizer):
         return plan
 
     def _build_plan(self, group_grads: list, may_skip: bool) -> list:
+        specs = self._check_plan_inputs(group_grads)  # (before anything changes)
         buckets: dict = {}
         local = distributed.local
         # param -> index into self._runtime["started"] (see Bucket.started)
@@ -373,7 +374,6 @@ class FusedOptimizer(Optimizer):
         if cohort_of:
             self._split_cohorts(group_grads)
         new_cohorts: dict = {}
-        specs = self._check_plan_inputs(group_grads)
         for gi, group in enumerate(self.param_groups):
             for i, p in enumerate(group["params"]):
                 if group_grads[gi][i] is None:
