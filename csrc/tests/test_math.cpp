@@ -54,6 +54,11 @@ static void test_adam() {
   p = 0, m = 0, v = 0, vmax = 5.0;
   adam_update(p, 1.0, m, v, vmax, true, ha, s);
   EXPECT_NEAR(vmax, 5.0, 0);
+  // no weight decay, an inf param: torch leaves the p term out (0 * inf would be NaN)
+  p = std::numeric_limits<double>::infinity(), m = v = 0;
+  adam_update(p, 1.0, m, v, vmax, false, h, s);
+  EXPECT(std::isinf(p) && std::isfinite(v));
+  EXPECT_NEAR(m, 0.1, 1e-15);
 }
 
 static void test_sgd_and_lars() {
@@ -74,6 +79,12 @@ static void test_sgd_and_lars() {
   EXPECT_NEAR(lars_trust_ratio(2.0, 3.0, 0.001, 0.1, 0.0, 1.0, false, false), 1.0, 0);
   EXPECT_NEAR(lars_direction(2.0, 1.0, 0.1, 0.5, true), (1.0 + 0.2) * 0.5, 1e-15);
   EXPECT_NEAR(lars_direction(2.0, 1.0, 0.1, 0.5, false), 1.0, 0);
+  // weight decay 0 leaves an inf param out of the direction (torch's and timm's `if wd`)
+  const double inf = std::numeric_limits<double>::infinity();
+  EXPECT_NEAR(sgd_direction(inf, 1.0, 0.0, 1.0), 1.0, 0);
+  EXPECT_NEAR(lars_direction(inf, 1.0, 0.0, 0.5, true), 0.5, 0);
+  // trust_clip keeps a NaN ratio NaN (min(nan, 1) is nan in the reference)
+  EXPECT(std::isnan(lars_trust_ratio(inf, 3.0, 0.001, 0.1, 0.0, 1.0, true, true)));
 }
 
 static void test_lamb() {

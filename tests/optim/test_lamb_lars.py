@@ -138,3 +138,26 @@ def test_lars_state_keys():
     opt.step()
     for p in model.parameters():
         assert set(opt.state[p]) == {"momentum_buffer"}
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("kw", [dict(weight_decay=1e-2, trust_clip=True),
+                                dict(weight_decay=0.0, always_adapt=True)], ids=str)
+def test_lars_keeps_a_nan_trust_ratio_and_an_inf_param_as_the_reference(backend, device, kw):
+    """An inf param: its trust ratio is inf/inf = NaN, which trust_clip's `r < 1 ? r : 1`
+    turned into 1 (the NaN hidden from the rest of the tensor); with weight decay 0 the
+    direction added 0 * inf = NaN where the reference leaves the term out."""
+    results = []
+    for cls in (fastdyn.optim.LARS, LarsReference):
+        p = torch.nn.Parameter(torch.tensor([float("inf"), 1.0, 2.0], device=device,
+                                            dtype=torch.float32 if cls is fastdyn.optim.LARS
+                                            else torch.float64))
+        opt = cls([p], lr=0.5, **kw)
+        p.grad = torch.ones_like(p)
+        with use_backend(backend if cls is fastdyn.optim.LARS else None):
+            opt.step()
+        results.append(p.detach().double().cpu())
+    ours, ref = results
+    assert torch.equal(ours.isnan(), ref.isnan()) and torch.equal(ours.isinf(), ref.isinf()), \
+        (ours, ref)
+    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-7, equal_nan=True)

@@ -117,3 +117,26 @@ def test_adam_first_step_state_matches_torch_to_rounding(backend, device, cls):
     for a, b in zip(ours.state.values(), theirs.state.values()):
         for key in ("exp_avg", "exp_avg_sq"):
             torch.testing.assert_close(a[key], b[key], rtol=3e-7, atol=0, msg=key)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("name,kw", [("Adam", {}), ("AdamW", dict(weight_decay=0.0)),
+                                     ("SGD", dict(momentum=0.9)), ("SGD", {})])
+def test_an_inf_param_without_weight_decay_stays_inf_as_in_torch(backend, device, name, kw):
+    """torch leaves the weight-decay term out at weight_decay 0; the kernels added 0 * p,
+    which is NaN for an inf param: the param and its state went NaN where torch keeps the
+    param inf and the state finite (a gradient overflow had made it inf)."""
+    inf = float("inf")
+    results = []
+    for cls in (getattr(fastdyn.optim, name), getattr(torch.optim, name)):
+        p = torch.nn.Parameter(torch.tensor([1.0, inf, -inf], device=device))
+        opt = cls([p], lr=0.1, **kw)
+        for _ in range(2):
+            p.grad = torch.ones(3, device=device)
+            with use_backend(backend if cls.__module__.startswith("fastdyn") else None):
+                opt.step()
+        results.append([p.detach().cpu()] + [t.cpu() for t in opt.state[p].values()
+                                             if t.dim() > 0])
+    for ours, theirs in zip(*results):
+        assert torch.equal(ours.isnan(), theirs.isnan()) and torch.equal(ours.isinf(), theirs.isinf())
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7, equal_nan=True)

@@ -46,7 +46,10 @@ def _momentum_update_kernel(rows_ptr, lr_ptr, scale_ptr, found_inf_ptr, ratio_pt
             g = tl.where(mask, tl.load(g_ptr + idx, mask=mask, other=0.0).to(tl.float32) * inv, 0.0)
             if LARS:
                 if ADAPT:
-                    d = (g + weight_decay * p) * r
+                    d = g
+                    if weight_decay != 0.0:  # (0 * an inf p is NaN)
+                        d = d + weight_decay * p
+                    d = d * r
                 else:
                     d = g
             else:

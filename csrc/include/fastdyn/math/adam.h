@@ -57,14 +57,15 @@ FASTDYN_HD AdamStepScalars<T> adam_step_scalars(const AdamHyper<T>& h, double lr
   return s;
 }
 
-// p, m, v (and vmax with amsgrad) are updated in place; g is the unscaled gradient. With
-// weight_decay 0, g + 0*p is g exactly for any finite p (a non-finite p stays non-finite).
+// p, m, v (and vmax with amsgrad) are updated in place; g is the unscaled gradient. Without
+// coupled weight decay the p term is left out, as torch does: 0 * an inf p is NaN, which
+// made the param and both moments NaN where torch keeps p inf and the moments finite.
 // T holds the values, H the hyperparameters: the same type, or H = float with T sixteen float
 // lanes in the CPU's 16-bit loops (cpu/lanes.h).
 template <typename T, typename H>
 FASTDYN_HD void adam_update(T& p, T g, T& m, T& v, T& vmax, bool amsgrad, const AdamHyper<H>& h,
                             const AdamStepScalars<H>& s) {
-  g = s.grad_sign * g + s.coupled_decay * p;
+  g = s.coupled_decay != H(0) ? s.grad_sign * g + s.coupled_decay * p : s.grad_sign * g;
   p = p * s.param_decay;
   m = h.beta1 * m + h.one_minus_beta1 * g;
   v = h.beta2 * v + h.one_minus_beta2 * g * g;

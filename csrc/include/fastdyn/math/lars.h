@@ -17,15 +17,17 @@ FASTDYN_HD T lars_trust_ratio(T param_norm, T grad_norm, T trust_coeff, T weight
             : T(1);
   if (trust_clip) {
     r = r / lr;
-    r = r < T(1) ? r : T(1);
+    r = r > T(1) ? T(1) : r;  // (a NaN ratio stays NaN: `r < 1 ? r : 1` made it 1)
   }
   return r;
 }
 
-// d = (g + wd*p) * r when adapting, else g (weight decay only enters through adaptation).
+// d = (g + wd*p) * r when adapting, else g (weight decay only enters through adaptation);
+// no p term at wd 0 (always_adapt), where 0 * an inf p would be NaN.
 template <typename T, typename H>
 FASTDYN_HD T lars_direction(T p, T g, H weight_decay, H trust_ratio, bool adapt) {
-  return adapt ? (g + weight_decay * p) * trust_ratio : g;
+  if (!adapt) return g;
+  return (weight_decay != H(0) ? g + weight_decay * p : g) * trust_ratio;
 }
 
 }  // namespace math

@@ -27,11 +27,12 @@ FASTDYN_HD T momentum_direction(T d, T buf, const MomentumHyper<H>& h) {
   return h.nesterov ? d + h.momentum * buf : buf;
 }
 
-// torch.optim.SGD's direction before momentum: (+-)g + weight_decay * p, as
-// grad_sign * g + weight_decay * p (no branch; exact for finite p when weight_decay is 0).
+// torch.optim.SGD's direction before momentum: (+-)g + weight_decay * p, the p term left out
+// at weight_decay 0 as torch does (0 * an inf p is NaN: the param and its buffer went NaN
+// where torch's param stays inf). The branch is uniform: the loops stay vectorised.
 template <typename T, typename H>
 FASTDYN_HD T sgd_direction(T p, T g, H weight_decay, H grad_sign) {
-  return grad_sign * g + weight_decay * p;
+  return weight_decay != H(0) ? grad_sign * g + weight_decay * p : grad_sign * g;
 }
 
 }  // namespace math
