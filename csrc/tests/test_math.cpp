@@ -59,6 +59,10 @@ static void test_adam() {
   adam_update(p, 1.0, m, v, vmax, false, h, s);
   EXPECT(std::isinf(p) && std::isfinite(v));
   EXPECT_NEAR(m, 0.1, 1e-15);
+  // AdamW at weight_decay 0 does not decay, whatever lr is (1 - inf * 0 would be NaN)
+  const auto hw0 = adam_hyper<double>(0.9, 0.999, 1e-8, 0.0, false, false, true);
+  EXPECT_NEAR(adam_step_scalars<double>(hw0, std::numeric_limits<double>::infinity(), 1.0).param_decay,
+              1.0, 0);
 }
 
 static void test_sgd_and_lars() {

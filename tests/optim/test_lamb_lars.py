@@ -161,3 +161,40 @@ def test_lars_keeps_a_nan_trust_ratio_and_an_inf_param_as_the_reference(backend,
     assert torch.equal(ours.isnan(), ref.isnan()) and torch.equal(ours.isinf(), ref.isinf()), \
         (ours, ref)
     torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-7, equal_nan=True)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+def test_lamb_moves_an_element_whose_gradient_is_huge(backend, device):
+    """|g| = 3e20: v = 9e37 is finite, v / bc2 is not. The Triton kernel took sqrt(v / bc2)
+    and left the element where it was (u = m / inf = 0); sqrt(v) / sqrt(bc2) moves it."""
+    results = []
+    for cls in (fastdyn.optim.LAMB, LambReference):
+        dtype = torch.float32 if cls is fastdyn.optim.LAMB else torch.float64
+        p = torch.nn.Parameter(torch.tensor([1.0, -0.5, 0.25], device=device, dtype=dtype))
+        opt = cls([p], lr=0.01, weight_decay=0.0)
+        for _ in range(2):
+            p.grad = torch.tensor([3e20, 0.1, -0.2], device=device, dtype=dtype)
+            with use_backend(backend if cls is fastdyn.optim.LAMB else None):
+                opt.step()
+        results.append(p.detach().double().cpu())
+    torch.testing.assert_close(*results, rtol=1e-6, atol=1e-7)
+    assert results[0][0] < 0.99  # (it stayed at 1.0)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("scale", [2.0 ** 66, 2.0 ** 16])
+def test_lars_trust_ratio_under_a_large_loss_scale(backend, device, scale):
+    """Gradients scaled by S with grad_scale = S step as the unscaled ones. The Triton path
+    squared S in float32: inf from 2^64, so ||g|| read 0 and the ratio 1 (plain SGD)."""
+    results = []
+    for s in (scale, None):
+        p = torch.nn.Parameter(torch.tensor([1.0, -0.5, 0.25], device=device))
+        opt = fastdyn.optim.LARS([p], lr=0.5, weight_decay=1e-2)
+        g = torch.tensor([1e-3, -2e-3, 5e-4], device=device)
+        p.grad = g * s if s else g
+        if s:
+            opt.grad_scale, opt.found_inf = torch.tensor(s, device=device), torch.zeros((), device=device)
+        with use_backend(backend):
+            opt.step()
+        results.append(p.detach().cpu())
+    torch.testing.assert_close(*results, rtol=1e-6, atol=1e-8)

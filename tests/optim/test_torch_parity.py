@@ -140,3 +140,18 @@ def test_an_inf_param_without_weight_decay_stays_inf_as_in_torch(backend, device
     for ours, theirs in zip(*results):
         assert torch.equal(ours.isnan(), theirs.isnan()) and torch.equal(ours.isinf(), theirs.isinf())
         torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7, equal_nan=True)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+def test_adamw_without_weight_decay_takes_an_infinite_lr_as_torch(backend, device):
+    """1 - lr * weight_decay at lr = inf and weight_decay 0 is NaN: the native step made every
+    param NaN where torch (which skips the decay at 0) moves them to -inf/+inf."""
+    results = []
+    for cls in (fastdyn.optim.AdamW, torch.optim.AdamW):
+        p = torch.nn.Parameter(torch.tensor([1.0, -1.0], device=device))
+        opt = cls([p], lr=float("inf"), weight_decay=0.0)
+        p.grad = torch.tensor([1.0, -1.0], device=device)
+        with use_backend(backend if cls is fastdyn.optim.AdamW else None):
+            opt.step()
+        results.append(p.detach().cpu())
+    assert torch.equal(*results), results

@@ -15,7 +15,9 @@ from fastdyn.ops.trust_ratio import lamb_trust_ratios
 
 @triton.jit
 def _lamb_direction(p, m, v, bc1, bc2, eps, weight_decay):
-    u = (m / bc1) / (tl.sqrt(v / bc2) + eps)
+    # sqrt(v) / sqrt(bc2), as the native kernels: v / bc2 overflows float32 for |g| past
+    # ~1.8e19 where v does not, and u became m / inf = 0 (the element did not move)
+    u = (m / bc1) / (tl.sqrt(v) / tl.sqrt(bc2) + eps)
     if weight_decay != 0.0:
         u = u + weight_decay * p
     return u

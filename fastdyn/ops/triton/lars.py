@@ -18,7 +18,10 @@ def lars_(params, grads, momentum_buffers, master_params, lr, momentum, dampenin
     elif adapt:
         g2 = per_tensor_partials(grads, is_max=False)
         if grad_scale is not None:
-            g2 = g2 / as_float32(grad_scale).reshape(()) ** 2
+            # in double, as the native kernels: a float32 scale**2 is inf from 2^64 (the
+            # norm read 0 and the ratio 1) and 0 under 2^-64
+            inv = grad_scale.reshape(()).double().reciprocal()
+            g2 = g2 * inv * inv
         p2 = per_tensor_partials(master_params if master_params else params, is_max=False)
         ratios = lars_trust_ratios(p2.sqrt(), g2.sqrt(), trust_coeff, weight_decay, eps,
                                    as_float32(lr), trust_clip)

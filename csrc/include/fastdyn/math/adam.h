@@ -53,7 +53,9 @@ FASTDYN_HD AdamStepScalars<T> adam_step_scalars(const AdamHyper<T>& h, double lr
   s.bias_correction2_sqrt = T(fsqrt(1.0 - fpow(h.beta2_exact, step)));
   s.grad_sign = h.maximize ? T(-1) : T(1);
   s.coupled_decay = h.decoupled_weight_decay ? T(0) : T(h.weight_decay);
-  s.param_decay = h.decoupled_weight_decay ? T(1.0 - lr * h.weight_decay) : T(1);
+  // (no decay at weight_decay 0 whatever lr is: 1 - inf * 0 made every param NaN)
+  s.param_decay = h.decoupled_weight_decay && h.weight_decay != 0.0
+                      ? T(1.0 - lr * h.weight_decay) : T(1);
   return s;
 }
 
