@@ -37,7 +37,8 @@ void adam_chunk(P* __restrict__ p, const P* __restrict__ g, S* __restrict__ m,
     if constexpr (kAmsgrad) store_lanes(vmax + i, vm);
     g2 = gv * gv;
     p2 = p_old * p_old;
-    d2 = (pv - p_old) * (pv - p_old);
+    const L change = held_after<P, kMaster>(pv, p, i) - p_old;
+    d2 = change * change;
   };
   for_elements<kStats, A, WideLanes<P, S>>(n, update, stats);
 }

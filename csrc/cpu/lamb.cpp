@@ -44,25 +44,31 @@ void lamb_moments_chunk(const P* __restrict__ p, const P* __restrict__ g, S* __r
   });
 }
 
-template <typename P, typename S, bool kMaster>
+// With kStats, *applied's third column gets the sum of squares of the change of p as
+// stored (track_stats of 16-bit params without masters; the others take lr * r * ||u||).
+template <typename P, typename S, bool kMaster, bool kStats>
 void lamb_apply_chunk(P* __restrict__ p, const S* __restrict__ m, const S* __restrict__ v,
                       float* __restrict__ master, int64_t n,
                       const math::LambHyper<typename OpMath<P>::type> h,
                       const math::LambStepScalars<typename OpMath<P>::type> s,
-                      typename OpMath<P>::type step) {
+                      typename OpMath<P>::type step, StatsPartial* applied) {
   using A = typename OpMath<P>::type;
-  auto apply = [&]<typename L>(int64_t i, L&, L&, L&) {
+  auto apply = [&]<typename L>(int64_t i, L& zero_a, L& zero_b, L& change2) {
     const L pv = kMaster ? load_lanes<L>(master + i) : load_lanes<L>(p + i);
     const L out = pv - step * math::lamb_direction(pv, load_lanes<L>(m + i), load_lanes<L>(v + i), h, s);
     if constexpr (kMaster) store_lanes(master + i, out);
     store_lanes(p + i, out);
+    const L change = held_after<P, kMaster>(out, p, i) - pv;
+    zero_a = zero_b = L(A(0));
+    change2 = change * change;
   };
-  for_elements<false, A, WideLanes<P, S>>(n, apply, nullptr);
+  for_elements<kStats, A, WideLanes<P, S>>(n, apply, applied);
 }
 
 // Runs body(moments, apply) with the chunk kernels of the group's dtypes:
 //   moments(chunk, partial) updates the chunk's m and v, and sums g^2, p^2, u^2 into partial;
-//   apply(chunk, step) moves the chunk's p by -step * u.
+//   apply(chunk, step, applied) moves the chunk's p by -step * u (and with applied, sums
+//   the squares of the stored change into its third column).
 template <typename Body>
 void with_lamb_kernels(const UpdateGroup& grp, at::TensorList params, at::TensorList grads,
                        at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
@@ -91,18 +97,16 @@ void with_lamb_kernels(const UpdateGroup& grp, at::TensorList params, at::Tensor
                                         nullptr, c.end - b, h, s, A(inv_grad_scale), out);
       }
     };
-    auto apply = [&](const Chunk& c, double step) {
+    auto apply = [&](const Chunk& c, double step, StatsPartial* applied) {
       const int64_t t = c.tensor, b = c.begin;
       const auto s = scalars(t);
-      if (grp.has_master) {
-        lamb_apply_chunk<P, S, true>(list_ptr<P>(params, t, b), list_ptr<const S>(exp_avgs, t, b),
-                                     list_ptr<const S>(exp_avg_sqs, t, b),
-                                     list_ptr<float>(master_params, t, b), c.end - b, h, s, A(step));
-      } else {
-        lamb_apply_chunk<P, S, false>(list_ptr<P>(params, t, b), list_ptr<const S>(exp_avgs, t, b),
-                                      list_ptr<const S>(exp_avg_sqs, t, b), nullptr, c.end - b, h,
-                                      s, A(step));
-      }
+      dispatch_flags(grp.has_master, applied != nullptr, [&](auto master_c, auto stats_c) {
+        constexpr bool kM = decltype(master_c)::value;
+        lamb_apply_chunk<P, S, kM, decltype(stats_c)::value>(
+            list_ptr<P>(params, t, b), list_ptr<const S>(exp_avgs, t, b),
+            list_ptr<const S>(exp_avg_sqs, t, b), kM ? list_ptr<float>(master_params, t, b) : nullptr,
+            c.end - b, h, s, A(step), applied);
+      });
     };
     body(moments, apply);
   });
@@ -131,6 +135,11 @@ void lamb_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
   const ChunkPlan plan = plan_chunks(params);
   std::vector<StatsPartial> partials(plan.chunks.size());
   std::vector<double> ratios(params.size(), 1.0);
+  // 16-bit params without masters lose part of the update to rounding: their ||update|| is
+  // measured in the apply pass (the others' is lr * r * ||u||, to the rounding of p)
+  const bool rounds_into_param = !grp.has_master && (grp.param_dtype == at::kHalf ||
+                                                     grp.param_dtype == at::kBFloat16);
+  std::vector<StatsPartial> applied(stats.has_value() && rounds_into_param ? plan.chunks.size() : 0);
   with_lamb_kernels(grp, params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, beta1,
                     beta2, eps, weight_decay, bias_correction, grad_averaging, ctx.inv_grad_scale,
                     [&](auto& moments, auto& apply) {
@@ -143,13 +152,18 @@ void lamb_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
     };
     two_phase(
         plan, [&](const Chunk& c, int64_t ci) { moments(c, &partials[ci]); }, finish,
-        [&](const Chunk& c, int64_t) { apply(c, ctx.lr * ratios[c.tensor]); });
+        [&](const Chunk& c, int64_t ci) {
+          apply(c, ctx.lr * ratios[c.tensor], applied.empty() ? nullptr : &applied[ci]);
+        });
   });
   if (stats.has_value()) {
-    // ||update|| = lr * r * ||u||, from the ||u||^2 partials phase A already has.
+    // ||update|| = lr * r * ||u||, from the ||u||^2 partials phase A already has, or the
+    // stored change that the apply pass measured.
     std::vector<double> update_norms(params.size());
     for (int64_t t = 0; t < grp.size; ++t) {
-      update_norms[t] = ctx.lr * ratios[t] * math::fsqrt(tensor_sum(plan, partials, t, 2));
+      update_norms[t] = applied.empty()
+                            ? ctx.lr * ratios[t] * math::fsqrt(tensor_sum(plan, partials, t, 2))
+                            : math::fsqrt(tensor_sum(plan, applied, t, 2));
     }
     write_stats(*stats, plan, partials, ratios, update_norms);
   }
@@ -204,7 +218,7 @@ void lamb_apply_(at::TensorList params, at::TensorList exp_avgs, at::TensorList 
   with_lamb_kernels(grp, params, exp_avgs, exp_avgs, exp_avg_sqs, master_params, state_steps,
                     beta1, beta2, eps, weight_decay, bias_correction, true, 1.0,
                     [&](auto&, auto& apply) {
-    for_each_chunk(plan, [&](const Chunk& c, int64_t) { apply(c, ctx.lr * r[c.tensor]); });
+    for_each_chunk(plan, [&](const Chunk& c, int64_t) { apply(c, ctx.lr * r[c.tensor], nullptr); });
   });
 }
 

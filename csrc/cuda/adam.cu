@@ -54,7 +54,8 @@ struct AdamChunkOp : SkipIfFoundInf {
           if (kStats) {
             g2 += e.g * e.g;
             p2 += p_old * p_old;
-            d2 += (e.p - p_old) * (e.p - p_old);
+            const A change = held_after<P, kHasMaster>(e.p) - p_old;
+            d2 += change * change;
           }
         });
     if (kStats) write_stats_partials(stats_partials, c.global, g2, p2, d2);

@@ -69,11 +69,15 @@ struct LambMomentsOp : LambCommon<typename OpMath<P>::type> {
   }
 };
 
-template <typename P, typename S, bool kHasMaster>
+// With kStats (track_stats of 16-bit params without masters, whose rounding drops part of
+// the update) the chunk's sum of squares of the stored change replaces partials' third
+// column, which the ratio kernel has read by then.
+template <typename P, typename S, bool kHasMaster, bool kStats>
 struct LambApplyOp : LambCommon<typename OpMath<P>::type> {
   using A = typename OpMath<P>::type;
   ScalarRef lr;
   const double* ratios;
+  double* partials;
 
   __device__ __forceinline__ void operator()(const TensorListMeta<kLambDepth>& meta, ChunkRef c) const {
     P* __restrict__ p = static_cast<P*>(meta.addr[kP][c.slot]);
@@ -83,6 +87,7 @@ struct LambApplyOp : LambCommon<typename OpMath<P>::type> {
     const auto s = this->scalars(meta, c.slot);
     // lr * r in double, rounded once: the CPU kernel's step to the bit
     const A step = static_cast<A>(lr.get() * ratios[meta.tensor_id[c.slot]]);
+    A change2 = A(0);
     struct Elem {
       A p, m, v;
     };
@@ -96,7 +101,16 @@ struct LambApplyOp : LambCommon<typename OpMath<P>::type> {
           const A out = e.p - step * math::lamb_direction(e.p, e.m, e.v, this->h, s);
           if (kHasMaster) master[i] = static_cast<float>(out);
           p[i] = static_cast<P>(out);
+          if (kStats) {
+            const A change = held_after<P, kHasMaster>(out) - e.p;
+            change2 += change * change;
+          }
         });
+    if (kStats) {
+      __shared__ double shared[32];
+      const double total = block_reduce(static_cast<double>(change2), SumOp{}, shared);
+      if (threadIdx.x == 0) partials[3 * c.global + 2] = total;
+    }
   }
 };
 
@@ -162,18 +176,19 @@ struct LambArgs {
 };
 
 // Runs body(moments, apply) with both passes' ops built for the group's dtypes (as
-// csrc/cpu/lamb.cpp's with_lamb_kernels); each launcher launches the ones it needs.
+// csrc/cpu/lamb.cpp's with_lamb_kernels); each launcher launches the ones it needs. With
+// measure_applied, the apply op sums the stored change (LambApplyOp's kStats).
 template <typename Body>
-void with_lamb_ops(const UpdateGroup& grp, const LambArgs& a, Body&& body) {
+void with_lamb_ops(const UpdateGroup& grp, const LambArgs& a, bool measure_applied, Body&& body) {
   dispatch_param_state(grp.param_dtype, grp.state_dtype, [&](auto ptag, auto stag) {
     using P = typename decltype(ptag)::type;
     using S = typename decltype(stag)::type;
     using A = typename OpMath<P>::type;
-    dispatch_flags(grp.has_master, false, [&](auto master_c, auto) {
+    dispatch_flags(grp.has_master, measure_applied, [&](auto master_c, auto stats_c) {
       constexpr bool kM = decltype(master_c)::value;
       const auto h = math::lamb_hyper<A>(a.beta1, a.beta2, a.grad_averaging, a.eps, a.weight_decay);
       LambMomentsOp<P, S, kM> moments;
-      LambApplyOp<P, S, kM> apply;
+      LambApplyOp<P, S, kM, decltype(stats_c)::value> apply;
       auto set_common = [&](LambCommon<A>& op) {
         op.found_inf = a.found_inf;
         op.h = h;
@@ -186,6 +201,7 @@ void with_lamb_ops(const UpdateGroup& grp, const LambArgs& a, Body&& body) {
       moments.partials = a.partials;
       apply.lr = a.lr;
       apply.ratios = a.ratios;
+      apply.partials = a.partials;
       body(moments, apply);
     });
   });
@@ -204,20 +220,24 @@ void lamb_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
   const ScalarRef found = scalar_ref(found_inf);
   const bool adapt = weight_decay != 0.0 || always_adapt;
   const bool want_stats = stats.has_value();
+  // 16-bit params without masters: ||update|| is the stored change, which the apply pass
+  // measures; the others' is lr * r * ||u|| (to the rounding of p), from the ratio kernel
+  const bool measure_applied = want_stats && !grp.has_master &&
+                               (grp.param_dtype == at::kHalf || grp.param_dtype == at::kBFloat16);
   const auto fopts = lr.options().dtype(at::kDouble);
   at::Tensor partials = at::empty({3 * std::max<int64_t>(count_chunks(params), 1)}, fopts);
   at::Tensor ratios = at::empty({grp.size}, fopts);
-  at::Tensor update_norms = want_stats ? at::empty({grp.size}, fopts) : at::Tensor();
+  at::Tensor update_norms = want_stats && !measure_applied ? at::empty({grp.size}, fopts) : at::Tensor();
   // after the allocations: a call that fails leaves the steps as they were
   increment_steps(state_steps, found);
   double* ratios_ptr = ratios.data_ptr<double>();
-  double* update_norms_ptr = want_stats ? update_norms.data_ptr<double>() : nullptr;
+  double* update_norms_ptr = update_norms.defined() ? update_norms.data_ptr<double>() : nullptr;
   const LambArgs args{found, scalar_ref(grad_scale), scalar_ref(lr), beta1, beta2, eps, weight_decay,
                       bias_correction, grad_averaging, state_steps[0].scalar_type() == at::kDouble,
                       partials.data_ptr<double>(), ratios_ptr};
   const std::array<at::TensorList, kLambDepth> lists = {params, grads, exp_avgs, exp_avg_sqs,
                                                         master_params, state_steps};
-  with_lamb_ops(grp, args, [&](const auto& moments, const auto& apply) {
+  with_lamb_ops(grp, args, measure_applied, [&](const auto& moments, const auto& apply) {
     for_each_batch<kLambDepth>(lists, [&](const TensorListMeta<kLambDepth>& meta) {
       launch_apply(meta, moments);
       lamb_ratio_kernel<<<meta.n_tensors, 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
@@ -253,7 +273,7 @@ at::Tensor lamb_moments_(at::TensorList params, at::TensorList grads, at::Tensor
                       partials.data_ptr<double>(), nullptr};
   const std::array<at::TensorList, kLambDepth> lists = {params, grads, exp_avgs, exp_avg_sqs,
                                                         master_params, state_steps};
-  with_lamb_ops(grp, args, [&](const auto& moments, const auto&) {
+  with_lamb_ops(grp, args, false, [&](const auto& moments, const auto&) {
     for_each_batch<kLambDepth>(lists, [&](const TensorListMeta<kLambDepth>& meta) {
       launch_apply(meta, moments);
       lamb_sums_kernel<<<meta.n_tensors, 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
@@ -281,7 +301,7 @@ void lamb_apply_(at::TensorList params, at::TensorList exp_avgs, at::TensorList 
   // the gradients are not read: params stand in for the list
   const std::array<at::TensorList, kLambDepth> lists = {params, params, exp_avgs, exp_avg_sqs,
                                                         master_params, state_steps};
-  with_lamb_ops(grp, args, [&](const auto&, const auto& apply) {
+  with_lamb_ops(grp, args, false, [&](const auto&, const auto& apply) {
     for_each_batch<kLambDepth>(lists, [&](const TensorListMeta<kLambDepth>& meta) { launch_apply(meta, apply); });
   });
 }

@@ -43,10 +43,12 @@ class StepStats(NamedTuple):
     values[i] = (||g||, ||p|| before the step, ||update||, trust ratio) of params[i], float32
     on the device of the first parameter; NaN rows when the step was skipped (found_inf).
     ||g|| is the gradient's as the model gave it: unscaled (a loss scaler's factor removed),
-    not clipped (LAMB's max_grad_norm). ||p|| and ||update|| are in the precision the step
-    computes in: for fp16/bf16 params with master weights, those of the fp32 master copy;
-    without, the update before it is rounded into the 16-bit param, which may move less or
-    not at all (updates under half its ulp are lost: the reason to keep master weights).
+    not clipped (LAMB's max_grad_norm). ||update|| is the change the step made to the value
+    it holds (||p|| is that value's before the step): for fp16/bf16 params with master
+    weights the fp32 master copy's; without, the 16-bit param's as rounded, which moves less
+    than the step meant or not at all (changes under half its ulp are lost: the reason to
+    keep master weights), and the stats show it. (LAMB on sharded DTensor params reports
+    lr * r * ||u|| there: the change before rounding.)
     grad_norm: the global gradient norm (unscaled, not clipped) when the step computed one,
     else None; float64 when a float64 param is in the step.
     """

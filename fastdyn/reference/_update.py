@@ -14,6 +14,8 @@ def begin_step(steps, lr, grad_scale, found_inf):
 
 
 def write_stats(stats, i, grad, param_before, param_after, trust_ratio=1.0, update_norm=None):
+    """param_after: the held value as stored (store's return), so that ||update|| is the
+    change the step made, rounding included; update_norm, where given, replaces it."""
     if stats is None:
         return
     stats[i, 0] = grad.norm()
@@ -29,7 +31,15 @@ def param_value(params, master_params, i) -> torch.Tensor:
     return held.to(torch.float64, copy=True)
 
 
-def store(params, master_params, i, value: torch.Tensor):
+def store(params, master_params, i, value: torch.Tensor) -> torch.Tensor:
+    """Writes param i (and its master); returns the held value as stored, in float64."""
     if master_params:
         master_params[i].copy_(value)
     params[i].copy_(value)
+    return (master_params[i] if master_params else params[i]).double()
+
+
+def rounds_into_param(params, master_params, i) -> bool:
+    """Whether param i holds its value in 16 bits (no fp32 master): the step's update then
+    loses what the rounding into the param drops, so its stats measure the stored change."""
+    return not master_params and params[i].dtype in (torch.float16, torch.bfloat16)

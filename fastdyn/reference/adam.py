@@ -39,5 +39,5 @@ def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, 
         p = p - (lr / bc1) * m / (second.sqrt() / bc2 ** 0.5 + eps)
         exp_avgs[i].copy_(m)
         exp_avg_sqs[i].copy_(v)
-        store(params, master_params, i, p)
-        write_stats(stats, i, g_seen, p_before, p)
+        held = store(params, master_params, i, p)
+        write_stats(stats, i, g_seen, p_before, held)

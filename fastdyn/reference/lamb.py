@@ -3,7 +3,8 @@
 import torch
 
 from fastdyn.ops.checks import lamb_apply_args, lamb_args, lamb_moments_args
-from fastdyn.reference._update import begin_step, param_value, store, write_stats
+from fastdyn.reference._update import (begin_step, param_value, rounds_into_param, store,
+                                       write_stats)
 
 
 def lamb_trust_ratio(param_norm: float, update_norm: float, adapt: bool, trust_clip: bool):
@@ -31,9 +32,11 @@ def lamb_(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, 
                                          bias_correction, grad_averaging)
         u_norm = float(u.norm())
         r = lamb_trust_ratio(float(p.norm()), u_norm, adapt, trust_clip)
-        new = p - lr * r * u
-        store(params, master_params, i, new)
-        write_stats(stats, i, g, p, new, r, update_norm=lr * r * u_norm)
+        held = store(params, master_params, i, p - lr * r * u)
+        # lr * r * ||u||, the stored change but for the rounding of p, except where the
+        # rounding into a 16-bit param drops part of the update
+        rounded = rounds_into_param(params, master_params, i)
+        write_stats(stats, i, g, p, held, r, update_norm=None if rounded else lr * r * u_norm)
 
 
 def _direction(p, m, v, beta1, beta2, eps, weight_decay, bias_correction, step):

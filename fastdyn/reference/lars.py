@@ -41,5 +41,5 @@ def lars_(params, grads, momentum_buffers, master_params, lr, momentum, dampenin
         if buf is not None:
             momentum_buffers[i].copy_(buf)
         new = p - lr * d
-        store(params, master_params, i, new)
-        write_stats(stats, i, g, p, new, r)
+        held = store(params, master_params, i, new)
+        write_stats(stats, i, g, p, held, r)

@@ -30,5 +30,5 @@ def sgd_(params, grads, momentum_buffers, master_params, lr, momentum, dampening
         if buf is not None:
             momentum_buffers[i].copy_(buf)
         new = p - lr * d
-        store(params, master_params, i, new)
-        write_stats(stats, i, g, p, new)
+        held = store(params, master_params, i, new)
+        write_stats(stats, i, g, p, held)

@@ -66,3 +66,56 @@ def test_stats_are_the_norms_of_the_step(backend, device, dtype, name):
     torch.testing.assert_close(ref[:, :3].double(), ref_expected, rtol=rtol, atol=1e-7)
     torch.testing.assert_close(ours, ref, rtol=rtol, atol=1e-7)
     assert (expected[:, 2] > 0).all()
+
+
+
+def _with_masters(args, name):
+    """args with fp32 master copies of the params in the op's master_params slot, and the
+    state in fp32 (as the ops require with masters); (args, masters)."""
+    slot = {"adam_": 5, "sgd_": 3, "lamb_": 4, "lars_": 3}[name]
+    state = {"adam_": (2, 3), "sgd_": (2,), "lamb_": (2, 3), "lars_": (2,)}[name]
+    args = list(args)
+    args[slot] = [p.float() for p in args[0]]
+    for k in state:
+        args[k] = [t.float() for t in args[k]]
+    return args, args[slot]
+
+
+def _update_norms_and_changes(fn, name, device, dtype, masters):
+    """(stats' ||update||, norms of the change of the held values as stored), float64."""
+    args = _args(name, device, dtype)
+    held = args[0]
+    if masters:
+        args, held = _with_masters(args, name)
+    before = [t.double() for t in held]
+    stats = torch.full((len(SIZES), 4), float("nan"), device=device)
+    fn(*args, grad_scale=torch.tensor(GRAD_SCALE, device=device), stats=stats)
+    change = torch.stack([torch.linalg.vector_norm(a.double() - b) for a, b in zip(held, before)])
+    return stats[:, 2].cpu().double(), change.cpu()
+
+
+@pytest.mark.parametrize("masters", [False, True], ids=["no_masters", "masters"])
+@pytest.mark.parametrize("name", ["adam_", "sgd_", "lamb_", "lars_"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+def test_update_norm_of_16_bit_params_is_the_change_made(backend, device, dtype, name, masters):
+    """||update|| is the change of the value the step holds, as stored: a 16-bit param
+    without a master loses to rounding what is under half its spacing (bf16 near 1: 2^-8),
+    and the stats say what moved, not what the step meant (a stagnating layer shows).
+    With masters it is the fp32 master's change."""
+    with use_backend(backend):
+        ours, ours_change = _update_norms_and_changes(for_device(name, torch.device(device)),
+                                                      name, device, dtype, masters)
+    ref, ref_change = _update_norms_and_changes(getattr(reference, name), name, device, dtype,
+                                                masters)
+    # float32 sums of squares of exact differences; LAMB with masters reports lr * r * ||u||,
+    # which differs from the stored fp32 change by p's rounding (ulp 1e-7 / update 1e-2)
+    rtol = 1e-4 if masters and name == "lamb_" else 1e-5
+    torch.testing.assert_close(ours, ours_change, rtol=rtol, atol=1e-7)
+    torch.testing.assert_close(ref, ref_change, rtol=rtol, atol=1e-7)
+    assert (ours_change > 0).any()
+    if not masters:
+        # the step the ops meant (the same one on fp32 masters) is not the one a 16-bit param
+        # took: a kernel that reported the unrounded update fails the assertions above
+        _, meant = _update_norms_and_changes(getattr(reference, name), name, device, dtype, True)
+        assert ((meant - ours_change).abs() > 10 * rtol * meant).any()

@@ -146,6 +146,17 @@ def load_param(p_ptr, master_ptr, idx, mask, HAS_MASTER: tl.constexpr):
 
 
 @triton.jit
+def held_after(new, P_DT: tl.constexpr, HAS_MASTER: tl.constexpr):
+    """The value a step holds after computing `new`: the fp32 master's, or the param's as
+    rounded into P_DT, so that track_stats' ||update|| is the change the step made."""
+    if HAS_MASTER:
+        held = new
+    else:
+        held = new.to(P_DT).to(tl.float32)
+    return held
+
+
+@triton.jit
 def _segment_sum_kernel(partials_ptr, begin_ptr, out_ptr, K: tl.constexpr, COL: tl.constexpr,
                         IS_MAX: tl.constexpr, ACC: tl.constexpr, SEG_BLOCK: tl.constexpr,
                         N_BLOCKS: tl.constexpr):

@@ -5,9 +5,9 @@ import triton
 import triton.language as tl
 
 from fastdyn.ops.triton._multi_tensor import (BLOCK, CHUNK, as_float32, bias_corrections,
-                                              chunk_table, increment_steps, inverse_grad_scale,
-                                              load_param, segment_sum, step_is_skipped, tl_dtype,
-                                              write_stats)
+                                              chunk_table, held_after, increment_steps,
+                                              inverse_grad_scale, load_param, segment_sum,
+                                              step_is_skipped, tl_dtype, write_stats)
 
 
 @triton.jit
@@ -70,7 +70,8 @@ def _adam_kernel(rows_ptr, lr_ptr, scale_ptr, found_inf_ptr, bc1_ptr, bc2_ptr, p
                 g2 += g_seen * g_seen
                 p2 += p_old * p_old
                 # masked lanes: 0 / (0 + eps) is NaN at eps=0
-                d2 += tl.where(mask, (p - p_old) * (p - p_old), 0.0)
+                change = held_after(p, P_DT, HAS_MASTER) - p_old
+                d2 += tl.where(mask, change * change, 0.0)
         if STATS:
             tl.store(partials_ptr + pid * 3, tl.sum(g2, axis=0))
             tl.store(partials_ptr + pid * 3 + 1, tl.sum(p2, axis=0))

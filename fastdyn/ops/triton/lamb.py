@@ -7,9 +7,9 @@ import triton.language as tl
 
 from fastdyn.ops import checks
 from fastdyn.ops.triton._multi_tensor import (BLOCK, CHUNK, as_float32, bias_corrections,
-                                              chunk_table, increment_steps, inverse_grad_scale,
-                                              load_param, segment_sum, step_is_skipped, tl_dtype,
-                                              write_stats)
+                                              chunk_table, held_after, increment_steps,
+                                              inverse_grad_scale, load_param, segment_sum,
+                                              step_is_skipped, tl_dtype, write_stats)
 from fastdyn.ops.trust_ratio import lamb_trust_ratios
 
 
@@ -69,10 +69,12 @@ def _lamb_moments_kernel(rows_ptr, scale_ptr, found_inf_ptr, bc1_ptr, bc2_ptr, p
 
 
 @triton.jit
-def _lamb_apply_kernel(rows_ptr, lr_ptr, found_inf_ptr, bc1_ptr, bc2_ptr, ratio_ptr, eps,
-                       weight_decay, N_COLS: tl.constexpr, P_DT: tl.constexpr, S_DT: tl.constexpr,
-                       HAS_MASTER: tl.constexpr, HAS_FOUND_INF: tl.constexpr,
-                       CHUNK_: tl.constexpr, BLOCK_: tl.constexpr):
+def _lamb_apply_kernel(rows_ptr, lr_ptr, found_inf_ptr, bc1_ptr, bc2_ptr, ratio_ptr, applied_ptr,
+                       eps, weight_decay, N_COLS: tl.constexpr, P_DT: tl.constexpr,
+                       S_DT: tl.constexpr, HAS_MASTER: tl.constexpr, HAS_FOUND_INF: tl.constexpr,
+                       APPLIED: tl.constexpr, CHUNK_: tl.constexpr, BLOCK_: tl.constexpr):
+    """APPLIED: per-chunk sums of squares of the stored change into applied_ptr (track_stats
+    of 16-bit params without masters, whose rounding drops part of the update)."""
     pid = tl.program_id(0)
     if not step_is_skipped(found_inf_ptr, HAS_FOUND_INF):
         row = rows_ptr + pid * N_COLS
@@ -87,6 +89,7 @@ def _lamb_apply_kernel(rows_ptr, lr_ptr, found_inf_ptr, bc1_ptr, bc2_ptr, ratio_
         bc2 = tl.load(bc2_ptr + t)
         step = tl.load(lr_ptr) * tl.load(ratio_ptr + t)
         offs = tl.arange(0, BLOCK_)
+        change2 = tl.zeros([BLOCK_], dtype=tl.float32)
         for start in range(0, CHUNK_, BLOCK_):
             idx = off + start + offs
             mask = start + offs < length
@@ -97,6 +100,11 @@ def _lamb_apply_kernel(rows_ptr, lr_ptr, found_inf_ptr, bc1_ptr, bc2_ptr, ratio_
             if HAS_MASTER:
                 tl.store(master_ptr + idx, new, mask=mask)
             tl.store(p_ptr + idx, new.to(P_DT), mask=mask)
+            if APPLIED:
+                change = held_after(new, P_DT, HAS_MASTER) - p
+                change2 += tl.where(mask, change * change, 0.0)
+        if APPLIED:
+            tl.store(applied_ptr + pid * 3 + 2, tl.sum(change2, axis=0))
 
 
 def _group(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, beta1, beta2,
@@ -128,11 +136,14 @@ def _moments(table, bc1, bc2, common, grad_scale, found_inf, beta1, beta2, grad_
     return partials
 
 
-def _apply(table, bc1, bc2, common, lr32, found_inf, ratios, eps, weight_decay):
+def _apply(table, bc1, bc2, common, lr32, found_inf, ratios, eps, weight_decay, applied=None):
+    """The apply pass; with `applied` ([n_chunks, 3] partials), the sums of squares of the
+    stored change into its third column."""
     if table.n_chunks:
         _lamb_apply_kernel[(table.n_chunks,)](
             table.rows, lr32, found_inf if found_inf is not None else lr32, bc1, bc2, ratios,
-            float(eps), float(weight_decay), **common)
+            applied if applied is not None else lr32, float(eps), float(weight_decay),
+            APPLIED=applied is not None, **common)
 
 
 def _step_moments(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, beta1,
@@ -159,10 +170,16 @@ def lamb_(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, 
     un = segment_sum(partials, table, n, 2).sqrt()
     r = lamb_trust_ratios(pn, un, weight_decay != 0 or always_adapt, trust_clip)
     lr32 = as_float32(lr)
-    _apply(table, bc1, bc2, common, lr32, found_inf, r, eps, weight_decay)
+    # 16-bit params without masters: ||update|| is the stored change, measured by the apply
+    # pass; the others' is lr * r * ||u|| (to the rounding of p)
+    applied = None
+    if stats is not None and not master_params and params[0].dtype in (torch.float16, torch.bfloat16):
+        applied = torch.zeros_like(partials)
+    _apply(table, bc1, bc2, common, lr32, found_inf, r, eps, weight_decay, applied)
     if stats is not None:
-        write_stats(stats, found_inf, segment_sum(partials, table, n, 0), pn * pn,
-                    lr32.reshape(()) * r * un, r)
+        update_norm = (lr32.reshape(()) * r * un if applied is None
+                       else segment_sum(applied, table, n, 2).sqrt())
+        write_stats(stats, found_inf, segment_sum(partials, table, n, 0), pn * pn, update_norm, r)
 
 
 def lamb_moments_(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, beta1, beta2,

@@ -5,7 +5,8 @@ import triton
 import triton.language as tl
 
 from fastdyn.ops.triton._multi_tensor import (BLOCK, CHUNK, as_float32, chunk_table,
-                                              inverse_grad_scale, load_param, segment_sum,
+                                              held_after, inverse_grad_scale, load_param,
+                                              segment_sum,
                                               step_is_skipped, tl_dtype, write_stats)
 
 
@@ -76,7 +77,8 @@ def _momentum_update_kernel(rows_ptr, lr_ptr, scale_ptr, found_inf_ptr, ratio_pt
             if STATS:
                 g2 += g * g
                 p2 += p * p
-                d2 += (new - p) * (new - p)
+                change = held_after(new, P_DT, HAS_MASTER) - p
+                d2 += change * change
         if STATS:
             tl.store(partials_ptr + pid * 3, tl.sum(g2, axis=0))
             tl.store(partials_ptr + pid * 3 + 1, tl.sum(p2, axis=0))

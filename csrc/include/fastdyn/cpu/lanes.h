@@ -195,5 +195,17 @@ FASTDYN_HD void store_lanes(T* p, L x) {
   }
 }
 
+// The value a step holds after storing `computed`: the fp32 master's (computed itself) or,
+// for a 16-bit param without one, the param as rounded into memory, read back (in L1) so
+// that track_stats' ||update|| is the change the step made, not the one it meant.
+template <typename P, bool kMaster, typename L>
+FASTDYN_HD L held_after(L computed, const P* p, int64_t i) {
+  if constexpr (kMaster || !kIs16Bit<P>) {
+    return computed;
+  } else {
+    return load_lanes<L>(p + i);
+  }
+}
+
 }  // namespace cpu
 }  // namespace fastdyn

@@ -1,7 +1,8 @@
 // The SGD-momentum update that SGD and LARS share, for one chunk (the CPU side of
 // cuda/momentum_update.cuh): d = direction(p, g) with g already unscaled (A or Lanes16),
 // torch's momentum buffer on d (kMomentum), then p <- p - lr*d (and the fp32 master copy).
-// With kStats the chunk's sums of squares of g, p and the update go into *stats. The math is
+// With kStats the chunk's sums of squares of g, p and the change of the held value (as
+// stored) go into *stats. The math is
 // csrc/include/fastdyn/math/sgd.h.
 #pragma once
 #include <type_traits>
@@ -42,7 +43,8 @@ void momentum_update_chunk(P* __restrict__ p, const P* __restrict__ g, S* __rest
     store_lanes(p + i, pv);
     g2 = gv * gv;
     p2 = p_old * p_old;
-    d2 = (pv - p_old) * (pv - p_old);
+    const L change = held_after<P, kMaster>(pv, p, i) - p_old;
+    d2 = change * change;
   };
   for_elements<kStats, A, WideLanes<P, S>>(n, update, stats);
 }

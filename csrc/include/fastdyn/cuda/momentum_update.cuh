@@ -72,7 +72,8 @@ struct MomentumUpdateOp : SkipIfFoundInf {
           if (kStats) {
             g2 += gv * gv;
             p2 += p_old * p_old;
-            d2 += (pv - p_old) * (pv - p_old);
+            const A change = held_after<P, kHasMaster>(pv) - p_old;
+            d2 += change * change;
           }
         });
     if (kStats) write_stats_partials(stats_partials, c.global, g2, p2, d2);

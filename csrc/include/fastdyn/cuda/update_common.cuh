@@ -49,6 +49,18 @@ inline void increment_steps(at::TensorList steps, ScalarRef found_inf) {
   });
 }
 
+// The value a step holds after computing `computed` (cpu/lanes.h's held_after): the fp32
+// master's, or a 16-bit param's as rounded into memory, so that track_stats' ||update|| is
+// the change the step made.
+template <typename P, bool kHasMaster, typename A>
+__device__ __forceinline__ A held_after(A computed) {
+  if constexpr (kHasMaster) {
+    return computed;
+  } else {
+    return static_cast<A>(static_cast<P>(computed));
+  }
+}
+
 // Writes the three per-chunk sums (g^2, p^2, update^2 at partials[3*chunk + k]) of one
 // block's chunk. Every thread of the block must call it. Partials and their reductions are
 // double: float64 params keep their precision, and fp32 sums lose nothing when combined.
