@@ -89,6 +89,13 @@ static void test_sgd_and_lars() {
   EXPECT_NEAR(lars_direction(inf, 1.0, 0.0, 0.5, true), 0.5, 0);
   // trust_clip keeps a NaN ratio NaN (min(nan, 1) is nan in the reference)
   EXPECT(std::isnan(lars_trust_ratio(inf, 3.0, 0.001, 0.1, 0.0, 1.0, true, true)));
+  // eps counts where ||g|| + wd ||p|| is small: ||g|| = 1e-9, eps = 1e-8 (without eps the
+  // ratio would be 0.002 / 1e-9 = 2e6, eleven times this one)
+  EXPECT_NEAR(lars_trust_ratio(2.0, 1e-9, 0.001, 0.0, 1e-8, 1.0, true, false),
+              0.002 / (1e-9 + 1e-8), 1e-9);
+  // and in float, as the kernels compute it
+  EXPECT_NEAR(lars_trust_ratio(2.0f, 1e-6f, 0.02f, 0.0f, 1e-3f, 1.0f, true, false),
+              0.04 / (1e-6 + 1e-3), 1e-6 * (0.04 / 1e-3));
 }
 
 static void test_lamb() {
@@ -102,6 +109,17 @@ static void test_lamb() {
   EXPECT_NEAR(s.inv_sqrt_bias_correction2, 1.0 / std::sqrt(0.001), 1e-12);
   const double u = lamb_direction(3.0, m, v, h, s);
   EXPECT_NEAR(u, (0.2 / 0.1) / (std::sqrt(0.004 / 0.001) + 1e-6) + 0.01 * 3.0, 1e-14);
+  // grad_averaging=false: m <- beta1 m + g (not (1 - beta1) g); v is unchanged by it
+  const auto nga = lamb_hyper<double>(0.9, 0.999, false, 1e-6, 0.01);
+  EXPECT_NEAR(nga.grad_coef, 1.0, 0);
+  double mn = 0.5, vn = 0.25;
+  lamb_moments(2.0, mn, vn, nga);
+  EXPECT_NEAR(mn, 0.9 * 0.5 + 2.0, 1e-15);
+  EXPECT_NEAR(vn, 0.999 * 0.25 + 0.001 * 4.0, 1e-15);
+  const auto ngaf = lamb_hyper<float>(0.8, 0.99, false, 1e-3, 0.0);
+  float mnf = 1.0f, vnf = 0.0f;
+  lamb_moments(3.0f, mnf, vnf, ngaf);
+  EXPECT_NEAR(mnf, 0.8 * 1.0 + 3.0, 1e-6);
   const auto off = lamb_step_scalars<double>(h, 5.0, false);
   EXPECT_NEAR(off.inv_bias_correction1, 1.0, 0);
   EXPECT_NEAR(off.inv_sqrt_bias_correction2, 1.0, 0);

@@ -511,7 +511,9 @@ class FusedOptimizer(Optimizer):
         group_grads = [[p.grad for p in g["params"]] for g in self.param_groups]
         grad_scale, found_inf = self._amp_scalars()
         plan = self._plan(group_grads, may_skip=found_inf is not None)
-        self._runtime["had_grads"] = bool(plan)  # (LossScaler: no gradient, no inf check)
+        # (LossScaler: no gradient, no inf check.) len, not bool: dynamo of torch 2.11 (the
+        # lent GPU machines') cannot trace bool(list), and every compiled step failed there
+        self._runtime["had_grads"] = len(plan) > 0
         self._runtime["grad_norm"] = None  # set again if this step computes it
         self._runtime["stats"] = None  # (a step without grads showed the last one's)
         if not plan:

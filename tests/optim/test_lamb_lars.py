@@ -23,7 +23,14 @@ LAMB_OPTIONS = [
     dict(bias_correction=False),
     dict(grad_averaging=False),
     dict(trust_clip=True, max_grad_norm=0.1, bias_correction=False, grad_averaging=False),
+    # the hyperparameters reach the kernels (not the defaults): each one alone, then together
+    dict(betas=(0.8, 0.999)),
+    dict(betas=(0.9, 0.99)),
+    dict(eps=1e-3),                    # ~ sqrt(v) of the small gradients: it shapes u
+    dict(betas=(0.8, 0.99), eps=1e-3, max_grad_norm=0.05),
 ]
+# (the float32 and Triton runs: the defaults, clipping on and off, non-default hyperparameters)
+LAMB_FLOAT32_OPTIONS = LAMB_OPTIONS[:3] + LAMB_OPTIONS[-1:]
 LARS_OPTIONS = [
     dict(),
     dict(weight_decay=1e-3),
@@ -32,6 +39,11 @@ LARS_OPTIONS = [
     dict(weight_decay=1e-3, nesterov=True),
     dict(weight_decay=1e-3, dampening=0.3),
     dict(weight_decay=1e-3, momentum=0.0),
+    # trust_coeff and eps reach the kernels (not the defaults 0.001, 1e-8); eps = 1e-3 is
+    # ~1e-3 of the grads' norms, far above the float64 tolerance
+    dict(weight_decay=1e-3, trust_coeff=0.02),
+    dict(weight_decay=1e-3, eps=1e-3),
+    dict(always_adapt=True, trust_coeff=0.02, eps=1e-3),
 ]
 
 
@@ -68,7 +80,7 @@ def test_lamb_float64_matches_contract(backend, device, kw):
 
 
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
-@pytest.mark.parametrize("kw", LAMB_OPTIONS[:3], ids=str)
+@pytest.mark.parametrize("kw", LAMB_FLOAT32_OPTIONS, ids=str)
 def test_lamb_float32_close_to_contract(backend, device, kw):
     steps = 3 if (backend == "triton" and INTERPRETED) else 20
     model, ref = compare(fastdyn.optim.LAMB, LambReference, dict(lr=1e-2, **kw), backend, device,
