@@ -82,7 +82,7 @@ class LAMB(FusedOptimizer):
         g = b.group
         beta1, beta2 = g["betas"]
         ops.lamb_(b.params, grads, b.state["exp_avg"], b.state["exp_avg_sq"], b.master_params,
-                  b.steps, lr, float(beta1), 0.999, float(g["eps"]),
+                  b.steps, lr, float(beta1), float(beta2), float(g["eps"]),
                   float(g["weight_decay"]), bool(g["bias_correction"]), bool(g["grad_averaging"]),
                   bool(g["trust_clip"]), bool(g["always_adapt"]), grad_scale=grad_scale,
                   found_inf=found_inf, stats=stats)

@@ -281,3 +281,34 @@ def test_a_gradient_that_cannot_be_written_is_refused_before_any_is_scaled():
     with pytest.raises(RuntimeError, match="more than one element of the written-to tensor"):
         fastdyn.clip_grad_norm_([dense, expanded], 0.1)
     assert torch.equal(dense.grad, torch.full((4,), 2.0))
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("ord", [2.0, math.inf])
+def test_clip_coefficient_counts_the_1e6_of_torchs_rule(backend, device, dtype, ord):
+    """Gradients of ~1e-7 (total norm ~1e-6) and max_norm 1e-7: torch's coefficient
+    max_norm / (total + 1e-6) is about a third of max_norm / total, so the 1e-6 decides the
+    result. The fused op and the reference against each other and against torch."""
+    sizes = [3, 50, 8193]
+    # elements of ~1e-8: a 2-norm of ~1e-8 sqrt(8246) ~ 1e-6; the inf-norm is the largest
+    # element, ~4 sigma
+    scale = 1e-8 if ord == 2.0 else 2.5e-7
+    max_norm = 1e-7
+    grads = rand_tensors(sizes, dtype, device, seed=3, scale=scale)
+    ref = [g.clone() for g in grads]
+    theirs = params_with_grads(sizes, dtype, device, seed=3, scale=scale)
+    with use_backend(backend):
+        total = fastdyn.ops.registry.for_device("clip_grad_norm_", grads[0].device)(grads, max_norm, ord)
+    ref_total = reference.clip_grad_norm_(ref, max_norm, ord)
+    torch_total = torch.nn.utils.clip_grad_norm_(theirs, max_norm, ord)
+    t = torch_total.item()
+    assert 3e-7 < t < 3e-6, t  # the 1e-6 is a third or more of the denominator
+    torch.testing.assert_close(total.double().cpu(), torch_total.double().cpu(), rtol=NORM_RTOL, atol=0)
+    torch.testing.assert_close(ref_total.double().cpu(), torch_total.double().cpu(), rtol=NORM_RTOL, atol=0)
+    # relative only: STORE_TOL's atol (1e-6 for float32) is above these gradients; the
+    # coefficient carries the norm's relative error
+    for a, b, p in zip(grads, ref, theirs):
+        for ours in (a, b):
+            torch.testing.assert_close(ours.double().cpu(), p.grad.double().cpu(), rtol=NORM_RTOL,
+                                       atol=0)

@@ -83,3 +83,44 @@ def test_lars_trust_ratios_are_checked():
         lars_(*a, trust_ratios=torch.ones(3))
     with pytest.raises(TypeError, match="trust_ratios must be floating point"):
         lars_(*a, trust_ratios=torch.ones(2, dtype=torch.int32))
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("eps", [1e-8, 1e-3])
+def test_lars_eps_and_trust_coeff_reach_the_trust_ratio(backend, device, dtype, eps):
+    """Gradients of ~1e-9 (||g|| ~ 1e-8, as eps = 1e-8) and of ~1e-4 (||g|| ~ 1e-3, as eps =
+    1e-3), trust_coeff 0.02: the trust ratio tc ||p|| / (||g|| + eps) is far from the one
+    without eps (or with the default trust_coeff). The ratio the op records (stats column 3)
+    against the float64 formula, and the update against the reference."""
+    from fastdyn import reference
+    from fastdyn.ops import use_backend
+    from fastdyn.ops.registry import for_device
+    from ops.update_harness import clone_group
+
+    if backend == "triton" and dtype == torch.float64:
+        pytest.skip("the Triton kernels are float32")
+    sizes = [3, 100]
+    group = make_group(sizes, dtype, device, buffers=1, steps=False)
+    gscale = 1e-8 if eps == 1e-8 else 1e-3
+    group["grads"] = [g * gscale for g in group["grads"]]  # (make_group's grads are ~0.1)
+    tc, wd = 0.02, 0.0
+    results = {}
+    for who in ("ours", "ref"):
+        g = results[who] = clone_group(group)
+        stats = results[who + "_stats"] = torch.zeros(len(sizes), 4, device=device)
+        args = (g["params"], g["grads"], g["state0"], [], torch.tensor(0.5, device=device), 0.9,
+                0.0, wd, False, tc, eps, False, True, False)
+        if who == "ours":
+            with use_backend(backend):
+                for_device("lars_", torch.device(device))(*args, stats=stats)
+        else:
+            reference.lars_(*args, stats=stats)
+    assert_groups_close(results["ours"], results["ref"], dtype, orig=group)
+    pn = torch.stack([p.double().cpu().norm() for p in group["params"]])
+    gn = torch.stack([g.double().cpu().norm() for g in group["grads"]])
+    expected = tc * pn / (gn + wd * pn + eps)
+    assert ((tc * pn / gn) / expected > 1.3).all()  # eps matters here: a third of the ratio
+    for who in ("ours", "ref"):
+        torch.testing.assert_close(results[who + "_stats"][:, 3].double().cpu(), expected,
+                                   rtol=1e-5, atol=0)

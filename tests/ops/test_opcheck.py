@@ -336,3 +336,90 @@ def test_an_empty_lamb_moments_takes_its_device_from_its_scalars(backend, device
     with use_backend(backend):  # the wrapper with no tensors at all: the same on each backend
         sums = fastdyn.ops.lamb_moments_([], [], [], [], [], [], 0.9, 0.999, 1e-6, 0.0, True, True)
     assert sums.shape == (0, 3) and sums.dtype == torch.float64
+
+
+def _bad_arguments(device):
+    """(case, op, {argument: value -> bad value}, error type, message pattern): one bad
+    argument of an otherwise good sample call each. The patterns take the C++ spelling of
+    a dtype (Float) and the Python one (torch.float32): the native and Triton ops check in
+    C++ (checks.h, optimizer_checks.h), the fake kernels and the reference in
+    fastdyn/ops/checks.py, with the same messages."""
+    other = "cpu" if device in ("meta", "cuda") else "meta"
+    f32, f16, f64 = r"(torch\.float32|Float)", r"(torch\.float16|Half)", r"(torch\.float64|Double)"
+
+    def step_elsewhere(steps):
+        return [torch.tensor(2.0, dtype=s.dtype, device=other) if i == 1 else s
+                for i, s in enumerate(steps)]
+
+    return [
+        ("grads of another dtype", "adam_", 0, dict(grads=lambda gs: [g.double() for g in gs]),
+         TypeError, rf"grads have dtype {f64} but params have {f32}"),
+        ("a step on another device", "adam_", 0, dict(state_steps=step_elsewhere),
+         ValueError, rf"state_steps\[1\] is on {other}(:0)? but params are on {device}"),
+        ("a step on another device", "lamb_", 0, dict(state_steps=step_elsewhere),
+         ValueError, rf"state_steps\[1\] is on {other}(:0)? but params are on {device}"),
+        ("stats not contiguous", "lamb_", 0,
+         dict(stats=lambda s: torch.zeros(4, 3, device=s.device).t()),
+         ValueError, r"stats must be a contiguous float32 tensor of shape \[3, 4\], got shape \[3, 4\]"),
+        ("stats of the wrong shape", "lars_", 1, dict(stats=lambda s: s[:, :3].contiguous()),
+         ValueError, r"stats must be a contiguous float32 tensor of shape \[3, 4\], got shape \[3, 3\]"),
+        ("stats of the wrong shape", "adam_", 0, dict(stats=lambda s: s[:2].contiguous()),
+         ValueError, r"stats must be a contiguous float32 tensor of shape \[3, 4\], got shape \[2, 4\]"),
+        ("stats of another dtype", "adam_", 0, dict(stats=lambda s: s.double()),
+         TypeError, rf"stats must be float32, got {f64}"),
+        ("float16 master params", "adam_", 1, dict(master_params=lambda ms: [m.half() for m in ms]),
+         TypeError, rf"master_params must be float32, got {f16}"),
+        ("master params of float32 params", "adam_", 0,
+         dict(master_params=lambda ms, args: [p.clone() for p in args["params"]]),
+         TypeError, rf"master_params are for float16/bfloat16 params, got params of dtype {f32}"),
+        ("float16 state beside master params", "sgd_", 0,
+         dict(params=lambda ps: [p.half() for p in ps], grads=lambda gs: [g.half() for g in gs],
+              momentum_buffers=lambda bs: [b.half() for b in bs],
+              master_params=lambda ms, args: [p.float() for p in args["params"]]),
+         TypeError, rf"with master_params the optimizer state must be float32, got {f16}"),
+        ("amsgrad without max_exp_avg_sqs", "adam_", 0, dict(max_exp_avg_sqs=lambda ms: []),
+         ValueError, r"max_exp_avg_sqs has 0 tensors but params has 3"),
+        ("amsgrad with too few max_exp_avg_sqs", "adam_", 0, dict(max_exp_avg_sqs=lambda ms: ms[:2]),
+         ValueError, r"max_exp_avg_sqs has 2 tensors but params has 3"),
+    ]
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES + [("native", "meta"),
+                                                             ("triton", "meta"),
+                                                             ("reference", "cpu")])
+def test_bad_update_arguments_are_refused_alike_before_anything_changes(backend, device):
+    """Each op's argument checks, on every backend: the same error type and message, raised
+    before a tensor is written."""
+    import inspect
+
+    import fastdyn.reference
+
+    by_name = {}
+    for name, args, kwargs in samples("cpu" if device == "meta" else device):
+        if device == "meta":
+            args, kwargs = _to_meta(args), {k: _to_meta(v) for k, v in kwargs.items()}
+        by_name.setdefault(name, []).append((args, kwargs))
+    for case, name, which, changes, error, pattern in _bad_arguments(device):
+        schema = [a.name for a in getattr(torch.ops.fastdyn, name).default._schema.arguments]
+        args, kwargs = by_name[name][which]
+        named = dict(zip(schema, args), **kwargs)
+        for arg, change in changes.items():
+            value = named.get(arg)
+            # (stats: the sample's, or a good one to spoil)
+            if arg == "stats" and value is None:
+                value = torch.zeros(3, 4, device=named["params"][0].device)
+            named[arg] = (change(value, named) if len(inspect.signature(change).parameters) == 2
+                          else change(value))
+        call_args = [named[a] for a in schema[:len(args)]]
+        call_kwargs = {a: named[a] for a in schema[len(args):] if a in named}
+        before = _snapshot(call_args, call_kwargs)
+        if backend == "reference":
+            op = getattr(fastdyn.reference, name)
+        else:
+            op = getattr(_namespace(backend), name).default
+            if backend == "triton":
+                call_args, call_kwargs = _positional(op, tuple(call_args), call_kwargs)
+        with pytest.raises(error, match=pattern):
+            op(*call_args, **call_kwargs)
+        after = _snapshot(call_args, call_kwargs)
+        assert all(a.is_meta or torch.equal(a, b) for a, b in zip(after, before)), (name, case)

@@ -217,6 +217,34 @@ def test_scaled_training_matches_unscaled(name):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["GradScaler", "LossScaler"])
+def test_lamb_clipping_under_a_scaler_matches_unscaled(kind):
+    """max_grad_norm below the gradients' norm at every step: the scaled run unscales and
+    clips in its kernels as the unscaled run clips. (Whenever a scaler handed the step a
+    grad_scale, dropping the clip coefficient went unseen: the other LAMB runs under a
+    scaler clip at 1.0, above these gradients' norm.)"""
+    kw = dict(lr=1e-2, max_grad_norm=0.05)
+    plain, scaled = mlp(), mlp()
+    o1 = fastdyn.optim.LAMB(plain.parameters(), **kw)
+    o2 = fastdyn.optim.LAMB(scaled.parameters(), **kw)
+    scaler_cls = torch.amp.GradScaler if kind == "GradScaler" else LossScaler
+    scaler = scaler_cls("cpu", init_scale=2.0 ** 8, growth_interval=10 ** 6)
+    data = regression_data()
+    for _ in range(5):
+        o1.zero_grad()
+        mlp_loss(plain, data).backward()
+        norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in plain.parameters()]))
+        assert norm > 2 * kw["max_grad_norm"], norm  # the clipping is active
+        o1.step()
+        o2.zero_grad()
+        scaler.scale(mlp_loss(scaled, data)).backward()
+        scaler.step(o2)
+        scaler.update()
+    assert scaler.get_scale() == 2.0 ** 8  # no step skipped
+    for p, q in zip(plain.parameters(), scaled.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
 # SGD with dampening, its first step skipped: torch's SGD under GradScaler skips on the host,
 # so its buffer is created by the first step that runs, as ours is on the device
 @pytest.mark.parametrize("name,kw,poisoned,steps", [("AdamW", dict(lr=1e-2), 3, 6),
@@ -265,6 +293,68 @@ def test_loss_scaler_growth_backoff_and_state_dict():
     g2 = torch.amp.GradScaler("cpu")
     g2.load_state_dict(state)
     assert g2.get_scale() == s.get_scale()
+
+
+def _scaler_steps(scalers, poisoned, steps):
+    """The same iterations under each scaler (one model and SGD(lr=0) each), a poisoned
+    gradient at the steps in `poisoned`; the scalers' state dicts must agree after each."""
+    runs = [(sc, mlp()) for sc in scalers]
+    runs = [(sc, m, fastdyn.optim.SGD(m.parameters(), lr=0.0)) for sc, m in runs]
+    data = regression_data()
+    for i in range(steps):
+        for sc, m, o in runs:
+            o.zero_grad()
+            sc.scale(mlp_loss(m, data)).backward()
+            if i in poisoned:
+                poison(m)
+            sc.step(o)
+            sc.update()
+        first = runs[0][0].state_dict()
+        for sc, _, _ in runs[1:]:
+            assert sc.state_dict() == first, i
+
+
+def test_loss_scaler_state_dict_is_gradscalers_after_skipped_steps():
+    """The whole state dict, growth tracker included, equals GradScaler's after the same
+    iterations (it used to be compared by keys and scale only)."""
+    kw = dict(init_scale=4.0, growth_factor=2.0, backoff_factor=0.25, growth_interval=3)
+    s, g = LossScaler("cpu", **kw), torch.amp.GradScaler("cpu", **kw)
+    _scaler_steps([s, g], poisoned=(4, 5), steps=10)
+    state = s.state_dict()
+    assert state == g.state_dict()
+    # grown at step 2, backed off at 4 and 5, grown at 8 (three good steps after), one good
+    # step since
+    assert state == dict(scale=4.0 * 2.0 * 0.25 ** 2 * 2.0, growth_factor=2.0, backoff_factor=0.25,
+                         growth_interval=3, _growth_tracker=1)
+    assert s._get_growth_tracker() == 1
+
+
+@pytest.mark.parametrize("used", [False, True])
+def test_loss_scaler_loads_every_field_like_gradscaler(used):
+    """A state dict with non-default factors, interval and growth tracker, loaded into a
+    fresh scaler or one that has stepped already (its tracker at 1): the getters give it
+    back, and the scale grows and backs off at the same steps as GradScaler's after loading
+    the same dict."""
+    loaded = dict(scale=8.0, growth_factor=3.0, backoff_factor=0.125, growth_interval=4,
+                  _growth_tracker=2)
+    s, g = LossScaler("cpu"), torch.amp.GradScaler("cpu")
+    if used:
+        _scaler_steps([s, g], poisoned=(), steps=1)
+        assert s._get_growth_tracker() == 1
+    s.load_state_dict(dict(loaded))
+    g.load_state_dict(dict(loaded))
+    assert (s.get_scale(), s.get_growth_factor(), s.get_backoff_factor(),
+            s.get_growth_interval(), s._get_growth_tracker()) == (8.0, 3.0, 0.125, 4, 2)
+    assert s.state_dict() == g.state_dict() == loaded
+    # two good steps reach the interval (tracker 2 -> 4): x3; a bad one: x0.125; then the
+    # tracker restarts from 0
+    scales = []
+    for poisoned, steps in (((), 1), ((), 1), ((0,), 1), ((), 3)):
+        _scaler_steps([s, g], poisoned=poisoned, steps=steps)
+        assert s.state_dict() == g.state_dict()
+        scales.append(s.get_scale())
+    assert scales == [8.0, 24.0, 3.0, 3.0]
+    assert s._get_growth_tracker() == 3
 
 
 def test_loss_scaler_unscale_then_clip_then_step():
