@@ -21,6 +21,12 @@ fi
 grep -vE "^(torch|setuptools)==" requirements.txt > "$work/requirements.txt"
 "$work/venv/bin/python" -m pip install -q --disable-pip-version-check "torch==$version" \
   "setuptools>=77" -r "$work/requirements.txt" 2>&1 | grep -v "^WARNING: Location" || true
+# a worktree left by another clone (ci-fresh's, since deleted) is not this repository's
+common=$(cd "$(git rev-parse --git-common-dir)" && pwd)
+if [ -d "$work/tree" ] && [ "$(cd "$work/tree" && cd "$(git rev-parse --git-common-dir 2> /dev/null)" 2> /dev/null && pwd)" != "$common" ]; then
+  rm -rf "$work/tree" "$work/build.log"
+  git worktree prune
+fi
 if [ -d "$work/tree" ]; then
   git -C "$work/tree" checkout -q --force --detach "$(git rev-parse HEAD)"
 else
