@@ -101,12 +101,12 @@ struct LambApplyOp : LambCommon<typename OpMath<P>::type> {
           const A out = e.p - step * math::lamb_direction(e.p, e.m, e.v, this->h, s);
           if (kHasMaster) master[i] = static_cast<float>(out);
           p[i] = static_cast<P>(out);
-          if (kStats) {
+          if constexpr (kStats) {
             const A change = held_after<P, kHasMaster>(out) - e.p;
             change2 += change * change;
           }
         });
-    if (kStats) {
+    if constexpr (kStats) {
       __shared__ double shared[32];
       const double total = block_reduce(static_cast<double>(change2), SumOp{}, shared);
       if (threadIdx.x == 0) partials[3 * c.global + 2] = total;

@@ -209,3 +209,33 @@ def test_update_past_2_pow_31_elements(backend, name, gpu_memory_to_itself):
     assert big_g[-1].item() == pytest.approx(2.0 * coef, rel=1e-3)  # fp16 rounding of g * coef
     assert big_g[2 ** 31].item() == pytest.approx(coef, rel=1e-3)
     del big_p, big_g
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ["LAMB", "AdamW", "SGD", "LARS"])
+def test_16_bit_update_norms_at_scale(backend, name):
+    """track_stats' ||update|| of bf16 params without master weights is the stored change
+    (tests/ops/test_update_stats.py at scale): one tensor of 80M elements, so that blocks
+    reduce several chunks each, and 600 small ones with empty ones among them, so that the
+    launches split into batches; a skipped step leaves params and stats as they were."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    sizes = [80_000_000] + [0 if i % 50 == 0 else 1 + i % 300 for i in range(600)]
+    params = [torch.nn.Parameter(torch.randn(n, device="cuda", generator=g).bfloat16()) for n in sizes]
+    for p in params:
+        p.grad = torch.randn(p.shape, device="cuda", generator=g).bfloat16()
+    opts = {"LAMB": dict(lr=1e-2, weight_decay=0.01, max_grad_norm=1.0), "AdamW": dict(lr=1e-2),
+            "SGD": dict(lr=1e-2, momentum=0.9), "LARS": dict(lr=1.0, weight_decay=1e-3)}[name]
+    opt = getattr(fastdyn.optim, name)(params, **opts, track_stats=True)
+    with use_backend(backend):
+        before = [p.detach().double() for p in params]
+        opt.step()
+        change = torch.stack([(p.detach().double() - b).norm() for p, b in zip(params, before)])
+        stats = opt.last_stats().values[:, 2].double()
+        torch.testing.assert_close(stats, change, rtol=1e-4, atol=1e-6)
+        assert change[0] > 0 and change[sizes.index(0)] == 0
+        kept = [p.detach().clone() for p in params]
+        scaler = fastdyn.amp.LossScaler("cuda", init_scale=2.0 ** 16)
+        params[0].grad[7] = float("inf")
+        scaler.scale(torch.zeros((), device="cuda", requires_grad=True))
+        scaler.step(opt)
+        assert all(torch.equal(p, k) for p, k in zip(params, kept))
