@@ -2,8 +2,7 @@
 // cuda/momentum_update.cuh): d = direction(p, g) with g already unscaled (A or Lanes16),
 // torch's momentum buffer on d (kMomentum), then p <- p - lr*d (and the fp32 master copy).
 // With kStats the chunk's sums of squares of g, p and the change of the held value (as
-// stored) go into *stats. The math is
-// csrc/include/fastdyn/math/sgd.h.
+// stored) go into *stats. The math is csrc/include/fastdyn/math/sgd.h.
 #pragma once
 #include <type_traits>
 
