@@ -153,6 +153,7 @@ def test_compiled_step_sees_replaced_params_and_cleared_state(change):
         torch.testing.assert_close(opt.state[p]["momentum_buffer"], torch.full((4,), 1.9))
 
 
+@pytest.mark.skipif(torch.__version__ < "2.11", reason="torch 2.6's dynamo (2.11 checked to work) keeps the old plan when a param changes dtype or layout between compiled steps")
 @pytest.mark.parametrize("name,change", [("AdamW", "channels_last"), ("SGD", "double"),
                                          ("LAMB", "double")])
 def test_compiled_step_follows_a_param_given_new_storage(name, change):
@@ -187,6 +188,7 @@ def test_compiled_step_follows_a_param_given_new_storage(name, change):
         assert torch.equal(p, q)
 
 
+@pytest.mark.skipif(torch.__version__ < "2.11", reason="torch 2.6's dynamo (2.11 checked to work) keeps the old plan when a param changes dtype or layout between compiled steps")
 def test_compiled_step_makes_master_weights_when_the_model_goes_to_float16():
     torch._dynamo.reset()
     p = torch.nn.Parameter(torch.ones(4))

@@ -142,6 +142,7 @@ def test_an_inf_param_without_weight_decay_stays_inf_as_in_torch(backend, device
         torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7, equal_nan=True)
 
 
+@pytest.mark.skipif(torch.__version__ < "2.11", reason="torch 2.6's AdamW (2.11 checked) makes the params NaN here; fastdyn keeps them inf as newer torch does")
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
 def test_adamw_without_weight_decay_takes_an_infinite_lr_as_torch(backend, device):
     """1 - lr * weight_decay at lr = inf and weight_decay 0 is NaN: the native step made every
