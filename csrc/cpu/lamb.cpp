@@ -137,9 +137,8 @@ void lamb_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
   std::vector<double> ratios(params.size(), 1.0);
   // 16-bit params without masters lose part of the update to rounding: their ||update|| is
   // measured in the apply pass (the others' is lr * r * ||u||, to the rounding of p)
-  const bool rounds_into_param = !grp.has_master && (grp.param_dtype == at::kHalf ||
-                                                     grp.param_dtype == at::kBFloat16);
-  std::vector<StatsPartial> applied(stats.has_value() && rounds_into_param ? plan.chunks.size() : 0);
+  std::vector<StatsPartial> applied(stats.has_value() && grp.rounds_into_param() ? plan.chunks.size()
+                                                                                : 0);
   with_lamb_kernels(grp, params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, beta1,
                     beta2, eps, weight_decay, bias_correction, grad_averaging, ctx.inv_grad_scale,
                     [&](auto& moments, auto& apply) {

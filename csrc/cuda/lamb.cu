@@ -222,8 +222,7 @@ void lamb_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
   const bool want_stats = stats.has_value();
   // 16-bit params without masters: ||update|| is the stored change, which the apply pass
   // measures; the others' is lr * r * ||u|| (to the rounding of p), from the ratio kernel
-  const bool measure_applied = want_stats && !grp.has_master &&
-                               (grp.param_dtype == at::kHalf || grp.param_dtype == at::kBFloat16);
+  const bool measure_applied = want_stats && grp.rounds_into_param();
   const auto fopts = lr.options().dtype(at::kDouble);
   at::Tensor partials = at::empty({3 * std::max<int64_t>(count_chunks(params), 1)}, fopts);
   at::Tensor ratios = at::empty({grp.size}, fopts);

@@ -61,7 +61,8 @@ def same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
     dim's stride is arbitrary); an empty pair has nothing to walk."""
     if a.numel() == 0:
         return True
-    return all(n == 1 or sa == sb for n, sa, sb in zip(a.shape, a.stride(), b.stride()))
+    # stride(d), not stride(): dynamo of torch 2.14 cannot trace the tuple of a .grad's strides
+    return all(a.shape[d] == 1 or a.stride(d) == b.stride(d) for d in range(a.dim()))
 
 
 def check_like(name, tensors, ref_name, ref):

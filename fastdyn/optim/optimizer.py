@@ -536,7 +536,10 @@ class FusedOptimizer(Optimizer):
             args = (b, bucket_grads, self._lr_tensor(b), self._on(grad_scale, b.device),
                     self._on(found_inf, b.device), st)
             if torch.compiler.is_compiling():
-                self._run_bucket_step(*args)
+                # strides are fixed in a traced graph (dynamo guards them), so the layout is
+                # checked at trace time: a compiled step pays nothing for it at run time
+                fixed = _grads_in_param_layout(bucket_grads, b.params)
+                self._run_bucket_step(b, bucket_grads if fixed is None else fixed, *args[2:])
             else:
                 try:
                     self._run_bucket_step(*args)

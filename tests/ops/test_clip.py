@@ -312,3 +312,26 @@ def test_clip_coefficient_counts_the_1e6_of_torchs_rule(backend, device, dtype, 
         for ours in (a, b):
             torch.testing.assert_close(ours.double().cpu(), p.grad.double().cpu(), rtol=NORM_RTOL,
                                        atol=0)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("error_if_nonfinite", [False, True])
+def test_inf_norm_counts_empty_grads_as_zero(backend, device, error_if_nonfinite):
+    """torch raises on an empty gradient's inf norm (a max over no elements); fastdyn takes
+    0, the max's identity for norms: only empty grads give 0, and beside others they change
+    nothing (the norm and clipping are those of the others alone)."""
+    empty = params_with_grads([0, 0], torch.float32, device)
+    with use_backend(backend):
+        total = fastdyn.clip_grad_norm_(empty, 1.0, math.inf, error_if_nonfinite)
+    assert total.item() == 0.0 and total.dtype == torch.float32
+    ours = params_with_grads([0, 5, 0, 3], torch.float32, device, scale=4.0)
+    theirs = params_with_grads([5, 3], torch.float32, device, scale=4.0)
+    for i, p in enumerate(theirs):  # the same values as ours' non-empty grads
+        p.grad.copy_(ours[2 * i + 1].grad)
+    with use_backend(backend):
+        total = fastdyn.clip_grad_norm_(ours, 1.0, math.inf, error_if_nonfinite)
+    expected = torch.nn.utils.clip_grad_norm_(theirs, 1.0, math.inf)
+    assert expected.item() > 1.0  # it clips
+    torch.testing.assert_close(total, expected, rtol=0, atol=0)
+    for p, q in zip([ours[1], ours[3]], theirs):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=0)

@@ -202,3 +202,25 @@ def test_compiled_step_makes_master_weights_when_the_model_goes_to_float16():
         step()
     assert opt.state[p]["master_param"].dtype == torch.float32
     assert p[0].item() < 0.9985  # 1 - 21e-4 = 0.9979; without a master copy it stays 1.0
+
+
+@pytest.mark.parametrize("name", ["AdamW", "LAMB"])
+def test_compiled_step_takes_grads_laid_out_unlike_their_params(name):
+    """A hand-assigned transposed grad: the eager step copies it into the param's layout
+    (as torch takes it); the compiled step raised the op's layout error instead. It now
+    checks the layout at trace time and matches the eager step bit for bit."""
+    results = []
+    for compiled in (True, False):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(4, 6)), torch.nn.Parameter(torch.randn(5))]
+        opt = getattr(fastdyn.optim, name)(params, lr=0.05)
+        step = fullgraph_step(opt)[0] if compiled else opt.step
+        for _ in range(3):
+            params[0].grad = torch.randn(6, 4).t()
+            params[1].grad = torch.randn(5)
+            step()
+        assert not params[0].grad.is_contiguous()  # the caller's grad is left as it was
+        results.append([p.detach().clone() for p in params])
+    for p, q in zip(*results):
+        assert torch.equal(p, q)

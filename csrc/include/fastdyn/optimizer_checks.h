@@ -20,6 +20,12 @@ struct UpdateGroup {
   at::ScalarType state_dtype = at::kFloat;
   bool has_master = false;
   int64_t size = 0;
+
+  // 16-bit params without fp32 masters: the stored value drops part of the update to
+  // rounding, so track_stats measures ||update|| as the change actually stored
+  bool rounds_into_param() const {
+    return !has_master && (param_dtype == at::kHalf || param_dtype == at::kBFloat16);
+  }
 };
 
 // params/grads pair up; every list in `states` (empty lists allowed when `optional`) pairs

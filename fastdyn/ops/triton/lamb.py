@@ -104,7 +104,7 @@ def _lamb_apply_kernel(rows_ptr, lr_ptr, found_inf_ptr, bc1_ptr, bc2_ptr, ratio_
                 change = held_after(new, P_DT, HAS_MASTER) - p
                 change2 += tl.where(mask, change * change, 0.0)
         if APPLIED:
-            tl.store(applied_ptr + pid * 3 + 2, tl.sum(change2, axis=0))
+            tl.store(applied_ptr + pid, tl.sum(change2, axis=0))
 
 
 def _group(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, beta1, beta2,
@@ -137,8 +137,8 @@ def _moments(table, bc1, bc2, common, grad_scale, found_inf, beta1, beta2, grad_
 
 
 def _apply(table, bc1, bc2, common, lr32, found_inf, ratios, eps, weight_decay, applied=None):
-    """The apply pass; with `applied` ([n_chunks, 3] partials), the sums of squares of the
-    stored change into its third column."""
+    """The apply pass; with `applied` ([n_chunks] partials), the per-chunk sums of squares
+    of the stored change."""
     if table.n_chunks:
         _lamb_apply_kernel[(table.n_chunks,)](
             table.rows, lr32, found_inf if found_inf is not None else lr32, bc1, bc2, ratios,
@@ -174,11 +174,11 @@ def lamb_(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, 
     # pass; the others' is lr * r * ||u|| (to the rounding of p)
     applied = None
     if stats is not None and not master_params and params[0].dtype in (torch.float16, torch.bfloat16):
-        applied = torch.zeros_like(partials)
+        applied = torch.zeros(partials.shape[0], dtype=torch.float32, device=partials.device)
     _apply(table, bc1, bc2, common, lr32, found_inf, r, eps, weight_decay, applied)
     if stats is not None:
         update_norm = (lr32.reshape(()) * r * un if applied is None
-                       else segment_sum(applied, table, n, 2).sqrt())
+                       else segment_sum(applied, table, n).sqrt())
         write_stats(stats, found_inf, segment_sum(partials, table, n, 0), pn * pn, update_norm, r)
 
 
