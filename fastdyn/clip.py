@@ -11,7 +11,8 @@ One difference from torch: float16/bfloat16 gradients are measured in float32, s
 past float16's range still clips by its true value (torch's float16 norm is inf and
 zeroes the gradients); the returned norm, cast to float16, is inf then. And empty gradients
 count 0 in the inf norm, where torch raises (a max over no elements): norms are >= 0, so 0
-is the max's identity and the other gradients clip as they would without them.
+is the max's identity and the other gradients clip as they would without them. Sparse
+gradients are refused, as the foundation issue asks (torch clips them).
 """
 
 from __future__ import annotations

@@ -17,8 +17,6 @@ def _as_list(tensors) -> list:
     return list(tensors)
 
 
-
-
 def multi_tensor_norm(tensors: Iterable[torch.Tensor], ord: float = 2.0, per_tensor: bool = False
                       ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Norm (2 or inf) of all `tensors` taken as one vector, and of each of them when

@@ -38,11 +38,11 @@ class Adam(FusedOptimizer):
     def _validate_group(self, group):
         super()._validate_group(group)
         beta1, beta2 = group["betas"]
-        _check_float("beta parameter at index 0", beta1, 0.0, 1.0)
-        _check_float("beta parameter at index 1", beta2, 0.0, 1.0)
+        _check_float("betas[0]", beta1, 0.0, 1.0, torch_words="beta parameter at index 0")
+        _check_float("betas[1]", beta2, 0.0, 1.0, torch_words="beta parameter at index 1")
         # eps <= 0 is an error in the contract (DESIGN.md), though torch's Adam takes 0
-        _check_float("epsilon value", group["eps"], 0.0, low_inclusive=False)
-        _check_float("weight_decay value", group["weight_decay"])
+        _check_float("eps", group["eps"], 0.0, low_inclusive=False, torch_words="epsilon value")
+        _check_float("weight_decay", group["weight_decay"], torch_words="weight_decay value")
 
     def __setstate__(self, state):
         super().__setstate__(state)

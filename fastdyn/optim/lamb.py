@@ -42,10 +42,10 @@ class LAMB(FusedOptimizer):
         if len(group["betas"]) != 2:
             raise ValueError(f"Invalid betas: {group['betas']} (need two values)")
         beta1, beta2 = group["betas"]
-        _check_float("beta parameter at index 0", beta1, 0.0, 1.0)
-        _check_float("beta parameter at index 1", beta2, 0.0, 1.0)
-        _check_float("epsilon value", group["eps"], 0.0, low_inclusive=False)
-        _check_float("weight_decay value", group["weight_decay"])
+        _check_float("betas[0]", beta1, 0.0, 1.0, torch_words="beta parameter at index 0")
+        _check_float("betas[1]", beta2, 0.0, 1.0, torch_words="beta parameter at index 1")
+        _check_float("eps", group["eps"], 0.0, low_inclusive=False, torch_words="epsilon value")
+        _check_float("weight_decay", group["weight_decay"], torch_words="weight_decay value")
         max_norm = group["max_grad_norm"]
         if max_norm is not None:
             _check_float("max_grad_norm", max_norm, 0.0, low_inclusive=False)

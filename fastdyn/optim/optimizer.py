@@ -79,6 +79,15 @@ def _grads_in_param_layout(grads: list, params: list) -> Optional[list]:
             for g, p in zip(grads, params)]
 
 
+def _plan_grads_in_param_layout(plan: list, grads: list) -> Optional[list]:
+    """_grads_in_param_layout of every bucket (grads aligned with plan); None when all
+    already are laid out like their params."""
+    fixed = [_grads_in_param_layout(bg, b.params) for b, bg in zip(plan, grads)]
+    if all(f is None for f in fixed):
+        return None
+    return [bg if f is None else f for bg, f in zip(grads, fixed)]
+
+
 @dataclass
 class Bucket:
     """Parameters of one param group on one device with one dtype (and, for DTensors, one
@@ -112,15 +121,18 @@ class Bucket:
                       group_index=self.group_index, indices=self.indices)
 
 
-def _check_float(name: str, value: Any, low: float = 0.0, high: Optional[float] = None,
-                 low_inclusive: bool = True, high_inclusive: bool = False):
+def _check_float(arg: str, value: Any, low: float = 0.0, high: Optional[float] = None,
+                 low_inclusive: bool = True, high_inclusive: bool = False, torch_words: str = ""):
+    """A hyperparameter in range; the error opens with torch's words for it, where it has
+    some (code matching torch's messages keeps working), and names the argument."""
     v = float(value)
     ok_low = v >= low if low_inclusive else v > low
     ok_high = True if high is None else (v <= high if high_inclusive else v < high)
     if not (ok_low and ok_high) or v != v:
         lo = "[" if low_inclusive else "("
         hi = "" if high is None else (f", {high}]" if high_inclusive else f", {high})")
-        raise ValueError(f"Invalid {name}: {value} (must be in {lo}{low}{hi or ', inf)'})")
+        raise ValueError(f"Invalid {torch_words or arg}: {value} ({arg} must be in "
+                         f"{lo}{low}{hi or ', inf)'})")
 
 
 _WITH_STORAGE = (torch.Tensor, torch.nn.Parameter)
@@ -196,9 +208,9 @@ class FusedOptimizer(Optimizer):
             if not lr.is_floating_point():
                 raise TypeError(f"Tensor lr must be floating point, got {lr.dtype}")
         else:
-            _check_float("learning rate", lr)
+            _check_float("lr", lr, torch_words="learning rate")
         if isinstance(lr, torch.Tensor) and lr.device.type == "cpu":
-            _check_float("learning rate", float(lr))
+            _check_float("lr", float(lr), torch_words="learning rate")
 
     # ---------------------------------------------------------------- state
     def _reset_runtime(self) -> None:
@@ -524,9 +536,22 @@ class FusedOptimizer(Optimizer):
             # a bucket with as many params as its group holds all of them, in order
             bg = gg if len(b.indices) == len(gg) else [gg[i] for i in b.indices]
             grads.append([distributed.local(g) for g in bg] if b.dtensor else bg)
-        if getattr(self, "_check_inf", False) and found_inf is not None:
-            self._check_nonfinite(plan, grads, found_inf, grad_scale)
-        grad_scale = self._prepare(plan, grads, grad_scale, found_inf)
+        # Grads laid out unlike their param (hand-assigned; autograd's match) are copied into
+        # its layout, as torch takes them. A compiled step checks at trace time (dynamo guards
+        # strides: nothing at run time); an eager one only after an op refused them.
+        if torch.compiler.is_compiling():
+            grads = _plan_grads_in_param_layout(plan, grads) or grads
+            grad_scale = self._read_pass(plan, grads, grad_scale, found_inf)
+        else:
+            try:
+                grad_scale = self._read_pass(plan, grads, grad_scale, found_inf)
+            except ValueError:
+                # the read pass writes nothing before all its ops have taken their grads
+                fixed = _plan_grads_in_param_layout(plan, grads)
+                if fixed is None:
+                    raise
+                grads = fixed
+                grad_scale = self._read_pass(plan, grads, grad_scale, found_inf)
         stats = []
         for b, bucket_grads in zip(plan, grads):
             st = None
@@ -536,17 +561,13 @@ class FusedOptimizer(Optimizer):
             args = (b, bucket_grads, self._lr_tensor(b), self._on(grad_scale, b.device),
                     self._on(found_inf, b.device), st)
             if torch.compiler.is_compiling():
-                # strides are fixed in a traced graph (dynamo guards them), so the layout is
-                # checked at trace time: a compiled step pays nothing for it at run time
-                fixed = _grads_in_param_layout(bucket_grads, b.params)
-                self._run_bucket_step(b, bucket_grads if fixed is None else fixed, *args[2:])
+                self._run_bucket_step(*args)  # (grads laid out like their params above)
             else:
                 try:
                     self._run_bucket_step(*args)
                 except ValueError:
-                    # the op refused before writing anything: grads whose layout differs from
-                    # their param's (hand-assigned; autograd's match) are copied into it, as
-                    # torch takes them; only this rare case pays the copy
+                    # the op refused before writing anything (an update with no read pass
+                    # before it): grads in another layout are copied, as above
                     fixed = _grads_in_param_layout(bucket_grads, b.params)
                     if fixed is None:
                         raise
@@ -589,6 +610,13 @@ class FusedOptimizer(Optimizer):
         if stats is not None:
             stats.copy_(torch.where(started != 0, stats, first_stats))
         started.copy_(torch.maximum(started, (found == 0).to(started.dtype)))
+
+    def _read_pass(self, plan, grads, grad_scale, found_inf):
+        """What reads every gradient before the updates: LossScaler's inf check and the
+        _prepare hook (LAMB's global norm); returns the gradient divisor."""
+        if getattr(self, "_check_inf", False) and found_inf is not None:
+            self._check_nonfinite(plan, grads, found_inf, grad_scale)
+        return self._prepare(plan, grads, grad_scale, found_inf)
 
     def _check_nonfinite(self, plan, grads, found_inf, grad_scale):
         """LossScaler's inf check for optimizers whose update has no global read pass of the

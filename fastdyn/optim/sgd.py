@@ -34,9 +34,10 @@ class SGD(FusedOptimizer):
 
     def _validate_group(self, group):
         super()._validate_group(group)
-        _check_float("momentum value", group["momentum"])
-        _check_float("weight_decay value", group["weight_decay"])
-        _check_float("dampening value", group["dampening"], 0.0, 1.0, high_inclusive=True)
+        _check_float("momentum", group["momentum"], torch_words="momentum value")
+        _check_float("weight_decay", group["weight_decay"], torch_words="weight_decay value")
+        _check_float("dampening", group["dampening"], 0.0, 1.0, high_inclusive=True,
+                     torch_words="dampening value")
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
 

@@ -204,17 +204,19 @@ def test_compiled_step_makes_master_weights_when_the_model_goes_to_float16():
     assert p[0].item() < 0.9985  # 1 - 21e-4 = 0.9979; without a master copy it stays 1.0
 
 
-@pytest.mark.parametrize("name", ["AdamW", "LAMB"])
+@pytest.mark.parametrize("name", ["AdamW", "LAMB", "LAMB-clipping"])
 def test_compiled_step_takes_grads_laid_out_unlike_their_params(name):
     """A hand-assigned transposed grad: the eager step copies it into the param's layout
     (as torch takes it); the compiled step raised the op's layout error instead. It now
-    checks the layout at trace time and matches the eager step bit for bit."""
+    checks the layout at trace time, before LAMB's global norm too, and matches the eager
+    step bit for bit."""
     results = []
     for compiled in (True, False):
         torch._dynamo.reset()
         torch.manual_seed(0)
         params = [torch.nn.Parameter(torch.randn(4, 6)), torch.nn.Parameter(torch.randn(5))]
-        opt = getattr(fastdyn.optim, name)(params, lr=0.05)
+        kw = dict(max_grad_norm=1.0) if name.endswith("clipping") else {}
+        opt = getattr(fastdyn.optim, name.split("-")[0])(params, lr=0.05, **kw)
         step = fullgraph_step(opt)[0] if compiled else opt.step
         for _ in range(3):
             params[0].grad = torch.randn(6, 4).t()

@@ -11,34 +11,45 @@ from optim.models import mlp, mlp_loss, regression_data
 
 P = lambda: [torch.nn.Parameter(torch.randn(3))]  # noqa: E731
 
+# (optimizer, bad hyperparameter, torch's words for it, the argument as the contract names it)
 BAD = [
-    ("Adam", dict(lr=-1.0), "learning rate"),
-    ("Adam", dict(betas=(1.0, 0.9)), "beta parameter at index 0"),
-    ("Adam", dict(betas=(0.9, -0.1)), "beta parameter at index 1"),
-    ("Adam", dict(eps=-1e-8), "epsilon"),
-    ("AdamW", dict(eps=0.0), "epsilon"),  # the contract: eps <= 0 (torch takes 0: 0/0 = NaN)
-    ("Adam", dict(weight_decay=-1.0), "weight_decay"),
-    ("AdamW", dict(lr=float("nan")), "learning rate"),
-    ("SGD", dict(lr=-0.1), "learning rate"),
-    ("SGD", dict(momentum=-0.5), "momentum"),
-    ("SGD", dict(nesterov=True), "Nesterov"),
-    ("LAMB", dict(lr=-1e-3), "learning rate"),
-    ("LAMB", dict(betas=(0.9, 1.0)), "beta parameter at index 1"),
-    ("LAMB", dict(eps=0.0), "epsilon"),
-    ("LAMB", dict(max_grad_norm=0.0), "max_grad_norm"),
-    ("LAMB", dict(weight_decay=-0.1), "weight_decay"),
-    ("LARS", dict(lr=-1.0), "learning rate"),
-    ("LARS", dict(trust_coeff=0.0), "trust_coeff"),
-    ("LARS", dict(momentum=-0.9), "momentum"),
-    ("LARS", dict(dampening=2.0), "dampening"),
-    ("LARS", dict(eps=0.0), "epsilon"),
+    ("Adam", dict(lr=-1.0), "learning rate", "lr"),
+    ("Adam", dict(betas=(1.0, 0.9)), "beta parameter at index 0", "betas[0]"),
+    ("Adam", dict(betas=(0.9, -0.1)), "beta parameter at index 1", "betas[1]"),
+    ("Adam", dict(eps=-1e-8), "epsilon", "eps"),
+    ("AdamW", dict(eps=0.0), "epsilon", "eps"),  # the contract: eps <= 0 (torch takes 0: 0/0 = NaN)
+    ("Adam", dict(weight_decay=-1.0), "weight_decay", "weight_decay"),
+    ("AdamW", dict(lr=float("nan")), "learning rate", "lr"),
+    ("SGD", dict(lr=-0.1), "learning rate", "lr"),
+    ("SGD", dict(momentum=-0.5), "momentum", "momentum"),
+    ("SGD", dict(dampening=1.5), "dampening", "dampening"),
+    ("SGD", dict(nesterov=True), "Nesterov", None),  # torch's message, of two arguments
+    ("LAMB", dict(lr=-1e-3), "learning rate", "lr"),
+    ("LAMB", dict(betas=(0.9, 1.0)), "beta parameter at index 1", "betas[1]"),
+    ("LAMB", dict(eps=0.0), "epsilon", "eps"),
+    ("LAMB", dict(max_grad_norm=0.0), "max_grad_norm", "max_grad_norm"),
+    ("LAMB", dict(weight_decay=-0.1), "weight_decay", "weight_decay"),
+    ("LARS", dict(lr=-1.0), "learning rate", "lr"),
+    ("LARS", dict(trust_coeff=0.0), "trust_coeff", "trust_coeff"),
+    ("LARS", dict(momentum=-0.9), "momentum", "momentum"),
+    ("LARS", dict(dampening=2.0), "dampening", "dampening"),
+    ("LARS", dict(eps=0.0), "epsilon", "eps"),
 ]
 
 
-@pytest.mark.parametrize("name,kw,match", BAD, ids=[f"{n}-{list(k)[0]}" for n, k, _ in BAD])
-def test_bad_hyperparameters(name, kw, match):
-    with pytest.raises(ValueError, match=match):
+@pytest.mark.parametrize("name,kw,torch_words,arg", BAD,
+                         ids=[f"{n}-{list(k)[0]}" for n, k, _, _ in BAD])
+def test_bad_hyperparameters(name, kw, torch_words, arg):
+    """The message opens with torch's words (code matching torch's messages keeps working)
+    and names the argument and the value, as the contract asks."""
+    with pytest.raises(ValueError) as raised:
         getattr(fastdyn.optim, name)(P(), **kw)
+    message = str(raised.value)
+    assert torch_words in message
+    if arg is not None:
+        (key, value), = kw.items()
+        value = value[int(arg[-2])] if key == "betas" else value
+        assert f"{arg} must be in" in message and f": {value} (" in message, message
 
 
 @pytest.mark.parametrize("name", ["Adam", "AdamW", "SGD", "LAMB", "LARS"])
@@ -162,3 +173,35 @@ def test_the_same_param_twice_is_refused():
 def test_differentiable_rejected():
     with pytest.raises(ValueError, match="differentiable"):
         fastdyn.optim.Adam(P(), differentiable=True)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("case", ["LAMB-clipping", "AdamW-LossScaler", "LAMB-LossScaler"])
+def test_grads_with_gaps_step_like_contiguous_ones_through_the_read_pass(backend, device, case):
+    """A hand-assigned grad with gaps (a slice) reaches the read pass before any update
+    (LAMB's global norm, LossScaler's inf check), whose norm op refused it naming an
+    internal list ("tensors[1] is not dense"). It is now copied into its param's layout
+    there too, and the step equals one given contiguous grads, bit for bit."""
+    name, how = case.split("-")
+    kw = dict(max_grad_norm=1.0) if how == "clipping" else {}
+    results = []
+    for gapped in (True, False):
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(4, 3, device=device)) for _ in range(2)]
+        opt = getattr(fastdyn.optim, name)([{"params": [params[0]]}, {"params": [params[1]]}],
+                                           lr=0.1, **kw)
+        scaler = fastdyn.amp.LossScaler(device, init_scale=4.0) if how == "LossScaler" else None
+        for _ in range(3):
+            wide = torch.randn(4, 6, device=device)
+            params[0].grad = torch.randn(4, 3, device=device)
+            params[1].grad = wide[:, :3] if gapped else wide[:, :3].contiguous()
+            with use_backend(backend):
+                if scaler is None:
+                    opt.step()
+                else:
+                    scaler.scale(torch.ones((), device=device))
+                    scaler.step(opt)
+                    scaler.update()
+        results.append([p.detach().clone() for p in params])
+    for p, q in zip(*results):
+        assert torch.equal(p, q)
