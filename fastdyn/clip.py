@@ -7,7 +7,7 @@ device, and the scaling pass is skipped there when it is 1. Other norm types go 
 the reference path. float64 gradients and strided views the kernels do not take (gaps,
 overlaps) are measured and scaled with torch's own ops, float64 in float64.
 
-One difference from torch: float16/bfloat16 gradients are measured in float32, so a norm
+Differences from torch: float16/bfloat16 gradients are measured in float32, so a norm
 past float16's range still clips by its true value (torch's float16 norm is inf and
 zeroes the gradients); the returned norm, cast to float16, is inf then. And empty gradients
 count 0 in the inf norm, where torch raises (a max over no elements): norms are >= 0, so 0
