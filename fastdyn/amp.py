@@ -241,6 +241,20 @@ class LossScaler:
                                 else int(self._growth_tracker.item())),
         }
 
+    def __getstate__(self) -> dict:
+        """Pickling (and deepcopy) as GradScaler: only between iterations (GradScaler's error
+        type), since an iteration's inf flags are keyed by optimizer ids; the scale travels as
+        a number, re-made on the device of the next scale()."""
+        state = self.__dict__.copy()
+        if self.enabled:
+            if self._found_inf or self._unscaled:
+                raise AssertionError("A LossScaler instance may only be pickled at the beginning "
+                                     "of an iteration, or at the end after scaler.update().")
+            state["_init_scale"] = self.get_scale()
+            state["_init_growth_tracker"] = self._get_growth_tracker()
+            state["_scale"] = state["_growth_tracker"] = None
+        return state
+
     def load_state_dict(self, state_dict: dict) -> None:
         if not self.enabled:
             return

@@ -3,6 +3,7 @@ an inf/NaN gradient leaves params, state and step counts bit-identical; training
 after the backoff; LossScaler's scale grows and backs off like GradScaler's."""
 
 import copy
+import pickle
 
 import pytest
 import torch
@@ -416,6 +417,41 @@ def test_scaler_guards_like_gradscaler(kind):
     scaler.unscale_(opt)
     scaler.update()
     assert scaler.get_scale() == 2.0 ** 9
+
+
+@pytest.mark.parametrize("kind", ["GradScaler", "LossScaler"])
+def test_scaler_pickles_between_iterations_like_gradscaler(kind):
+    """A pickled (or deep-copied) scaler carries its scale and growth tracker and goes on as
+    the original does; pickling between step() and update() is refused, as GradScaler does
+    (an iteration's inf flags are keyed by optimizer ids that a copy would not match)."""
+    model = mlp()
+    opt = fastdyn.optim.AdamW(model.parameters(), lr=1e-2)
+    scaler = scaler_for(kind, "cpu")
+
+    def iteration(scaler, poisoned=False):
+        opt.zero_grad()
+        scaler.scale(mlp_loss(model, regression_data())).backward()
+        if poisoned:
+            poison(model)
+        scaler.step(opt)
+        scaler.update()
+
+    iteration(scaler, poisoned=True)   # backs off: 2**9
+    iteration(scaler)                  # one good step: tracker 1
+    copies = [pickle.loads(pickle.dumps(scaler)), copy.deepcopy(scaler)]
+    for c in copies:
+        assert (c.get_scale(), c._get_growth_tracker()) == (2.0 ** 9, 1)
+    for s in (scaler, *copies):
+        iteration(s)                   # the second good step grows the scale
+        assert (s.get_scale(), s._get_growth_tracker()) == (2.0 ** 10, 0)
+
+    opt.zero_grad()
+    scaler.scale(mlp_loss(model, regression_data())).backward()
+    scaler.step(opt)
+    with pytest.raises(AssertionError, match="only be pickled at the beginning of an iteration"):
+        pickle.dumps(scaler)
+    scaler.update()
+    assert pickle.loads(pickle.dumps(scaler)).get_scale() == scaler.get_scale()
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
