@@ -5,7 +5,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from helpers import BACKEND_DEVICES, DTYPES
+from helpers import BACKEND_DEVICES, DTYPES, NOT_INTERPRETED
 from ops.update_harness import assert_groups_close, make_group, run_both
 
 SIZES = st.lists(st.sampled_from([0, 1, 3, 8193, 32769, 65537]), min_size=1, max_size=3)
@@ -44,6 +44,18 @@ def test_lars_matches_reference(backend, device, sizes, dtype, momentum, dampeni
 def test_lars_with_given_trust_ratios_matches_reference(backend, device, sizes, dtype, momentum,
                                                         wd, always_adapt, stats, master):
     """The caller's ratios (the sharded step's path) replace the op's own, stats included."""
+    _check_given_ratios(backend, device, sizes, dtype, momentum, wd, always_adapt, stats, master)
+
+
+@pytest.mark.parametrize("backend,device", NOT_INTERPRETED)
+def test_lars_with_given_trust_ratios_on_many_tiny_tensors(backend, device):
+    """More tensors than one CUDA launch of LARS's 4 lists holds (656), empty ones among them:
+    the ratio lookups and stats rows of a launch that is not the first."""
+    sizes = [0 if i % 50 == 0 else 1 + i % 7 for i in range(800)]
+    _check_given_ratios(backend, device, sizes, torch.float32, 0.9, 1e-4, False, True, False)
+
+
+def _check_given_ratios(backend, device, sizes, dtype, momentum, wd, always_adapt, stats, master):
     from fastdyn import reference
     from fastdyn.ops import use_backend
     from fastdyn.ops.registry import for_device
