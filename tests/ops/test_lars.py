@@ -136,3 +136,19 @@ def test_lars_eps_and_trust_coeff_reach_the_trust_ratio(backend, device, dtype, 
     for who in ("ours", "ref"):
         torch.testing.assert_close(results[who + "_stats"][:, 3].double().cpu(), expected,
                                    rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+def test_lars_takes_the_norm_of_huge_scaled_grads_unscaled(backend, device):
+    """Grads scaled by 2^62 (a scale grown for long on small grads): each square fits
+    float32 (~2e35) but their sum over 4,096 elements does not; the trust ratio is the
+    unscaled grads' (the Triton path summed the scaled squares into float32: an inf ||g||,
+    a ratio of 0, and the params did not move)."""
+    scale = 2.0 ** 62
+    group = make_group([4096, 5], torch.float32, device, buffers=1, steps=False)
+    group["grads"] = [g * scale for g in group["grads"]]  # exact: a power of two
+    build = lars_args(0.9, 0.0, 1e-4, False, False, False, True,
+                      grad_scale=torch.tensor(scale, device=device))
+    ours, ref = run_both("lars_", backend, device, build, group)
+    assert_groups_close(ours, ref, torch.float32, orig=group)
+    assert not torch.equal(ours["params"][0], group["params"][0])

@@ -166,6 +166,28 @@ def test_triton_tables_of_many_buckets_stay_cached():
     assert cached <= {id(t) for t in _multi_tensor._tables.values()}
 
 
+@pytest.mark.triton
+@pytest.mark.skipif(not (triton_available() and INTERPRETED), reason="Triton under TRITON_INTERPRET=1")
+def test_triton_tables_past_the_byte_budget_stay_cached(monkeypatch):
+    """Tables larger than the byte budget (a step's past ~5B elements a device) all went at
+    once, and every step rebuilt them: the budget grows to four of the largest, and past
+    that the least recently used table still goes."""
+    from collections import OrderedDict
+
+    from fastdyn.ops.triton import _multi_tensor as mt
+    monkeypatch.setattr(mt, "_tables", OrderedDict())
+    monkeypatch.setattr(mt, "_table_bytes", 0)
+    monkeypatch.setattr(mt, "_largest_table", 0)
+    monkeypatch.setattr(mt, "_MAX_TABLE_BYTES", 200)  # under two of the tables below
+    lists = [[torch.zeros(3 * mt.CHUNK)] for _ in range(5)]  # 3 rows + 2 begins: 112 bytes each
+    first = [mt.chunk_table(ts, torch.device("cpu")) for ts in lists[:4]]
+    again = [mt.chunk_table(ts, torch.device("cpu")) for ts in lists[:4]]
+    assert all(a is b for a, b in zip(again, first))  # hits, none rebuilt
+    mt.chunk_table(lists[4], torch.device("cpu"))  # a fifth: the least recently used goes
+    kept = [id(t) for t in mt._tables.values()]
+    assert len(kept) == 4 and id(first[0]) not in kept
+
+
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
 @pytest.mark.parametrize("op", ["norm", "unscale", "clip"])
 def test_sum_of_squares_past_float32_range(backend, device, op):

@@ -69,6 +69,19 @@ def test_stats_are_the_norms_of_the_step(backend, device, dtype, name):
 
 
 
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+def test_update_norm_at_an_infinite_lr_is_inf(backend, device):
+    """lr = inf sends every element to +-inf: ||update|| is inf, as the stored change's (the
+    Triton SGD kernel summed its masked tail lanes' 0 - inf * 0 = NaN into it)."""
+    args = list(_args("sgd_", device, torch.float32))
+    args[4] = torch.tensor(float("inf"), device=device)  # lr
+    stats = torch.full((len(SIZES), 4), float("nan"), device=device)
+    with use_backend(backend):
+        for_device("sgd_", torch.device(device))(*args, stats=stats)
+    assert args[0][1].isinf().all()
+    assert stats[:, 2].isinf().all(), stats
+
+
 def _with_masters(args, name):
     """args with fp32 master copies of the params in the op's master_params slot, and the
     state in fp32 (as the ops require with masters); (args, masters)."""

@@ -6,6 +6,10 @@ into a typed pointer with `.to(tl.pointer_type(...))`.
 
 Per-chunk partial sums go to a [n_chunks, k] buffer and are combined per tensor by
 `segment_sum`, one program per tensor walking its chunks in order: deterministic, no atomics.
+
+Divisions and square roots are written `tl.div_rn` / `tl.sqrt_rn` (IEEE, as nvcc's default for
+the CUDA kernels): Triton's `/` and `tl.sqrt` compile to div.full.f32 (2 ulp) and
+sqrt.approx.ftz.f32 (seen in the sm_90 PTX), which put the backends a few ulp apart.
 """
 
 from __future__ import annotations
@@ -37,13 +41,17 @@ class ChunkTable(NamedTuple):
     n_chunks: int
     n_cols: int
     max_tensor_chunks: int     # chunks of the largest tensor
+    stream: int                # the raw CUDA stream it was allocated on (0 off CUDA)
 
 
 # Tables by (device, addresses, sizes), least recently used first, evicted past a byte
 # budget rather than a count: an optimizer with many param groups uses two or three tables
 # per bucket a step, and a count of 64 made 30+ buckets rebuild (and copy) every table.
+# The budget grows to four tables as large as the largest built: past ~5B elements a device
+# one step's tables outgrow 64 MB, and each step would rebuild ~650k rows in Python.
 _tables: "OrderedDict[tuple, ChunkTable]" = OrderedDict()
 _table_bytes = 0
+_largest_table = 0
 _MAX_TABLE_BYTES = 64 << 20
 # Tables a CUDA graph was captured with: a replay reads them, so they are never evicted.
 _captured: dict = {}
@@ -52,8 +60,36 @@ _captured: dict = {}
 _graph_owned: list = []
 
 
-def _capturing(device: torch.device) -> bool:
+def _raw_stream(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 0
+    return torch._C._cuda_getCurrentRawStream(
+        device.index if device.index is not None else torch.cuda.current_device())
+
+
+def _used_here(table: ChunkTable, device: torch.device) -> ChunkTable:
+    """A cached table read on a stream other than its allocation stream is recorded on it:
+    once evicted, the allocator would otherwise hand its memory out again on the allocation
+    stream while a kernel on this one may still read it."""
+    stream = _raw_stream(device)
+    if stream != table.stream:
+        current = torch.cuda.current_stream(device)
+        table.rows.record_stream(current)
+        table.chunk_begin.record_stream(current)
+    return table
+
+
+def capturing(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def copy_for_graph(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """host on `device`, copied while a CUDA graph is captured: from pinned memory (pageable
+    copies are refused while capturing) that the graph keeps, as its replays copy it again."""
+    host = host.pin_memory()
+    out = host.to(device, non_blocking=True)
+    _graph_owned.append((out, host))
+    return out
 
 
 def _nbytes(table: ChunkTable) -> int:
@@ -63,29 +99,30 @@ def _nbytes(table: ChunkTable) -> int:
 def chunk_table(lists, device: torch.device) -> ChunkTable:
     """Table of `lists` (equal-length lists of tensors, list 0 sets the sizes; an empty list
     gives address 0)."""
-    global _table_bytes
+    global _table_bytes, _largest_table
     key = (device, tuple(tuple(t.data_ptr() for t in lst) if len(lst) else None for lst in lists),
            tuple(t.numel() for t in lists[0]))
-    capturing = _capturing(device)
+    in_capture = capturing(device)
     hit = _captured.get(key)
-    if hit is not None:
+    if hit is not None:  # (never evicted: no stream to record)
         return hit
     hit = _tables.get(key)
     if hit is not None:
-        if capturing:
+        if in_capture:
             _tables.pop(key)
             _table_bytes -= _nbytes(hit)
             _captured[key] = hit
-        else:
-            _tables.move_to_end(key)
-        return hit
-    table, host = _build_table(lists, device, pinned=capturing)
-    if capturing:
+            return hit
+        _tables.move_to_end(key)
+        return _used_here(hit, device)
+    table, host = _build_table(lists, device, pinned=in_capture)
+    if in_capture:
         _graph_owned.append((table, host))
         return table
     _tables[key] = table
     _table_bytes += _nbytes(table)
-    while _table_bytes > _MAX_TABLE_BYTES and len(_tables) > 1:
+    _largest_table = max(_largest_table, _nbytes(table))
+    while _table_bytes > max(_MAX_TABLE_BYTES, 4 * _largest_table) and len(_tables) > 1:
         _, old = _tables.popitem(last=False)
         _table_bytes -= _nbytes(old)
     return table
@@ -112,7 +149,8 @@ def _build_table(lists, device: torch.device, pinned: bool):
     table = ChunkTable(host[0].to(device, non_blocking=True),
                        host[1].to(device, non_blocking=True),
                        len(rows), n_cols,
-                       max((b - a for a, b in zip(begin, begin[1:])), default=0))
+                       max((b - a for a, b in zip(begin, begin[1:])), default=0),
+                       _raw_stream(device))
     return table, host
 
 
@@ -131,7 +169,7 @@ def step_is_skipped(found_inf_ptr, HAS_FOUND_INF: tl.constexpr):
 def inverse_grad_scale(scale_ptr, HAS_SCALE: tl.constexpr):
     inv = 1.0
     if HAS_SCALE:
-        inv = 1.0 / tl.load(scale_ptr)
+        inv = tl.div_rn(1.0, tl.load(scale_ptr))
     return inv
 
 

@@ -30,8 +30,8 @@ def _adam_kernel(rows_ptr, lr_ptr, scale_ptr, found_inf_ptr, bc1_ptr, bc2_ptr, p
         length = tl.load(row + 7)
         t = tl.load(row + 8)
         lr = tl.load(lr_ptr)
-        step_size = lr / tl.load(bc1_ptr + t)
-        bc2_sqrt = tl.sqrt(tl.load(bc2_ptr + t))
+        step_size = tl.div_rn(lr, tl.load(bc1_ptr + t))
+        bc2_sqrt = tl.sqrt_rn(tl.load(bc2_ptr + t))
         inv = inverse_grad_scale(scale_ptr, HAS_SCALE)
         offs = tl.arange(0, BLOCK_)
         g2 = tl.zeros([BLOCK_], dtype=tl.float32)
@@ -60,7 +60,7 @@ def _adam_kernel(rows_ptr, lr_ptr, scale_ptr, found_inf_ptr, bc1_ptr, bc2_ptr, p
                 vm = tl.where((vm != vm) | (vm > v), vm, v)
                 tl.store(vmax_ptr + idx, vm.to(S_DT), mask=mask)
                 second = vm
-            p = p - step_size * m / (tl.sqrt(second) / bc2_sqrt + eps)
+            p = p - tl.div_rn(step_size * m, tl.div_rn(tl.sqrt_rn(second), bc2_sqrt) + eps)
             if HAS_MASTER:
                 tl.store(master_ptr + idx, p, mask=mask)
             tl.store(p_ptr + idx, p.to(P_DT), mask=mask)

@@ -17,7 +17,7 @@ from fastdyn.ops.trust_ratio import lamb_trust_ratios
 def _lamb_direction(p, m, v, bc1, bc2, eps, weight_decay):
     # sqrt(v) / sqrt(bc2), as the native kernels: v / bc2 overflows float32 for |g| past
     # ~1.8e19 where v does not, and u became m / inf = 0 (the element did not move)
-    u = (m / bc1) / (tl.sqrt(v) / tl.sqrt(bc2) + eps)
+    u = tl.div_rn(tl.div_rn(m, bc1), tl.div_rn(tl.sqrt_rn(v), tl.sqrt_rn(bc2)) + eps)
     if weight_decay != 0.0:
         u = u + weight_decay * p
     return u

@@ -1,5 +1,7 @@
 """Triton LARS (mirrors csrc/cuda/lars.cu): per-tensor norms, trust ratios, momentum update."""
 
+import torch
+
 from fastdyn.ops.triton._multi_tensor import as_float32
 from fastdyn.ops.triton.norm import per_tensor_partials
 from fastdyn.ops.triton.sgd import momentum_update
@@ -16,12 +18,14 @@ def lars_(params, grads, momentum_buffers, master_params, lr, momentum, dampenin
     if trust_ratios is not None:  # the caller's (norms all-reduced over shards)
         ratios = trust_ratios.float().contiguous() if adapt else None
     elif adapt:
-        g2 = per_tensor_partials(grads, is_max=False)
+        # the scaled sums come back in float64 and are unscaled there, as the native kernels
+        # unscale before squaring: a float32 scale**2 is inf from 2^64 (the norm read 0 and
+        # the ratio 1), and a float32 sum of scaled squares overflows first
+        g2 = per_tensor_partials(grads, is_max=False, out_dtype=torch.float64)
         if grad_scale is not None:
-            # in double, as the native kernels: a float32 scale**2 is inf from 2^64 (the
-            # norm read 0 and the ratio 1) and 0 under 2^-64
             inv = grad_scale.reshape(()).double().reciprocal()
             g2 = g2 * inv * inv
+        g2 = g2.float()
         p2 = per_tensor_partials(master_params if master_params else params, is_max=False)
         ratios = lars_trust_ratios(p2.sqrt(), g2.sqrt(), trust_coeff, weight_decay, eps,
                                    as_float32(lr), trust_clip)

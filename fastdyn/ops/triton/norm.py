@@ -9,7 +9,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fastdyn.ops.triton._multi_tensor import BLOCK, CHUNK, chunk_table, segment_sum, tl_dtype
+from fastdyn.ops.triton._multi_tensor import (BLOCK, CHUNK, capturing, chunk_table, copy_for_graph,
+                                              segment_sum, tl_dtype)
 
 
 @triton.jit
@@ -92,8 +93,12 @@ def _device_order(order: tuple, device: torch.device) -> torch.Tensor:
     # one H2D copy per distinct order, not per call: a copy per call stalls and cannot be
     # captured in a CUDA graph (a step's lists keep their order, so this stays small)
     key = (device, order)
-    if key not in _ORDERS:
-        _ORDERS[key] = torch.tensor(order, device=device)
+    hit = _ORDERS.get(key)
+    if hit is not None:
+        return hit
+    if capturing(device):  # first seen while capturing: the graph's own (as a chunk table)
+        return copy_for_graph(torch.tensor(order, dtype=torch.int64), device)
+    _ORDERS[key] = torch.tensor(order, device=device)
     return _ORDERS[key]
 
 

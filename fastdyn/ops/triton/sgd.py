@@ -78,7 +78,7 @@ def _momentum_update_kernel(rows_ptr, lr_ptr, scale_ptr, found_inf_ptr, ratio_pt
                 g2 += g * g
                 p2 += p * p
                 change = held_after(new, P_DT, HAS_MASTER) - p
-                d2 += change * change
+                d2 += tl.where(mask, change * change, 0.0)  # (masked lanes: 0 - inf * 0 is NaN)
         if STATS:
             tl.store(partials_ptr + pid * 3, tl.sum(g2, axis=0))
             tl.store(partials_ptr + pid * 3 + 1, tl.sum(p2, axis=0))

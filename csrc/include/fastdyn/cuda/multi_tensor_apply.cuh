@@ -102,6 +102,22 @@ inline int64_t count_chunks(at::TensorList list) {
   return total;
 }
 
+// Built for 32 KB arguments, the driver must take them too: a CUDA 12.0 driver (which runs
+// 12.x builds through minor-version compatibility) fails every launch with a generic error.
+inline void check_driver_takes_kernel_arguments() {
+#if defined(CUDA_VERSION) && CUDA_VERSION >= 12010
+  static const int driver = [] {
+    int v = 0;
+    C10_CUDA_CHECK(cudaDriverGetVersion(&v));
+    return v;
+  }();
+  TORCH_CHECK(driver >= 12010, "fastdyn's CUDA kernels were built to take up to 32 KB of "
+              "arguments, which needs an NVIDIA driver for CUDA 12.1 or newer; this driver "
+              "supports CUDA ", driver / 1000, ".", (driver % 1000) / 10,
+              ". Update the driver, or use the Triton backend (FASTDYN_BACKEND=triton)");
+#endif
+}
+
 // Cuts `lists` (Depth lists of equal length, list 0 sets the sizes; an empty list gives
 // null addresses) into launches; calls launch(meta) for each. `ids` (optional) maps list
 // positions to the op's own tensor indices; chunk numbers start at `chunk_base`.
@@ -116,6 +132,9 @@ void for_each_batch(const std::array<at::TensorList, Depth>& lists, Launch&& lau
   meta.chunk_begin[0] = 0;
   int64_t global_chunks = chunk_base;
   const int64_t n = static_cast<int64_t>(lists[0].size());
+  // here, not in launch_apply: the per-tensor kernels take a TensorListMeta too, and a
+  // batch of empty tensors launches only them
+  if (n > 0) check_driver_takes_kernel_arguments();
   for (int64_t t = 0; t < n; ++t) {
     const int64_t numel = lists[0][t].numel();
     const int64_t chunks = (numel + kChunkElems - 1) / kChunkElems;
@@ -169,26 +188,9 @@ __global__ void __launch_bounds__(kBlockSize) apply_kernel(TensorListMeta<Depth>
   }
 }
 
-// Built for 32 KB arguments, the driver must take them too: a CUDA 12.0 driver (which runs
-// 12.x builds through minor-version compatibility) fails every launch with a generic error.
-inline void check_driver_takes_kernel_arguments() {
-#if defined(CUDA_VERSION) && CUDA_VERSION >= 12010
-  static const int driver = [] {
-    int v = 0;
-    C10_CUDA_CHECK(cudaDriverGetVersion(&v));
-    return v;
-  }();
-  TORCH_CHECK(driver >= 12010, "fastdyn's CUDA kernels were built to take up to 32 KB of "
-              "arguments, which needs an NVIDIA driver for CUDA 12.1 or newer; this driver "
-              "supports CUDA ", driver / 1000, ".", (driver % 1000) / 10,
-              ". Update the driver, or use the Triton backend (FASTDYN_BACKEND=triton)");
-#endif
-}
-
 template <int Depth, typename Op>
 void launch_apply(const TensorListMeta<Depth>& meta, const Op& op) {
   if (meta.n_chunks == 0) return;
-  check_driver_takes_kernel_arguments();
   const int device = c10::cuda::current_device();
   const int per_sm = resident_blocks_per_sm<apply_kernel<Depth, Op>>(device, kBlockSize);
   apply_kernel<Depth, Op><<<grid_size(meta.n_chunks, device, per_sm), kBlockSize, 0,
