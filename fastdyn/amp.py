@@ -100,7 +100,7 @@ class LossScaler:
         found_inf = self._new_found_inf()
         inv = self._scale.double().reciprocal().float()
         sq = []
-        for (device, spec), grads in _grads_by_place(optimizer).items():
+        for (device, spec), grads in _grads_by_place(optimizer, write_back=True).items():
             f = found_inf if device == found_inf.device else torch.zeros_like(found_inf, device=device)
             total, _ = ops.multi_tensor_unscale_norm_(grads, inv.to(device), f)
             if spec is not None:  # every rank that holds a shard of these grads skips alike
@@ -271,16 +271,23 @@ class LossScaler:
             self._growth_tracker.fill_(self._init_growth_tracker)
 
 
-def _grads_by_place(optimizer) -> dict:
-    """(device, ShardSpec of DTensor shards or None) -> the local gradients there."""
+def _grads_by_place(optimizer, write_back: bool = False) -> dict:
+    """(device, ShardSpec of DTensor shards or None) -> the local gradients there. DTensor
+    gradients placed unlike their params (pending sums, Partial) are redistributed to the
+    params' placements, as the step takes them; `write_back`: into p.grad (for unscale_,
+    which writes them)."""
     by_place: dict = {}
     for group in optimizer.param_groups:
         for i, p in enumerate(group["params"]):
-            if p.grad is not None:
-                if p.grad.is_sparse:
+            g = p.grad
+            if g is not None:
+                if g.is_sparse:
                     raise ValueError("LossScaler does not support sparse gradients")
-                spec = distributed.shard_spec(p.grad, f"params[{i}].grad")
-                by_place.setdefault((p.grad.device, spec), []).append(distributed.local(p.grad))
+                placed = distributed.in_param_placements(g, p)
+                if write_back and placed is not g:
+                    p.grad = placed
+                spec = distributed.shard_spec(placed, f"params[{i}].grad")
+                by_place.setdefault((placed.device, spec), []).append(distributed.local(placed))
     return by_place
 
 

@@ -178,13 +178,18 @@ def _clip_dtensor_grads(grads: list, max_norm: float, norm_type: float,
     norm_type 0 counts the tensors holding a nonzero on any rank, as torch's does."""
     if not (norm_type >= 0):
         raise ValueError(f"norm_type must be >= 0 (or inf) for DTensor gradients, got {norm_type}")
-    by_place: dict = {}
+    by_place: dict = {}  # (device, spec) -> (local tensors measured, local tensors scaled)
     for i, g in enumerate(grads):
-        spec = distributed.shard_spec(g, f"gradient {i}")
-        by_place.setdefault((g.device, spec), []).append(distributed.local(g))
+        # pending sums (Partial) are measured summed, as torch's clip does; scaling each
+        # rank's partial sum scales the sum
+        measured = distributed.without_partial(g)
+        spec = distributed.shard_spec(measured, f"gradient {i}")
+        read, written = by_place.setdefault((g.device, spec), ([], []))
+        read.append(distributed.local(measured))
+        written.append(distributed.local(g))
     first = next(iter(by_place))[0]
     parts = []
-    for (device, spec), local_grads in by_place.items():
+    for (device, spec), (local_grads, _) in by_place.items():
         if norm_type == 0:
             nonzero = torch.stack([_tensor_norm(g, 0.0) for g in local_grads])
             if spec is not None:  # a tensor counts once, whichever ranks hold its nonzeros
@@ -205,7 +210,7 @@ def _clip_dtensor_grads(grads: list, max_norm: float, norm_type: float,
     if error_if_nonfinite and not torch.isfinite(total.to(out_dtype)):
         raise RuntimeError(_NONFINITE_MESSAGE.format(norm_type))
     coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
-    for (device, _), local_grads in by_place.items():
+    for (device, _), (_, local_grads) in by_place.items():
         multi_tensor_scale_(local_grads, coef.to(device))
     like = next(g for g in grads if distributed.is_dtensor(g))
     return distributed.as_replicated(total.to(out_dtype), like)

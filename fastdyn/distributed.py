@@ -58,9 +58,30 @@ def shard_spec(t, name: str) -> Optional[ShardSpec]:
         if placement.is_partial():
             raise ValueError(f"{name} is a DTensor with a Partial placement {tuple(t.placements)}; "
                              "redistribute it to Shard or Replicate first")
-        if placement.is_shard() and t.device_mesh.size(i) > 1:  # one rank holds it all
+        # every placement but Replicate splits the tensor: FSDP2 over tensor parallelism
+        # places _StridedShard, whose is_shard() is False (torch 2.14), and its dp shards
+        # had been left out of every norm (a clip norm of 1.03 for 1.17)
+        if not placement.is_replicate() and t.device_mesh.size(i) > 1:  # one rank: all of it
             dims.append(i)
     return ShardSpec(t.device_mesh, tuple(dims)) if dims else None
+
+
+def in_param_placements(grad, param):
+    """`param`'s DTensor gradient in the param's placements: one of pending sums (Partial:
+    sequence parallelism leaves a LayerNorm weight's so) or placed unlike its param is
+    redistributed, as torch's DTensor ops do before they combine them. (Its local values
+    had been stepped as they were: each rank its own partial sum.)"""
+    if is_dtensor(grad) and is_dtensor(param) and tuple(grad.placements) != tuple(param.placements):
+        return grad.redistribute(param.device_mesh, param.placements)
+    return grad
+
+
+def without_partial(t):
+    """A DTensor with its pending sums (Partial placements) done: Replicate there."""
+    if is_dtensor(t) and any(p.is_partial() for p in t.placements):
+        return t.redistribute(t.device_mesh, [Replicate() if p.is_partial() else p
+                                              for p in t.placements])
+    return t
 
 
 def sharded_norms(norms: torch.Tensor, spec: Optional[ShardSpec]) -> torch.Tensor:

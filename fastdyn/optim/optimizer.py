@@ -535,7 +535,13 @@ class FusedOptimizer(Optimizer):
             gg = group_grads[b.group_index]
             # a bucket with as many params as its group holds all of them, in order
             bg = gg if len(b.indices) == len(gg) else [gg[i] for i in b.indices]
-            grads.append([distributed.local(g) for g in bg] if b.dtensor else bg)
+            if b.dtensor:
+                bg = [distributed.local(distributed.in_param_placements(g, p))
+                      for g, p in zip(bg, b.owners)]
+                # laid out like their params before any all-reduce: a retry after an op's
+                # refusal would all-reduce again on the ranks whose shard it refused only
+                bg = _grads_in_param_layout(bg, b.params) or bg
+            grads.append(bg)
         # Grads laid out unlike their param (hand-assigned; autograd's match) are copied into
         # its layout, as torch takes them. A compiled step checks at trace time (dynamo guards
         # strides: nothing at run time); an eager one only after an op refused them.

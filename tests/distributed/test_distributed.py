@@ -36,6 +36,16 @@ def ranks(tmp_path_factory):
             for r in range(workers.WORLD)]
 
 
+@pytest.fixture(scope="module")
+def ranks_2d(tmp_path_factory):
+    """The FSDP2-over-tensor-parallel parts, once on WORLD_2D gloo ranks (a 2 x 2 mesh)."""
+    out = str(tmp_path_factory.mktemp("gloo2d"))
+    mp.spawn(workers.worker, args=(out, workers.WORLD_2D, "2d"), nprocs=workers.WORLD_2D,
+             join=True)
+    return [torch.load(os.path.join(out, f"rank{r}.pt"), weights_only=False)
+            for r in range(workers.WORLD_2D)]
+
+
 # torch releases whose FSDP2 cannot run on the CPU (torch 2.6: its CPU streams have no
 # record_event): the parts that shard with fully_shard skip there, with this reason
 _NO_CPU_FSDP2 = "'Stream' object has no attribute 'record_event'"
@@ -163,3 +173,46 @@ def test_partial_dtensor_param_is_refused(ranks):
 def test_fsdp2_steps_the_params_new_storage_after_a_module_op(ranks):
     for r, seen in enumerate(part(ranks, "swapped")):
         _close(seen["fastdyn"], seen["torch"], f"rank {r} params")
+
+
+def test_partial_and_misplaced_grads_are_redistributed_like_torch(ranks):
+    """A Partial(sum) gradient on a Replicate param (sequence parallelism's) and a Replicate
+    one on a Shard(0) param: the step takes them in the param's placements, as torch's
+    optimizers; clip_grad_norm_ measures the pending sums summed; LossScaler's unscale_
+    writes them redistributed."""
+    for r, seen in enumerate(part(ranks, "partial_grads")):
+        for name in ("sgd", "adamw", "lamb"):
+            assert seen[name]["placement"] == "(Partial(sum),)"
+            torch.testing.assert_close(seen[name]["fastdyn"], seen[name]["torch"], rtol=1e-6,
+                                       atol=1e-7, msg=lambda m: f"rank {r} {name}: {m}")
+        for ours, theirs in zip(seen["clip_fastdyn"], seen["clip_torch"]):
+            torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=0)
+        torch.testing.assert_close(seen["scaler_scaled"], seen["scaler_plain"], rtol=0, atol=0)
+        torch.testing.assert_close(seen["replicate_grad_fastdyn"], seen["replicate_grad_torch"])
+
+
+def test_a_layout_copy_on_one_rank_only_keeps_the_ranks_in_step(ranks):
+    for seen in part(ranks, "layout_on_one_rank"):
+        assert torch.equal(seen["column_major"], seen["contiguous"])
+
+
+@pytest.mark.parametrize("case", workers.CASES_2D)
+def test_fsdp2_over_tensor_parallel_trains_like_one_process(ranks_2d, case):
+    params, stats = workers.train_single(case)
+    for r, seen in enumerate(part(ranks_2d, "fsdp_tp")):
+        assert "_StridedShard" in seen[case]["placements"][0]  # the placement this is about
+        _close(seen[case]["params"], params, f"rank {r} params")
+        if stats is not None:
+            _close(seen[case]["stats"], stats, f"rank {r} stats")
+
+
+def test_clip_grad_norm_over_fsdp2_and_tensor_parallel_is_one_process(ranks_2d):
+    single = workers.clip_single()
+    for r, seen in enumerate(part(ranks_2d, "fsdp_tp_clip")):
+        torch.testing.assert_close(seen["total"], single["total"], rtol=RTOL, atol=0)
+        _close(seen["grads"], single["grads"], f"rank {r} grads")
+
+
+def test_loss_scaler_over_fsdp2_and_tensor_parallel_skips_on_every_rank(ranks_2d):
+    for r, seen in enumerate(part(ranks_2d, "fsdp_tp_scaler")):
+        assert seen == {"kept": True, "scale": 2.0 ** 7}, (r, seen)

@@ -286,6 +286,90 @@ def _partial_refused(rank: int) -> str:
     return "no error"
 
 
+def _partial_grads(rank: int) -> dict:
+    """Gradients placed unlike their params: a Replicate weight applied to a Shard(0) input
+    gets a Partial(sum) gradient (sequence parallelism's LayerNorm weights do), and a
+    Replicate gradient set on a Shard(0) param. fastdyn against torch's optimizers, which
+    redistribute them (fastdyn had stepped each rank's partial sum: the replicas diverged);
+    clip_grad_norm_ against torch's; LossScaler's unscale_ and step."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (WORLD,))
+
+    def partial_param():
+        w = torch.nn.Parameter(distribute_tensor(torch.linspace(0.5, 2.0, 4), mesh, [Replicate()]))
+        x = distribute_tensor(torch.arange(16.0).reshape(4, 4), mesh, [Shard(0)])
+        return w, x
+
+    out = {}
+    for name, cls, kw in (("sgd", SGD, dict(lr=0.1, momentum=0.9)),
+                          ("adamw", AdamW, dict(lr=0.1)),
+                          ("lamb", LAMB, dict(lr=0.1, max_grad_norm=1.0))):
+        result = {}
+        for who, make in (("fastdyn", cls), ("torch", getattr(torch.optim, cls.__name__, None))):
+            if make is None:  # LAMB: against the same step on the gradient made Replicate
+                make = cls
+            w, x = partial_param()
+            ((x * w).sum() * (w * w).sum()).backward()
+            result["placement"] = str(w.grad.placements)
+            if who == "torch" and cls is LAMB:
+                w.grad = w.grad.redistribute(mesh, [Replicate()])
+            make([w], **kw).step()
+            result[who] = w.to_local().clone()
+        out[name] = result
+    for who, clip in (("fastdyn", fastdyn.clip_grad_norm_), ("torch", torch.nn.utils.clip_grad_norm_)):
+        w, x = partial_param()
+        ((x * w).sum() * (w * w).sum()).backward()
+        total = clip([w], 1.0)
+        out[f"clip_{who}"] = (_full(total).clone(), w.grad.full_tensor().clone())
+    # LossScaler: unscale_ writes the gradient redistributed; the step takes it
+    for who in ("scaled", "plain"):
+        w, x = partial_param()
+        opt = SGD([w], lr=0.1)
+        loss = (x * w).sum() * (w * w).sum()
+        if who == "scaled":
+            scaler = LossScaler("cpu", init_scale=2.0 ** 4)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+        out[f"scaler_{who}"] = w.to_local().clone()
+    # a Replicate gradient on a Shard(0) param: the param's rows of it
+    for who, cls in (("fastdyn", SGD), ("torch", torch.optim.SGD)):
+        w = torch.nn.Parameter(distribute_tensor(torch.ones(4, 2), mesh, [Shard(0)]))
+        w.grad = distribute_tensor(torch.arange(8.0).reshape(4, 2), mesh, [Replicate()])
+        cls([w], lr=0.1).step()
+        out[f"replicate_grad_{who}"] = w.full_tensor().clone()
+    return out
+
+
+def _layout_on_one_rank(rank: int) -> dict:
+    """A hand-assigned DTensor gradient laid out unlike its Shard(0) param on one rank only
+    (rank 1's 1-row shard counts as laid out alike): LARS's sharded step all-reduces norms
+    before its update op, whose refusal on rank 0 had made that rank retry and all-reduce
+    again alone (both ranks hung). Now every rank copies before any all-reduce."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (WORLD,))
+    out = {}
+    for layout in ("column_major", "contiguous"):
+        torch.manual_seed(0)
+        full_w, full_g = torch.randn(3, 4), torch.randn(3, 4)
+        w = torch.nn.Parameter(distribute_tensor(full_w, mesh, [Shard(0)]))
+        g = full_g[:2] if rank == 0 else full_g[2:]
+        if layout == "column_major":
+            g = g.t().contiguous().t()
+        w.grad = DTensor.from_local(g, mesh, [Shard(0)], shape=(3, 4), stride=(4, 1))
+        LARS([w], lr=0.1, weight_decay=1e-2).step()
+        out[layout] = w.full_tensor().clone()
+    return out
+
+
 # what each rank runs, part by part; a part that raises is recorded as {"error": traceback}
 # so that the others still report (the tests of that part fail, or skip where the installed
 # torch cannot run it on the CPU)
@@ -301,21 +385,99 @@ PARTS = {
     "resume": _resume,
     "compiled": lambda rank: {c: _compiled(c, rank) for c in ("adamw", "lamb-clip", "lars-clip")},
     "partial": _partial_refused,
+    "partial_grads": _partial_grads,
+    "layout_on_one_rank": _layout_on_one_rank,
     "loss_scaler": lambda rank: _scaler_skip(rank, "loss_scaler"),
     "loss_scaler_unscale": lambda rank: _scaler_skip(rank, "loss_scaler_unscale"),
     "grad_scaler": lambda rank: _scaler_skip(rank, "grad_scaler"),
 }
 
 
-def worker(rank: int, out_dir: str) -> None:
+# FSDP2 over tensor parallelism on a (dp, tp) = (2, 2) mesh: four ranks
+WORLD_2D = 4
+CASES_2D = ("adamw", "lamb-clip", "lars")
+
+
+def _fsdp_tp_model():
+    """Layer 0 column-wise and layer 2 row-wise over tp, then every param sharded over dp:
+    placements (_StridedShard(0), Shard(0)), (Shard(0), Shard(1)) and (Shard(0), Replicate()).
+    _StridedShard's is_shard() is False (torch 2.14): its dp shards had been left out of
+    every norm. Returns the model and the rank's dp index (its half of each batch)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor.parallel import (ColwiseParallel, RowwiseParallel,
+                                                   parallelize_module)
+
+    mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp"))
+    model = parallelize_module(make_model(), mesh["tp"], {"0": ColwiseParallel(),
+                                                          "2": RowwiseParallel()})
+    fully_shard(model, mesh=mesh["dp"])
+    return model, mesh["dp"].get_local_rank()
+
+
+def _train_fsdp_tp(case: str) -> dict:
+    cls, kwargs = CASES[case]
+    model, dp = _fsdp_tp_model()
+    opt = cls(model.parameters(), **kwargs)
+    train(model, opt, batches(), dp)
+    stats = opt.last_stats()
+    return {"params": [p.full_tensor().detach().clone() for p in model.parameters()],
+            "stats": None if stats is None else stats.values.clone(),
+            "placements": [str(p.placements) for p in model.parameters()]}
+
+
+def clip_single() -> dict:
+    """torch's clip_grad_norm_ of the first batch's gradients in one process."""
+    x, y = batches()[0]
+    model = make_model()
+    F.mse_loss(model(x), y).backward()
+    total = torch.nn.utils.clip_grad_norm_(model.parameters(), 0.05)
+    return {"total": total, "grads": [p.grad.clone() for p in model.parameters()]}
+
+
+def _clip_fsdp_tp() -> dict:
+    """(torch's own refuses these gradients: layer 4's live on the dp mesh, the others' on
+    the dp x tp mesh)"""
+    x, y = batches()[0]
+    model, dp = _fsdp_tp_model()
+    F.mse_loss(model(rows(x, dp)), rows(y, dp)).backward()
+    total = fastdyn.clip_grad_norm_(model.parameters(), 0.05)
+    return {"total": _full(total).clone(),
+            "grads": [p.grad.full_tensor().clone() for p in model.parameters()]}
+
+
+def _scaler_fsdp_tp(rank: int) -> dict:
+    """An inf in rank 0's local shard of layer 0's weight (_StridedShard over dp) only."""
+    x, y = batches()[0]
+    model, dp = _fsdp_tp_model()
+    opt = LAMB(model.parameters(), lr=1e-2)
+    scaler = LossScaler("cpu", init_scale=2.0 ** 8)
+    scaler.scale(F.mse_loss(model(rows(x, dp)), rows(y, dp))).backward()
+    if rank == 0:
+        model[0].weight.grad.to_local().view(-1)[0] = float("inf")
+    before = [p.to_local().clone() for p in model.parameters()]
+    scaler.step(opt)
+    scaler.update()
+    return {"kept": all(torch.equal(a, p.to_local()) for a, p in zip(before, model.parameters())),
+            "scale": scaler.get_scale()}
+
+
+PARTS_2D = {
+    "fsdp_tp": lambda rank: {c: _train_fsdp_tp(c) for c in CASES_2D},
+    "fsdp_tp_clip": lambda rank: _clip_fsdp_tp(),
+    "fsdp_tp_scaler": _scaler_fsdp_tp,
+}
+
+
+def worker(rank: int, out_dir: str, world: int = WORLD, parts: str = "main") -> None:
     # a collective that one rank never joins (it raised) fails after this, instead of gloo's
     # default of 30 minutes
     dist.init_process_group("gloo", init_method=f"file://{os.path.join(out_dir, 'store')}",
-                            rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=120))
+                            rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
     try:
         torch.set_num_threads(1)
         result = {}
-        for name, run in PARTS.items():
+        for name, run in {"main": PARTS, "2d": PARTS_2D}[parts].items():
             try:
                 result[name] = run(rank)
             except Exception:
