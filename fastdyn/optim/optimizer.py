@@ -219,7 +219,9 @@ class FusedOptimizer(Optimizer):
         self._runtime: dict = {"plan": None, "plan_key": None, "plan_state": None,
                                "plan_params": [], "plan_contents": None, "stats": None,
                                "grad_norm": None, "clip": None,
-                               "started": [], "cohort_of": {}}
+                               "started": [], "cohort_of": {},
+                               # params whose master weights came from a state dict
+                               "loaded_masters": set()}
         self._lr_tensors: dict = {}
 
     def _invalidate(self) -> None:
@@ -233,7 +235,12 @@ class FusedOptimizer(Optimizer):
         """Creates or repairs the state of p (after a load, a new option); True if a
         momentum-like buffer was created (its first step)."""
         keys = self._required_keys(group)
-        if not keys and not self._has_step and not (self.master_weights and p.dtype in _LOW_PRECISION):
+        uses_master = self.master_weights and p.dtype in _LOW_PRECISION
+        if not uses_master and "master_param" in self.state.get(p, {}):
+            # (the param left 16 bits, or master weights are off): unused, it would go stale
+            # and come back as the param's value when they are used again
+            del self.state[p]["master_param"]
+        if not keys and not self._has_step and not uses_master:
             return False  # nothing to hold (SGD without momentum): no empty entry, as torch
         state = self.state[p]
         sdtype = self._state_dtype(p)
@@ -255,7 +262,7 @@ class FusedOptimizer(Optimizer):
                 state["step"] = torch.tensor(float(step), dtype=_scalar_dtype(), device=p.device)
             elif step.device != p.device or not step.is_floating_point():
                 state["step"] = step.to(device=p.device, dtype=torch.float32)
-        if self.master_weights and p.dtype in _LOW_PRECISION:
+        if uses_master:
             master = state.get("master_param")
             if master is None:
                 state["master_param"] = p.detach().to(torch.float32).clone(
@@ -264,6 +271,14 @@ class FusedOptimizer(Optimizer):
                 fixed = _like_param(master, p, torch.float32)
                 if fixed is not master:
                     state["master_param"] = fixed
+                if not torch.compiler.is_compiling() and p in self._runtime["loaded_masters"]:
+                    # a loaded master whose rounding is not the param's value is stale (the
+                    # checkpoint's model trained on elsewhere, torch.optim carrying the key
+                    # unchanged; weights loaded into the model after): the param's value
+                    # wins there, the master's extra bits where they agree (no host sync)
+                    fixed = state["master_param"]
+                    fixed.copy_(torch.where(fixed.to(p.dtype) == p.detach(), fixed, p.detach().float()))
+                    self._runtime["loaded_masters"].discard(p)
         return created
 
     def _required_keys(self, group: dict) -> tuple:
@@ -447,6 +462,15 @@ class FusedOptimizer(Optimizer):
                 where = f"params[{i}] of param group {gi}"
                 if grad.is_sparse:
                     raise ValueError(f"{name} does not support sparse gradients ({where} has one)")
+                # (autograd and the .grad setter keep these equal; a param's data replaced
+                # after backward does not: refused here, before any bucket steps, not by
+                # the update op of a later bucket after the earlier ones moved)
+                if grad.shape != p.shape:
+                    raise ValueError(f"the gradient of {where} has shape {list(grad.shape)}, but "
+                                     f"the param has shape {list(p.shape)}")
+                if grad.dtype != p.dtype:
+                    raise TypeError(f"the gradient of {where} has dtype {grad.dtype}, but the "
+                                    f"param has {p.dtype} (zero_grad() after converting params)")
                 state = self.state.get(p, {})
                 for key in (*keys, "master_param"):
                     t = state.get(key)
@@ -727,9 +751,17 @@ class FusedOptimizer(Optimizer):
             p = id_map.get(pid)
             if p is None:
                 continue
+            uses_master = self.master_weights and p.dtype in _LOW_PRECISION
             for k, v in kept.items():
-                if k == "master_param" or (self.master_weights and p.dtype in _LOW_PRECISION):
+                if k == "master_param" and not uses_master:
+                    continue
+                if k == "master_param" or uses_master:
                     self.state[p][k] = v.to(device=p.device, dtype=torch.float32)
+            if "master_param" in self.state[p]:
+                if uses_master:  # checked against the param at the next step
+                    self._runtime["loaded_masters"].add(p)
+                else:  # unused here: it would go stale, and come back in a later checkpoint
+                    del self.state[p]["master_param"]
             step = self.state[p].get("step")
             if isinstance(step, torch.Tensor) and step.device != p.device:
                 self.state[p]["step"] = step.to(device=p.device, dtype=torch.float32)

@@ -119,6 +119,27 @@ def test_state_of_the_wrong_shape_is_refused_before_any_group_steps(name, key):
         assert torch.equal(t, u)
 
 
+@pytest.mark.parametrize("name", ["AdamW", "LAMB", "SGD", "LARS"])
+@pytest.mark.parametrize("change", ["shape", "dtype"])
+def test_a_param_replaced_after_backward_is_refused_before_any_group_steps(name, change):
+    """A param's data replaced (another shape or dtype) between backward and step: its
+    gradient no longer fits it. The update op of its bucket had refused it after the other
+    buckets had stepped, naming its index inside the bucket."""
+    a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(4))
+    kw = dict(momentum=0.9) if name == "SGD" else {}
+    opt = getattr(fastdyn.optim, name)([{"params": [a]}, {"params": [b]}], lr=0.1, **kw)
+    a.grad, b.grad = torch.ones(3), torch.ones(4)
+    opt.step()
+    before = [t.clone() for t in (a, *opt.state[a].values())]
+    b.data = torch.ones(5) if change == "shape" else torch.ones(4, dtype=torch.bfloat16)
+    error, words = ((ValueError, r"shape \[4\], but the param has shape \[5\]") if change == "shape"
+                    else (TypeError, "dtype torch.float32, but the param has torch.bfloat16"))
+    with pytest.raises(error, match=r"the gradient of params\[0\] of param group 1 has " + words):
+        opt.step()
+    for t, u in zip(before, (a, *opt.state[a].values())):
+        assert torch.equal(t, u)
+
+
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
 def test_grads_laid_out_unlike_their_params_step_like_torch(backend, device):
     """A hand-assigned grad with the param's shape but not its strides: the op refuses it

@@ -82,3 +82,53 @@ def test_adam_state_dict_loads_into_adamw_and_back():
     a2 = fastdyn.optim.Adam(model.parameters(), lr=1e-2)
     a2.load_state_dict(w.state_dict())
     train(model, a2, mlp_loss, regression_data(), 2)
+
+
+def _one_step_away(model, loaded, lr):
+    """Largest move of a param from `loaded` (its values before one step)."""
+    return max(float((p.float() - q.float()).abs().max()) for p, q in zip(model.parameters(), loaded))
+
+
+def test_master_weights_follow_a_param_through_fp32_and_back():
+    """bf16 with master weights, then model.float() for 5 steps, then bf16 again: the master
+    kept from the first bf16 step came back as the param's value and undid the fp32 steps.
+    A param that leaves 16 bits drops its master; back in 16 bits it gets a new one."""
+    model = mlp(dtype=torch.bfloat16)
+    opt = fastdyn.optim.SGD(model.parameters(), lr=0.1, master_weights=True)
+    data = regression_data()
+    train(model, opt, mlp_loss, tuple(t.bfloat16() for t in data), steps=1)
+    model.float()
+    train(model, opt, mlp_loss, data, steps=5)
+    assert all("master_param" not in opt.state[p] for p in model.parameters())
+    model.bfloat16()
+    loaded = [p.detach().clone() for p in model.parameters()]
+    train(model, opt, mlp_loss, tuple(t.bfloat16() for t in data), steps=1)
+    assert _one_step_away(model, loaded, 0.1) < 0.05
+
+
+@pytest.mark.parametrize("via", ["fastdyn_without_masters", "torch"])
+def test_a_checkpoint_trained_on_elsewhere_does_not_bring_back_its_masters(via):
+    """A master-weights checkpoint trained on by an optimizer that does not keep masters
+    (fastdyn's without them, or torch.optim's, which carries the unknown key unchanged),
+    then resumed with master weights: the stale masters had become the params' values at
+    the first step (a jump back to the first checkpoint, 20 steps lost). Without master
+    weights fastdyn drops them; loaded ones give way where their rounding is not the param."""
+    data = tuple(t.bfloat16() for t in regression_data())
+    model = mlp(dtype=torch.bfloat16)
+    opt = fastdyn.optim.AdamW(model.parameters(), lr=1e-2, master_weights=True)
+    train(model, opt, mlp_loss, data, steps=3)
+    first = [p.detach().clone() for p in model.parameters()]
+    sd = copy.deepcopy(opt.state_dict())
+    other = fastdyn.optim.AdamW(model.parameters(), lr=1e-2) if via != "torch" \
+        else torch.optim.AdamW(model.parameters(), lr=1e-2)
+    other.load_state_dict(sd)
+    train(model, other, mlp_loss, data, steps=20)
+    sd = copy.deepcopy(other.state_dict())
+    if via != "torch":
+        assert all("master_param" not in st for st in sd["state"].values())
+    loaded = [p.detach().clone() for p in model.parameters()]
+    assert _one_step_away(model, first, 1e-2) > 0.05  # (20 steps moved it)
+    resumed = fastdyn.optim.AdamW(model.parameters(), lr=1e-2, master_weights=True)
+    resumed.load_state_dict(sd)
+    train(model, resumed, mlp_loss, data, steps=1)
+    assert _one_step_away(model, loaded, 1e-2) < 0.02
