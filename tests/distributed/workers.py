@@ -293,7 +293,7 @@ def _partial_grads(rank: int) -> dict:
     redistribute them (fastdyn had stepped each rank's partial sum: the replicas diverged);
     clip_grad_norm_ against torch's; LossScaler's unscale_ and step."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+    from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_tensor
 
     mesh = init_device_mesh("cpu", (WORLD,))
 
@@ -301,6 +301,11 @@ def _partial_grads(rank: int) -> dict:
         w = torch.nn.Parameter(distribute_tensor(torch.linspace(0.5, 2.0, 4), mesh, [Replicate()]))
         x = distribute_tensor(torch.arange(16.0).reshape(4, 4), mesh, [Shard(0)])
         return w, x
+
+    def backward(w, x, scale=1.0):
+        (scale * (x * w).sum() * (w * w).sum()).backward()
+        if not w.grad.placements[0].is_partial():  # torch 2.11's autograd sums it already
+            w.grad = DTensor.from_local(w.grad.to_local() / WORLD, mesh, [Partial()])
 
     out = {}
     for name, cls, kw in (("sgd", SGD, dict(lr=0.1, momentum=0.9)),
@@ -311,31 +316,32 @@ def _partial_grads(rank: int) -> dict:
             if make is None:  # LAMB: against the same step on the gradient made Replicate
                 make = cls
             w, x = partial_param()
-            ((x * w).sum() * (w * w).sum()).backward()
+            backward(w, x)
             result["placement"] = str(w.grad.placements)
             if who == "torch" and cls is LAMB:
                 w.grad = w.grad.redistribute(mesh, [Replicate()])
             make([w], **kw).step()
             result[who] = w.to_local().clone()
         out[name] = result
-    for who, clip in (("fastdyn", fastdyn.clip_grad_norm_), ("torch", torch.nn.utils.clip_grad_norm_)):
-        w, x = partial_param()
-        ((x * w).sum() * (w * w).sum()).backward()
-        total = clip([w], 1.0)
-        out[f"clip_{who}"] = (_full(total).clone(), w.grad.full_tensor().clone())
+    # (torch 2.11's own clip measures such a gradient but leaves it unscaled)
+    w, x = partial_param()
+    backward(w, x)
+    out["clip_unclipped"] = w.grad.full_tensor().clone()
+    total = fastdyn.clip_grad_norm_([w], 1.0)
+    out["clip"] = (_full(total).clone(), w.grad.full_tensor().clone())
     # LossScaler: unscale_ writes the gradient redistributed; the step takes it
     for who in ("scaled", "plain"):
         w, x = partial_param()
         opt = SGD([w], lr=0.1)
-        loss = (x * w).sum() * (w * w).sum()
         if who == "scaled":
             scaler = LossScaler("cpu", init_scale=2.0 ** 4)
-            scaler.scale(loss).backward()
+            scaler.scale(torch.ones(()))  # (the scale's tensor; the loss is scaled by hand)
+            backward(w, x, scale=2.0 ** 4)
             scaler.unscale_(opt)
             scaler.step(opt)
             scaler.update()
         else:
-            loss.backward()
+            backward(w, x)
             opt.step()
         out[f"scaler_{who}"] = w.to_local().clone()
     # a Replicate gradient on a Shard(0) param: the param's rows of it
