@@ -38,7 +38,7 @@ void check_momentum(at::TensorList params, at::TensorList grads, at::TensorList 
                     const c10::optional<at::Tensor>& stats,
                     const c10::optional<at::Tensor>& trust_ratios) {
   const UpdateGroup grp = check_momentum_args(params, grads, momentum_buffers, master_params, lr,
-                                              momentum, grad_scale, found_inf, stats);
+                                              momentum, grad_scale, found_inf, stats, trust_ratios);
   if (trust_ratios.has_value()) check_trust_ratios(*trust_ratios, grp);
 }
 

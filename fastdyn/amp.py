@@ -86,6 +86,7 @@ class LossScaler:
     def _new_found_inf(self) -> torch.Tensor:
         return torch.zeros((), dtype=torch.float32, device=self._scale.device)
 
+    @torch.no_grad()  # (as GradScaler's: gradients made with create_graph=True require grad)
     def unscale_(self, optimizer) -> None:
         """Unscale the gradients in place now (e.g. before clipping them yourself): one fused
         read and write per device, which also checks them for inf/NaN and gives their norm."""

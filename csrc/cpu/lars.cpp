@@ -35,7 +35,7 @@ void lars_(at::TensorList params, at::TensorList grads, at::TensorList momentum_
            const c10::optional<at::Tensor>& found_inf, const c10::optional<at::Tensor>& stats,
            const c10::optional<at::Tensor>& trust_ratios) {
   const UpdateGroup grp = check_momentum_args(params, grads, momentum_buffers, master_params, lr,
-                                              momentum, grad_scale, found_inf, stats);
+                                              momentum, grad_scale, found_inf, stats, trust_ratios);
   if (trust_ratios.has_value()) check_trust_ratios(*trust_ratios, grp);
   if (params.empty()) return;
   const StepContext ctx = begin_step({}, lr, grad_scale, found_inf);

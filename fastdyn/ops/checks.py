@@ -155,7 +155,7 @@ def empty_list_device(*scalars) -> torch.device:
 
 
 def check_update_group(params, grads, states: dict, master_params, steps, lr, grad_scale,
-                       found_inf, stats):
+                       found_inf, stats, trust_ratios=None):
     """Mirror of check_update_group in csrc/include/fastdyn/optimizer_checks.h."""
     device = check_float_list("params", params)
     if device is None:
@@ -214,10 +214,6 @@ def check_update_group(params, grads, states: dict, master_params, steps, lr, gr
             if s.dtype != steps[0].dtype:
                 raise TypeError(f"state_steps[{i}] is {s.dtype} but state_steps[0] is "
                                 f"{steps[0].dtype}: the steps must share one dtype")
-    check_no_shared_memory(
-        written=[("params", params), ("state_steps", steps), *states.items(),
-                 ("master_params", master_params or [])],
-        read=[("lr", lr), ("grad_scale", grad_scale), ("found_inf", found_inf)])
     if stats is not None:
         if stats.device != device:
             raise ValueError(f"stats is on {stats.device} but params are on {device}")
@@ -228,6 +224,12 @@ def check_update_group(params, grads, states: dict, master_params, steps, lr, gr
                 f"stats must be a contiguous float32 tensor of shape [{len(params)}, 4], "
                 f"got shape {list(stats.shape)}"
             )
+    check_no_shared_memory(
+        written=[("params", params), ("state_steps", steps), *states.items(),
+                 ("master_params", master_params or [])],
+        written_single=[("stats", stats)],
+        read=[("lr", lr), ("grad_scale", grad_scale), ("found_inf", found_inf),
+              ("trust_ratios", trust_ratios)])
     return device
 
 
@@ -315,7 +317,8 @@ def lars_args(params, grads, momentum_buffers, master_params, lr, momentum, damp
               weight_decay, nesterov, trust_coeff, eps, trust_clip, always_adapt, is_first_step,
               grad_scale=None, found_inf=None, stats=None, trust_ratios=None):
     device = check_update_group(params, grads, {"momentum_buffers": momentum_buffers},
-                                master_params, [], lr, grad_scale, found_inf, stats)
+                                master_params, [], lr, grad_scale, found_inf, stats,
+                                trust_ratios if isinstance(trust_ratios, torch.Tensor) else None)
     if momentum != 0:
         check_same_length("momentum_buffers", len(momentum_buffers), "params", len(params))
     if trust_ratios is not None:
@@ -347,7 +350,8 @@ def lamb_apply_args(params, exp_avgs, exp_avg_sqs, master_params, state_steps, l
                     beta1, beta2, eps, weight_decay, bias_correction, found_inf=None):
     # no gradients are read: params stand in for them
     device = check_update_group(params, params, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs},
-                                master_params, state_steps, lr, None, found_inf, None)
+                                master_params, state_steps, lr, None, found_inf, None,
+                                trust_ratios if isinstance(trust_ratios, torch.Tensor) else None)
     check_same_length("exp_avgs", len(exp_avgs), "params", len(params))
     check_same_length("exp_avg_sqs", len(exp_avg_sqs), "params", len(params))
     check_same_length("state_steps", len(state_steps), "params", len(params))

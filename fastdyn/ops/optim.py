@@ -9,6 +9,14 @@ from fastdyn.ops import checks
 from fastdyn.ops.registry import call
 
 
+def _lr_device(lr) -> torch.device:
+    """The device an update dispatches on: its lr's (a tensor: a step's lr changes without a
+    recompile or a host-to-device copy)."""
+    if not isinstance(lr, torch.Tensor):
+        raise TypeError(f"lr must be a tensor, got {type(lr).__name__}")
+    return lr.device
+
+
 def _explain(params, grads, states: dict, master_params, steps, lr, grad_scale, found_inf, stats):
     return lambda: checks.check_update_group(params, grads, states, master_params, steps, lr,
                                              grad_scale, found_inf, stats)
@@ -20,7 +28,7 @@ def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, 
     explain = _explain(params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs,
                                        "max_exp_avg_sqs": max_exp_avg_sqs},
                        master_params, state_steps, lr, grad_scale, found_inf, stats)
-    call("adam_", lr.device, explain,
+    call("adam_", _lr_device(lr), explain,
          params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, state_steps, lr,
          beta1, beta2, weight_decay, eps, amsgrad, maximize, decoupled_weight_decay,
          grad_scale, found_inf, stats)
@@ -30,7 +38,7 @@ def sgd_(params, grads, momentum_buffers, master_params, lr, momentum, dampening
          nesterov, maximize, is_first_step, grad_scale=None, found_inf=None, stats=None):
     explain = _explain(params, grads, {"momentum_buffers": momentum_buffers}, master_params, [],
                        lr, grad_scale, found_inf, stats)
-    call("sgd_", lr.device, explain,
+    call("sgd_", _lr_device(lr), explain,
          params, grads, momentum_buffers, master_params, lr, momentum, dampening, weight_decay,
          nesterov, maximize, is_first_step, grad_scale, found_inf, stats)
 
@@ -40,7 +48,7 @@ def lamb_(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, 
           grad_scale=None, found_inf=None, stats=None):
     explain = _explain(params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs},
                        master_params, state_steps, lr, grad_scale, found_inf, stats)
-    call("lamb_", lr.device, explain,
+    call("lamb_", _lr_device(lr), explain,
          params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, beta1, beta2, eps,
          weight_decay, bias_correction, grad_averaging, trust_clip, always_adapt,
          grad_scale, found_inf, stats)
@@ -53,7 +61,7 @@ def lars_(params, grads, momentum_buffers, master_params, lr, momentum, dampenin
     shards of DTensor params); the op then skips its own norm pass."""
     explain = _explain(params, grads, {"momentum_buffers": momentum_buffers}, master_params, [],
                        lr, grad_scale, found_inf, stats)
-    call("lars_", lr.device, explain,
+    call("lars_", _lr_device(lr), explain,
          params, grads, momentum_buffers, master_params, lr, momentum, dampening, weight_decay,
          nesterov, trust_coeff, eps, trust_clip, always_adapt, is_first_step,
          grad_scale, found_inf, stats, trust_ratios)
@@ -82,6 +90,6 @@ def lamb_apply_(params, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, t
     explain = lambda: checks.lamb_apply_args(  # noqa: E731
         params, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, trust_ratios, beta1,
         beta2, eps, weight_decay, bias_correction, found_inf)
-    call("lamb_apply_", lr.device, explain,
+    call("lamb_apply_", _lr_device(lr), explain,
          params, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, trust_ratios, beta1,
          beta2, eps, weight_decay, bias_correction, found_inf)

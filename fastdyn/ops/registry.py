@@ -31,7 +31,8 @@ def implementation(name: str, backend: str):
         import fastdyn.reference as reference
 
         return _float64_to_native_or_reference(
-            _by_position(getattr(torch.ops.fastdyn_triton, name), triton_ops.ARGUMENTS[name]),
+            _by_position(getattr(torch.ops.fastdyn_triton, name), triton_ops.ARGUMENTS[name],
+                         _written(name)),
             getattr(torch.ops.fastdyn, name), getattr(reference, name))
     if backend == "reference":
         import fastdyn.reference as reference
@@ -55,7 +56,27 @@ def _float64_to_native_or_reference(op, native, reference):
     return run
 
 
-def _by_position(op, arguments: tuple):
+def _written(name: str) -> tuple:
+    """(position, name) of each argument the op's schema marks as written."""
+    schema = getattr(torch.ops.fastdyn, name).default._schema
+    return tuple((i, a.name) for i, a in enumerate(schema.arguments)
+                 if a.alias_info is not None and a.alias_info.is_write)
+
+
+def _refuse_grad_writes(args: tuple, written: tuple) -> None:
+    """The native ops' check (checks.h, check_written_need_no_grad) for a Triton op: a torch
+    custom_op runs its body with grad mode off, where the check cannot see it."""
+    for i, name in written:
+        value = args[i]
+        for j, t in enumerate(value if isinstance(value, (list, tuple)) else [value]):
+            if isinstance(t, torch.Tensor) and t.requires_grad:
+                where = f"{name}[{j}]" if isinstance(value, (list, tuple)) else name
+                raise RuntimeError(f"{where} requires grad and the op writes it in place, which "
+                                   "has no derivative: call it under torch.no_grad(), as "
+                                   "optimizer steps and clip_grad_norm_ are")
+
+
+def _by_position(op, arguments: tuple, written: tuple):
     """The Triton ops take every argument by position (see fastdyn/ops/triton/__init__.py:
     torch 2.11 loses mutated arguments passed by keyword or left at their default); this
     fills the trailing ones from keywords or the defaults in `arguments` ((name, default)
@@ -65,6 +86,8 @@ def _by_position(op, arguments: tuple):
     def run(*args, **kwargs):
         if len(args) < n_arguments:
             args = (*args, *(kwargs.get(name, default) for name, default in arguments[len(args):]))
+        if torch.is_grad_enabled():  # (optimizer steps run without: no cost there)
+            _refuse_grad_writes(args, written)
         return op(*args)
 
     return run

@@ -146,6 +146,20 @@ def test_mismatched_devices_named():
         fastdyn.ops.multi_tensor_norm([torch.ones(2), torch.ones(2, device="cuda")])
 
 
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("n", [16, 1000, 1024, 2047, 66536])
+def test_a_norm_in_float_range_is_finite_whatever_the_length(backend, device, n):
+    """Elements of 1e18: their squares fit float32, their sum does not, the norm does. The
+    CPU kernel summed a chunk's tail (under 1,024 elements) in one float: inf at 1,000 and
+    2,047 elements, 3.2e19 at 1,024."""
+    with use_backend(backend):
+        total, per = fastdyn.ops.multi_tensor_norm([torch.full((n,), 1e18, device=device)],
+                                                   2.0, True)
+    torch.testing.assert_close(total.cpu().double(), torch.tensor(math.sqrt(n) * 1e18,
+                               dtype=torch.float64), rtol=1e-5, atol=0)
+    torch.testing.assert_close(per.cpu().double()[0], total.cpu().double())
+
+
 @pytest.mark.triton
 @pytest.mark.skipif(not (triton_available() and INTERPRETED), reason="Triton under TRITON_INTERPRET=1")
 def test_triton_tables_of_many_buckets_stay_cached():

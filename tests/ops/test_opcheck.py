@@ -423,3 +423,70 @@ def test_bad_update_arguments_are_refused_alike_before_anything_changes(backend,
             op(*call_args, **call_kwargs)
         after = _snapshot(call_args, call_kwargs)
         assert all(a.is_meta or torch.equal(a, b) for a, b in zip(after, before)), (name, case)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("leaf", [True, False], ids=["leaf", "non-leaf"])
+def test_a_tensor_that_requires_grad_is_not_written_in_grad_mode(backend, device, leaf):
+    """The ops have no derivative: torch refuses an in-place write to a leaf that requires
+    grad, and records one to a non-leaf; fastdyn's had written both (a non-leaf's backward
+    then gave the gradient of the unscaled tensor: [1, 1, 1] for [2, 2, 2]). Nothing is
+    written; under no_grad, as optimizer steps run, the write is fine."""
+    w = torch.ones(3, device=device, requires_grad=True)
+    target = w if leaf else w * 1
+    other = torch.ones(3, device=device)
+    scale = torch.tensor(2.0, device=device)
+    with use_backend(backend):
+        with pytest.raises(RuntimeError, match=r"tensors\[1\] requires grad and the op writes it"):
+            fastdyn.ops.multi_tensor_scale_([other, target], scale)
+        if backend == "native":  # (the op itself; a Triton custom_op runs with grad mode off)
+            with pytest.raises(RuntimeError, match=r"tensors\[1\] requires grad"):
+                torch.ops.fastdyn.multi_tensor_scale_([other, target], scale)
+        assert torch.equal(other.cpu(), torch.ones(3))
+        assert torch.equal(target.detach().cpu(), torch.ones(3))
+        with torch.no_grad():
+            fastdyn.ops.multi_tensor_scale_([other, target], scale)
+    assert torch.equal(target.detach().cpu(), torch.full((3,), 2.0))
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+def test_stats_and_trust_ratios_may_not_share_memory_with_what_the_op_writes(backend, device):
+    """stats (written) and trust_ratios (read while params are written) were left out of the
+    overlap check: stats viewing a param overwrote it, and a ratio inside params[0] was read
+    before or after its write depending on the backend."""
+    from ops.update_harness import make_group
+
+    from fastdyn.ops.registry import for_device
+    group = make_group([8, 8], torch.float32, device, buffers=1, steps=False)
+    lr = torch.tensor(0.1, device=device)
+    stats = group["params"][1].view(2, 4)
+    args = (group["params"], group["grads"], group["state0"], [], lr, 0.9, 0.0, 0.0, False)
+    before = [t.clone() for t in group["params"]]
+    with use_backend(backend):
+        with pytest.raises(ValueError, match=r"stats and params\[1\] share memory"):
+            for_device("sgd_", torch.device(device))(*args, False, False, stats=stats)
+        with pytest.raises(ValueError, match=r"(params\[0\] and trust_ratios|trust_ratios and params\[0\]) share memory"):
+            for_device("lars_", torch.device(device))(
+                *args, 0.001, 1e-8, False, False, False,
+                trust_ratios=group["params"][0][:2])
+    assert all(torch.equal(a, b) for a, b in zip(before, group["params"]))
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("backend,device", [p for p in BACKEND_DEVICES if p.values[0] == "triton"])
+def test_a_direct_triton_call_refuses_float64_before_writing(backend, device):
+    """fastdyn.ops hands float64 to the native kernels; torch.ops.fastdyn_triton itself had
+    scaled the float32 tensor of [float32, float64] and then refused the float64 one."""
+    ts = [torch.ones(3, device=device), torch.ones(3, dtype=torch.float64, device=device)]
+    with pytest.raises(TypeError, match=r"tensors\[1\] has dtype torch.float64"):
+        _namespace(backend).multi_tensor_scale_.default(ts, torch.tensor(2.0, device=device))
+    assert torch.equal(ts[0].cpu(), torch.ones(3))
+
+
+def test_an_update_given_a_float_lr_names_it():
+    from ops.update_harness import make_group
+
+    group = make_group([3], torch.float32, "cpu", buffers=1, steps=False)
+    with pytest.raises(TypeError, match="lr must be a tensor, got float"):
+        fastdyn.ops.sgd_(group["params"], group["grads"], group["state0"], [], 0.1, 0.9, 0.0,
+                         0.0, False, False, False)

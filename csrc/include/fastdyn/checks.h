@@ -2,6 +2,7 @@
 // and the offending index/value, and raises ValueError or TypeError in Python.
 #pragma once
 #include <ATen/core/Tensor.h>
+#include <ATen/core/grad_mode.h>
 #include <c10/util/Exception.h>
 #include <c10/util/ArrayRef.h>
 #include <c10/util/Optional.h>
@@ -84,7 +85,24 @@ inline MemoryUse written_list(const char* name, at::TensorList ts) { return {nam
 inline MemoryUse written_tensor(const char* name, const at::Tensor& t) { return {name, t, true, true}; }
 inline MemoryUse read_tensor(const char* name, const at::Tensor& t) { return {name, t, false, true}; }
 
+// Under grad mode, what an op writes may not require grad: the ops have no derivative, so
+// torch's refusal of an in-place write to a leaf that requires grad did not happen, and a
+// non-leaf written in place gave a silently wrong gradient (torch records the write).
+inline void check_written_need_no_grad(c10::ArrayRef<MemoryUse> uses) {
+  if (!at::GradMode::is_enabled()) return;
+  for (const MemoryUse& u : uses) {
+    if (!u.written) continue;
+    for (size_t i = 0; i < u.tensors.size(); ++i) {
+      TORCH_CHECK(!u.tensors[i].defined() || !u.tensors[i].requires_grad(), u.name,
+                  u.single ? std::string() : "[" + std::to_string(i) + "]",
+                  " requires grad and the op writes it in place, which has no derivative: call "
+                  "it under torch.no_grad(), as optimizer steps and clip_grad_norm_ are");
+    }
+  }
+}
+
 inline void check_no_shared_memory(c10::ArrayRef<MemoryUse> uses) {
+  check_written_need_no_grad(uses);
   struct Span {
     uintptr_t begin, end;  // dense tensors: their nbytes from the data pointer
     uint32_t use, index;

@@ -31,14 +31,17 @@ struct UpdateGroup {
 // params/grads pair up; every list in `states` (empty lists allowed when `optional`) pairs
 // with params and shares one dtype; master_params is empty or float32 copies of params;
 // steps is empty or one scalar per param; lr (absent for LAMB's moment pass), grad_scale and
-// found_inf are scalars on the params' device; stats is float32 [n, 4].
+// found_inf are scalars on the params' device; stats is float32 [n, 4]. None of what the
+// update writes (stats included) shares memory with another of them or with what it reads
+// besides the gradients (the scalars, trust_ratios).
 inline UpdateGroup check_update_group(at::TensorList params, at::TensorList grads,
                                       std::initializer_list<NamedList> states,
                                       at::TensorList master_params, at::TensorList steps,
                                       const c10::optional<at::Tensor>& lr,
                                       const c10::optional<at::Tensor>& grad_scale,
                                       const c10::optional<at::Tensor>& found_inf,
-                                      const c10::optional<at::Tensor>& stats) {
+                                      const c10::optional<at::Tensor>& stats,
+                                      const c10::optional<at::Tensor>& trust_ratios = c10::nullopt) {
   UpdateGroup g;
   g.size = static_cast<int64_t>(params.size());
   auto device = check_float_list("params", params);
@@ -106,16 +109,6 @@ inline UpdateGroup check_update_group(at::TensorList params, at::TensorList grad
                        steps[0].scalar_type(), ": the steps must share one dtype");
     }
   }
-  {
-    // everything the update writes, and the scalars it reads
-    std::vector<MemoryUse> uses{written_list("params", params), written_list("state_steps", steps)};
-    for (const NamedList& s : states) uses.push_back(written_list(s.name, s.tensors));
-    if (g.has_master) uses.push_back(written_list("master_params", master_params));
-    if (lr.has_value()) uses.push_back(read_tensor("lr", *lr));
-    if (grad_scale.has_value()) uses.push_back(read_tensor("grad_scale", *grad_scale));
-    if (found_inf.has_value()) uses.push_back(read_tensor("found_inf", *found_inf));
-    check_no_shared_memory(uses);
-  }
   if (stats.has_value()) {
     const at::Tensor& s = *stats;
     TORCH_CHECK_VALUE(s.device() == g.device, "stats is on ", s.device(), " but params are on ",
@@ -125,6 +118,18 @@ inline UpdateGroup check_update_group(at::TensorList params, at::TensorList grad
     TORCH_CHECK_VALUE(s.dim() == 2 && s.size(0) == g.size && s.size(1) == 4 && s.is_contiguous(),
                       "stats must be a contiguous float32 tensor of shape [", g.size,
                       ", 4], got shape ", s.sizes());
+  }
+  {
+    // everything the update writes, and the scalars it reads (stats checked dense above)
+    std::vector<MemoryUse> uses{written_list("params", params), written_list("state_steps", steps)};
+    for (const NamedList& s : states) uses.push_back(written_list(s.name, s.tensors));
+    if (g.has_master) uses.push_back(written_list("master_params", master_params));
+    if (lr.has_value()) uses.push_back(read_tensor("lr", *lr));
+    if (grad_scale.has_value()) uses.push_back(read_tensor("grad_scale", *grad_scale));
+    if (found_inf.has_value()) uses.push_back(read_tensor("found_inf", *found_inf));
+    if (stats.has_value()) uses.push_back(written_tensor("stats", *stats));
+    if (trust_ratios.has_value()) uses.push_back(read_tensor("trust_ratios", *trust_ratios));
+    check_no_shared_memory(uses);
   }
   return g;
 }
@@ -196,7 +201,7 @@ inline UpdateGroup check_lamb_apply_args(at::TensorList params, at::TensorList e
   // no gradients are read: params stand in for them
   const UpdateGroup grp = check_update_group(
       params, params, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}}, master_params,
-      state_steps, lr, c10::nullopt, found_inf, c10::nullopt);
+      state_steps, lr, c10::nullopt, found_inf, c10::nullopt, trust_ratios);
   check_same_length("exp_avgs", exp_avgs.size(), "params", params.size());
   check_same_length("exp_avg_sqs", exp_avg_sqs.size(), "params", params.size());
   check_same_length("state_steps", state_steps.size(), "params", params.size());
@@ -210,10 +215,11 @@ inline UpdateGroup check_momentum_args(at::TensorList params, at::TensorList gra
                                        const at::Tensor& lr, double momentum,
                                        const c10::optional<at::Tensor>& grad_scale,
                                        const c10::optional<at::Tensor>& found_inf,
-                                       const c10::optional<at::Tensor>& stats) {
+                                       const c10::optional<at::Tensor>& stats,
+                                       const c10::optional<at::Tensor>& trust_ratios = c10::nullopt) {
   const UpdateGroup grp =
       check_update_group(params, grads, {{"momentum_buffers", momentum_buffers}}, master_params,
-                         {}, lr, grad_scale, found_inf, stats);
+                         {}, lr, grad_scale, found_inf, stats, trust_ratios);
   if (momentum != 0.0) {
     check_same_length("momentum_buffers", momentum_buffers.size(), "params", params.size());
   }

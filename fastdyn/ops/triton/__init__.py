@@ -21,14 +21,21 @@ from fastdyn.ops.triton import lamb as _lamb
 from fastdyn.ops.triton import lars as _lars
 from fastdyn.ops.triton import norm as _norm
 from fastdyn.ops.triton import sgd as _sgd
+from fastdyn.ops.triton._multi_tensor import TL_DTYPES
 
 _NS = "fastdyn_triton"
 _native_checks = torch.ops.fastdyn
 
 
-def _device_guard(tensors):
+def _device_guard(tensors, name: str):
     """Triton launches on the current CUDA device: make it the tensors' own (a model on
-    cuda:1 while cuda:0 is current), as the C++ launchers' CUDAGuard does."""
+    cuda:1 while cuda:0 is current), as the C++ launchers' CUDAGuard does. Refuses first
+    what the kernels cannot take (float64: the C++ checks accept it), before any launch
+    writes: scale_ of [float32, float64] had scaled the float32 tensor, then refused."""
+    for i, t in enumerate(tensors):
+        if t.dtype not in TL_DTYPES:
+            raise TypeError(f"{name}[{i}] has dtype {t.dtype}: the Triton backend handles "
+                            "float32, float16 and bfloat16; use the native backend")
     if tensors and tensors[0].is_cuda:
         return torch.cuda.device(tensors[0].device)
     return contextlib.nullcontext()
@@ -43,7 +50,7 @@ def _device_guard(tensors):
 def multi_tensor_norm(tensors: List[torch.Tensor], ord: float = 2.0,
                       per_tensor: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     _native_checks.check_norm_args(tensors, ord)
-    with _device_guard(tensors):
+    with _device_guard(tensors, "tensors"):
         return _norm.multi_tensor_norm(tensors, ord, per_tensor)
 
 
@@ -52,7 +59,7 @@ def multi_tensor_scale_(tensors: List[torch.Tensor], scale: torch.Tensor) -> Non
     _native_checks.check_scale_args(tensors, scale)
     if not tensors:
         return
-    with _device_guard(tensors):
+    with _device_guard(tensors, "tensors"):
         _norm.scale_(tensors, scale)
 
 
@@ -61,14 +68,14 @@ def multi_tensor_unscale_norm_(tensors: List[torch.Tensor], inv_scale: torch.Ten
                                found_inf: torch.Tensor, ord: float = 2.0,
                                per_tensor: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     _native_checks.check_unscale_norm_args(tensors, inv_scale, found_inf, ord)
-    with _device_guard(tensors):
+    with _device_guard(tensors, "tensors"):
         return _norm.multi_tensor_unscale_norm_(tensors, inv_scale, found_inf, ord, per_tensor)
 
 
 @torch.library.custom_op(f"{_NS}::clip_grad_norm_", mutates_args=("grads",))
 def clip_grad_norm_(grads: List[torch.Tensor], max_norm: float, ord: float = 2.0) -> torch.Tensor:
     _native_checks.check_clip_args(grads, ord)
-    with _device_guard(grads):
+    with _device_guard(grads, "grads"):
         return _clip.clip_grad_norm_(grads, max_norm, ord)
 
 
@@ -85,7 +92,7 @@ def adam_(params: List[torch.Tensor], grads: List[torch.Tensor], exp_avgs: List[
     _native_checks.check_adam_args(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
                                    master_params, state_steps, lr, amsgrad, grad_scale,
                                    found_inf, stats)
-    with _device_guard(params):
+    with _device_guard(params, "params"):
         _adam.adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, state_steps,
                     lr, beta1, beta2, weight_decay, eps, amsgrad, maximize, decoupled_weight_decay,
                     grad_scale, found_inf, stats)
@@ -100,7 +107,7 @@ def sgd_(params: List[torch.Tensor], grads: List[torch.Tensor],
          found_inf: Optional[torch.Tensor], stats: Optional[torch.Tensor]) -> None:
     _native_checks.check_momentum_args(params, grads, momentum_buffers, master_params, lr,
                                        momentum, grad_scale, found_inf, stats, None)
-    with _device_guard(params):
+    with _device_guard(params, "params"):
         _sgd.sgd_(params, grads, momentum_buffers, master_params, lr, momentum, dampening,
                   weight_decay, nesterov, maximize, is_first_step, grad_scale, found_inf, stats)
 
@@ -115,7 +122,7 @@ def lamb_(params: List[torch.Tensor], grads: List[torch.Tensor], exp_avgs: List[
           found_inf: Optional[torch.Tensor], stats: Optional[torch.Tensor]) -> None:
     _native_checks.check_lamb_args(params, grads, exp_avgs, exp_avg_sqs, master_params,
                                    state_steps, lr, grad_scale, found_inf, stats)
-    with _device_guard(params):
+    with _device_guard(params, "params"):
         _lamb.lamb_(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, beta1,
                     beta2, eps, weight_decay, bias_correction, grad_averaging, trust_clip,
                     always_adapt, grad_scale, found_inf, stats)
@@ -132,7 +139,7 @@ def lars_(params: List[torch.Tensor], grads: List[torch.Tensor],
           trust_ratios: Optional[torch.Tensor]) -> None:
     _native_checks.check_momentum_args(params, grads, momentum_buffers, master_params, lr,
                                        momentum, grad_scale, found_inf, stats, trust_ratios)
-    with _device_guard(params):
+    with _device_guard(params, "params"):
         _lars.lars_(params, grads, momentum_buffers, master_params, lr, momentum, dampening,
                     weight_decay, nesterov, trust_coeff, eps, trust_clip, always_adapt, is_first_step,
                     grad_scale, found_inf, stats, trust_ratios)
@@ -148,7 +155,7 @@ def lamb_moments_(params: List[torch.Tensor], grads: List[torch.Tensor],
                   found_inf: Optional[torch.Tensor]) -> torch.Tensor:
     _native_checks.check_lamb_moments_args(params, grads, exp_avgs, exp_avg_sqs, master_params,
                                            state_steps, grad_scale, found_inf)
-    with _device_guard(params):
+    with _device_guard(params, "params"):
         return _lamb.lamb_moments_(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps,
                                    beta1, beta2, eps, weight_decay, bias_correction, grad_averaging,
                                    grad_scale, found_inf)
@@ -162,7 +169,7 @@ def lamb_apply_(params: List[torch.Tensor], exp_avgs: List[torch.Tensor],
                 bias_correction: bool, found_inf: Optional[torch.Tensor]) -> None:
     _native_checks.check_lamb_apply_args(params, exp_avgs, exp_avg_sqs, master_params,
                                          state_steps, lr, trust_ratios, found_inf)
-    with _device_guard(params):
+    with _device_guard(params, "params"):
         _lamb.lamb_apply_(params, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, trust_ratios,
                           beta1, beta2, eps, weight_decay, bias_correction, found_inf)
 

@@ -59,16 +59,16 @@ inline std::array<double, 2> lane_norm_partial(int64_t n, Value&& value) {
       probe_sum += static_cast<double>(probes[j]);
     }
   }
-  // the tail squares and sums in the compute type too, as the blocks and the CUDA kernels
-  // do: an fp32 norm past float's range is inf whatever the length (the tail in double
-  // had made 1,023 x 1e20 finite and 1,024 x 1e20 inf)
-  A tail = A(0);
+  // the tail squares in the compute type, as the blocks do (1e20^2 is inf in float32
+  // whatever the length: the tail squared in double had made 1,023 x 1e20 finite), and
+  // sums in double, as the blocks flush theirs (summed in one float, 1,000 x 1e18 was inf
+  // and 1,024 x 1e18 a norm of 3.2e19)
   for (; i < n; ++i) {
     A probe = A(0);
-    tail = math::norm_accumulate<K>(tail, value(i, probe));
+    acc = math::norm_combine<K>(acc, static_cast<double>(math::norm_accumulate<K>(A(0), value(i, probe))));
     probe_sum += static_cast<double>(probe);
   }
-  return {math::norm_combine<K>(acc, static_cast<double>(tail)), probe_sum};
+  return {acc, probe_sum};
 }
 
 template <NormKind K, typename T>
