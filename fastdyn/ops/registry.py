@@ -32,7 +32,7 @@ def implementation(name: str, backend: str):
 
         return _float64_to_native_or_reference(
             _by_position(getattr(torch.ops.fastdyn_triton, name), triton_ops.ARGUMENTS[name],
-                         _written(name)),
+                         _WRITTEN[name]),
             getattr(torch.ops.fastdyn, name), getattr(reference, name))
     if backend == "reference":
         import fastdyn.reference as reference
@@ -61,6 +61,11 @@ def _written(name: str) -> tuple:
     schema = getattr(torch.ops.fastdyn, name).default._schema
     return tuple((i, a.name) for i, a in enumerate(schema.arguments)
                  if a.alias_info is not None and a.alias_info.is_write)
+
+
+# at import: dynamo of torch 2.11 cannot trace a schema read (implementation() runs while
+# a compiled step traces)
+_WRITTEN = {name: _written(name) for name in OP_NAMES}
 
 
 def _refuse_grad_writes(args: tuple, written: tuple) -> None:
