@@ -45,18 +45,6 @@ void run_and_bump_written_versions(const c10::OperatorHandle& op, c10::DispatchK
       written.push_back({arguments[i].name(), v.isTensorList(), tensors_of(v)});
     }
   }
-  // the bump of an inference tensor (made under torch.inference_mode) fails outside that
-  // mode: refuse it before the op writes anything, not after
-  if (!c10::InferenceMode::is_enabled()) {
-    for (const Written& w : written) {
-      for (size_t j = 0; j < w.tensors.size(); ++j) {
-        TORCH_CHECK(!w.tensors[j].defined() || !w.tensors[j].is_inference(), w.name,
-                    w.is_list ? "[" + std::to_string(j) + "]" : std::string(),
-                    " is an inference tensor (made under torch.inference_mode): it cannot be "
-                    "updated in place outside that mode; clone it first");
-      }
-    }
-  }
   {
     at::AutoDispatchBelowADInplaceOrView guard;
     op.redispatchBoxed(keys & c10::after_ADInplaceOrView_keyset, stack);

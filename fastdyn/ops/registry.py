@@ -37,7 +37,7 @@ def implementation(name: str, backend: str):
     if backend == "reference":
         import fastdyn.reference as reference
 
-        return getattr(reference, name)
+        return _refusing_bad_writes(getattr(reference, name), _WRITTEN[name])
     raise ValueError(f"unknown backend {backend!r}")
 
 
@@ -68,17 +68,36 @@ def _written(name: str) -> tuple:
 _WRITTEN = {name: _written(name) for name in OP_NAMES}
 
 
-def _refuse_grad_writes(args: tuple, written: tuple) -> None:
-    """The native ops' check (checks.h, check_written_need_no_grad) for a Triton op: a torch
-    custom_op runs its body with grad mode off, where the check cannot see it."""
+def _refuse_bad_writes(args: tuple, kwargs: dict, written: tuple) -> None:
+    """The native ops' refusals of what they cannot write (checks.h,
+    check_written_are_writable), before anything is written, for the Python backends: in
+    grad mode a tensor that requires grad (a torch custom_op runs the Triton op's body with
+    grad mode off, where the C++ check cannot see it), and outside inference mode an
+    inference tensor (the reference wrote the tensors before it, then failed)."""
+    check_grad = torch.is_grad_enabled()
+    check_inference = not torch.is_inference_mode_enabled()
     for i, name in written:
-        value = args[i]
+        value = args[i] if i < len(args) else kwargs.get(name)
         for j, t in enumerate(value if isinstance(value, (list, tuple)) else [value]):
-            if isinstance(t, torch.Tensor) and t.requires_grad:
-                where = f"{name}[{j}]" if isinstance(value, (list, tuple)) else name
+            if not isinstance(t, torch.Tensor):
+                continue
+            where = f"{name}[{j}]" if isinstance(value, (list, tuple)) else name
+            if check_grad and t.requires_grad:
                 raise RuntimeError(f"{where} requires grad and the op writes it in place, which "
                                    "has no derivative: call it under torch.no_grad(), as "
                                    "optimizer steps and clip_grad_norm_ are")
+            if check_inference and t.is_inference():
+                raise RuntimeError(f"{where} is an inference tensor (made under "
+                                   "torch.inference_mode): it cannot be updated in place "
+                                   "outside that mode; clone it first")
+
+
+def _refusing_bad_writes(op, written: tuple):
+    def run(*args, **kwargs):
+        _refuse_bad_writes(args, kwargs, written)
+        return op(*args, **kwargs)
+
+    return run
 
 
 def _by_position(op, arguments: tuple, written: tuple):
@@ -91,8 +110,8 @@ def _by_position(op, arguments: tuple, written: tuple):
     def run(*args, **kwargs):
         if len(args) < n_arguments:
             args = (*args, *(kwargs.get(name, default) for name, default in arguments[len(args):]))
-        if torch.is_grad_enabled():  # (optimizer steps run without: no cost there)
-            _refuse_grad_writes(args, written)
+        if torch.is_grad_enabled():  # (optimizer steps run without: no cost there; the C++
+            _refuse_bad_writes(args, {}, written)  # checks refuse inference tensors)
         return op(*args)
 
     return run

@@ -9,7 +9,9 @@ def begin_step(steps, lr, grad_scale, found_inf):
         return True, 0.0, 1.0
     for s in steps:
         s.add_(1)
-    inv = 1.0 / float(grad_scale) if grad_scale is not None else 1.0
+    # a tensor division, as the kernels': a scale of 0 gives inf (a Python 1.0 / 0.0 raised
+    # ZeroDivisionError after the steps had advanced)
+    inv = float(1.0 / grad_scale.double()) if grad_scale is not None else 1.0
     return False, float(lr), inv
 
 

@@ -1,6 +1,8 @@
 """torch.library.opcheck of every op on every backend with kernels here: schema (declared
 mutations are the real ones), fake kernels, autograd registration, AOT dispatch."""
 
+import math
+
 import pytest
 import torch
 
@@ -113,19 +115,53 @@ def test_every_op_bumps_the_version_of_each_tensor_it_writes(backend, device):
     assert x._version == 0 or backend == "triton"
 
 
-@pytest.mark.parametrize("backend,device", [p for p in BACKEND_DEVICES if p.values[0] == "native"])
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
 def test_an_inference_tensor_is_refused_before_anything_is_written(backend, device):
     """A tensor made under torch.inference_mode cannot be updated in place outside it (its
-    version cannot move): the op refuses it before writing the others (torch's foreach
-    scales the tensors before it first). The Triton ops, torch `custom_op`s, let torch
-    decide, and it lets them through."""
+    version cannot move): every backend refuses it before writing the others (torch's
+    foreach scales the tensors before it first; the Triton kernels wrote it, the reference
+    wrote the tensors before it). Inside inference mode the write is fine."""
     with torch.inference_mode():
         frozen = torch.ones(3, device=device)
     normal = torch.ones(3, device=device)
-    with pytest.raises(RuntimeError, match="inference tensor"):
-        _namespace(backend).multi_tensor_scale_.default([normal, frozen],
-                                                        torch.tensor(2.0, device=device))
-    assert torch.equal(normal.cpu(), torch.ones(3)) and torch.equal(frozen.cpu(), torch.ones(3))
+    scale = torch.tensor(2.0, device=device)
+    with use_backend(backend):
+        with pytest.raises(RuntimeError, match=r"tensors\[1\] is an inference tensor"):
+            fastdyn.ops.multi_tensor_scale_([normal, frozen], scale)
+        if backend != "reference":  # the op itself (Triton's runs the C++ checks)
+            with pytest.raises(RuntimeError, match=r"tensors\[1\] is an inference tensor"):
+                _namespace(backend).multi_tensor_scale_.default([normal, frozen], scale)
+        params = [torch.ones(3, device=device), frozen]
+        grads = [torch.ones(3, device=device) for _ in params]
+        buffers = [torch.zeros(3, device=device) for _ in params]
+        with pytest.raises(RuntimeError, match=r"params\[1\] is an inference tensor"):
+            fastdyn.ops.sgd_(params, grads, buffers, [], torch.tensor(0.1, device=device), 0.9,
+                             0.0, 0.0, False, False, True)
+        assert torch.equal(normal.cpu(), torch.ones(3)) and torch.equal(frozen.cpu(), torch.ones(3))
+        assert torch.equal(params[0].cpu(), torch.ones(3)) and not buffers[0].any()
+        with torch.inference_mode():
+            fastdyn.ops.multi_tensor_scale_([normal, frozen], scale)
+    assert torch.equal(frozen.cpu(), torch.full((3,), 2.0))
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+def test_a_zero_grad_scale_unscales_to_inf_on_every_backend(backend, device):
+    """grad_scale 0: 1/0 is inf in the kernels, so the update is inf (Adam's NaN); the
+    reference's Python division raised ZeroDivisionError after the steps had advanced."""
+    params = [torch.ones(3, device=device)]
+    steps = [torch.zeros((), device=device)]
+    with use_backend(backend):
+        fastdyn.ops.adam_(params, [torch.ones(3, device=device)], [torch.zeros(3, device=device)],
+                          [torch.zeros(3, device=device)], [], [], steps,
+                          torch.tensor(0.1, device=device), 0.9, 0.999, 0.0, 1e-8, False, False,
+                          True, torch.tensor(0.0, device=device))
+        sgd_params = [torch.ones(3, device=device)]
+        fastdyn.ops.sgd_(sgd_params, [torch.ones(3, device=device)], [], [],
+                         torch.tensor(0.1, device=device), 0.0, 0.0, 0.0, False, False, True,
+                         torch.tensor(0.0, device=device))
+    assert float(steps[0]) == 1.0
+    assert params[0].isnan().all(), params[0]
+    assert torch.equal(sgd_params[0].cpu(), torch.full((3,), -math.inf))
 
 
 def test_fake_kernels_check_arguments_like_the_kernels():

@@ -3,6 +3,7 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <ATen/core/grad_mode.h>
+#include <c10/core/InferenceMode.h>
 #include <c10/util/Exception.h>
 #include <c10/util/ArrayRef.h>
 #include <c10/util/Optional.h>
@@ -85,24 +86,33 @@ inline MemoryUse written_list(const char* name, at::TensorList ts) { return {nam
 inline MemoryUse written_tensor(const char* name, const at::Tensor& t) { return {name, t, true, true}; }
 inline MemoryUse read_tensor(const char* name, const at::Tensor& t) { return {name, t, false, true}; }
 
-// Under grad mode, what an op writes may not require grad: the ops have no derivative, so
-// torch's refusal of an in-place write to a leaf that requires grad did not happen, and a
-// non-leaf written in place gave a silently wrong gradient (torch records the write).
-inline void check_written_need_no_grad(c10::ArrayRef<MemoryUse> uses) {
-  if (!at::GradMode::is_enabled()) return;
+// What an op writes must be writable in place. Under grad mode it may not require grad: the
+// ops have no derivative, so torch's refusal of an in-place write to a leaf that requires
+// grad did not happen, and a non-leaf written in place gave a silently wrong gradient (torch
+// records the write). Outside inference mode it may not be an inference tensor: the Triton
+// kernels wrote one, and the native op's version bump refused it only after writing.
+inline void check_written_are_writable(c10::ArrayRef<MemoryUse> uses) {
+  const bool grad_mode = at::GradMode::is_enabled();
+  const bool inference_mode = c10::InferenceMode::is_enabled();
   for (const MemoryUse& u : uses) {
     if (!u.written) continue;
     for (size_t i = 0; i < u.tensors.size(); ++i) {
-      TORCH_CHECK(!u.tensors[i].defined() || !u.tensors[i].requires_grad(), u.name,
+      const at::Tensor& t = u.tensors[i];
+      if (!t.defined()) continue;
+      TORCH_CHECK(!grad_mode || !t.requires_grad(), u.name,
                   u.single ? std::string() : "[" + std::to_string(i) + "]",
                   " requires grad and the op writes it in place, which has no derivative: call "
                   "it under torch.no_grad(), as optimizer steps and clip_grad_norm_ are");
+      TORCH_CHECK(inference_mode || !t.is_inference(), u.name,
+                  u.single ? std::string() : "[" + std::to_string(i) + "]",
+                  " is an inference tensor (made under torch.inference_mode): it cannot be "
+                  "updated in place outside that mode; clone it first");
     }
   }
 }
 
 inline void check_no_shared_memory(c10::ArrayRef<MemoryUse> uses) {
-  check_written_need_no_grad(uses);
+  check_written_are_writable(uses);
   struct Span {
     uintptr_t begin, end;  // dense tensors: their nbytes from the data pointer
     uint32_t use, index;
