@@ -54,6 +54,18 @@ def test_empty_list():
     assert total.item() == 0.0 and per.shape == (0,)
 
 
+@pytest.mark.skipif(not triton_available(), reason="needs triton")
+def test_triton_ops_of_an_empty_list_are_the_reference_s():
+    """Called directly, the Triton norm and clip of no tensors had raised IndexError (the
+    native ops, which need a tensor to dispatch on, raise the dispatcher's error)."""
+    import fastdyn.ops.triton  # noqa: F401
+
+    total, per = torch.ops.fastdyn_triton.multi_tensor_norm([], 2.0, True)
+    assert torch.equal(total, reference.multi_tensor_norm([], 2.0, True)[0]) and per.shape == (0,)
+    assert torch.equal(torch.ops.fastdyn_triton.clip_grad_norm_([], 1.0, 2.0),
+                       reference.clip_grad_norm_([], 1.0))
+
+
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
 def test_many_tiny_tensors(backend, device):
     n = 3000 if backend == "native" else 300

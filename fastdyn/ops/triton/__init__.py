@@ -50,6 +50,8 @@ def _device_guard(tensors, name: str):
 def multi_tensor_norm(tensors: List[torch.Tensor], ord: float = 2.0,
                       per_tensor: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     _native_checks.check_norm_args(tensors, ord)
+    if not tensors:  # (the reference's answer: a norm of nothing is 0; no device to launch on)
+        return torch.zeros((), dtype=torch.float32), torch.zeros(0, dtype=torch.float32)
     with _device_guard(tensors, "tensors"):
         return _norm.multi_tensor_norm(tensors, ord, per_tensor)
 
@@ -75,6 +77,8 @@ def multi_tensor_unscale_norm_(tensors: List[torch.Tensor], inv_scale: torch.Ten
 @torch.library.custom_op(f"{_NS}::clip_grad_norm_", mutates_args=("grads",))
 def clip_grad_norm_(grads: List[torch.Tensor], max_norm: float, ord: float = 2.0) -> torch.Tensor:
     _native_checks.check_clip_args(grads, ord)
+    if not grads:
+        return torch.zeros((), dtype=torch.float32)
     with _device_guard(grads, "grads"):
         return _clip.clip_grad_norm_(grads, max_norm, ord)
 
