@@ -220,8 +220,9 @@ class FusedOptimizer(Optimizer):
                                "plan_params": [], "plan_contents": None, "stats": None,
                                "grad_norm": None, "clip": None,
                                "started": [], "cohort_of": {},
-                               # params whose master weights came from a state dict
-                               "loaded_masters": set()}
+                               # id() of the params whose master weights came from a
+                               # state dict (ids: dynamo traces them, guarding identity)
+                               "loaded_masters": {}}
         self._lr_tensors: dict = {}
 
     def _invalidate(self) -> None:
@@ -271,14 +272,14 @@ class FusedOptimizer(Optimizer):
                 fixed = _like_param(master, p, torch.float32)
                 if fixed is not master:
                     state["master_param"] = fixed
-                if not torch.compiler.is_compiling() and p in self._runtime["loaded_masters"]:
+                if id(p) in self._runtime["loaded_masters"]:
                     # a loaded master whose rounding is not the param's value is stale (the
                     # checkpoint's model trained on elsewhere, torch.optim carrying the key
                     # unchanged; weights loaded into the model after): the param's value
                     # wins there, the master's extra bits where they agree (no host sync)
                     fixed = state["master_param"]
                     fixed.copy_(torch.where(fixed.to(p.dtype) == p.detach(), fixed, p.detach().float()))
-                    self._runtime["loaded_masters"].discard(p)
+                    del self._runtime["loaded_masters"][id(p)]
         return created
 
     def _required_keys(self, group: dict) -> tuple:
@@ -306,8 +307,48 @@ class FusedOptimizer(Optimizer):
         if not same:
             return False
         if torch.compiler.is_compiling():
-            return self._plan_fits_params()
+            # (objects first: dynamo sources a tensor from where the trace first reads it)
+            return self._plan_holds_current_objects() and self._plan_fits_params()
         return self._plan_contents_same()
+
+    def _plan_holds_current_objects(self) -> bool:
+        """A compiled step's check of objects swapped in since the plan was built (a group
+        dict, a param in a params list, a state tensor, a param's state reset): the graph
+        reads its tensors through the plan, and dynamo's guards on the params and state
+        (metadata, not identity) passed a swapped-in one, so the old kept stepping. `id()`
+        of a traced tensor makes dynamo guard on its identity (`is` did not): a swap
+        retraces, and the new trace builds a new plan. The eager check is
+        _plan_contents_same."""
+        groups, plan = self.param_groups, self._runtime["plan"]
+        # every current object's id before any of the plan's tensors: dynamo guards the
+        # source a tensor was first read from (read through the plan first, a swap passed).
+        # DTensor state: the plan holds local tensors, which a trace makes anew (params only)
+        current = []
+        for b in plan:
+            if b.group_index >= len(groups) or groups[b.group_index] is not b.group:
+                return False
+            params = b.group["params"]
+            masters = self.master_weights and b.dtype in _LOW_PRECISION
+            keys = () if b.dtensor else (*b.state.keys(), *(("step",) if self._has_step else ()),
+                                         *(("master_param",) if masters else ()))
+            for j in b.indices:
+                if j >= len(params):
+                    return False
+                state = self.state.get(params[j], {})
+                if any(key not in state for key in keys):
+                    return False
+                current.append([id(params[j]), *(id(state[key]) for key in keys)])
+        held = []
+        for b in plan:
+            masters = self.master_weights and b.dtype in _LOW_PRECISION
+            if len(b.master_params) != (len(b.owners) if masters else 0):
+                return False
+            for i, p in enumerate(b.owners):
+                held.append([id(p)] if b.dtensor else [
+                    id(p), *(id(ts[i]) for ts in b.state.values()),
+                    *((id(b.steps[i]),) if self._has_step else ()),
+                    *((id(b.master_params[i]),) if masters else ())])
+        return current == held
 
     def _plan_fits_params(self) -> bool:
         """A compiled step's check of a param given new storage (`model.double()`,
@@ -759,7 +800,7 @@ class FusedOptimizer(Optimizer):
                     self.state[p][k] = v.to(device=p.device, dtype=torch.float32)
             if "master_param" in self.state[p]:
                 if uses_master:  # checked against the param at the next step
-                    self._runtime["loaded_masters"].add(p)
+                    self._runtime["loaded_masters"][id(p)] = True
                 else:  # unused here: it would go stale, and come back in a later checkpoint
                     del self.state[p]["master_param"]
             step = self.state[p].get("step")
