@@ -554,6 +554,13 @@ class FusedOptimizer(Optimizer):
             # every digit of a Python-float lr (as torch's own optimizers do).
             cached = self._lr_tensors[key] = [torch.tensor(float(lr), dtype=torch.float64,
                                                            device=device), float(lr)]
+        elif torch.compiler.is_compiling():
+            # the lr a graph input, not a constant guarded on (a scheduler's float lr made a
+            # graph a step until dynamo's recompile limit): written every compiled step, the
+            # host copy forgotten so that an eager step rewrites it. add_, not fill_: AOT
+            # autograd makes a float added to a tensor a graph input, a filled one a constant
+            cached[0].zero_().add_(lr)
+            cached[1] = None
         elif cached[1] != lr:
             cached[0].fill_(lr)
             cached[1] = lr
@@ -776,6 +783,13 @@ class FusedOptimizer(Optimizer):
         # and fp32 moments of fp16/bf16 params must keep their precision, so they are set
         # aside and restored after it.
         state_dict = copy.copy(state_dict)
+        # the pre-hooks first, as torch runs them, so that the state set aside below is the
+        # one they return (it had been the one given: a hook's moments were overwritten)
+        pre_hooks = self._optimizer_load_state_dict_pre_hooks
+        for hook in pre_hooks.values():
+            result = hook(self, state_dict)
+            if result is not None:
+                state_dict = result
         saved_state = {k: dict(v) for k, v in state_dict["state"].items()}
         keep = {}
         for pid, st in saved_state.items():
@@ -783,7 +797,15 @@ class FusedOptimizer(Optimizer):
                     if isinstance(v, torch.Tensor) and k != "step" and v.dtype == torch.float32}
             keep[pid] = kept
         state_dict["state"] = saved_state
-        super().load_state_dict(state_dict)
+        self._optimizer_load_state_dict_pre_hooks = type(pre_hooks)()  # (run above)
+        try:
+            super().load_state_dict(state_dict)
+        finally:
+            self._optimizer_load_state_dict_pre_hooks = pre_hooks
+        for group in self.param_groups:  # tensor betas (torch's capturable Adam takes them)
+            if "betas" in group and any(isinstance(b, torch.Tensor) for b in group["betas"]):
+                # read once here, not at every step (a host sync a step on a GPU)
+                group["betas"] = tuple(float(b) for b in group["betas"])
         # loaded momentum buffers have had their first step
         self._runtime["started"], self._runtime["cohort_of"] = [], {}
         id_map = dict(zip((i for g in state_dict["param_groups"] for i in g["params"]),

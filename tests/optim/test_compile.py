@@ -104,6 +104,35 @@ def test_scheduler_changes_tensor_lr_without_recompiling():
 
 
 
+@pytest.mark.parametrize("name", ["AdamW", "SGD", "LAMB"])
+def test_a_scheduled_float_lr_does_not_recompile_the_step(name):
+    """A scheduler's float lr: the cached lr tensor was filled from a float that dynamo
+    guarded on, and AOT autograd made each value a new graph (8 graphs, then dynamo's
+    recompile limit ran the step eagerly); torch's optimizers take 2. The same values as
+    the eager step."""
+    from torch._dynamo.utils import counters
+
+    results = []
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        counters.clear()
+        torch.manual_seed(0)
+        model = mlp()
+        opt = getattr(fastdyn.optim, name)(model.parameters(), lr=0.05, **CASES[name])
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 10)
+        step = torch.compile(opt.step, backend="aot_eager") if compiled else opt.step
+        data = regression_data()
+        for _ in range(10):
+            opt.zero_grad()
+            mlp_loss(model, data).backward()
+            step()
+            sched.step()
+        results.append([p.detach().clone() for p in model.parameters()])
+    assert counters["stats"]["unique_graphs"] <= 3, counters["stats"]
+    for eager, compiled in zip(*results):
+        torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("name", ["SGD-dampening", "LARS-dampening"])
 def test_compiled_step_with_a_skipped_first_step(name):
     """found_inf as GradScaler hands it over: the step that decides on the device whether the

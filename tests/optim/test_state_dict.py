@@ -132,3 +132,46 @@ def test_a_checkpoint_trained_on_elsewhere_does_not_bring_back_its_masters(via):
     resumed.load_state_dict(sd)
     train(model, resumed, mlp_loss, data, steps=1)
     assert _one_step_away(model, loaded, 1e-2) < 0.02
+
+
+@pytest.mark.parametrize("dtype,master", [(torch.float32, False), (torch.bfloat16, True)])
+def test_a_load_pre_hook_s_state_dict_is_the_one_loaded(dtype, master):
+    """register_load_state_dict_pre_hook: the state dict a hook returns is loaded, and the
+    hook runs once. fastdyn set aside the fp32 state of the dict it was given before
+    torch ran the hooks, and put it back over theirs (bf16 params with master weights)."""
+    model = torch.nn.Linear(4, 3).to(dtype)
+    opt = fastdyn.optim.AdamW(model.parameters(), lr=1e-2, master_weights=master)
+    model(torch.randn(2, 4, dtype=dtype)).float().sum().backward()
+    opt.step()
+    calls = []
+
+    def hook(optimizer, state_dict):
+        calls.append(optimizer)
+        state_dict = copy.deepcopy(state_dict)
+        for st in state_dict["state"].values():
+            st["exp_avg"].zero_()
+            st["exp_avg_sq"].fill_(3.0)
+        return state_dict
+
+    resumed = fastdyn.optim.AdamW(model.parameters(), lr=1e-2, master_weights=master)
+    resumed.register_load_state_dict_pre_hook(hook)
+    resumed.load_state_dict(opt.state_dict())
+    assert calls == [resumed]
+    for p in model.parameters():
+        assert not resumed.state[p]["exp_avg"].any()
+        assert torch.equal(resumed.state[p]["exp_avg_sq"], torch.full_like(p, 3.0, dtype=torch.float32))
+        assert not opt.state[p]["exp_avg_sq"].eq(3.0).all()  # (the hook's copy, not the original)
+
+
+def test_tensor_betas_of_a_torch_checkpoint_are_read_once_at_load():
+    """torch's Adam takes tensor betas; a step that read them with float() each time would
+    sync the host every step on a GPU (and break a fullgraph compile)."""
+    model = torch.nn.Linear(4, 3)
+    theirs = torch.optim.Adam(model.parameters(), lr=1e-2, betas=(torch.tensor(0.8), torch.tensor(0.9)))
+    model(torch.randn(2, 4)).sum().backward()
+    theirs.step()
+    ours = fastdyn.optim.Adam(model.parameters(), lr=1e-2)
+    ours.load_state_dict(theirs.state_dict())
+    assert ours.param_groups[0]["betas"] == (pytest.approx(0.8), pytest.approx(0.9))
+    assert all(type(b) is float for b in ours.param_groups[0]["betas"])
+    ours.step()
