@@ -37,7 +37,7 @@ echo "== $(git log --oneline -1) against torch $version"
 # CPU kernels only: the CUDA build would not be run here and takes 20 minutes on 2 cores
 FASTDYN_CUDA=0 "$work/venv/bin/python" setup.py build_ext --inplace > "$work/build.log" 2>&1 \
   || { tail -30 "$work/build.log"; exit 1; }
-"$work/venv/bin/python" -m fastdyn info | head -2
+"$work/venv/bin/python" -m fastdyn info | sed -n 1,2p  # (sed reads it all: head closed the pipe under a still-printing info)
 TRITON_INTERPRET=1 "$work/venv/bin/python" -m pytest tests -q -p no:cacheprovider -rf \
   | tail -30
 echo "(worktree $work/tree of $repo; remove it with: git worktree remove --force $work/tree)"
