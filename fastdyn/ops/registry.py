@@ -3,6 +3,8 @@ one signature per op (the schema in csrc/ops.cpp)."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 import fastdyn._extension  # noqa: F401  (registers torch.ops.fastdyn)
@@ -93,6 +95,7 @@ def _refuse_bad_writes(args: tuple, kwargs: dict, written: tuple) -> None:
 
 
 def _refusing_bad_writes(op, written: tuple):
+    @functools.wraps(op)  # (__wrapped__: the reference function itself)
     def run(*args, **kwargs):
         _refuse_bad_writes(args, kwargs, written)
         return op(*args, **kwargs)

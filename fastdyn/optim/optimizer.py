@@ -547,6 +547,12 @@ class FusedOptimizer(Optimizer):
         lr, device = bucket.group["lr"], bucket.device
         if isinstance(lr, torch.Tensor):
             return lr if lr.device == device else lr.to(device, non_blocking=True)
+        if torch.compiler.is_compiling():
+            # a product, not a cached tensor written: the float is then a graph input (a
+            # scheduler's lr written with fill_ was a constant guarded on, a graph a step
+            # until dynamo's recompile limit), and torch 2.11's AOT autograd lost the write
+            # to the cache after such a recompile (the step ran on a stale lr)
+            return torch.ones((), dtype=torch.float64, device=device) * lr
         key = (bucket.group_index, device)
         cached = self._lr_tensors.get(key)
         if cached is None:
@@ -554,13 +560,6 @@ class FusedOptimizer(Optimizer):
             # every digit of a Python-float lr (as torch's own optimizers do).
             cached = self._lr_tensors[key] = [torch.tensor(float(lr), dtype=torch.float64,
                                                            device=device), float(lr)]
-        elif torch.compiler.is_compiling():
-            # the lr a graph input, not a constant guarded on (a scheduler's float lr made a
-            # graph a step until dynamo's recompile limit): written every compiled step, the
-            # host copy forgotten so that an eager step rewrites it. add_, not fill_: AOT
-            # autograd makes a float added to a tensor a graph input, a filled one a constant
-            cached[0].zero_().add_(lr)
-            cached[1] = None
         elif cached[1] != lr:
             cached[0].fill_(lr)
             cached[1] = lr
