@@ -3,8 +3,9 @@
     ncu --profile-from-start off --section SpeedOfLight --section MemoryWorkloadAnalysis \\
         --section Occupancy --section LaunchStats python benchmarks/profile_step.py adamw
 
-Ops: adamw, lamb (max_grad_norm + loss scale, as in the GPU table), sgd, lars, clip; the
-torch fused AdamW/SGD steps as `torch-adamw` and `torch-sgd`, to compare in the same report.
+Ops: adamw, lamb (max_grad_norm + loss scale, as in the GPU table), sgd, lars, clip (clipping,
+as in the benchmarks); the torch fused AdamW/SGD steps as `torch-adamw` and `torch-sgd`, to
+compare in the same report.
 Parameter set: FASTDYN_PROFILE_SET (default gpt2-small; the kernels are the same as on gpt-1b,
 and the profiled replays cost less).
 """
@@ -15,6 +16,7 @@ import sys
 import torch
 
 import fastdyn
+from fastdyn.bench import cases
 from fastdyn.bench.params import PARAM_SETS, make_params
 
 
@@ -29,13 +31,11 @@ def make_step(op: str, params):
         return torch.optim.SGD(params, lr=1e-3, momentum=0.9, fused=True).step
     if op == "lars":
         return fastdyn.optim.LARS(params, lr=1e-3, weight_decay=1e-4).step
-    if op == "lamb":
-        opt = fastdyn.optim.LAMB(params, lr=1e-3, max_grad_norm=1.0)
-        opt.grad_scale = torch.ones((), device=params[0].device)  # what GradScaler hands it
-        opt.found_inf = torch.zeros((), device=params[0].device)
-        return opt.step
-    if op == "clip":
-        return lambda: fastdyn.clip_grad_norm_(params, 1e-3)
+    if op == "lamb":  # the benchmarks' "lamb-amp": LossScaler's scale and folded inf check
+        return cases.with_loss_scale(fastdyn.optim.LAMB(params, lr=1e-3, max_grad_norm=1.0)).step
+    if op == "clip":  # clipping at every call, the profiled one included, as the benchmarks'
+        max_norm = cases.ShrinkingMaxNorm([p.grad for p in params])
+        return lambda: fastdyn.clip_grad_norm_(params, max_norm())
     raise SystemExit(f"unknown op {op!r}")
 
 

@@ -8,8 +8,22 @@
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
+
+
+def _cannot_run(backend: str, device_type: str):
+    """Why `backend` cannot run the ops on `device_type` tensors in this process (a backend
+    FASTDYN_BACKEND forces), or None."""
+    from fastdyn.ops.backend import available_backends, triton_available
+
+    if backend in available_backends(device_type):
+        return None
+    if backend == "triton":
+        return ("Triton is not installed" if not triton_available()
+                else "Triton cannot run on the CPU without TRITON_INTERPRET=1")
+    return "the native CUDA kernels were not built"
 
 
 def info() -> dict:
@@ -27,6 +41,7 @@ def info() -> dict:
         triton_version = triton.__version__
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] \
         if torch.cuda.is_available() else []
+    defaults = {t: fastdyn.ops.backend_for(torch.device(t)) for t in ("cpu", "cuda")}
     return {
         "fastdyn": fastdyn.__version__,
         "python": platform.python_version(),
@@ -40,8 +55,9 @@ def info() -> dict:
             "triton": {"available": triton_version is not None, "version": triton_version},
         },
         "gpus": gpus,
-        "default_backend": {"cpu": fastdyn.ops.backend_for(torch.device("cpu")),
-                            "cuda": fastdyn.ops.backend_for(torch.device("cuda"))},
+        "default_backend": defaults,
+        "FASTDYN_BACKEND": os.environ.get("FASTDYN_BACKEND"),
+        "cannot_run": {t: why for t, b in defaults.items() if (why := _cannot_run(b, t))},
     }
 
 
@@ -61,7 +77,85 @@ def _print_info(d: dict) -> None:
     t = b["triton"]
     print(f"  triton  {'available, ' + t['version'] if t['available'] else 'not installed'}")
     print(f"GPU:    {', '.join(d['gpus']) if d['gpus'] else 'none visible'}")
-    print(f"default backend: cpu -> {d['default_backend']['cpu']}, cuda -> {d['default_backend']['cuda']}")
+    forced = f" (FASTDYN_BACKEND={d['FASTDYN_BACKEND']})" if d["FASTDYN_BACKEND"] else ""
+    print(f"default backend: cpu -> {d['default_backend']['cpu']}, "
+          f"cuda -> {d['default_backend']['cuda']}{forced}")
+    for device_type, why in d["cannot_run"].items():
+        print(f"  {device_type}: {why}")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be a positive integer")
+    return value
+
+
+def _device(text: str) -> str:
+    """cpu, or cuda[:N] with that GPU visible: checked before any work, not a traceback later."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device: use cpu or cuda[:N]") from None
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"{text!r}: fastdyn runs on cpu or cuda")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: no such GPU visible ({torch.cuda.device_count()} visible)")
+    return text
+
+
+def _names(kind: str, valid):
+    """A comma list of names from `valid()` (spaces and empty entries ignored), checked before
+    any case runs: an unknown name used to fail only when the loop reached it."""
+    def parse(text: str) -> list:
+        choices = valid()
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        unknown = [n for n in names if n not in choices]
+        if unknown or not names:
+            what = f"unknown {kind} {', '.join(map(repr, unknown))}" if unknown else f"no {kind} given"
+            raise argparse.ArgumentTypeError(f"{what} (choose from {', '.join(choices)})")
+        return names
+    return parse
+
+
+def _ops() -> list:
+    from fastdyn.bench.cases import BUILDERS
+
+    return list(BUILDERS)
+
+
+def _sets() -> list:
+    from fastdyn.bench.params import PARAM_SETS
+
+    return list(PARAM_SETS)
+
+
+def _writable_path(text: str) -> str:
+    """A file the results can be written to, checked before the first case is measured."""
+    directory = os.path.dirname(os.path.abspath(text))
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory")
+    if not (os.path.isdir(directory) and os.access(directory, os.W_OK)):
+        raise argparse.ArgumentTypeError(f"{text!r}: {directory!r} is not a writable directory")
+    return text
+
+
+def _backend_env_error():
+    """FASTDYN_BACKEND's value, when it names no backend: an error line, not a traceback from
+    the first op."""
+    from fastdyn.ops.backend import forced_backend
+
+    try:
+        forced_backend()
+    except ValueError as e:
+        return f"FASTDYN_BACKEND: {e}"
+    return None
 
 
 def main(argv=None) -> int:
@@ -71,20 +165,27 @@ def main(argv=None) -> int:
     p_info = sub.add_parser("info", help="versions, built backends, GPU")
     p_info.add_argument("--json", action="store_true", help="print JSON")
     p_demo = sub.add_parser("demo", help="a short end-to-end training run")
-    p_demo.add_argument("--steps", type=int, default=600)
-    p_demo.add_argument("--device", default=None, help="cpu or cuda (default: cuda if visible)")
+    p_demo.add_argument("--steps", type=_positive_int, default=600)
+    p_demo.add_argument("--device", type=_device, default=None,
+                        help="cpu or cuda (default: cuda if visible)")
     p_demo.add_argument("--seed", type=int, default=0)
     p_bench = sub.add_parser("bench", help="benchmarks against torch's ops (table)")
     p_bench.add_argument("--quick", action="store_true", help="fewer repetitions")
-    p_bench.add_argument("--only", default=None, help="comma list: norm,unscale,clip,clip-clipping,adamw,sgd,lamb,lamb-amp,lars")
-    p_bench.add_argument("--device", default=None)
-    p_bench.add_argument("--json", default=None, help="also write the results to this file")
-    p_bench.add_argument("--sets", default="gpt2-small,1000-small",
+    p_bench.add_argument("--only", type=_names("op", _ops), default=None,
+                         help="comma list: norm,unscale,clip,clip-clipping,adamw,sgd,lamb,lamb-amp,lars")
+    p_bench.add_argument("--device", type=_device, default=None)
+    p_bench.add_argument("--json", type=_writable_path, default=None,
+                         help="also write the results to this file")
+    p_bench.add_argument("--sets", type=_names("parameter set", _sets), default="gpt2-small,1000-small",
                          help="parameter sets: gpt2-small, gpt-1b, 1000-small")
-    p_bench.add_argument("--dtype", default="float32",
-                         help="of params, grads and state: float32, bfloat16 or float16")
+    p_bench.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                         help="of params, grads and state")
     args = parser.parse_args(argv)
 
+    error = _backend_env_error()
+    if error:
+        print(f"fastdyn {args.command}: error: {error}", file=sys.stderr)
+        return 2
     if args.command == "info":
         d = info()
         if args.json:
@@ -102,7 +203,7 @@ def main(argv=None) -> int:
         from fastdyn.bench import run_cli
 
         return run_cli(quick=args.quick, only=args.only, device=args.device, json_path=args.json,
-                       sets=tuple(args.sets.split(",")), dtype=args.dtype)
+                       sets=args.sets, dtype=args.dtype)
     return 2
 
 

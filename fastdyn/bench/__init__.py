@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
+import subprocess
 
 import torch
 
+import fastdyn
 from fastdyn.bench import bandwidth, cases
+from fastdyn.bench.params import scale
 from fastdyn.bench.timing import compare
 
 DEFAULT_OPS = ["norm", "unscale", "clip", "clip-clipping", "adamw", "sgd", "lamb", "lamb-amp", "lars"]
 
 
 def run_case(case: cases.Case, device: torch.device, rounds: int) -> dict:
-    times = compare(case.impls, device, rounds=rounds)
+    times = compare(case.impls, device, rounds=rounds, reset=case.reset)
     elem_size = torch.empty((), dtype=case.dtype).element_size()
     bw = bandwidth.measure(case.n_elems * elem_size * case.arrays, device, rounds=rounds)
     ours = times["fastdyn"]
@@ -35,10 +39,25 @@ def run_case(case: cases.Case, device: torch.device, rounds: int) -> dict:
     }
 
 
+def _git_commit():
+    """HEAD of the repository fastdyn is imported from (an editable install), else None."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(fastdyn.__file__),
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
 def environment(device: torch.device) -> dict:
-    env = {"date": datetime.date.today().isoformat(), "torch": torch.__version__,
+    env = {"date": datetime.date.today().isoformat(), "fastdyn": fastdyn.__version__,
+           "git_commit": _git_commit(), "torch": torch.__version__,
            "python": platform.python_version(), "device": str(device),
-           "threads": torch.get_num_threads()}
+           "threads": torch.get_num_threads(),
+           # a forced backend is what the "fastdyn" rows ran; a scale below 1 shrank the sets
+           "FASTDYN_BACKEND": os.environ.get("FASTDYN_BACKEND"),
+           "backend": fastdyn.ops.backend_for(device),
+           "FASTDYN_BENCH_SCALE": os.environ.get("FASTDYN_BENCH_SCALE")}
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
         env["cuda"] = torch.version.cuda
@@ -57,32 +76,47 @@ def _label(r: dict) -> str:
     return r["op"] if dtype == "float32" else f"{r['op']} ({dtype})"
 
 
-def format_table(results: list) -> str:
-    lines = ["| op | set | fastdyn ms | baseline ms | speedup | other | GB/s | of measured BW |",
+def format_table(results: list, fastdyn_name: str = "fastdyn") -> str:
+    """Markdown rows of `results`, as `run_cli` writes them or older files do (without
+    "dtype" or "fraction_of_copy_bandwidth")."""
+    lines = [f"| op | set | {fastdyn_name} ms | baseline ms | speedup | other | GB/s | of measured BW |",
              "|---|---|---:|---:|---:|---|---:|---:|"]
     for r in results:
         base = r["baseline"]
         others = ", ".join(f"{k} {v:.2f}x" for k, v in r["speedup_vs"].items() if k != base)
+        copy = r.get("fraction_of_copy_bandwidth")
         lines.append(
             f"| {_label(r)} | {r['set']} | {r['ms']['fastdyn']:.2f} | {r['ms'][base]:.2f} ({base}) | "
             f"{r['speedup_vs'][base]:.2f}x | {others} | {r['gb_s']:.1f} | "
             f"{100 * r['fraction_of_bandwidth']:.0f}% of {r['machine_gb_s']:.1f} ({r['bandwidth_kind']})"
-            + (f", {100 * r['fraction_of_copy_bandwidth']:.0f}% of copy" if r["bandwidth_kind"] != "read" else "")
+            + (f", {100 * copy:.0f}% of copy" if copy is not None and r["bandwidth_kind"] != "read" else "")
             + " |")
     return "\n".join(lines)
 
 
+def _header(env: dict) -> str:
+    where = env.get("gpu") or env.get("cpu")
+    line = f"fastdyn bench on {where} ({env['device']}, {env['threads']} threads), torch {env['torch']}"
+    if env["FASTDYN_BACKEND"]:
+        line += (f"; FASTDYN_BACKEND={env['FASTDYN_BACKEND']}: the fastdyn rows run the "
+                 f"{env['backend']} backend")
+    if scale() != 1:
+        line += f"; sets scaled by FASTDYN_BENCH_SCALE={env['FASTDYN_BENCH_SCALE']}"
+    return line
+
+
 def run_cli(quick=False, only=None, device=None, json_path=None, sets=("gpt2-small", "1000-small"),
             dtype: str = "float32") -> int:
+    """`fastdyn bench`, with the names the command line checked (`only`: op names or None)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    ops = only.split(",") if only else DEFAULT_OPS
+    ops = list(only) if only else DEFAULT_OPS
     rounds = 3 if quick else 7
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise ValueError(f"--dtype {dtype!r}: choose float32, bfloat16 or float16")
     torch_dtype = getattr(torch, dtype)
     env = environment(device)
-    print(f"fastdyn bench on {env.get('gpu') or env.get('cpu')} ({device}, {env['threads']} threads), "
-          f"torch {env['torch']}", flush=True)
+    options = {"quick": quick, "rounds": rounds, "sets": list(sets),
+               "only": list(only) if only else None, "dtype": dtype, "device": str(device)}
+    fastdyn_name = f"fastdyn ({env['backend']})" if env["FASTDYN_BACKEND"] else "fastdyn"
+    print(_header(env), flush=True)
     results = []
     for op in ops:
         for set_name in sets:
@@ -91,15 +125,18 @@ def run_cli(quick=False, only=None, device=None, json_path=None, sets=("gpt2-sma
             results.append(r)
             print(format_table([r]).splitlines()[-1], flush=True)
             if json_path:  # after every case: a run cut short keeps what it measured
-                _write_json(json_path, env, results)
+                _write_json(json_path, {"environment": env, "options": options, "results": results})
             del case
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     print()
-    print(format_table(results))
+    print(format_table(results, fastdyn_name))
     return 0
 
 
-def _write_json(path: str, env: dict, results: list) -> None:
-    with open(path, "w") as f:
-        json.dump({"environment": env, "results": results}, f, indent=2)
+def _write_json(path: str, data: dict) -> None:
+    """Through a temporary file and a rename: a run killed mid-write keeps the last whole file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import torch
 
@@ -32,10 +32,14 @@ def time_once(fn: Callable, device: torch.device, inner: int) -> float:
 
 
 def compare(fns: Dict[str, Callable], device: torch.device, rounds: int = 7,
-            min_time: float = 0.05) -> Dict[str, float]:
-    """Median seconds per call of each function, measured in interleaved rounds."""
+            min_time: float = 0.05, reset: Optional[Callable] = None) -> Dict[str, float]:
+    """Median seconds per call of each function, measured in interleaved rounds. `reset`
+    (untimed) runs before each function's warm-up and each timed sample: calls that change
+    the shared tensors (clipping shrinks them) start every sample from the same state."""
+    reset = reset or (lambda: None)
     inner = {}
     for name, fn in fns.items():
+        reset()
         fn()  # warm up (allocations, compilation, caches)
         _sync(device)
         one = max(time_once(fn, device, 1), 1e-7)
@@ -43,6 +47,7 @@ def compare(fns: Dict[str, Callable], device: torch.device, rounds: int = 7,
     samples = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
+            reset()
             _sync(device)
             samples[name].append(time_once(fn, device, inner[name]))
     return {name: statistics.median(v) for name, v in samples.items()}

@@ -49,6 +49,8 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
 
 
 def run(steps: int = 600, device=None, seed: int = 0) -> int:
+    if steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(seed)
     vocab, seq, batch_size = 16, 16, 32
@@ -70,6 +72,10 @@ def run(steps: int = 600, device=None, seed: int = 0) -> int:
     last_print = 0
     t_last = time.perf_counter()
     for step in range(steps):
+        report = step % 50 == 0 or step == steps - 1
+        # the lr this step uses (sched.step() below sets the next one's); read only to print,
+        # as it is a host sync on a GPU
+        lr = float(opt.param_groups[0]["lr"]) if report else None
         x, y = batch(gen, vocab, batch_size, seq, device)
         with torch.autocast(device.type, dtype=torch.float16 if use_scaler else torch.bfloat16,
                             enabled=use_scaler):
@@ -86,24 +92,36 @@ def run(steps: int = 600, device=None, seed: int = 0) -> int:
             loss.backward()
             opt.step()
         sched.step()
-        if step % 50 == 0 or step == steps - 1:
+        if report:
             copy_loss = losses[:, seq // 2:].mean().item()
             first_copy = copy_loss if first_copy is None else first_copy
             last_copy = copy_loss
-            stats = opt.last_stats()
-            r = stats.values[:, 3]
-            gnorm = stats.grad_norm.item() if stats.grad_norm is not None else float("nan")
             ms = (time.perf_counter() - t_last) * 1e3 / max(1, step - last_print)
             last_print = step
             t_last = time.perf_counter()
-            print(f"{step:>5} {loss.item():>8.4f} {copy_loss:>9.4f} {float(opt.param_groups[0]['lr']):>9.2e} "
-                  f"{gnorm:>8.3f} {r.min().item():>8.3f}/{r.max().item():<8.3f} {ms:>8.1f}")
-    stats = opt.last_stats()
-    worst = stats.values[:, 0].argmax().item()
-    print(f"largest gradient norm in the last step: {names[worst]} "
-          f"({stats.values[worst, 0].item():.3g}); update/param ratio there "
-          f"{(stats.values[worst, 2] / stats.values[worst, 1].clamp_min(1e-12)).item():.2e}")
+            print(f"{step:>5} {loss.item():>8.4f} {copy_loss:>9.4f} {lr:>9.2e} "
+                  f"{_stats_columns(opt.last_stats())} {ms:>8.1f}")
+    _print_largest_gradient(opt.last_stats(), names)
     learned = last_copy < 0.5 * first_copy
     print(f"copy-half loss {first_copy:.3f} -> {last_copy:.3f}: "
           + ("the model learned to copy." if learned else "did not learn to copy (try more --steps)."))
     return 0 if learned else 1
+
+
+def _stats_columns(stats) -> str:
+    """|g| and the trust ratios' range of the last step; dashes for a step without statistics
+    (last_stats() is None when the step had no gradients)."""
+    if stats is None:
+        return f"{'-':>8} {'-':>17}"
+    r = stats.values[:, 3]
+    gnorm = stats.grad_norm.item() if stats.grad_norm is not None else float("nan")
+    return f"{gnorm:>8.3f} {r.min().item():>8.3f}/{r.max().item():<8.3f}"
+
+
+def _print_largest_gradient(stats, names) -> None:
+    if stats is None:
+        return
+    worst = stats.values[:, 0].argmax().item()
+    print(f"largest gradient norm in the last step: {names[worst]} "
+          f"({stats.values[worst, 0].item():.3g}); update/param ratio there "
+          f"{(stats.values[worst, 2] / stats.values[worst, 1].clamp_min(1e-12)).item():.2e}")

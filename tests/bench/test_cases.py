@@ -6,16 +6,26 @@ float64, so that a step (lr 1e-3: ~1e-8 per element for LARS) stands far above t
 of the parameters: a wrong weight decay or bias correction in a baseline moves the result by
 ~1e-3 of the step, the tolerance below is 1e-7 of it."""
 
+import ast
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 import fastdyn
-from fastdyn.bench import baselines, cases
+from fastdyn.bench import baselines, cases, format_table
+from fastdyn.bench.timing import compare
 from helpers import INTERPRETED
 from fastdyn.ops import registry
 from fastdyn.ops.backend import triton_available
 
 DEVICE = torch.device("cpu")
+REPO = Path(__file__).resolve().parents[2]
 SETS = ["gpt2-small", "1000-small"]
 STEP_RTOL = 1e-7  # of the largest change fastdyn's optimizer step makes
 # fastdyn's norms are float32 whatever the input (the contract), so a norm, and gradients
@@ -145,3 +155,92 @@ def test_16_bit_implementations_do_not_share_params():
     assert len({id(ps[0]) for ps in owners.values()}) == len(owners) >= 3
     assert all(torch.isfinite(p).all() for p in owners["fastdyn"])
     assert all(p.grad is q.grad for p, q in zip(owners["fastdyn"], owners["torch fused"]))
+
+
+def _changed(before, after) -> bool:
+    return any(not torch.equal(b, a) for b, a in zip(before, after))
+
+
+@pytest.mark.parametrize("set_name", SETS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_clipping_case_clips_at_every_call(dtype, set_name):
+    """Every call of every implementation scales the grads (a coefficient under 1, as torch
+    computes it in the grads' dtype too): with a max_norm shrinking by 0.999 a call, bfloat16
+    grads rounded back to their values and 40-60% of the calls did not clip (fastdyn then
+    skips its scaling pass, torch multiplies by 1). 50 calls from a reset, as a timed sample."""
+    case = cases.build("clip-clipping", set_name, DEVICE, with_compile=False, with_triton=False,
+                       dtype=dtype)
+    grads = [p.grad for p in case.params]
+    for name, fn in case.impls.items():
+        case.reset()
+        for call in range(50):
+            before = [g.clone() for g in grads]
+            fn()
+            assert _changed(before, grads), f"{name}: call {call} after a reset did not clip"
+
+
+def test_compare_resets_before_every_sample():
+    """What keeps the clipping case clipping: no timed sample runs on what an earlier one left."""
+    events = []
+    fns = {name: (lambda name=name: events.append(name)) for name in ("a", "b")}
+    compare(fns, DEVICE, rounds=3, min_time=1e-4, reset=lambda: events.append("reset"))
+    runs = "".join(events).split("reset")[1:]
+    assert len(runs) == 2 + 2 * 3  # each warm-up, then each sample
+    assert all(r and set(r) in ({"a"}, {"b"}) for r in runs)
+
+
+def _load_script(path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_profile_step_profiles_the_benchmarks_work():
+    """benchmarks/profile_step.py: its clip clips at the profiled (4th) call too (a fixed
+    max_norm of 1e-3 left a coefficient of 1 there), and its LAMB folds the inf check in, as
+    the "lamb-amp" case's does."""
+    profile_step = _load_script(REPO / "benchmarks" / "profile_step.py")
+    params = cases.make_params(cases.PARAM_SETS["gpt2-small"](), DEVICE)
+    clip = profile_step.make_step("clip", params)
+    for call in range(4):
+        before = [p.grad.clone() for p in params]
+        clip()
+        assert _changed(before, [p.grad for p in params]), f"call {call} did not clip"
+    lamb = profile_step.make_step("lamb", params).__self__
+    case = cases.with_loss_scale(fastdyn.optim.LAMB(params, lr=1e-3, max_grad_norm=1.0))
+    for attr in ("grad_scale", "found_inf", "_check_inf"):
+        assert torch.equal(torch.as_tensor(getattr(lamb, attr)), torch.as_tensor(getattr(case, attr)))
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "benchmarks" / "results").glob("*.json")),
+                         ids=lambda p: p.name)
+def test_table_renders_every_committed_results_file(path):
+    """Older files lack newer keys (the H100 one "fraction_of_copy_bandwidth": KeyError).
+    Files of other formats (bench_fsdp.py's results by name) are not this table's."""
+    results = json.loads(path.read_text())["results"]
+    if not isinstance(results, list):
+        pytest.skip("not `fastdyn bench` results")
+    lines = format_table(results).splitlines()
+    assert len(lines) == 2 + len(results)
+    assert all(f"| {r['set']} |" in line for r, line in zip(results, lines[2:]))
+
+
+def test_benchmark_files_build_each_case_once():
+    """benchmarks/conftest.py keeps one case in memory: its tests run case by case (the files'
+    parametrize order varied set_name fastest, and every test built its case anew)."""
+    script = (
+        "import sys, pytest\n"
+        "from fastdyn.bench import cases\n"
+        "built, build = [], cases.build\n"
+        "cases.build = lambda op, set_name, *a, **k: built.append((op, set_name)) or build(op, set_name, *a, **k)\n"
+        "rc = pytest.main(['benchmarks/bench_norm.py', '--benchmark-disable', '-q', '-p', 'no:cacheprovider'])\n"
+        "print('BUILT', built)\n"
+        "sys.exit(rc)\n")
+    env = {**os.environ, "FASTDYN_BENCH_SCALE": "0.002", "FASTDYN_BENCH_DEVICE": "cpu",
+           "FASTDYN_BENCH_SETS": "gpt2-small,1000-small"}
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    built = ast.literal_eval(out.stdout.split("BUILT ")[-1].strip())
+    assert built == [("norm", "gpt2-small"), ("norm", "1000-small")]
