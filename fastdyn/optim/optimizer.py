@@ -318,7 +318,9 @@ class FusedOptimizer(Optimizer):
         (metadata, not identity) passed a swapped-in one, so the old kept stepping. `id()`
         of a traced tensor makes dynamo guard on its identity (`is` did not): a swap
         retraces, and the new trace builds a new plan. The eager check is
-        _plan_contents_same."""
+        _plan_contents_same. Its guards cost ~2.5 us a param at every compiled call (AdamW
+        on 1,000 16-element params, CPU, backend="eager": 2.9 -> 5.4 ms; torch's compiled
+        foreach AdamW there: 22 ms)."""
         groups, plan = self.param_groups, self._runtime["plan"]
         # every current object's id before any of the plan's tensors: dynamo guards the
         # source a tensor was first read from (read through the plan first, a swap passed).
