@@ -346,7 +346,7 @@ class FusedOptimizer(Optimizer):
                 # (not `self.state.get(params[j]) is state`: any guard on self.state's values
                 # cost 2.5 us a param, so a param's whole state dict replaced is not seen)
                 state = b.state_dicts[i]
-                if any(key not in state for key in keys):
+                if keys and (state is None or any(key not in state for key in keys)):
                     return False
                 current.append([id(params[j]), *(id(state[key]) for key in keys)])
         held = []
