@@ -6,9 +6,11 @@ import threading
 import pytest
 import torch
 
+import fastdyn
 from fastdyn import reference
 from fastdyn.ops import registry, use_backend
 from fastdyn.ops.backend import backend_for
+from helpers import BACKEND_DEVICES
 
 CPU = torch.device("cpu")
 
@@ -88,3 +90,28 @@ def test_a_block_is_its_threads_own(no_env):
         t.start()
         t.join()
     assert seen == ["native"]
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("grad_mode", [True, False], ids=["grad", "no_grad"])
+def test_every_backend_compiles_fullgraph(backend, device, grad_mode):
+    """A norm, clip_grad_norm_ and an optimizer step trace whole on every kernel backend, in
+    grad mode too: the Triton backend's refusal of bad writes asked
+    torch.is_inference_mode_enabled(), which dynamo cannot trace (no norm compiled in grad
+    mode). (The float64 reference reads its scalars on the host: not for compiled code.)"""
+    torch._dynamo.reset()
+    xs = [torch.randn(10, device=device), torch.randn(3, 3, device=device)]
+    p = torch.nn.Parameter(torch.randn(7, device=device))
+    opt = fastdyn.optim.AdamW([p], lr=torch.tensor(1e-2, device=device))
+    with use_backend(backend), torch.set_grad_enabled(grad_mode):
+        eager_norm = fastdyn.multi_tensor_l2norm(xs)[0]
+        norm = torch.compile(lambda: fastdyn.multi_tensor_l2norm(xs)[0], backend="eager",
+                             fullgraph=True)()
+        torch.testing.assert_close(norm, eager_norm, rtol=0, atol=0)
+        p.grad = torch.full_like(p, 3.0)
+        before = p.detach().clone()
+        clipped = torch.compile(lambda: fastdyn.clip_grad_norm_([p], 1.0), backend="eager",
+                                fullgraph=True)()
+        torch.testing.assert_close(clipped, p.grad.new_tensor(3.0 * 7 ** 0.5), rtol=1e-6, atol=0)
+        torch.compile(opt.step, backend="eager", fullgraph=True)()
+    assert not torch.equal(p.detach(), before)
