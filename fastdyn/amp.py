@@ -100,10 +100,19 @@ class LossScaler:
             raise AssertionError(_NOT_SCALED.format("unscale_"))  # (GradScaler's type)
         found_inf = self._new_found_inf()
         inv = self._scale.double().reciprocal().float()
+        by_place = _grads_by_place(optimizer, write_back=True)
+        for grads in by_place.values():  # (refused before any gradient is written)
+            _refuse_overlapping(grads)
         sq = []
-        for (device, spec), grads in _grads_by_place(optimizer, write_back=True).items():
+        for (device, spec), grads in by_place.items():
             f = found_inf if device == found_inf.device else torch.zeros_like(found_inf, device=device)
-            total, _ = ops.multi_tensor_unscale_norm_(grads, inv.to(device), f)
+            # a view with gaps (a hand-assigned slice) is unscaled in a dense copy, written
+            # back: GradScaler writes the caller's view too
+            dense = [g if ops.checks._dense(g) else g.contiguous() for g in grads]
+            total, _ = ops.multi_tensor_unscale_norm_(dense, inv.to(device), f)
+            for g, d in zip(grads, dense):
+                if d is not g:
+                    g.copy_(d)
             if spec is not None:  # every rank that holds a shard of these grads skips alike
                 spec.all_reduce_(f, op="max")
                 total = distributed.sharded_norms(total, spec)
@@ -112,7 +121,9 @@ class LossScaler:
             sq.append(total.to(found_inf.device) ** 2)
         if sq:
             self.last_grad_norm = torch.stack(sq).sum().sqrt()
-        self._unscaled[id(optimizer)] = found_inf
+        # None: unscaled, but without gradients nothing was checked (GradScaler's empty
+        # found_inf_per_device): step() or update() say so
+        self._unscaled[id(optimizer)] = found_inf if by_place else None
 
     def step(self, optimizer, *args, **kwargs):
         """optimizer.step(), skipped (on the device) when a gradient is inf or NaN."""
@@ -124,13 +135,16 @@ class LossScaler:
             raise RuntimeError("Closure use is not currently supported if LossScaler is enabled.")
         if id(optimizer) in self._found_inf:
             raise RuntimeError("step() has already been called since the last update().")
+        was_unscaled = id(optimizer) in self._unscaled
         unscaled = self._unscaled.get(id(optimizer))
         if not getattr(optimizer, "_step_supports_amp_scaling", False):
             # A plain torch optimizer: unscale in a pass of our own, and decide on the host
             # (as GradScaler does for such optimizers).
-            if unscaled is None:
+            if not was_unscaled:
                 self.unscale_(optimizer)
                 unscaled = self._unscaled[id(optimizer)]
+            if unscaled is None:
+                raise AssertionError("No inf checks were recorded for this optimizer.")
             self._found_inf[id(optimizer)] = unscaled
             if unscaled.item() == 0:
                 return optimizer.step(*args, **kwargs)
@@ -140,12 +154,12 @@ class LossScaler:
         # another amp-aware one (torch's fused optimizers) only reads found_inf: fill it first
         folds = getattr(optimizer, "_folds_inf_check", False)
         checked = True
-        if unscaled is None and not folds:
+        if not was_unscaled and not folds:
             checked = _flag_nonfinite(optimizer, found_inf)
-        optimizer.grad_scale = None if unscaled is not None else self._scale
+        optimizer.grad_scale = None if was_unscaled else self._scale
         optimizer.found_inf = found_inf
         if folds:
-            optimizer._check_inf = unscaled is None
+            optimizer._check_inf = not was_unscaled
         try:
             out = optimizer.step(*args, **kwargs)
         finally:
@@ -153,13 +167,17 @@ class LossScaler:
             del optimizer.found_inf
             if folds:
                 del optimizer._check_inf
-        if unscaled is None and not (optimizer._runtime["had_grads"] if folds else checked):
+        if was_unscaled:
+            checked = unscaled is not None
+        elif folds:
+            checked = optimizer._runtime["had_grads"]
+        if not checked:
             # stepped without gradients, so nothing was checked: as with GradScaler,
             # update() then finds no inf check (unless another optimizer made one)
             self._found_inf[id(optimizer)] = None
             return out
         grad_norm = getattr(optimizer, "_runtime", {}).get("grad_norm")
-        if grad_norm is not None and unscaled is None:
+        if grad_norm is not None and not was_unscaled:
             self.last_grad_norm = grad_norm
         self._found_inf[id(optimizer)] = found_inf
         return out
@@ -292,13 +310,25 @@ def _grads_by_place(optimizer, write_back: bool = False) -> dict:
     return by_place
 
 
+def _refuse_overlapping(grads: list) -> None:
+    """torch's refusal (and words) of an in-place write to a gradient whose elements share
+    memory (an expanded view), which GradScaler's unscale_ raises too."""
+    for g in grads:
+        if not ops.checks._dense(g) and torch._debug_has_internal_overlap(g) == 1:
+            raise RuntimeError(
+                "unsupported operation: more than one element of the written-to tensor refers "
+                "to a single memory location. Please clone() the tensor before performing the "
+                "operation.")
+
+
 def _flag_nonfinite(optimizer, found_inf: torch.Tensor) -> bool:
     """found_inf += 1 where a gradient of `optimizer` holds an inf or NaN: one read of them
     (GradScaler's check also writes them back). A max-abs norm, which no finite gradient
     overflows: inf or NaN exactly when an element is. False: there were no gradients."""
     by_place = _grads_by_place(optimizer)
     for (device, spec), grads in by_place.items():
-        bad = (~torch.isfinite(ops.multi_tensor_norm(grads, float("inf"))[0])).float()
+        dense = [g if ops.checks._dense(g) else g.contiguous() for g in grads]
+        bad = (~torch.isfinite(ops.multi_tensor_norm(dense, float("inf"))[0])).float()
         if spec is not None:  # every rank that holds a shard of these grads skips alike
             spec.all_reduce_(bad, op="max")
         found_inf.add_(bad.to(found_inf.device))

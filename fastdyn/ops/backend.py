@@ -58,6 +58,8 @@ def backend_for(device: torch.device) -> str:
     """The backend an op on tensors of `device` uses now."""
     forced = forced_backend()
     if forced is not None:
+        if forced == "triton":
+            _check_triton_runs_on(device)
         return forced
     if device.type == "cpu":
         return "native"
@@ -67,6 +69,18 @@ def backend_for(device: torch.device) -> str:
         if triton_available():
             return "triton"
     return "reference"
+
+
+def _check_triton_runs_on(device: torch.device) -> None:
+    """A forced Triton backend that cannot run here fails inside Triton ("0 active drivers")
+    without naming the backend or the fix: say both."""
+    if not triton_available():
+        raise RuntimeError("the Triton backend was forced (FASTDYN_BACKEND or use_backend), but "
+                           "triton is not installed")
+    if device.type == "cpu" and not triton_interpreted():
+        raise RuntimeError("the Triton backend was forced (FASTDYN_BACKEND or use_backend) for "
+                           "CPU tensors: Triton runs on a GPU, or on the CPU in its interpreter "
+                           "(set TRITON_INTERPRET=1 before importing triton)")
 
 
 @contextlib.contextmanager

@@ -115,3 +115,17 @@ def test_every_backend_compiles_fullgraph(backend, device, grad_mode):
         torch.testing.assert_close(clipped, p.grad.new_tensor(3.0 * 7 ** 0.5), rtol=1e-6, atol=0)
         torch.compile(opt.step, backend="eager", fullgraph=True)()
     assert not torch.equal(p.detach(), before)
+
+
+def test_triton_forced_where_it_cannot_run_says_why(monkeypatch):
+    """Triton on CPU tensors without its interpreter failed deep inside Triton ("0 active
+    drivers"), naming neither the backend nor the fix; nothing is written."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    p = torch.nn.Parameter(torch.ones(4))
+    p.grad = torch.ones(4)
+    opt = fastdyn.optim.SGD([p], lr=0.1, momentum=0.9)
+    with use_backend("triton"), pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        opt.step()
+    assert torch.equal(p.detach(), torch.ones(4))
+    with use_backend("triton"), pytest.raises(RuntimeError, match="Triton backend"):
+        fastdyn.multi_tensor_l2norm([p.grad])

@@ -47,10 +47,9 @@ def poison(model):
     next(model.parameters()).grad[0, 0] = float("inf")
 
 
-def scaler_for(kind, device):
-    if kind == "GradScaler":
-        return torch.amp.GradScaler(device, init_scale=2.0 ** 10, growth_interval=2)
-    return LossScaler(device, init_scale=2.0 ** 10, growth_interval=2)
+def scaler_for(kind, device, **kw):
+    kw = {"init_scale": 2.0 ** 10, "growth_interval": 2, **kw}
+    return (torch.amp.GradScaler if kind == "GradScaler" else LossScaler)(device, **kw)
 
 
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
@@ -548,18 +547,54 @@ def test_loss_scaler_for_cuda_disables_itself_without_cuda_like_gradscaler():
 
 
 @pytest.mark.parametrize("kind", ["GradScaler", "LossScaler"])
-@pytest.mark.parametrize("make", ["fastdyn", "torch fused"])
-def test_a_step_without_gradients_is_no_inf_check(kind, make):
-    """A step with no gradient at all (a forgotten backward) checked nothing: update() says
-    so, as GradScaler's does, instead of counting a clean step towards growth."""
+@pytest.mark.parametrize("make", ["fastdyn", "torch fused", "torch plain"])
+@pytest.mark.parametrize("unscale", [False, True], ids=["step", "unscale_+step"])
+def test_a_step_without_gradients_is_no_inf_check(kind, make, unscale):
+    """An iteration with no gradient at all (a forgotten backward) checked nothing: GradScaler
+    says so, at the step of an optimizer it unscales itself, else at update(); LossScaler
+    did at update() only for a fastdyn step it had not unscaled, and otherwise counted a
+    clean step towards growth."""
     model = mlp()
-    opt = (fastdyn.optim.AdamW(model.parameters(), lr=1e-2) if make == "fastdyn"
-           else torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True))
-    scaler = scaler_for(kind, "cpu")
+    opt = {"fastdyn": lambda ps: fastdyn.optim.AdamW(ps, lr=1e-2),
+           "torch fused": lambda ps: torch.optim.AdamW(ps, lr=1e-2, fused=True),
+           "torch plain": lambda ps: torch.optim.SGD(ps, lr=1e-2)}[make](model.parameters())
+    scaler = scaler_for(kind, "cpu", growth_interval=1)
     scaler.scale(mlp_loss(model, regression_data()))  # no backward
-    scaler.step(opt)
     with pytest.raises(AssertionError, match="No inf checks were recorded"):
+        if unscale:
+            scaler.unscale_(opt)
+        scaler.step(opt)
         scaler.update()
+    assert scaler.get_scale() == 2.0 ** 10
+
+
+@pytest.mark.parametrize("kind", ["GradScaler", "LossScaler"])
+@pytest.mark.parametrize("make", ["fastdyn", "torch fused", "torch plain"])
+def test_unscale_takes_gradients_with_gaps_and_writes_them(kind, make):
+    """A hand-assigned gradient that is a view with gaps (big[:, ::2]) is unscaled in place,
+    as GradScaler does: LossScaler.unscale_ had refused it ("tensors[1] is not dense")."""
+    def run(kind):
+        torch.manual_seed(0)
+        w, p = torch.nn.Parameter(torch.randn(3)), torch.nn.Parameter(torch.randn(4, 6))
+        opt = {"fastdyn": lambda ps: fastdyn.optim.AdamW(ps, lr=1e-2),
+               "torch fused": lambda ps: torch.optim.AdamW(ps, lr=1e-2, fused=True),
+               "torch plain": lambda ps: torch.optim.SGD(ps, lr=1e-2)}[make]([w, p])
+        scaler = scaler_for(kind, "cpu", init_scale=8.0)
+        scaler.scale((w * w).sum()).backward()
+        big = torch.randn(4, 12) * 8.0
+        p.grad = big[:, ::2]
+        scaler.unscale_(opt)
+        assert p.grad.data_ptr() == big.data_ptr()  # still the caller's view, written
+        unscaled = big.clone()
+        fastdyn.clip_grad_norm_([w, p], 1.0)
+        scaler.step(opt)
+        scaler.update()
+        return unscaled, [w.detach(), p.detach()]
+
+    (theirs, their_params), (ours, our_params) = run("GradScaler"), run(kind)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    for a, b in zip(our_params, their_params):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name", ["AdamW", "SGD", "LARS", "LAMB-noclip", "LAMB"])
