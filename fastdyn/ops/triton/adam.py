@@ -7,7 +7,8 @@ import triton.language as tl
 from fastdyn.ops.triton._multi_tensor import (BLOCK, CHUNK, as_float32, bias_corrections,
                                               chunk_table, held_after, increment_steps,
                                               inverse_grad_scale, load_param, segment_sum,
-                                              step_is_skipped, tl_dtype, write_stats)
+                                              step_is_skipped, tl_dtype, to_dtype,
+                                              write_stats)
 
 
 @triton.jit
@@ -58,14 +59,14 @@ def _adam_kernel(rows_ptr, lr_ptr, scale_ptr, found_inf_ptr, bc1_ptr, bc2_ptr, p
             if AMSGRAD:
                 vm = tl.load(vmax_ptr + idx, mask=mask, other=0.0).to(tl.float32)
                 vm = tl.where((vm != vm) | (vm > v), vm, v)
-                tl.store(vmax_ptr + idx, vm.to(S_DT), mask=mask)
+                tl.store(vmax_ptr + idx, to_dtype(vm, S_DT), mask=mask)
                 second = vm
             p = p - tl.div_rn(step_size * m, tl.div_rn(tl.sqrt_rn(second), bc2_sqrt) + eps)
             if HAS_MASTER:
                 tl.store(master_ptr + idx, p, mask=mask)
-            tl.store(p_ptr + idx, p.to(P_DT), mask=mask)
-            tl.store(m_ptr + idx, m.to(S_DT), mask=mask)
-            tl.store(v_ptr + idx, v.to(S_DT), mask=mask)
+            tl.store(p_ptr + idx, to_dtype(p, P_DT), mask=mask)
+            tl.store(m_ptr + idx, to_dtype(m, S_DT), mask=mask)
+            tl.store(v_ptr + idx, to_dtype(v, S_DT), mask=mask)
             if STATS:
                 g2 += g_seen * g_seen
                 p2 += p_old * p_old

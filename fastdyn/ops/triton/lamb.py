@@ -9,7 +9,8 @@ from fastdyn.ops import checks
 from fastdyn.ops.triton._multi_tensor import (BLOCK, CHUNK, as_float32, bias_corrections,
                                               chunk_table, held_after, increment_steps,
                                               inverse_grad_scale, load_param, segment_sum,
-                                              step_is_skipped, tl_dtype, write_stats)
+                                              step_is_skipped, tl_dtype, to_dtype,
+                                              write_stats)
 from fastdyn.ops.trust_ratio import lamb_trust_ratios
 
 
@@ -53,9 +54,10 @@ def _lamb_moments_kernel(rows_ptr, scale_ptr, found_inf_ptr, bc1_ptr, bc2_ptr, p
             p = load_param(p_ptr, master_ptr, idx, mask, HAS_MASTER)
             # (masked lanes: 0 * an inf inverse scale is NaN, which the sums took)
             g = tl.where(mask, tl.load(g_ptr + idx, mask=mask, other=0.0).to(tl.float32) * inv, 0.0)
-            m = (beta1 * tl.load(m_ptr + idx, mask=mask, other=0.0).to(tl.float32) + grad_coef * g).to(S_DT)
-            v = (beta2 * tl.load(v_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-                 + one_minus_beta2 * g * g).to(S_DT)
+            m = to_dtype(beta1 * tl.load(m_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+                         + grad_coef * g, S_DT)
+            v = to_dtype(beta2 * tl.load(v_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+                         + one_minus_beta2 * g * g, S_DT)
             tl.store(m_ptr + idx, m, mask=mask)
             tl.store(v_ptr + idx, v, mask=mask)
             u = _lamb_direction(p, m.to(tl.float32), v.to(tl.float32), bc1, bc2, eps, weight_decay)
@@ -99,7 +101,7 @@ def _lamb_apply_kernel(rows_ptr, lr_ptr, found_inf_ptr, bc1_ptr, bc2_ptr, ratio_
             new = p - step * _lamb_direction(p, m, v, bc1, bc2, eps, weight_decay)
             if HAS_MASTER:
                 tl.store(master_ptr + idx, new, mask=mask)
-            tl.store(p_ptr + idx, new.to(P_DT), mask=mask)
+            tl.store(p_ptr + idx, to_dtype(new, P_DT), mask=mask)
             if APPLIED:
                 change = held_after(new, P_DT, HAS_MASTER) - p
                 change2 += tl.where(mask, change * change, 0.0)

@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 
 from fastdyn.ops.triton._multi_tensor import (BLOCK, CHUNK, capturing, chunk_table, copy_for_graph,
-                                              segment_sum, tl_dtype)
+                                              segment_sum, tl_dtype, to_dtype)
 
 
 @triton.jit
@@ -34,7 +34,7 @@ def _norm_chunks_kernel(rows_ptr, partials_ptr, inv_scale_ptr, found_inf_ptr,
         x = tl.load(x_ptr + off + idx, mask=mask, other=0.0).to(tl.float32)
         if UNSCALE:
             bad = bad | ((x - x) != (x - x)).to(tl.int32)
-            out = (x * inv).to(ELEM)
+            out = to_dtype(x * inv, ELEM)
             tl.store(x_ptr + off + idx, out, mask=mask)
             # (masked lanes: 0 * an inf inverse scale is NaN, which the norm took)
             x = tl.where(mask, out.to(tl.float32), 0.0)
@@ -150,7 +150,7 @@ def _scale_kernel(rows_ptr, scale_ptr, N_COLS: tl.constexpr, ELEM: tl.constexpr,
             idx = start + offs
             mask = idx < length
             x = tl.load(x_ptr + off + idx, mask=mask, other=0.0).to(tl.float32)
-            tl.store(x_ptr + off + idx, (x * s).to(ELEM), mask=mask)
+            tl.store(x_ptr + off + idx, to_dtype(x * s, ELEM), mask=mask)
 
 
 def scale_(tensors, scale) -> None:

@@ -7,7 +7,8 @@ import triton.language as tl
 from fastdyn.ops.triton._multi_tensor import (BLOCK, CHUNK, as_float32, chunk_table,
                                               held_after, inverse_grad_scale, load_param,
                                               segment_sum,
-                                              step_is_skipped, tl_dtype, write_stats)
+                                              step_is_skipped, tl_dtype, to_dtype,
+                                              write_stats)
 
 
 @triton.jit
@@ -65,7 +66,7 @@ def _momentum_update_kernel(rows_ptr, lr_ptr, scale_ptr, found_inf_ptr, ratio_pt
                 else:
                     buf = momentum * tl.load(buf_ptr + idx, mask=mask, other=0.0).to(tl.float32) \
                         + (1.0 - dampening) * d
-                tl.store(buf_ptr + idx, buf.to(S_DT), mask=mask)
+                tl.store(buf_ptr + idx, to_dtype(buf, S_DT), mask=mask)
                 if NESTEROV:
                     d = d + momentum * buf
                 else:
@@ -73,7 +74,7 @@ def _momentum_update_kernel(rows_ptr, lr_ptr, scale_ptr, found_inf_ptr, ratio_pt
             new = p - lr * d
             if HAS_MASTER:
                 tl.store(master_ptr + idx, new, mask=mask)
-            tl.store(p_ptr + idx, new.to(P_DT), mask=mask)
+            tl.store(p_ptr + idx, to_dtype(new, P_DT), mask=mask)
             if STATS:
                 g2 += g * g
                 p2 += p * p
