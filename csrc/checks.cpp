@@ -67,9 +67,15 @@ void check_lamb_apply(at::TensorList params, at::TensorList exp_avgs, at::Tensor
                         trust_ratios, found_inf);
 }
 
+void check_written_memory(at::TensorList tensors) {
+  const MemoryUse uses[] = {written_list("tensors", tensors)};
+  check_no_shared_memory(uses);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastdyn, CompositeExplicitAutograd, m) {
+  m.impl("check_written_memory", &check_written_memory);
   m.impl("check_norm_args", &check_norm);
   m.impl("check_scale_args", &check_scale);
   m.impl("check_unscale_norm_args", &check_unscale_norm);

@@ -49,6 +49,9 @@ TORCH_LIBRARY(fastdyn, m) {
   // checks and messages as the C++ launchers, at ~0.2 us a param where the Python mirror
   // (fastdyn.ops.checks, kept for fake tensors) took ~5.
   m.def("check_norm_args(Tensor[] tensors, float ord) -> ()");
+  // what a step of several ops writes (fastdyn.optim: every bucket's params and state, before
+  // the first op runs) shares no memory
+  m.def("check_written_memory(Tensor[] tensors) -> ()");
   m.def("check_scale_args(Tensor[] tensors, Tensor scale) -> ()");
   m.def("check_unscale_norm_args(Tensor[] tensors, Tensor inv_scale, Tensor found_inf, float ord) -> ()");
   m.def("check_clip_args(Tensor[] grads, float ord) -> ()");

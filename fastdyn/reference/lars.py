@@ -1,5 +1,7 @@
 """LARS as DESIGN.md's contract states it, in float64."""
 
+import math
+
 from fastdyn.ops.checks import lars_args
 from fastdyn.reference._update import begin_step, param_value, store, write_stats
 from fastdyn.reference.sgd import momentum_step
@@ -12,7 +14,11 @@ def lars_trust_ratio(param_norm, grad_norm, trust_coeff, weight_decay, eps, lr, 
         r = trust_coeff * param_norm / (grad_norm + weight_decay * param_norm + eps)
     else:
         r = 1.0
-    return min(r / lr, 1.0) if trust_clip else r
+    if not trust_clip:
+        return r
+    # IEEE division, as the kernels' (Python's raises at lr = 0): r / 0 is inf, clipped to 1
+    scaled = r / lr if lr != 0 else (math.copysign(math.inf, r) if r != 0 else math.nan)
+    return min(scaled, 1.0)
 
 
 def lars_(params, grads, momentum_buffers, master_params, lr, momentum, dampening, weight_decay,
@@ -35,7 +41,8 @@ def lars_(params, grads, momentum_buffers, master_params, lr, momentum, dampenin
         else:
             r = lars_trust_ratio(float(p.norm()), float(g.norm()), trust_coeff, weight_decay,
                                  eps, lr, adapt, trust_clip)
-        d = (g + weight_decay * p) * r if adapt else g
+        # (no weight decay term at 0, as the kernels and torch's SGD: 0 * a NaN p is NaN)
+        d = ((g + weight_decay * p) if weight_decay != 0 else g) * r if adapt else g
         d, buf = momentum_step(d, momentum_buffers[i] if momentum != 0 else None, momentum,
                                dampening, nesterov, is_first_step)
         if buf is not None:

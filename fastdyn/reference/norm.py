@@ -5,9 +5,13 @@ from fastdyn.ops.checks import check_float_list
 
 def tensor_norms(tensors, ord: float):
     """float64 norm of each tensor and of all of them (as one vector)."""
-    # The norm of an empty tensor is 0 for every ord (torch refuses the inf norm of one).
+    # An empty tensor adds nothing to the total: its norm is 0 for ord >= 0 (torch refuses
+    # the inf norm of one) and inf for ord < 0 (sum |x|^p over nothing is 0, and 0^(1/p) is
+    # inf; the min of nothing is inf), which a total of negative order ignores, as torch's
+    # clip of the other gradients does. (A 0 there made every such total 0.)
+    empty = float("inf") if ord < 0 else 0.0
     per = [torch.linalg.vector_norm(t.detach().double(), ord) if t.numel()
-           else torch.zeros((), dtype=torch.float64, device=t.device) for t in tensors]
+           else torch.full((), empty, dtype=torch.float64, device=t.device) for t in tensors]
     if not per:
         return torch.zeros((), dtype=torch.float64), per
     return torch.linalg.vector_norm(torch.stack([p.to(per[0].device) for p in per]), ord), per

@@ -335,3 +335,25 @@ def test_inf_norm_counts_empty_grads_as_zero(backend, device, error_if_nonfinite
     torch.testing.assert_close(total, expected, rtol=0, atol=0)
     for p, q in zip([ours[1], ours[3]], theirs):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("norm_type", [-math.inf, -1.0, -2.0])
+def test_negative_orders_ignore_empty_grads(backend, device, norm_type):
+    """Beside other gradients an empty one changes nothing for a norm of negative order, as
+    for the inf norm above: its norm had been taken as 0, which makes a min or a sum of
+    |x|^p with p < 0 total 0 (no clipping at all). torch's clip of the others alone is the
+    answer (torch refuses the empty one)."""
+    ours = params_with_grads([5, 0, 3], torch.float32, device, scale=4.0)
+    theirs = params_with_grads([5, 3], torch.float32, device, scale=4.0)
+    for p, q in zip(theirs, (ours[0], ours[2])):
+        p.grad.copy_(q.grad)
+    with use_backend(backend):
+        total = fastdyn.clip_grad_norm_(ours, 0.05, norm_type)
+        per = fastdyn.ops.multi_tensor_norm([p.grad for p in ours], norm_type, per_tensor=True)[1]
+    expected = torch.nn.utils.clip_grad_norm_(theirs, 0.05, norm_type)
+    assert expected.item() > 0.05  # it clips
+    torch.testing.assert_close(total, expected, rtol=1e-6, atol=0)
+    assert per[1].item() == math.inf
+    for p, q in zip((ours[0], ours[2]), theirs):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=0)

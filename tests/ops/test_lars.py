@@ -152,3 +152,35 @@ def test_lars_takes_the_norm_of_huge_scaled_grads_unscaled(backend, device):
     ours, ref = run_both("lars_", backend, device, build, group)
     assert_groups_close(ours, ref, torch.float32, orig=group)
     assert not torch.equal(ours["params"][0], group["params"][0])
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("case", ["lr 0 with trust_clip", "NaN param without weight decay"])
+def test_lars_reference_agrees_with_the_kernels_where_ieee_matters(backend, device, case):
+    """The float64 reference divided r by lr in Python floats (ZeroDivisionError at lr = 0,
+    where the kernels' r / 0 = inf clips to 1) and added 0 * p without weight decay (a NaN
+    param element made the momentum buffer NaN there; the kernels and torch's SGD leave the
+    term out)."""
+    import fastdyn
+    from fastdyn import reference
+    from fastdyn.ops import use_backend
+
+    def run(which):
+        p = torch.tensor([1.0, 2.0, 3.0, 4.0], device=device)
+        if case == "NaN param without weight decay":
+            p[0] = float("nan")
+        g = torch.tensor([0.1, -0.2, 0.3, 0.0], device=device)
+        buf = torch.zeros(4, device=device)
+        lr = 0.0 if case == "lr 0 with trust_clip" else 0.1
+        args = ([p], [g], [buf], [], torch.tensor(lr, device=device), 0.9, 0.0, 0.0, False,
+                0.001, 1e-8, case == "lr 0 with trust_clip", True, False)
+        if which == "reference":
+            reference.lars_(*args)
+        else:
+            with use_backend(which):
+                fastdyn.ops.lars_(*args)
+        return p, buf
+
+    ours, ref = run(backend), run("reference")
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=0, equal_nan=True)

@@ -119,6 +119,47 @@ def test_state_of_the_wrong_shape_is_refused_before_any_group_steps(name, key):
         assert torch.equal(t, u)
 
 
+@pytest.mark.parametrize("name,keys", [("AdamW", ("exp_avg", "exp_avg_sq")),
+                                       ("LAMB", ("exp_avg", "exp_avg_sq")),
+                                       ("SGD", ("momentum_buffer", None)),
+                                       ("LARS", ("momentum_buffer", None))])
+def test_state_sharing_memory_is_refused_before_any_group_steps(name, keys):
+    """A loaded state dict whose second group holds one tensor twice (exp_avg is exp_avg_sq;
+    torch.save keeps such sharing) or its param's memory: the op of that group refused it
+    after the first group had stepped."""
+    a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(4))
+    kw = dict(momentum=0.9) if name == "SGD" else {}
+    opt = getattr(fastdyn.optim, name)([{"params": [a]}, {"params": [b]}], lr=0.1, **kw)
+    a.grad, b.grad = torch.ones(3), torch.ones(4)
+    opt.step()
+    first, second = keys
+    opt.state[b][first] = opt.state[b][second] if second else b.detach()
+    before = [t.clone() for t in (a, *opt.state[a].values())]
+    with pytest.raises(ValueError, match=rf"state\['{first}'\] of params\[0\] of param group 1 "
+                                         r"(and .* )?share memory"):
+        opt.step()
+    for t, u in zip(before, (a, *opt.state[a].values())):
+        assert torch.equal(t, u)
+
+
+@pytest.mark.parametrize("name", ["Adam", "SGD", "LAMB", "LARS"])
+@pytest.mark.parametrize("lr_dtype", [torch.float16, torch.bfloat16])
+def test_a_16_bit_tensor_lr_steps_like_torch(name, lr_dtype):
+    """torch's optimizers step with a float16 tensor lr; fastdyn's op refused it in the
+    second group after the first had stepped."""
+    a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(4))
+    kw = dict(momentum=0.9) if name == "SGD" else {}
+    opt = getattr(fastdyn.optim, name)(
+        [{"params": [a]}, {"params": [b], "lr": torch.tensor(0.5, dtype=lr_dtype)}], lr=0.5, **kw)
+    twin = torch.nn.Parameter(torch.ones(4))
+    ref = getattr(fastdyn.optim, name)([twin], lr=torch.tensor(0.5), **kw)
+    for p in (a, b, twin):
+        p.grad = torch.full_like(p, 0.25)
+    opt.step()
+    ref.step()
+    assert torch.equal(b.detach(), twin.detach())
+
+
 @pytest.mark.parametrize("name", ["AdamW", "LAMB", "SGD", "LARS"])
 @pytest.mark.parametrize("change", ["shape", "dtype"])
 def test_a_param_replaced_after_backward_is_refused_before_any_group_steps(name, change):
