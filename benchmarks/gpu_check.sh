@@ -7,11 +7,13 @@
 #   bash benchmarks/gpu_check.sh all     # build for sm_90 (~75 s), the GPU tests (-m cuda:
 #                                        # native CUDA and Triton on the GPU) until TESTS_UNTIL
 #                                        # (330 s), the GPU benchmarks of the issue's targets
-#                                        # until DEADLINE (540 s), then ncu if time is left
+#                                        # (no torch.compile baselines), ncu, then LAMB against
+#                                        # its compiled reference, all until DEADLINE (540 s)
 #   bash benchmarks/gpu_check.sh build-test | bench | profile    # the stages alone
 #
 # TEST_ARGS replaces "-m cuda" (e.g. "" for the whole suite, CPU tests included);
-# BENCH_OPS / BENCH_SETS pick the benchmark cases; failures stream to $OUT/failures.log.
+# BENCH_OPS / BENCH_SETS pick the benchmark cases (timed without torch.compile baselines;
+# BENCH_COMPILED_OPS then with them, on gpt-1b); failures stream to $OUT/failures.log.
 # expecttest (opcheck needs it; the lent machines lack it) comes from benchmarks/wheels/.
 # A first call leaves the built extension in $OUT/ext.tgz.part-* and the hash of its
 # sources in $OUT/ext.hash; copied to .devbuild/ (git-ignored: name it in the device call's
@@ -101,26 +103,49 @@ build() {
   check_errors_raise 2>&1 | tee -a "$OUT/env.txt" || true
 }
 
+seconds_until() {
+  # seconds left until $1 (seconds since the script started); fails when none are: `timeout 0`
+  # means no limit at all, and a negative one is an invalid option
+  local left=$(( $1 - SECONDS ))
+  [ "$left" -gt 0 ] || return 1
+  echo "$left"
+}
+
 run_tests() {
   echo "== tests (pytest ${TEST_ARGS--m cuda})"
-  local xdist=() args
+  local xdist=() args left
   read -r -a args <<< "${TEST_ARGS--m cuda}"
+  left=$(seconds_until "${TESTS_UNTIL:-$DEADLINE}") || { echo "  (no time left for the tests)"; return 0; }
   $PY -c "import xdist" 2>/dev/null && xdist=(-n 12)
   $PY -c "import pytest_timeout" 2>/dev/null && xdist+=(--timeout 240)
   # until TESTS_UNTIL (seconds since the script started; default: the whole DEADLINE)
-  FASTDYN_FAILURE_LOG="$OUT/failures.log" timeout $(( ${TESTS_UNTIL:-$DEADLINE} - SECONDS )) \
+  FASTDYN_FAILURE_LOG="$OUT/failures.log" timeout "$left" \
     $PY -m pytest tests -q -p no:cacheprovider "${xdist[@]}" "${args[@]}" \
     -o addopts="-ra --strict-markers" 2>&1 | tee "$OUT/tests.log" | grep -E "FAILED|ERROR|passed|failed" | tail -60
 }
 
 bench() {
+  local gpu file left
   gpu=$($PY -c "import torch; print(torch.cuda.get_device_name().replace(' ', '-'))")
-  file="$OUT/$(date -u +%Y-%m-%d)-$gpu.json"
+  file="$OUT/$(date -u +%Y-%m-%d)-$gpu"
   # the issue's targets first (LAMB with clip + loss scale, AdamW, SGD on 1.1B parameters;
-  # clip on 1,000 tensors); the JSON is rewritten after every case, so a cut keeps the rest
-  timeout $(( DEADLINE - SECONDS )) $PY -m fastdyn bench --quick --json "$file" \
+  # clip on 1,000 tensors) without the torch.compile baselines, whose compile of a 244-tensor
+  # step takes minutes; the JSON is rewritten after every case, so a cut keeps the rest
+  left=$(seconds_until "$DEADLINE") || { echo "== bench: no time left"; return 0; }
+  echo "== bench (no torch.compile baselines)"
+  timeout "$left" $PY -m fastdyn bench --quick --no-compile --json "$file.json" \
     --only "${BENCH_OPS:-lamb-amp,adamw,sgd,clip,clip-clipping,lars,lamb,norm}" \
     --sets "${BENCH_SETS:-gpt-1b,1000-small}" 2>&1 | tee "$OUT/bench.log" | tail -40
+}
+
+bench_compiled() {
+  # LAMB against its torch.compile'd reference step (the issue's 1.5x), with the time left
+  local gpu left
+  gpu=$($PY -c "import torch; print(torch.cuda.get_device_name().replace(' ', '-'))")
+  left=$(seconds_until "$DEADLINE") || { echo "== bench: no time left for the compiled LAMB"; return 0; }
+  echo "== bench: LAMB against torch.compile of the reference step (${left} s left)"
+  timeout "$left" $PY -m fastdyn bench --quick --json "$OUT/$(date -u +%Y-%m-%d)-$gpu-compiled.json" \
+    --only "${BENCH_COMPILED_OPS:-lamb-amp}" --sets gpt-1b 2>&1 | tee "$OUT/bench-compiled.log" | tail -8
 }
 
 find_ncu() {
@@ -152,8 +177,9 @@ case "$stage" in
   build) build ;;
   build-test) build && run_tests ;;
   test) build && run_tests ;;
-  bench) build && bench && profile ;;
+  bench) build && bench && profile && bench_compiled ;;
   profile) build && profile ;;
-  all) build && { TESTS_UNTIL=${TESTS_UNTIL:-330} run_tests; bench; profile; } ;;
+  # the compiled baseline last: its compile alone may take the rest of the call
+  all) build && { TESTS_UNTIL=${TESTS_UNTIL:-330} run_tests; bench; profile; bench_compiled; } ;;
   *) echo "usage: $0 build|build-test|test|bench|profile|all" >&2; exit 2 ;;
 esac

@@ -180,6 +180,8 @@ def main(argv=None) -> int:
                          help="parameter sets: gpt2-small, gpt-1b, 1000-small")
     p_bench.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                          help="of params, grads and state")
+    p_bench.add_argument("--no-compile", dest="compile", action="store_false",
+                         help="leave out the torch.compile baselines (minutes of compiling a case)")
     args = parser.parse_args(argv)
 
     error = _backend_env_error()
@@ -203,7 +205,7 @@ def main(argv=None) -> int:
         from fastdyn.bench import run_cli
 
         return run_cli(quick=args.quick, only=args.only, device=args.device, json_path=args.json,
-                       sets=args.sets, dtype=args.dtype)
+                       sets=args.sets, dtype=args.dtype, compile=args.compile)
     return 2
 
 

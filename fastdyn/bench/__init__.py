@@ -106,21 +106,23 @@ def _header(env: dict) -> str:
 
 
 def run_cli(quick=False, only=None, device=None, json_path=None, sets=("gpt2-small", "1000-small"),
-            dtype: str = "float32") -> int:
-    """`fastdyn bench`, with the names the command line checked (`only`: op names or None)."""
+            dtype: str = "float32", compile: bool = True) -> int:
+    """`fastdyn bench`, with the names the command line checked (`only`: op names or None).
+    compile=False leaves out the torch.compile baselines (minutes of compiling a case)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     ops = list(only) if only else DEFAULT_OPS
     rounds = 3 if quick else 7
     torch_dtype = getattr(torch, dtype)
     env = environment(device)
     options = {"quick": quick, "rounds": rounds, "sets": list(sets),
-               "only": list(only) if only else None, "dtype": dtype, "device": str(device)}
+               "only": list(only) if only else None, "dtype": dtype, "device": str(device),
+               "compile": compile}
     fastdyn_name = f"fastdyn ({env['backend']})" if env["FASTDYN_BACKEND"] else "fastdyn"
     print(_header(env), flush=True)
     results = []
     for op in ops:
         for set_name in sets:
-            case = cases.build(op, set_name, device, dtype=torch_dtype)
+            case = cases.build(op, set_name, device, dtype=torch_dtype, with_compile=compile)
             r = run_case(case, device, rounds)
             results.append(r)
             print(format_table([r]).splitlines()[-1], flush=True)

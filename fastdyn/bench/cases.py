@@ -175,10 +175,15 @@ def _sgd(params, device, set_name, with_compile):
 COMPILE_MAX_TENSORS = 300
 
 
+# The compiled reference steps' fixed arguments: fastdyn's first step, which
+# tests/bench/test_cases.py checks they compute (the work of a step does not depend on them).
+LAMB_REFERENCE = dict(step=1, lr=1e-3, max_norm=1.0)
+LARS_REFERENCE = dict(lr=1e-3)
+
+
 class _Compiled:
     """A torch.compile'd single-tensor reference step, with its own state. Its keyword
-    arguments (LAMB's `step` among them) are fixed, so one graph serves every call; the
-    work of a step does not depend on their values."""
+    arguments (LAMB's `step` among them) are fixed, so one graph serves every call."""
 
     def __init__(self, fn, params, n_state, **kw):
         self.params = params
@@ -209,7 +214,7 @@ def _lamb(params, device, set_name, with_compile, loss_scale=False):
     if with_compile:
         inv = {"inv_scale": torch.ones((), device=device)} if loss_scale else {}
         variants["torch.compile reference"] = lambda ps: _Compiled(
-            baselines.lamb_reference_step, ps, 2, step=10, lr=1e-3, **inv)
+            baselines.lamb_reference_step, ps, 2, **LAMB_REFERENCE, **inv)
 
     def ours(ps):
         opt = fastdyn.optim.LAMB(ps, lr=1e-3, max_grad_norm=1.0)
@@ -224,7 +229,7 @@ def _lars(params, device, set_name, with_compile):
     variants = {"timm-style foreach": lambda ps: baselines.ForeachLars(ps, lr=1e-3, weight_decay=1e-4)}
     if with_compile:
         variants["torch.compile reference"] = lambda ps: _Compiled(
-            baselines.lars_reference_step, ps, 1, lr=1e-3)
+            baselines.lars_reference_step, ps, 1, **LARS_REFERENCE)
     return _optimizer_case("lars", params,
                            lambda ps: fastdyn.optim.LARS(ps, lr=1e-3, weight_decay=1e-4), variants,
                            28, set_name, "timm-style foreach", arrays=3)

@@ -56,8 +56,11 @@ def _max_diff(xs, ys):
 @pytest.mark.parametrize("op", sorted(cases.BUILDERS))
 def test_every_implementation_computes_fastdyns_step(op, set_name):
     def fresh():  # same seed: the same tensors for every implementation
-        return cases.build(op, set_name, DEVICE, with_compile=False, with_triton=False,
+        case = cases.build(op, set_name, DEVICE, with_compile=False, with_triton=False,
                            dtype=torch.float64)
+        if op.startswith("lamb"):  # past max_grad_norm: the baselines must clip as fastdyn
+            _scale_grads_past_the_clipping_norm(case.params, True)
+        return case
 
     case = fresh()
     on_grads = op.startswith("clip") or op == "unscale"
@@ -107,6 +110,16 @@ def test_triton_implementation_runs_the_triton_backend(op, monkeypatch):
         assert step > 0 and _max_diff(got, expected) <= 1e-2 * step
 
 
+def _scale_grads_past_the_clipping_norm(params, clipped: bool):
+    """The small sets' gradients have norms under LAMB's max_grad_norm of 1 (0.5 and 0.09):
+    times 100 a baseline that forgot to clip differs."""
+    if clipped:
+        for p in params:
+            p.grad.mul_(100)
+    total = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+    assert (total > 1.0) == clipped
+
+
 def _zeros(params):
     return [torch.zeros_like(p) for p in params]
 
@@ -114,22 +127,26 @@ def _zeros(params):
 # The functions torch.compile fuses in the LAMB and LARS benchmarks, run eagerly: each must
 # give fastdyn's first step. (reference step on (params, grads), fastdyn optimizer)
 COMPILED_REFERENCES = {
-    "lamb": (lambda ps, gs: baselines.lamb_reference_step(ps, gs, _zeros(ps), _zeros(ps), step=1,
-                                                          lr=1e-3, max_norm=1.0),
+    "lamb": (lambda ps, gs: baselines.lamb_reference_step(ps, gs, _zeros(ps), _zeros(ps),
+                                                          **cases.LAMB_REFERENCE),
              lambda ps: fastdyn.optim.LAMB(ps, lr=1e-3, max_grad_norm=1.0)),
     "lamb-inv_scale": (lambda ps, gs: baselines.lamb_reference_step(
-                           ps, gs, _zeros(ps), _zeros(ps), step=1, lr=1e-3, max_norm=1.0,
+                           ps, gs, _zeros(ps), _zeros(ps), **cases.LAMB_REFERENCE,
                            inv_scale=torch.ones((), dtype=torch.float64)),
                        lambda ps: fastdyn.optim.LAMB(ps, lr=1e-3, max_grad_norm=1.0)),
-    "lars": (lambda ps, gs: baselines.lars_reference_step(ps, gs, _zeros(ps), lr=1e-3),
+    "lars": (lambda ps, gs: baselines.lars_reference_step(ps, gs, _zeros(ps), **cases.LARS_REFERENCE),
              lambda ps: fastdyn.optim.LARS(ps, lr=1e-3, weight_decay=1e-4)),
 }
 
 
+@pytest.mark.parametrize("grads_norm", ["under max_grad_norm", "clipped"])
 @pytest.mark.parametrize("name", list(COMPILED_REFERENCES))
-def test_compiled_reference_is_fastdyns_step(name):
+def test_compiled_reference_is_fastdyns_step(name, grads_norm):
+    """With the arguments the benchmark compiles it with (the LAMB case had run step 10's
+    bias corrections; this test, step 1's), below and above LAMB's max_grad_norm."""
     reference_step, make_optimizer = COMPILED_REFERENCES[name]
     params = cases.make_params(cases.PARAM_SETS["gpt2-small"](), DEVICE, dtype=torch.float64)
+    _scale_grads_past_the_clipping_norm(params, grads_norm == "clipped")
     before = [p.detach().clone() for p in params]
     with torch.no_grad():
         reference_step(params, [p.grad for p in params])
@@ -244,3 +261,33 @@ def test_benchmark_files_build_each_case_once():
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     built = ast.literal_eval(out.stdout.split("BUILT ")[-1].strip())
     assert built == [("norm", "gpt2-small"), ("norm", "1000-small")]
+
+
+def test_pytest_benchmarks_collects_every_benchmark_file():
+    """`pytest benchmarks`, as benchmarks/conftest.py documents it, collected nothing: pytest
+    looks for test_*.py unless told (pyproject.toml's python_files)."""
+    out = subprocess.run([sys.executable, "-m", "pytest", "benchmarks", "--collect-only", "-q",
+                          "-p", "no:cacheprovider"], cwd=REPO, capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "FASTDYN_BENCH_DEVICE": "cpu"})
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    collected = {line.split("::")[0] for line in out.stdout.splitlines() if "::" in line}
+    assert collected == {f"benchmarks/{p.name}" for p in (REPO / "benchmarks").glob("bench_*.py")
+                         if p.name != "bench_fsdp.py"}
+
+
+def test_benchmark_summary_does_not_keep_the_cases_alive():
+    """The summary's per-case numbers held the whole case (params, grads, every optimizer's
+    state) to the end of the session: one case in memory at a time is the point of get_case."""
+    spec = importlib.util.spec_from_file_location("bench_conftest", REPO / "benchmarks" / "conftest.py")
+    conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conftest)
+    conftest.DEVICE = DEVICE
+    import gc
+    import weakref
+    case = conftest.get_case("sgd", "1000-small")
+    first, group = weakref.ref(case), f"{case.op} / 1000-small"
+    del case
+    conftest.get_case("sgd", "gpt2-small")
+    gc.collect()
+    assert first() is None
+    assert set(conftest._info[group]) >= {"n_elems", "bytes_per_elem", "bw"}
