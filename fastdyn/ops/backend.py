@@ -58,8 +58,6 @@ def backend_for(device: torch.device) -> str:
     """The backend an op on tensors of `device` uses now."""
     forced = forced_backend()
     if forced is not None:
-        if forced == "triton":
-            _check_triton_runs_on(device)
         return forced
     if device.type == "cpu":
         return "native"
@@ -71,9 +69,9 @@ def backend_for(device: torch.device) -> str:
     return "reference"
 
 
-def _check_triton_runs_on(device: torch.device) -> None:
+def check_triton_runs_on(device: torch.device) -> None:
     """A forced Triton backend that cannot run here fails inside Triton ("0 active drivers")
-    without naming the backend or the fix: say both."""
+    without naming the backend or the fix: say both (the ops check before running)."""
     if not triton_available():
         raise RuntimeError("the Triton backend was forced (FASTDYN_BACKEND or use_backend), but "
                            "triton is not installed")

@@ -9,7 +9,7 @@ import torch
 
 import fastdyn._extension  # noqa: F401  (registers torch.ops.fastdyn)
 from fastdyn._extension import WITH_CUDA
-from fastdyn.ops.backend import backend_for
+from fastdyn.ops.backend import backend_for, check_triton_runs_on
 
 OP_NAMES = (
     "multi_tensor_norm",
@@ -127,8 +127,11 @@ def _by_position(op, arguments: tuple, written: tuple):
 @torch.compiler.assume_constant_result
 def _backend_name(device_type: str, device_index: int) -> str:
     # Evaluated once at trace time under torch.compile: the backend is part of the graph.
-    index = device_index if device_index >= 0 else None
-    return backend_for(torch.device(device_type, index))
+    device = torch.device(device_type, device_index if device_index >= 0 else None)
+    backend = backend_for(device)
+    if backend == "triton":
+        check_triton_runs_on(device)
+    return backend
 
 
 def for_device(name: str, device: torch.device):
