@@ -101,8 +101,9 @@ class LossScaler:
         found_inf = self._new_found_inf()
         inv = self._scale.double().reciprocal().float()
         by_place = _grads_by_place(optimizer, write_back=True)
-        for grads in by_place.values():  # (refused before any gradient is written)
-            _refuse_overlapping(grads)
+        for grads in by_place.values():  # (refused before any gradient is written, as torch)
+            for g in grads:
+                ops.checks.refuse_internal_overlap(g)
         sq = []
         for (device, spec), grads in by_place.items():
             f = found_inf if device == found_inf.device else torch.zeros_like(found_inf, device=device)
@@ -308,17 +309,6 @@ def _grads_by_place(optimizer, write_back: bool = False) -> dict:
                 spec = distributed.shard_spec(placed, f"params[{i}].grad")
                 by_place.setdefault((placed.device, spec), []).append(distributed.local(placed))
     return by_place
-
-
-def _refuse_overlapping(grads: list) -> None:
-    """torch's refusal (and words) of an in-place write to a gradient whose elements share
-    memory (an expanded view), which GradScaler's unscale_ raises too."""
-    for g in grads:
-        if not ops.checks._dense(g) and torch._debug_has_internal_overlap(g) == 1:
-            raise RuntimeError(
-                "unsupported operation: more than one element of the written-to tensor refers "
-                "to a single memory location. Please clone() the tensor before performing the "
-                "operation.")
 
 
 def _flag_nonfinite(optimizer, found_inf: torch.Tensor) -> bool:

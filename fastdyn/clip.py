@@ -131,12 +131,9 @@ def clip_grad_norm_(
     # judged in the dtype returned, as torch's (whose float16 norm is float16)
     if error_if_nonfinite and not torch.isfinite(total.to(out_dtype)):
         raise RuntimeError(_NONFINITE_MESSAGE.format(norm_type))
-    for g in other:  # refused before any gradient is scaled, not after the kernels' groups
-        if not torch.compiler.is_compiling() and torch._debug_has_internal_overlap(g) == 1:
-            raise RuntimeError(
-                "unsupported operation: more than one element of the written-to tensor refers "
-                "to a single memory location. Please clone() the tensor before performing the "
-                "operation.")
+    if not torch.compiler.is_compiling():
+        for g in other:  # refused before any gradient is scaled, not after the kernels' groups
+            checks.refuse_internal_overlap(g)
     coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
     for device, device_grads in groups.items():
         multi_tensor_scale_(device_grads, coef.to(device))

@@ -51,6 +51,15 @@ def _dense(t: torch.Tensor) -> bool:
     return True
 
 
+def refuse_internal_overlap(t: torch.Tensor) -> None:
+    """torch's refusal (and words) of an in-place write to a tensor whose elements share
+    memory (an expanded view): the gradients a clip or an unscale_ would write."""
+    if not _dense(t) and torch._debug_has_internal_overlap(t) == 1:
+        raise RuntimeError(
+            "unsupported operation: more than one element of the written-to tensor refers to a "
+            "single memory location. Please clone() the tensor before performing the operation.")
+
+
 def check_same_length(name: str, n: int, ref_name: str, ref_n: int):
     if n != ref_n:
         raise ValueError(f"{name} has {n} tensors but {ref_name} has {ref_n}")

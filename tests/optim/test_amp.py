@@ -615,3 +615,19 @@ def test_loss_scaler_reports_the_unscaled_grad_norm(name):
     mlp_loss(model, regression_data()).backward()
     opt.step()  # no scaler: nothing computes a global norm (LAMB's clipping does)
     assert (opt.last_stats().grad_norm is None) == (name != "LAMB")
+
+
+@pytest.mark.parametrize("kind", ["GradScaler", "LossScaler"])
+def test_unscale_refuses_an_expanded_gradient_before_writing_any(kind):
+    """An expanded gradient (elements sharing memory) cannot be written in place: refused
+    with torch's words before any other gradient is unscaled."""
+    w, p = torch.nn.Parameter(torch.randn(3)), torch.nn.Parameter(torch.randn(4, 6))
+    opt = fastdyn.optim.AdamW([w, p], lr=1e-2)
+    scaler = scaler_for(kind, "cpu", init_scale=8.0)
+    scaler.scale((w * w).sum()).backward()
+    p.grad = torch.randn(6).expand(4, 6)
+    w_grad = w.grad.clone()
+    with pytest.raises(RuntimeError, match="more than one element of the written-to tensor"):
+        scaler.unscale_(opt)
+    if kind == "LossScaler":  # (GradScaler's foreach op writes the others first)
+        assert torch.equal(w.grad, w_grad)
