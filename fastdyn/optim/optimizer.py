@@ -548,11 +548,11 @@ class FusedOptimizer(Optimizer):
         params, state, local = self.param_groups, self.state, distributed.local
         for gi, i in specs:
             p = params[gi]["params"][i]
-            tensors.append(local(p))
-            owners.append((None, gi, i))
-            for k, t in state.get(p, {}).items():
-                if isinstance(t, torch.Tensor):
-                    tensors.append(local(t))
+            for k, t in ((None, p), *state.get(p, {}).items()):
+                t = local(t) if isinstance(t, torch.Tensor) else None
+                # (tensors without memory to compare: FakeTensorMode's, meta)
+                if type(t) in _WITH_STORAGE and not t.is_meta:
+                    tensors.append(t)
                     owners.append((k, gi, i))
         try:
             torch.ops.fastdyn.check_written_memory(tensors)

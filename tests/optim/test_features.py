@@ -390,3 +390,19 @@ def test_master_weights_appear_when_a_model_goes_to_float16_mid_training():
         opt.step()
     assert "master_param" in opt.state[p]
     assert p[0].item() < 0.9985  # 1 - 21e-4 = 0.9979; without a master copy it stayed 1.0
+
+
+@pytest.mark.parametrize("name", ["AdamW", "SGD", "LAMB", "LARS"])
+def test_a_step_under_fake_tensor_mode(name):
+    """FakeTensorMode (memory estimates, tracing) steps on tensors without memory: the plan's
+    memory check took their addresses for overlapping ones and refused every step."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        model = torch.nn.Linear(4, 3)
+        kw = dict(momentum=0.9) if name == "SGD" else {}
+        opt = getattr(fastdyn.optim, name)(model.parameters(), lr=1e-3, **kw)
+        model(torch.randn(2, 4)).sum().backward()
+        opt.step()
+        keys = {"momentum_buffer"} if name in ("SGD", "LARS") else {"exp_avg", "exp_avg_sq"}
+        assert set(opt.state[model.weight]) >= keys
