@@ -76,8 +76,8 @@ def _refuse_bad_writes(args: tuple, kwargs: dict, written: tuple) -> None:
     grad mode a tensor that requires grad (a torch custom_op runs the Triton op's body with
     grad mode off, where the C++ check cannot see it), and outside inference mode an
     inference tensor (the reference wrote the tensors before it, then failed). Not while
-    dynamo traces, which cannot trace torch.is_inference_mode_enabled (nothing compiled on
-    the reference backend): torch's own in-place checks run on the traced reference there."""
+    dynamo traces, which cannot trace torch.is_inference_mode_enabled (no Triton norm
+    compiled in grad mode): the compiled graph runs the ops' own checks."""
     if not written or torch.compiler.is_compiling():
         return
     check_grad = torch.is_grad_enabled()
