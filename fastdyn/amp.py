@@ -109,7 +109,7 @@ class LossScaler:
             f = found_inf if device == found_inf.device else torch.zeros_like(found_inf, device=device)
             # a view with gaps (a hand-assigned slice) is unscaled in a dense copy, written
             # back: GradScaler writes the caller's view too
-            dense = [g if ops.checks._dense(g) else g.contiguous() for g in grads]
+            dense = _dense_copies(grads)
             total, _ = ops.multi_tensor_unscale_norm_(dense, inv.to(device), f)
             for g, d in zip(grads, dense):
                 if d is not g:
@@ -311,14 +311,18 @@ def _grads_by_place(optimizer, write_back: bool = False) -> dict:
     return by_place
 
 
+def _dense_copies(grads: list) -> list:
+    """`grads` with the views that have gaps (the kernels walk dense memory) copied dense."""
+    return [g if ops.checks._dense(g) else g.contiguous() for g in grads]
+
+
 def _flag_nonfinite(optimizer, found_inf: torch.Tensor) -> bool:
     """found_inf += 1 where a gradient of `optimizer` holds an inf or NaN: one read of them
     (GradScaler's check also writes them back). A max-abs norm, which no finite gradient
     overflows: inf or NaN exactly when an element is. False: there were no gradients."""
     by_place = _grads_by_place(optimizer)
     for (device, spec), grads in by_place.items():
-        dense = [g if ops.checks._dense(g) else g.contiguous() for g in grads]
-        bad = (~torch.isfinite(ops.multi_tensor_norm(dense, float("inf"))[0])).float()
+        bad = (~torch.isfinite(ops.multi_tensor_norm(_dense_copies(grads), float("inf"))[0])).float()
         if spec is not None:  # every rank that holds a shard of these grads skips alike
             spec.all_reduce_(bad, op="max")
         found_inf.add_(bad.to(found_inf.device))

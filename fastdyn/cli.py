@@ -16,13 +16,12 @@ import sys
 def _cannot_run(backend: str, device_type: str):
     """Why `backend` cannot run the ops on `device_type` tensors in this process (a backend
     FASTDYN_BACKEND forces), or None."""
-    from fastdyn.ops.backend import available_backends, triton_available
+    from fastdyn.ops.backend import available_backends, why_triton_cannot_run_on
 
     if backend in available_backends(device_type):
         return None
     if backend == "triton":
-        return ("Triton is not installed" if not triton_available()
-                else "Triton cannot run on the CPU without TRITON_INTERPRET=1")
+        return why_triton_cannot_run_on(device_type)
     return "the native CUDA kernels were not built"
 
 

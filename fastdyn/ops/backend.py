@@ -69,16 +69,23 @@ def backend_for(device: torch.device) -> str:
     return "reference"
 
 
+def why_triton_cannot_run_on(device_type: str) -> str | None:
+    """Why the Triton kernels cannot run on `device_type` tensors in this process, or None."""
+    if not triton_available():
+        return "Triton is not installed"
+    if device_type == "cpu" and not triton_interpreted():
+        return "Triton cannot run on the CPU without TRITON_INTERPRET=1"
+    return None
+
+
 def check_triton_runs_on(device: torch.device) -> None:
     """A forced Triton backend that cannot run here fails inside Triton ("0 active drivers")
     without naming the backend or the fix: say both (the ops check before running)."""
-    if not triton_available():
-        raise RuntimeError("the Triton backend was forced (FASTDYN_BACKEND or use_backend), but "
-                           "triton is not installed")
-    if device.type == "cpu" and not triton_interpreted():
-        raise RuntimeError("the Triton backend was forced (FASTDYN_BACKEND or use_backend) for "
-                           "CPU tensors: Triton runs on a GPU, or on the CPU in its interpreter "
-                           "(set TRITON_INTERPRET=1 before importing triton)")
+    why = why_triton_cannot_run_on(device.type)
+    if why is not None:
+        raise RuntimeError(f"the Triton backend was forced (FASTDYN_BACKEND or use_backend) for "
+                           f"{device.type} tensors, but {why} (Triton runs on a GPU, or on the "
+                           "CPU in its interpreter: set TRITON_INTERPRET=1 before importing it)")
 
 
 @contextlib.contextmanager
