@@ -25,14 +25,14 @@ void check_clip(at::TensorList grads, double ord) { check_clip_args(grads, ord);
 void check_adam(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                 at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,
                 at::TensorList master_params, at::TensorList state_steps, const at::Tensor& lr,
-                bool amsgrad, const c10::optional<at::Tensor>& grad_scale,
+                const at::Tensor& beta1, bool amsgrad, const c10::optional<at::Tensor>& grad_scale,
                 const c10::optional<at::Tensor>& found_inf, const c10::optional<at::Tensor>& stats) {
   check_adam_args(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params,
-                  state_steps, lr, amsgrad, grad_scale, found_inf, stats);
+                  state_steps, lr, beta1, amsgrad, grad_scale, found_inf, stats);
 }
 
 void check_momentum(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
-                    at::TensorList master_params, const at::Tensor& lr, double momentum,
+                    at::TensorList master_params, const at::Tensor& lr, const at::Tensor& momentum,
                     const c10::optional<at::Tensor>& grad_scale,
                     const c10::optional<at::Tensor>& found_inf,
                     const c10::optional<at::Tensor>& stats,
@@ -44,27 +44,28 @@ void check_momentum(at::TensorList params, at::TensorList grads, at::TensorList 
 
 void check_lamb(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                 at::TensorList exp_avg_sqs, at::TensorList master_params,
-                at::TensorList state_steps, const at::Tensor& lr,
+                at::TensorList state_steps, const at::Tensor& lr, const at::Tensor& beta1,
                 const c10::optional<at::Tensor>& grad_scale,
                 const c10::optional<at::Tensor>& found_inf, const c10::optional<at::Tensor>& stats) {
-  check_lamb_args(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, lr,
+  check_lamb_args(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, beta1,
                   grad_scale, found_inf, stats);
 }
 
 void check_lamb_moments(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                         at::TensorList exp_avg_sqs, at::TensorList master_params,
-                        at::TensorList state_steps, const c10::optional<at::Tensor>& grad_scale,
+                        at::TensorList state_steps, const at::Tensor& beta1,
+                        const c10::optional<at::Tensor>& grad_scale,
                         const c10::optional<at::Tensor>& found_inf) {
-  check_lamb_moments_args(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps,
+  check_lamb_moments_args(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, beta1,
                           grad_scale, found_inf);
 }
 
 void check_lamb_apply(at::TensorList params, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
                       at::TensorList master_params, at::TensorList state_steps,
                       const at::Tensor& lr, const at::Tensor& trust_ratios,
-                      const c10::optional<at::Tensor>& found_inf) {
+                      const at::Tensor& beta1, const c10::optional<at::Tensor>& found_inf) {
   check_lamb_apply_args(params, exp_avgs, exp_avg_sqs, master_params, state_steps, lr,
-                        trust_ratios, found_inf);
+                        trust_ratios, beta1, found_inf);
 }
 
 void check_written_memory(at::TensorList tensors) {

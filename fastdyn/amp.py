@@ -18,6 +18,7 @@ GradScaler's rule (torch._amp_update_scale_), so nothing waits for the device.
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections import abc
 from typing import Optional
@@ -100,7 +101,8 @@ class LossScaler:
             raise AssertionError(_NOT_SCALED.format("unscale_"))  # (GradScaler's type)
         found_inf = self._new_found_inf()
         inv = self._scale.double().reciprocal().float()
-        by_place = _grads_by_place(optimizer, write_back=True)
+        names: dict = {}
+        by_place = _grads_by_place(optimizer, write_back=True, names=names)
         for grads in by_place.values():  # (refused before any gradient is written, as torch)
             for g in grads:
                 ops.checks.refuse_internal_overlap(g)
@@ -110,7 +112,11 @@ class LossScaler:
             # a view with gaps (a hand-assigned slice) is unscaled in a dense copy, written
             # back: GradScaler writes the caller's view too
             dense = _dense_copies(grads)
-            total, _ = ops.multi_tensor_unscale_norm_(dense, inv.to(device), f)
+            try:
+                total, _ = ops.multi_tensor_unscale_norm_(dense, inv.to(device), f)
+            except ValueError as e:  # (one gradient for two params: GradScaler divides it twice)
+                raise ValueError(re.sub(r"\btensors\[(\d+)\]",
+                                        lambda m: names[(device, spec)][int(m[1])], str(e))) from None
             for g, d in zip(grads, dense):
                 if d is not g:
                     g.copy_(d)
@@ -291,13 +297,13 @@ class LossScaler:
             self._growth_tracker.fill_(self._init_growth_tracker)
 
 
-def _grads_by_place(optimizer, write_back: bool = False) -> dict:
+def _grads_by_place(optimizer, write_back: bool = False, names: Optional[dict] = None) -> dict:
     """(device, ShardSpec of DTensor shards or None) -> the local gradients there. DTensor
     gradients placed unlike their params (pending sums, Partial) are redistributed to the
     params' placements, as the step takes them; `write_back`: into p.grad (for unscale_,
-    which writes them)."""
+    which writes them). `names`, if given, gets the same keys -> each gradient's name."""
     by_place: dict = {}
-    for group in optimizer.param_groups:
+    for gi, group in enumerate(optimizer.param_groups):
         for i, p in enumerate(group["params"]):
             g = p.grad
             if g is not None:
@@ -308,6 +314,9 @@ def _grads_by_place(optimizer, write_back: bool = False) -> dict:
                     p.grad = placed
                 spec = distributed.shard_spec(placed, f"params[{i}].grad")
                 by_place.setdefault((placed.device, spec), []).append(distributed.local(placed))
+                if names is not None:
+                    names.setdefault((placed.device, spec), []).append(
+                        f"params[{i}].grad of param group {gi}")
     return by_place
 
 

@@ -29,7 +29,7 @@ void lars_norms(const P* __restrict__ p, const P* __restrict__ g,
 }
 
 void lars_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
-           at::TensorList master_params, const at::Tensor& lr, double momentum, double dampening,
+           at::TensorList master_params, const at::Tensor& lr, const at::Tensor& momentum, double dampening,
            double weight_decay, bool nesterov, double trust_coeff, double eps, bool trust_clip,
            bool always_adapt, bool is_first_step, const c10::optional<at::Tensor>& grad_scale,
            const c10::optional<at::Tensor>& found_inf, const c10::optional<at::Tensor>& stats,
@@ -58,7 +58,10 @@ void lars_(at::TensorList params, at::TensorList grads, at::TensorList momentum_
     using P = typename decltype(ptag)::type;
     using S = typename decltype(stag)::type;
     using A = typename OpMath<P>::type;
-    const math::MomentumHyper<A> mh{A(momentum), A(dampening), nesterov};
+    // no buffers: no momentum, and its tensor is not read
+    const bool has_momentum = !momentum_buffers.empty();
+    const math::MomentumHyper<A> mh{A(has_momentum ? scalar_value(momentum) : 0.0), A(dampening),
+                                    nesterov};
     auto norms = [&](const Chunk& c, int64_t ci) {
       const int64_t t = c.tensor, b = c.begin;
       if (grp.has_master) {
@@ -87,7 +90,7 @@ void lars_(at::TensorList params, at::TensorList grads, at::TensorList momentum_
       // first_step and nesterov) left the track_stats loop scalar (0.4 G elem/s in cache).
       auto run = [&](auto adapt_c) {
         momentum_update<P, S>(
-            params, grads, momentum_buffers, master_params, c, grp.has_master, momentum != 0.0,
+            params, grads, momentum_buffers, master_params, c, grp.has_master, has_momentum,
             A(ctx.lr), A(ctx.inv_grad_scale), mh, is_first_step,
             [=](auto p, auto g) { return math::lars_direction(p, g, wd, ratio, decltype(adapt_c)::value); },
             want_stats ? &partials[ci] : nullptr);

@@ -11,7 +11,7 @@ namespace cpu {
 namespace {
 
 void sgd_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
-          at::TensorList master_params, const at::Tensor& lr, double momentum, double dampening,
+          at::TensorList master_params, const at::Tensor& lr, const at::Tensor& momentum, double dampening,
           double weight_decay, bool nesterov, bool maximize, bool is_first_step,
           const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf,
           const c10::optional<at::Tensor>& stats) {
@@ -27,12 +27,15 @@ void sgd_(at::TensorList params, at::TensorList grads, at::TensorList momentum_b
     using P = typename decltype(ptag)::type;
     using S = typename decltype(stag)::type;
     using A = typename OpMath<P>::type;
-    const math::MomentumHyper<A> mh{A(momentum), A(dampening), nesterov};
+    // no buffers: no momentum, and its tensor is not read
+    const bool has_momentum = !momentum_buffers.empty();
+    const math::MomentumHyper<A> mh{A(has_momentum ? scalar_value(momentum) : 0.0), A(dampening),
+                                    nesterov};
     const A wd = A(weight_decay), grad_sign = maximize ? A(-1) : A(1);
     auto direction = [=](auto p, auto g) { return math::sgd_direction(p, g, wd, grad_sign); };
     for_each_chunk(plan, [&](const Chunk& c, int64_t ci) {
       momentum_update<P, S>(params, grads, momentum_buffers, master_params, c, grp.has_master,
-                            momentum != 0.0, A(ctx.lr), A(ctx.inv_grad_scale), mh, is_first_step,
+                            has_momentum, A(ctx.lr), A(ctx.inv_grad_scale), mh, is_first_step,
                             direction, partials.empty() ? nullptr : &partials[ci]);
     });
   });

@@ -19,14 +19,20 @@ enum LambList { kP = 0, kG, kM, kV, kMaster, kStep, kLambDepth };
 
 template <typename A>
 struct LambCommon : SkipIfFoundInf {
-  math::LambHyper<A> h;
+  math::LambHyper<A> h;  // beta1's terms set from `beta1` on the device (hyper())
+  ScalarRef beta1;
+  bool grad_averaging;
   bool bias_correction;
   bool steps_double;
 
-  __device__ __forceinline__ math::LambStepScalars<A> scalars(const TensorListMeta<kLambDepth>& meta,
+  __device__ __forceinline__ math::LambHyper<A> hyper() const {
+    return math::lamb_with_beta1(h, beta1.get(), grad_averaging);
+  }
+  __device__ __forceinline__ math::LambStepScalars<A> scalars(const math::LambHyper<A>& hh,
+                                                              const TensorListMeta<kLambDepth>& meta,
                                                               int slot) const {
     const double step = read_scalar(meta.addr[kStep][slot], steps_double);
-    return math::lamb_step_scalars<A>(h, step, bias_correction);
+    return math::lamb_step_scalars<A>(hh, step, bias_correction);
   }
 };
 
@@ -42,7 +48,8 @@ struct LambMomentsOp : LambCommon<typename OpMath<P>::type> {
     S* __restrict__ m = static_cast<S*>(meta.addr[kM][c.slot]);
     S* __restrict__ v = static_cast<S*>(meta.addr[kV][c.slot]);
     const float* __restrict__ master = static_cast<const float*>(meta.addr[kMaster][c.slot]);
-    const auto s = this->scalars(meta, c.slot);
+    const math::LambHyper<A> h = this->hyper();
+    const auto s = this->scalars(h, meta, c.slot);
     const A inv = static_cast<A>(inverse_grad_scale(grad_scale));
     A g2 = A(0), p2 = A(0), u2 = A(0);
     struct Elem {
@@ -55,12 +62,12 @@ struct LambMomentsOp : LambCommon<typename OpMath<P>::type> {
                       static_cast<A>(g[i]) * inv, static_cast<A>(m[i]), static_cast<A>(v[i])};
         },
         [&](int64_t i, Elem e) {
-          math::lamb_moments(e.g, e.m, e.v, this->h);
+          math::lamb_moments(e.g, e.m, e.v, h);
           const S ms = static_cast<S>(e.m), vs = static_cast<S>(e.v);
           m[i] = ms;
           v[i] = vs;
           // from the stored (rounded) moments: what the apply pass will read back
-          const A u = math::lamb_direction(e.p, static_cast<A>(ms), static_cast<A>(vs), this->h, s);
+          const A u = math::lamb_direction(e.p, static_cast<A>(ms), static_cast<A>(vs), h, s);
           g2 += e.g * e.g;
           p2 += e.p * e.p;
           u2 += u * u;
@@ -84,7 +91,8 @@ struct LambApplyOp : LambCommon<typename OpMath<P>::type> {
     const S* __restrict__ m = static_cast<const S*>(meta.addr[kM][c.slot]);
     const S* __restrict__ v = static_cast<const S*>(meta.addr[kV][c.slot]);
     float* __restrict__ master = static_cast<float*>(meta.addr[kMaster][c.slot]);
-    const auto s = this->scalars(meta, c.slot);
+    const math::LambHyper<A> h = this->hyper();
+    const auto s = this->scalars(h, meta, c.slot);
     // lr * r in double, rounded once: the CPU kernel's step to the bit
     const A step = static_cast<A>(lr.get() * ratios[meta.tensor_id[c.slot]]);
     A change2 = A(0);
@@ -98,7 +106,7 @@ struct LambApplyOp : LambCommon<typename OpMath<P>::type> {
                       static_cast<A>(m[i]), static_cast<A>(v[i])};
         },
         [&](int64_t i, const Elem& e) {
-          const A out = e.p - step * math::lamb_direction(e.p, e.m, e.v, this->h, s);
+          const A out = e.p - step * math::lamb_direction(e.p, e.m, e.v, h, s);
           if (kHasMaster) master[i] = static_cast<float>(out);
           p[i] = static_cast<P>(out);
           if constexpr (kStats) {
@@ -167,7 +175,8 @@ struct LambArgs {
   ScalarRef found_inf;
   ScalarRef grad_scale;  // moments pass
   ScalarRef lr;          // apply pass
-  double beta1, beta2, eps, weight_decay;
+  ScalarRef beta1;
+  double beta2, eps, weight_decay;
   bool bias_correction;
   bool grad_averaging;
   bool steps_double;
@@ -186,12 +195,15 @@ void with_lamb_ops(const UpdateGroup& grp, const LambArgs& a, bool measure_appli
     using A = typename OpMath<P>::type;
     dispatch_flags(grp.has_master, measure_applied, [&](auto master_c, auto stats_c) {
       constexpr bool kM = decltype(master_c)::value;
-      const auto h = math::lamb_hyper<A>(a.beta1, a.beta2, a.grad_averaging, a.eps, a.weight_decay);
+      // beta1 is read on the device (LambCommon::hyper)
+      const auto h = math::lamb_hyper<A>(0.0, a.beta2, a.grad_averaging, a.eps, a.weight_decay);
       LambMomentsOp<P, S, kM> moments;
       LambApplyOp<P, S, kM, decltype(stats_c)::value> apply;
       auto set_common = [&](LambCommon<A>& op) {
         op.found_inf = a.found_inf;
         op.h = h;
+        op.beta1 = a.beta1;
+        op.grad_averaging = a.grad_averaging;
         op.bias_correction = a.bias_correction;
         op.steps_double = a.steps_double;
       };
@@ -209,12 +221,13 @@ void with_lamb_ops(const UpdateGroup& grp, const LambArgs& a, bool measure_appli
 
 void lamb_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
            at::TensorList exp_avg_sqs, at::TensorList master_params, at::TensorList state_steps,
-           const at::Tensor& lr, double beta1, double beta2, double eps, double weight_decay,
-           bool bias_correction, bool grad_averaging, bool trust_clip, bool always_adapt,
+           const at::Tensor& lr, const at::Tensor& beta1, double beta2, double eps,
+           double weight_decay, bool bias_correction, bool grad_averaging, bool trust_clip,
+           bool always_adapt,
            const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf,
            const c10::optional<at::Tensor>& stats) {
   const UpdateGroup grp = check_lamb_args(params, grads, exp_avgs, exp_avg_sqs, master_params,
-                                          state_steps, lr, grad_scale, found_inf, stats);
+                                          state_steps, lr, beta1, grad_scale, found_inf, stats);
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(grp.device);
   const ScalarRef found = scalar_ref(found_inf);
@@ -231,7 +244,8 @@ void lamb_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
   increment_steps(state_steps, found);
   double* ratios_ptr = ratios.data_ptr<double>();
   double* update_norms_ptr = update_norms.defined() ? update_norms.data_ptr<double>() : nullptr;
-  const LambArgs args{found, scalar_ref(grad_scale), scalar_ref(lr), beta1, beta2, eps, weight_decay,
+  const LambArgs args{found, scalar_ref(grad_scale), scalar_ref(lr), scalar_ref(beta1), beta2, eps,
+                      weight_decay,
                       bias_correction, grad_averaging, state_steps[0].scalar_type() == at::kDouble,
                       partials.data_ptr<double>(), ratios_ptr};
   const std::array<at::TensorList, kLambDepth> lists = {params, grads, exp_avgs, exp_avg_sqs,
@@ -254,12 +268,13 @@ void lamb_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
 // LAMB's two passes as two ops (see csrc/ops.cpp): sums to all-reduce between them.
 at::Tensor lamb_moments_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                          at::TensorList exp_avg_sqs, at::TensorList master_params,
-                         at::TensorList state_steps, double beta1, double beta2, double eps,
+                         at::TensorList state_steps, const at::Tensor& beta1, double beta2, double eps,
                          double weight_decay, bool bias_correction, bool grad_averaging,
                          const c10::optional<at::Tensor>& grad_scale,
                          const c10::optional<at::Tensor>& found_inf) {
   const UpdateGroup grp = check_lamb_moments_args(params, grads, exp_avgs, exp_avg_sqs,
-                                                  master_params, state_steps, grad_scale, found_inf);
+                                                  master_params, state_steps, beta1, grad_scale,
+                                                  found_inf);
   const auto dopts = at::TensorOptions().dtype(at::kDouble).device(grp.device);
   at::Tensor sums = at::empty({grp.size, 3}, dopts);
   if (params.empty()) return sums;
@@ -267,7 +282,8 @@ at::Tensor lamb_moments_(at::TensorList params, at::TensorList grads, at::Tensor
   const ScalarRef found = scalar_ref(found_inf);
   at::Tensor partials = at::empty({3 * std::max<int64_t>(count_chunks(params), 1)}, dopts);
   increment_steps(state_steps, found);
-  const LambArgs args{found, scalar_ref(grad_scale), ScalarRef{}, beta1, beta2, eps, weight_decay,
+  const LambArgs args{found, scalar_ref(grad_scale), ScalarRef{}, scalar_ref(beta1), beta2, eps,
+                      weight_decay,
                       bias_correction, grad_averaging, state_steps[0].scalar_type() == at::kDouble,
                       partials.data_ptr<double>(), nullptr};
   const std::array<at::TensorList, kLambDepth> lists = {params, grads, exp_avgs, exp_avg_sqs,
@@ -285,16 +301,16 @@ at::Tensor lamb_moments_(at::TensorList params, at::TensorList grads, at::Tensor
 
 void lamb_apply_(at::TensorList params, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
                  at::TensorList master_params, at::TensorList state_steps, const at::Tensor& lr,
-                 const at::Tensor& trust_ratios, double beta1, double beta2, double eps,
+                 const at::Tensor& trust_ratios, const at::Tensor& beta1, double beta2, double eps,
                  double weight_decay, bool bias_correction,
                  const c10::optional<at::Tensor>& found_inf) {
   const UpdateGroup grp = check_lamb_apply_args(params, exp_avgs, exp_avg_sqs, master_params,
-                                                state_steps, lr, trust_ratios, found_inf);
+                                                state_steps, lr, trust_ratios, beta1, found_inf);
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(grp.device);
   const at::Tensor ratios = trust_ratios.to(at::kDouble).contiguous();
   // grad_averaging only enters the moments pass
-  const LambArgs args{scalar_ref(found_inf), ScalarRef{}, scalar_ref(lr), beta1, beta2, eps,
+  const LambArgs args{scalar_ref(found_inf), ScalarRef{}, scalar_ref(lr), scalar_ref(beta1), beta2, eps,
                       weight_decay, bias_correction, true,
                       state_steps[0].scalar_type() == at::kDouble, nullptr, ratios.data_ptr<double>()};
   // the gradients are not read: params stand in for the list

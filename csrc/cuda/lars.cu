@@ -83,7 +83,7 @@ __global__ void __launch_bounds__(256) lars_ratio_kernel(TensorListMeta<kMomentu
 }
 
 void lars_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
-           at::TensorList master_params, const at::Tensor& lr, double momentum, double dampening,
+           at::TensorList master_params, const at::Tensor& lr, const at::Tensor& momentum, double dampening,
            double weight_decay, bool nesterov, double trust_coeff, double eps, bool trust_clip,
            bool always_adapt, bool is_first_step, const c10::optional<at::Tensor>& grad_scale,
            const c10::optional<at::Tensor>& found_inf, const c10::optional<at::Tensor>& stats,
@@ -108,9 +108,8 @@ void lars_(at::TensorList params, at::TensorList grads, at::TensorList momentum_
                                    : (need_norms ? at::empty({grp.size}, fopts) : at::Tensor());
   double* partials_ptr = partials.defined() ? partials.data_ptr<double>() : nullptr;
   double* ratios_ptr = ratios.defined() ? ratios.data_ptr<double>() : nullptr;
-  const at::TensorList none;
   const std::array<at::TensorList, kMomentumDepth> lists = {
-      params, grads, momentum != 0.0 ? momentum_buffers : none, master_params};
+      params, grads, momentum_buffers, master_params};
 
   dispatch_param_state(grp.param_dtype, grp.state_dtype, [&](auto ptag, auto stag) {
     using P = typename decltype(ptag)::type;
@@ -125,7 +124,7 @@ void lars_(at::TensorList params, at::TensorList grads, at::TensorList momentum_
       // the update pass also writes all three statistics (as SGD's and the CPU kernel's): the
       // norm pass runs only when the ratios need it
       const auto update = make_momentum_update<P, S, kM, decltype(stats_c)::value>(
-          LarsDirection<A>{A(weight_decay), adapt, ratios_ptr}, found, momentum, dampening, nesterov,
+          LarsDirection<A>{A(weight_decay), adapt, ratios_ptr}, found, momentum, !momentum_buffers.empty(), dampening, nesterov,
           is_first_step, lr, grad_scale, partials_ptr);
       for_each_batch<kMomentumDepth>(lists, [&](const TensorListMeta<kMomentumDepth>& meta) {
         if (need_norms) {

@@ -23,7 +23,7 @@ struct SgdDirection {
 };
 
 void sgd_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
-          at::TensorList master_params, const at::Tensor& lr, double momentum, double dampening,
+          at::TensorList master_params, const at::Tensor& lr, const at::Tensor& momentum, double dampening,
           double weight_decay, bool nesterov, bool maximize, bool is_first_step,
           const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf,
           const c10::optional<at::Tensor>& stats) {
@@ -36,9 +36,8 @@ void sgd_(at::TensorList params, at::TensorList grads, at::TensorList momentum_b
   at::Tensor partials;
   if (want_stats) partials = at::empty({3 * std::max<int64_t>(count_chunks(params), 1)}, lr.options().dtype(at::kDouble));
   double* partials_ptr = want_stats ? partials.data_ptr<double>() : nullptr;
-  const at::TensorList none;
   const std::array<at::TensorList, kMomentumDepth> lists = {
-      params, grads, momentum != 0.0 ? momentum_buffers : none, master_params};
+      params, grads, momentum_buffers, master_params};
 
   dispatch_param_state(grp.param_dtype, grp.state_dtype, [&](auto ptag, auto stag) {
     using P = typename decltype(ptag)::type;
@@ -46,7 +45,7 @@ void sgd_(at::TensorList params, at::TensorList grads, at::TensorList momentum_b
     using A = typename OpMath<P>::type;
     dispatch_flags(grp.has_master, want_stats, [&](auto master_c, auto stats_c) {
       const auto update = make_momentum_update<P, S, decltype(master_c)::value, decltype(stats_c)::value>(
-          SgdDirection<A>{A(weight_decay), maximize}, found, momentum, dampening, nesterov,
+          SgdDirection<A>{A(weight_decay), maximize}, found, momentum, !momentum_buffers.empty(), dampening, nesterov,
           is_first_step, lr, grad_scale, partials_ptr);
       for_each_batch<kMomentumDepth>(lists, [&](const TensorListMeta<kMomentumDepth>& meta) {
         launch_apply(meta, update);

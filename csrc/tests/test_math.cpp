@@ -143,11 +143,32 @@ static void test_lamb() {
   EXPECT_NEAR(ma, float(0.1) * 2.0f, 0);
 }
 
+// The CUDA kernels build the hyperparameters without beta1 and set it from the value they
+// read on the device: the result must be the host's hyperparameters exactly.
+static void test_beta1_set_on_the_device() {
+  for (double b1 : {0.0, 0.85, 0.9, 0.95}) {
+    for (bool averaging : {true, false}) {
+      const auto host = lamb_hyper<float>(b1, 0.999, averaging, 1e-6, 0.01);
+      const auto dev = lamb_with_beta1(lamb_hyper<float>(0.0, 0.999, averaging, 1e-6, 0.01), b1,
+                                       averaging);
+      EXPECT_NEAR(dev.beta1, host.beta1, 0);
+      EXPECT_NEAR(dev.grad_coef, host.grad_coef, 0);
+      EXPECT_NEAR(dev.beta1_exact, host.beta1_exact, 0);
+    }
+    const auto ahost = adam_hyper<float>(b1, 0.999, 1e-8, 0.0, false, false, true);
+    const auto adev = adam_with_beta1(adam_hyper<float>(0.0, 0.999, 1e-8, 0.0, false, false, true), b1);
+    EXPECT_NEAR(adev.beta1, ahost.beta1, 0);
+    EXPECT_NEAR(adev.one_minus_beta1, ahost.one_minus_beta1, 0);
+    EXPECT_NEAR(adev.beta1_exact, ahost.beta1_exact, 0);
+  }
+}
+
 int main() {
   test_norm();
   test_adam();
   test_sgd_and_lars();
   test_lamb();
+  test_beta1_set_on_the_device();
   if (failures) {
     std::printf("%d check(s) failed\n", failures);
     return 1;

@@ -59,7 +59,7 @@ def backend_for(device: torch.device) -> str:
     forced = forced_backend()
     if forced is not None:
         return forced
-    if device.type == "cpu":
+    if device.type in ("cpu", "meta"):  # meta: the fake kernels (shapes only, as torch's)
         return "native"
     if device.type == "cuda":
         if WITH_CUDA:

@@ -65,11 +65,21 @@ def check_same_length(name: str, n: int, ref_name: str, ref_n: int):
         raise ValueError(f"{name} has {n} tensors but {ref_name} has {ref_n}")
 
 
+_MEMORY_FORMATS = {4: (torch.contiguous_format, torch.channels_last),
+                   5: (torch.contiguous_format, torch.channels_last_3d)}
+
+
 def same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Same walk order in memory: strides agree wherever the size is above 1 (a size-1
     dim's stride is arbitrary); an empty pair has nothing to walk."""
     if a.numel() == 0:
         return True
+    # Both dense in one memory format: the same order, no stride read. Dynamo (torch 2.14)
+    # cannot trace the strides of a view into a larger buffer (DDP's gradient_as_bucket_view,
+    # Megatron's flat gradient buffer): reading one failed every compiled step with them.
+    for memory_format in _MEMORY_FORMATS.get(a.dim(), (torch.contiguous_format,)):
+        if a.is_contiguous(memory_format=memory_format) and b.is_contiguous(memory_format=memory_format):
+            return True
     # stride(d), not stride(): dynamo of torch 2.14 cannot trace the tuple of a .grad's strides
     return all(a.shape[d] == 1 or a.stride(d) == b.stride(d) for d in range(a.dim()))
 
@@ -101,7 +111,7 @@ def check_no_shared_memory(written=(), read=(), written_single=()):
     # pointer is not their memory) are left out; the ops see DTensors' local tensors.
     # Lists allocated in order are sorted runs, which timsort merges.
     spans = [(b := t.data_ptr(), b + t.nbytes, k, i) for k, (_, ts, _, _) in enumerate(uses)
-             for i, t in enumerate(ts) if type(t) in _PLAIN and t.nbytes]
+             for i, t in enumerate(ts) if has_own_memory(t) and t.nbytes]
     if not spans or uses[spans[0][2]][1][spans[0][3]].is_meta:
         return  # meta tensors have no memory (a list mixing devices is refused elsewhere)
     spans.sort()
@@ -124,7 +134,12 @@ def check_no_shared_memory(written=(), read=(), written_single=()):
             furthest_written = span
 
 
-_PLAIN = (torch.Tensor, torch.nn.Parameter)
+def has_own_memory(t: torch.Tensor) -> bool:
+    """Whether t's data_ptr is its own memory: a tensor, a parameter, or a Python subclass of
+    them that leaves dispatch alone (FSDP1's FlatParameter, a user's Parameter class). Not a
+    wrapper subclass such as DTensor or FakeTensor. (An exact type test had let Parameter
+    subclasses share memory unchecked.)"""
+    return type(t).__torch_dispatch__ is torch.Tensor.__torch_dispatch__
 
 
 def _describe(uses, span):
@@ -164,13 +179,17 @@ def empty_list_device(*scalars) -> torch.device:
 
 
 def check_update_group(params, grads, states: dict, master_params, steps, lr, grad_scale,
-                       found_inf, stats, trust_ratios=None):
-    """Mirror of check_update_group in csrc/include/fastdyn/optimizer_checks.h."""
+                       found_inf, stats, hypers: dict, trust_ratios=None):
+    """Mirror of check_update_group in csrc/include/fastdyn/optimizer_checks.h. `hypers`:
+    the hyperparameters read from one-element tensors (beta1, momentum), by name."""
     device = check_float_list("params", params)
     if device is None:
-        device = empty_list_device(lr, grad_scale, found_inf)
+        device = empty_list_device(lr, grad_scale, found_inf, *(
+            t for t in hypers.values() if isinstance(t, torch.Tensor)))
     if lr is not None:  # None: LAMB's moment pass, which takes no learning rate
         check_scalar_tensor("lr", lr, device)
+    for name, t in hypers.items():
+        check_scalar_tensor(name, t, device)
     if grad_scale is not None:
         check_scalar_tensor("grad_scale", grad_scale, device)
     if found_inf is not None:
@@ -238,7 +257,7 @@ def check_update_group(params, grads, states: dict, master_params, steps, lr, gr
                  ("master_params", master_params or [])],
         written_single=[("stats", stats)],
         read=[("lr", lr), ("grad_scale", grad_scale), ("found_inf", found_inf),
-              ("trust_ratios", trust_ratios)])
+              ("trust_ratios", trust_ratios), *hypers.items()])
     return device
 
 
@@ -287,7 +306,8 @@ def adam_args(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_para
               grad_scale=None, found_inf=None, stats=None):
     check_update_group(params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs,
                                        "max_exp_avg_sqs": max_exp_avg_sqs},
-                       master_params, state_steps, lr, grad_scale, found_inf, stats)
+                       master_params, state_steps, lr, grad_scale, found_inf, stats,
+                       {"beta1": beta1})
     check_same_length("exp_avgs", len(exp_avgs), "params", len(params))
     check_same_length("exp_avg_sqs", len(exp_avg_sqs), "params", len(params))
     check_same_length("state_steps", len(state_steps), "params", len(params))
@@ -298,8 +318,8 @@ def adam_args(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_para
 def _momentum_args(params, grads, momentum_buffers, master_params, lr, momentum, grad_scale,
                    found_inf, stats):
     check_update_group(params, grads, {"momentum_buffers": momentum_buffers}, master_params, [],
-                       lr, grad_scale, found_inf, stats)
-    if momentum != 0:
+                       lr, grad_scale, found_inf, stats, {"momentum": momentum})
+    if momentum_buffers:  # none: no momentum
         check_same_length("momentum_buffers", len(momentum_buffers), "params", len(params))
 
 
@@ -327,8 +347,9 @@ def lars_args(params, grads, momentum_buffers, master_params, lr, momentum, damp
               grad_scale=None, found_inf=None, stats=None, trust_ratios=None):
     device = check_update_group(params, grads, {"momentum_buffers": momentum_buffers},
                                 master_params, [], lr, grad_scale, found_inf, stats,
+                                {"momentum": momentum},
                                 trust_ratios if isinstance(trust_ratios, torch.Tensor) else None)
-    if momentum != 0:
+    if momentum_buffers:  # none: no momentum
         check_same_length("momentum_buffers", len(momentum_buffers), "params", len(params))
     if trust_ratios is not None:
         check_trust_ratios(trust_ratios, len(params), device)
@@ -338,7 +359,8 @@ def lamb_args(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, 
               eps, weight_decay, bias_correction, grad_averaging, trust_clip, always_adapt,
               grad_scale=None, found_inf=None, stats=None):
     check_update_group(params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs},
-                       master_params, state_steps, lr, grad_scale, found_inf, stats)
+                       master_params, state_steps, lr, grad_scale, found_inf, stats,
+                       {"beta1": beta1})
     check_same_length("exp_avgs", len(exp_avgs), "params", len(params))
     check_same_length("exp_avg_sqs", len(exp_avg_sqs), "params", len(params))
     check_same_length("state_steps", len(state_steps), "params", len(params))
@@ -348,7 +370,8 @@ def lamb_moments_args(params, grads, exp_avgs, exp_avg_sqs, master_params, state
                       beta2, eps, weight_decay, bias_correction, grad_averaging, grad_scale=None,
                       found_inf=None):
     device = check_update_group(params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs},
-                                master_params, state_steps, None, grad_scale, found_inf, None)
+                                master_params, state_steps, None, grad_scale, found_inf, None,
+                                {"beta1": beta1})
     check_same_length("exp_avgs", len(exp_avgs), "params", len(params))
     check_same_length("exp_avg_sqs", len(exp_avg_sqs), "params", len(params))
     check_same_length("state_steps", len(state_steps), "params", len(params))
@@ -360,7 +383,7 @@ def lamb_apply_args(params, exp_avgs, exp_avg_sqs, master_params, state_steps, l
     # no gradients are read: params stand in for them
     device = check_update_group(params, params, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs},
                                 master_params, state_steps, lr, None, found_inf, None,
-                                trust_ratios if isinstance(trust_ratios, torch.Tensor) else None)
+                                {"beta1": beta1}, trust_ratios if isinstance(trust_ratios, torch.Tensor) else None)
     check_same_length("exp_avgs", len(exp_avgs), "params", len(params))
     check_same_length("exp_avg_sqs", len(exp_avg_sqs), "params", len(params))
     check_same_length("state_steps", len(state_steps), "params", len(params))

@@ -17,17 +17,29 @@ def _lr_device(lr) -> torch.device:
     return lr.device
 
 
-def _explain(params, grads, states: dict, master_params, steps, lr, grad_scale, found_inf, stats):
+def _hyper(value, device: torch.device):
+    """beta1 / momentum as the ops take them, a one-element tensor (a scheduler changes it
+    without a recompile): a tensor is passed as it is; a number becomes a float64 tensor on
+    the update's device, filled there (no host-to-device copy)."""
+    if isinstance(value, torch.Tensor):
+        return value
+    return torch.full((), float(value), dtype=torch.float64, device=device)
+
+
+def _explain(params, grads, states: dict, master_params, steps, lr, grad_scale, found_inf, stats,
+             hypers: dict):
     return lambda: checks.check_update_group(params, grads, states, master_params, steps, lr,
-                                             grad_scale, found_inf, stats)
+                                             grad_scale, found_inf, stats, hypers)
 
 
 def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, state_steps, lr,
           beta1, beta2, weight_decay, eps, amsgrad, maximize, decoupled_weight_decay,
           grad_scale=None, found_inf=None, stats=None):
+    beta1 = _hyper(beta1, _lr_device(lr))
     explain = _explain(params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs,
                                        "max_exp_avg_sqs": max_exp_avg_sqs},
-                       master_params, state_steps, lr, grad_scale, found_inf, stats)
+                       master_params, state_steps, lr, grad_scale, found_inf, stats,
+                       {"beta1": beta1})
     call("adam_", _lr_device(lr), explain,
          params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, state_steps, lr,
          beta1, beta2, weight_decay, eps, amsgrad, maximize, decoupled_weight_decay,
@@ -36,8 +48,10 @@ def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, 
 
 def sgd_(params, grads, momentum_buffers, master_params, lr, momentum, dampening, weight_decay,
          nesterov, maximize, is_first_step, grad_scale=None, found_inf=None, stats=None):
+    """momentum_buffers: one per param, or none for plain SGD (momentum is then not read)."""
+    momentum = _hyper(momentum, _lr_device(lr))
     explain = _explain(params, grads, {"momentum_buffers": momentum_buffers}, master_params, [],
-                       lr, grad_scale, found_inf, stats)
+                       lr, grad_scale, found_inf, stats, {"momentum": momentum})
     call("sgd_", _lr_device(lr), explain,
          params, grads, momentum_buffers, master_params, lr, momentum, dampening, weight_decay,
          nesterov, maximize, is_first_step, grad_scale, found_inf, stats)
@@ -46,8 +60,10 @@ def sgd_(params, grads, momentum_buffers, master_params, lr, momentum, dampening
 def lamb_(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, beta1, beta2, eps,
           weight_decay, bias_correction, grad_averaging, trust_clip, always_adapt,
           grad_scale=None, found_inf=None, stats=None):
+    beta1 = _hyper(beta1, _lr_device(lr))
     explain = _explain(params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs},
-                       master_params, state_steps, lr, grad_scale, found_inf, stats)
+                       master_params, state_steps, lr, grad_scale, found_inf, stats,
+                       {"beta1": beta1})
     call("lamb_", _lr_device(lr), explain,
          params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, beta1, beta2, eps,
          weight_decay, bias_correction, grad_averaging, trust_clip, always_adapt,
@@ -58,9 +74,11 @@ def lars_(params, grads, momentum_buffers, master_params, lr, momentum, dampenin
           nesterov, trust_coeff, eps, trust_clip, always_adapt, is_first_step, grad_scale=None,
           found_inf=None, stats=None, trust_ratios=None):
     """trust_ratios: the caller's per-tensor ratios (e.g. from norms all-reduced over the
-    shards of DTensor params); the op then skips its own norm pass."""
+    shards of DTensor params); the op then skips its own norm pass. momentum_buffers: as
+    sgd_'s."""
+    momentum = _hyper(momentum, _lr_device(lr))
     explain = _explain(params, grads, {"momentum_buffers": momentum_buffers}, master_params, [],
-                       lr, grad_scale, found_inf, stats)
+                       lr, grad_scale, found_inf, stats, {"momentum": momentum})
     call("lars_", _lr_device(lr), explain,
          params, grads, momentum_buffers, master_params, lr, momentum, dampening, weight_decay,
          nesterov, trust_coeff, eps, trust_clip, always_adapt, is_first_step,
@@ -76,9 +94,11 @@ def lamb_moments_(params, grads, exp_avgs, exp_avg_sqs, master_params, state_ste
             (grads, exp_avgs, exp_avg_sqs, master_params, state_steps)):
         # nothing to dispatch on (the native op raised NotImplementedError; Triton's gave this)
         return torch.empty((0, 3), dtype=torch.float64)
-    explain = _explain(params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs},
-                       master_params, state_steps, None, grad_scale, found_inf, None)
     device = params[0].device if params else torch.device("cpu")
+    beta1 = _hyper(beta1, device)
+    explain = _explain(params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs},
+                       master_params, state_steps, None, grad_scale, found_inf, None,
+                       {"beta1": beta1})
     return call("lamb_moments_", device, explain,
                 params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, beta1, beta2,
                 eps, weight_decay, bias_correction, grad_averaging, grad_scale, found_inf)
@@ -87,6 +107,7 @@ def lamb_moments_(params, grads, exp_avgs, exp_avg_sqs, master_params, state_ste
 def lamb_apply_(params, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, trust_ratios,
                 beta1, beta2, eps, weight_decay, bias_correction, found_inf=None):
     """LAMB's second pass alone: p <- p - lr * trust_ratios[t] * u, u from the stored moments."""
+    beta1 = _hyper(beta1, _lr_device(lr))
     explain = lambda: checks.lamb_apply_args(  # noqa: E731
         params, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, trust_ratios, beta1,
         beta2, eps, weight_decay, bias_correction, found_inf)

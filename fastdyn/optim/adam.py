@@ -63,7 +63,8 @@ class Adam(FusedOptimizer):
         beta1, beta2 = g["betas"]
         ops.adam_(b.params, grads, b.state["exp_avg"], b.state["exp_avg_sq"],
                   b.state.get("max_exp_avg_sq", []), b.master_params, b.steps, lr,
-                  float(beta1), float(beta2), float(g["weight_decay"]), float(g["eps"]),
+                  self._hyper_tensor(b, "beta1", beta1), float(beta2),
+                  float(g["weight_decay"]), float(g["eps"]),
                   bool(g["amsgrad"]), bool(g["maximize"]), bool(g["decoupled_weight_decay"]),
                   grad_scale=grad_scale, found_inf=found_inf, stats=stats)
 

@@ -82,7 +82,8 @@ class LAMB(FusedOptimizer):
         g = b.group
         beta1, beta2 = g["betas"]
         ops.lamb_(b.params, grads, b.state["exp_avg"], b.state["exp_avg_sq"], b.master_params,
-                  b.steps, lr, float(beta1), float(beta2), float(g["eps"]),
+                  b.steps, lr, self._hyper_tensor(b, "beta1", beta1), float(beta2),
+                  float(g["eps"]),
                   float(g["weight_decay"]), bool(g["bias_correction"]), bool(g["grad_averaging"]),
                   bool(g["trust_clip"]), bool(g["always_adapt"]), grad_scale=grad_scale,
                   found_inf=found_inf, stats=stats)
@@ -90,4 +91,5 @@ class LAMB(FusedOptimizer):
     _update_needs_norms = True
 
     def _run_sharded_bucket(self, b, grads, lr, grad_scale, found_inf, stats):
-        sharded.lamb_(b, grads, lr, grad_scale, found_inf, stats)
+        beta1 = self._hyper_tensor(b, "beta1", b.group["betas"][0])
+        sharded.lamb_(b, grads, lr, beta1, grad_scale, found_inf, stats)

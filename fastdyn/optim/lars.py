@@ -46,7 +46,8 @@ class LARS(FusedOptimizer):
     def _run_bucket(self, b, grads, lr, grad_scale, found_inf, stats):
         g = b.group
         ops.lars_(b.params, grads, b.state.get("momentum_buffer", []), b.master_params, lr,
-                  float(g["momentum"]), float(g["dampening"]), float(g["weight_decay"]),
+                  self._hyper_tensor(b, "momentum", g["momentum"]), float(g["dampening"]),
+                  float(g["weight_decay"]),
                   bool(g["nesterov"]), float(g["trust_coeff"]), float(g["eps"]),
                   bool(g["trust_clip"]), bool(g["always_adapt"]), b.first_step,
                   grad_scale=grad_scale, found_inf=found_inf, stats=stats)
@@ -54,4 +55,5 @@ class LARS(FusedOptimizer):
     _update_needs_norms = True
 
     def _run_sharded_bucket(self, b, grads, lr, grad_scale, found_inf, stats):
-        sharded.lars_(b, grads, lr, grad_scale, found_inf, stats)
+        momentum = self._hyper_tensor(b, "momentum", b.group["momentum"])
+        sharded.lars_(b, grads, lr, momentum, grad_scale, found_inf, stats)

@@ -140,9 +140,6 @@ def _check_float(arg: str, value: Any, low: float = 0.0, high: Optional[float] =
                          f"{lo}{low}{hi or ', inf)'})")
 
 
-_WITH_STORAGE = (torch.Tensor, torch.nn.Parameter)
-
-
 class FusedOptimizer(Optimizer):
     """Base of the fastdyn optimizers. Subclasses set `_state_keys` and implement
     `_validate_group`, `_new_state` and `_run_bucket`."""
@@ -228,7 +225,7 @@ class FusedOptimizer(Optimizer):
                                # id() of the params whose master weights came from a
                                # state dict (ids: dynamo traces them, guarding identity)
                                "loaded_masters": {}}
-        self._lr_tensors: dict = {}
+        self._scalar_tensors: dict = {}
 
     def _invalidate(self) -> None:
         self._runtime["plan"] = None
@@ -297,9 +294,11 @@ class FusedOptimizer(Optimizer):
     def _plan_key(self, group_grads: list) -> tuple:
         """What a cached plan depends on besides object identities (_plan_objects): which
         params have grads, the state keys each group needs (momentum set nonzero, amsgrad
-        turned on) and the number of params with state (state cleared or deleted)."""
+        turned on), the number of params with state (state cleared or deleted) and
+        master_weights (set on a live optimizer: the eager step had kept its old plan)."""
         return (tuple(tuple([g is not None for g in gg]) for gg in group_grads),
-                tuple(self._required_keys(g) for g in self.param_groups), len(self.state))
+                tuple(self._required_keys(g) for g in self.param_groups), len(self.state),
+                self.master_weights)
 
     def _plan_objects_same(self) -> bool:
         if _OLD_DYNAMO and torch.compiler.is_compiling():
@@ -394,8 +393,8 @@ class FusedOptimizer(Optimizer):
         owners = [p for b in plan if b.dtensor for p in b.owners]
         sharded = [(t, t._local_tensor) for p in owners
                    for t in (p, *self.state.get(p, {}).values()) if distributed.is_dtensor(t)]
-        # (tensor subclasses may have no storage of their own: identity only)
-        plain = [p for b in plan if not b.dtensor for p in b.owners if type(p) in _WITH_STORAGE]
+        # (wrapper subclasses have no memory of their own: identity only)
+        plain = [p for b in plan if not b.dtensor for p in b.owners if ops.checks.has_own_memory(p)]
         return (tuple(self.param_groups), [tuple(g["params"]) for g in self.param_groups], dicts,
                 list(chain.from_iterable(map(dict.values, dicts))), sharded,
                 plain, list(map(torch.Tensor.data_ptr, plain)))
@@ -551,7 +550,7 @@ class FusedOptimizer(Optimizer):
             for k, t in ((None, p), *state.get(p, {}).items()):
                 t = local(t) if isinstance(t, torch.Tensor) else None
                 # (tensors without memory to compare: FakeTensorMode's, meta)
-                if type(t) in _WITH_STORAGE and not t.is_meta:
+                if ops.checks.has_own_memory(t) and not t.is_meta:
                     tensors.append(t)
                     owners.append((k, gi, i))
         try:
@@ -584,27 +583,33 @@ class FusedOptimizer(Optimizer):
 
     # ---------------------------------------------------------------- scalars
     def _lr_tensor(self, bucket: Bucket) -> torch.Tensor:
-        lr, device = bucket.group["lr"], bucket.device
-        if isinstance(lr, torch.Tensor):
-            if lr.dtype not in (torch.float32, torch.float64):  # (the ops' lr; torch takes 16 bits)
-                return lr.to(device=device, dtype=torch.float32, non_blocking=True)
-            return lr if lr.device == device else lr.to(device, non_blocking=True)
+        return self._hyper_tensor(bucket, "lr", bucket.group["lr"])
+
+    def _hyper_tensor(self, bucket: Bucket, name: str, value) -> torch.Tensor:
+        """A value of the group that a scheduler may change every step (lr, and the beta1 or
+        momentum that OneCycleLR and CyclicLR cycle) as the one-element device tensor the
+        ops read: a tensor as it is (on the bucket's device), a float in a float64 tensor.
+        float64: the kernels read it in their compute type, so float64 params keep every
+        digit of a Python float (as torch's own optimizers do)."""
+        device = bucket.device
+        if isinstance(value, torch.Tensor):
+            if value.dtype not in (torch.float32, torch.float64):  # (the ops'; torch takes 16 bits)
+                return value.to(device=device, dtype=torch.float32, non_blocking=True)
+            return value if value.device == device else value.to(device, non_blocking=True)
         if torch.compiler.is_compiling():
             # a product, not a cached tensor written: the float is then a graph input (a
-            # scheduler's lr written with fill_ was a constant guarded on, a graph a step
+            # scheduler's value written with fill_ was a constant guarded on, a graph a step
             # until dynamo's recompile limit), and torch 2.11's AOT autograd lost the write
             # to the cache after such a recompile (the step ran on a stale lr)
-            return torch.ones((), dtype=torch.float64, device=device) * lr
-        key = (bucket.group_index, device)
-        cached = self._lr_tensors.get(key)
+            return torch.ones((), dtype=torch.float64, device=device) * value
+        key = (bucket.group_index, device, name)
+        cached = self._scalar_tensors.get(key)
         if cached is None:
-            # float64: the kernels read it in their compute type, so float64 params keep
-            # every digit of a Python-float lr (as torch's own optimizers do).
-            cached = self._lr_tensors[key] = [torch.tensor(float(lr), dtype=torch.float64,
-                                                           device=device), float(lr)]
-        elif cached[1] != lr:
-            cached[0].fill_(lr)
-            cached[1] = lr
+            cached = self._scalar_tensors[key] = [
+                torch.tensor(float(value), dtype=torch.float64, device=device), float(value)]
+        elif cached[1] != value:
+            cached[0].fill_(value)
+            cached[1] = value
         return cached[0]
 
     @staticmethod
@@ -838,11 +843,16 @@ class FusedOptimizer(Optimizer):
                     if isinstance(v, torch.Tensor) and k != "step" and v.dtype == torch.float32}
             keep[pid] = kept
         state_dict["state"] = saved_state
+        # the post-hooks last, on the state as loaded here (torch's loader ran them before the
+        # fp32 moments and masters were put back: what they wrote there was lost)
+        post_hooks = self._optimizer_load_state_dict_post_hooks
         self._optimizer_load_state_dict_pre_hooks = type(pre_hooks)()  # (run above)
+        self._optimizer_load_state_dict_post_hooks = type(post_hooks)()
         try:
             super().load_state_dict(state_dict)
         finally:
             self._optimizer_load_state_dict_pre_hooks = pre_hooks
+            self._optimizer_load_state_dict_post_hooks = post_hooks
         for group in self.param_groups:  # tensor betas (torch's capturable Adam takes them)
             if "betas" in group and any(isinstance(b, torch.Tensor) for b in group["betas"]):
                 # read once here, not at every step (a host sync a step on a GPU)
@@ -870,6 +880,8 @@ class FusedOptimizer(Optimizer):
             if isinstance(step, torch.Tensor) and step.device != p.device:
                 self.state[p]["step"] = step.to(device=p.device, dtype=torch.float32)
         self._invalidate()
+        for hook in post_hooks.values():
+            hook(self)
 
     def __setstate__(self, state: dict) -> None:
         flags = state.pop("_first_step_flags", None)

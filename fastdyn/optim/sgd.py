@@ -59,6 +59,7 @@ class SGD(FusedOptimizer):
     def _run_bucket(self, b, grads, lr, grad_scale, found_inf, stats):
         g = b.group
         ops.sgd_(b.params, grads, b.state.get("momentum_buffer", []), b.master_params, lr,
-                 float(g["momentum"]), float(g["dampening"]), float(g["weight_decay"]),
+                 self._hyper_tensor(b, "momentum", g["momentum"]), float(g["dampening"]),
+                 float(g["weight_decay"]),
                  bool(g["nesterov"]), bool(g["maximize"]), b.first_step,
                  grad_scale=grad_scale, found_inf=found_inf, stats=stats)

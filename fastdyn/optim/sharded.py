@@ -18,9 +18,9 @@ from fastdyn import distributed
 from fastdyn.ops.trust_ratio import lamb_trust_ratios, lars_trust_ratios
 
 
-def lamb_(b, grads, lr, grad_scale, found_inf, stats) -> None:
+def lamb_(b, grads, lr, beta1, grad_scale, found_inf, stats) -> None:
     g = b.group
-    beta1, beta2 = (float(x) for x in g["betas"])
+    beta2 = float(g["betas"][1])
     eps, wd = float(g["eps"]), float(g["weight_decay"])
     exp_avgs, exp_avg_sqs = b.state["exp_avg"], b.state["exp_avg_sq"]
     sums = ops.lamb_moments_(b.params, grads, exp_avgs, exp_avg_sqs, b.master_params, b.steps,
@@ -38,7 +38,7 @@ def lamb_(b, grads, lr, grad_scale, found_inf, stats) -> None:
         stats.copy_(new)
 
 
-def lars_(b, grads, lr, grad_scale, found_inf, stats) -> None:
+def lars_(b, grads, lr, momentum, grad_scale, found_inf, stats) -> None:
     g = b.group
     wd = float(g["weight_decay"])
     ratios = None
@@ -51,7 +51,7 @@ def lars_(b, grads, lr, grad_scale, found_inf, stats) -> None:
         ratios = lars_trust_ratios(param_norm, grad_norm, float(g["trust_coeff"]), wd,
                                    float(g["eps"]), lr, bool(g["trust_clip"]))
     ops.lars_(b.params, grads, b.state.get("momentum_buffer", []), b.master_params, lr,
-              float(g["momentum"]), float(g["dampening"]), wd, bool(g["nesterov"]),
+              momentum, float(g["dampening"]), wd, bool(g["nesterov"]),
               float(g["trust_coeff"]), float(g["eps"]), bool(g["trust_clip"]),
               bool(g["always_adapt"]), b.first_step, grad_scale=grad_scale, found_inf=found_inf,
               stats=stats, trust_ratios=ratios)

@@ -43,7 +43,7 @@ def lars_(params, grads, momentum_buffers, master_params, lr, momentum, dampenin
                                  eps, lr, adapt, trust_clip)
         # (no weight decay term at 0, as the kernels and torch's SGD: 0 * a NaN p is NaN)
         d = ((g + weight_decay * p) if weight_decay != 0 else g) * r if adapt else g
-        d, buf = momentum_step(d, momentum_buffers[i] if momentum != 0 else None, momentum,
+        d, buf = momentum_step(d, momentum_buffers[i] if momentum_buffers else None, momentum,
                                dampening, nesterov, is_first_step)
         if buf is not None:
             momentum_buffers[i].copy_(buf)

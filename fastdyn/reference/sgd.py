@@ -3,9 +3,11 @@ from fastdyn.reference._update import begin_step, param_value, store, write_stat
 
 
 def momentum_step(d, buf, momentum, dampening, nesterov, is_first_step):
-    """torch.optim.SGD's momentum on direction d; returns (direction, new buffer)."""
-    if momentum == 0:
+    """torch.optim.SGD's momentum on direction d; returns (direction, new buffer). buf None:
+    no momentum (the op got no buffers)."""
+    if buf is None:
         return d, None
+    momentum = float(momentum)
     buf = d.clone() if is_first_step else buf.double() * momentum + (1 - dampening) * d
     return (d + momentum * buf if nesterov else buf), buf
 
@@ -25,7 +27,7 @@ def sgd_(params, grads, momentum_buffers, master_params, lr, momentum, dampening
         d = -g if maximize else g
         if weight_decay != 0:
             d = d + weight_decay * p
-        d, buf = momentum_step(d, momentum_buffers[i] if momentum != 0 else None, momentum,
+        d, buf = momentum_step(d, momentum_buffers[i] if momentum_buffers else None, momentum,
                                dampening, nesterov, is_first_step)
         if buf is not None:
             momentum_buffers[i].copy_(buf)

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from helpers import BACKEND_DEVICES, DTYPES
-from ops.update_harness import assert_groups_close, make_group, run_both
+from ops.update_harness import assert_groups_close, hyper, make_group, run_both
 
 SIZES = st.lists(st.sampled_from([0, 1, 3, 8193, 32769, 65537]), min_size=1, max_size=3)
 
@@ -15,7 +15,8 @@ def adam_args(amsgrad, maximize, decoupled, wd, lr=1e-2, grad_scale=None, found_
     def build(g):
         args = (g["params"], g["grads"], g["state0"], g["state1"], g["state2"] if amsgrad else [],
                 g["master_params"], g["state_steps"],
-                torch.tensor(lr, device=g["params"][0].device), 0.9, 0.999, wd, 1e-8, amsgrad,
+                torch.tensor(lr, device=g["params"][0].device), hyper(0.9, g["params"][0].device),
+                0.999, wd, 1e-8, amsgrad,
                 maximize, decoupled)
         return args, dict(grad_scale=grad_scale, found_inf=found_inf, stats=stats)
     return build

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from helpers import BACKEND_DEVICES, DTYPES, NOT_INTERPRETED, STORE_TOL
-from ops.update_harness import assert_groups_close, make_group, run_both
+from ops.update_harness import assert_groups_close, hyper, make_group, run_both
 
 SIZES = st.lists(st.sampled_from([0, 1, 3, 8193, 32769, 65537]), min_size=1, max_size=3)
 
@@ -15,7 +15,8 @@ SIZES = st.lists(st.sampled_from([0, 1, 3, 8193, 32769, 65537]), min_size=1, max
 def lamb_args(wd, bias_correction, grad_averaging, trust_clip, always_adapt, lr=1e-2, **kw):
     def build(g):
         return ((g["params"], g["grads"], g["state0"], g["state1"], g["master_params"],
-                 g["state_steps"], torch.tensor(lr, device=g["params"][0].device), 0.9, 0.999,
+                 g["state_steps"], torch.tensor(lr, device=g["params"][0].device),
+                 hyper(0.9, g["params"][0].device), 0.999,
                  1e-6, wd, bias_correction, grad_averaging, trust_clip, always_adapt), kw)
     return build
 
@@ -97,13 +98,15 @@ def _run_split(group, device, wd, bias_correction, grad_averaging, trust_clip, a
     dev = torch.device(device)
     sums = for_device("lamb_moments_", dev)(
         group["params"], group["grads"], group["state0"], group["state1"], group["master_params"],
-        group["state_steps"], 0.9, 0.999, 1e-6, wd, bias_correction, grad_averaging, grad_scale,
+        group["state_steps"], hyper(0.9, dev), 0.999, 1e-6, wd, bias_correction, grad_averaging,
+        grad_scale,
         found_inf)
     norms = sums.sqrt()
     ratios = lamb_trust_ratios(norms[:, 1], norms[:, 2], wd != 0 or always_adapt, trust_clip)
     for_device("lamb_apply_", dev)(
         group["params"], group["state0"], group["state1"], group["master_params"],
-        group["state_steps"], torch.tensor(lr, device=dev), ratios, 0.9, 0.999, 1e-6, wd,
+        group["state_steps"], torch.tensor(lr, device=dev), ratios, hyper(0.9, dev), 0.999, 1e-6,
+        wd,
         bias_correction, found_inf)
     return sums
 
@@ -149,7 +152,8 @@ def _check_two_ops(backend, device, sizes, dtype, wd, bias_correction, grad_aver
     # the sums: of g, of p before the step (tensor 0 is all zeros) and of u
     ref_sums = reference.lamb_moments_(*(lambda g: (
         g["params"], g["grads"], g["state0"], g["state1"], g["master_params"], g["state_steps"],
-        0.9, 0.999, 1e-6, wd, bias_correction, grad_averaging))(clone_group(group)))
+        hyper(0.9, g["params"][0].device), 0.999, 1e-6, wd, bias_correction,
+        grad_averaging))(clone_group(group)))
     assert sums.dtype == torch.float64 and sums.shape == (len(sizes), 3)
     # fp32 meets m = b1 m + g cancelling (7e-5 seen on a 1-element tensor). 16-bit state: m of
     # 16-bit inputs often lands on a tie, which fp64 and fp32 round to different neighbours;

@@ -26,6 +26,7 @@ def _lists(device, n=3, dtype=torch.float32):
 def samples(device):
     d = device
     lr = torch.tensor(0.01, device=d)
+    b1 = torch.tensor(0.9, dtype=torch.float64, device=d)  # beta1 / momentum: float64 tensors
     steps = lambda: [torch.tensor(2.0, device=d) for _ in range(3)]  # noqa: E731
     pos = lambda: [t.abs() for t in _lists(d)]  # noqa: E731
     yield "multi_tensor_norm", (_lists(d), 2.0, True), {}
@@ -34,23 +35,24 @@ def samples(device):
     yield "multi_tensor_unscale_norm_", (_lists(d), torch.tensor(0.5, device=d),
                                          torch.zeros((), device=d), 2.0, True), {}
     yield "clip_grad_norm_", (_lists(d), 0.1, 2.0), {}
-    yield "adam_", (_lists(d), _lists(d), _lists(d), pos(), pos(), [], steps(), lr, 0.9, 0.999,
+    yield "adam_", (_lists(d), _lists(d), _lists(d), pos(), pos(), [], steps(), lr, b1, 0.999,
                     0.01, 1e-8, True, False, True), dict(stats=torch.zeros(3, 4, device=d))
     yield "adam_", (_lists(d, dtype=torch.float16), _lists(d, dtype=torch.float16), _lists(d),
-                    pos(), [], _lists(d), steps(), lr, 0.9, 0.999, 0.0, 1e-8, False, True, False), \
+                    pos(), [], _lists(d), steps(), lr, b1.float(), 0.999, 0.0, 1e-8, False, True,
+                    False), \
         dict(grad_scale=torch.tensor(4.0, device=d), found_inf=torch.zeros((), device=d))
-    yield "sgd_", (_lists(d), _lists(d), _lists(d), [], lr, 0.9, 0.0, 1e-4, True, False, False), {}
-    yield "lamb_", (_lists(d), _lists(d), _lists(d), pos(), [], steps(), lr, 0.9, 0.999, 1e-6, 0.01,
+    yield "sgd_", (_lists(d), _lists(d), _lists(d), [], lr, b1, 0.0, 1e-4, True, False, False), {}
+    yield "lamb_", (_lists(d), _lists(d), _lists(d), pos(), [], steps(), lr, b1, 0.999, 1e-6, 0.01,
                     True, True, True, False), dict(stats=torch.zeros(3, 4, device=d))
-    yield "lars_", (_lists(d), _lists(d), _lists(d), [], lr, 0.9, 0.0, 1e-4, False, 0.001, 1e-8,
+    yield "lars_", (_lists(d), _lists(d), _lists(d), [], lr, b1, 0.0, 1e-4, False, 0.001, 1e-8,
                     True, False, False), dict(found_inf=torch.zeros((), device=d))
-    yield "lars_", (_lists(d), _lists(d), _lists(d), [], lr, 0.9, 0.0, 1e-4, False, 0.001, 1e-8,
+    yield "lars_", (_lists(d), _lists(d), _lists(d), [], lr, b1, 0.0, 1e-4, False, 0.001, 1e-8,
                     True, False, False), dict(stats=torch.zeros(3, 4, device=d),
                                               trust_ratios=torch.rand(3, device=d))
-    yield "lamb_moments_", (_lists(d), _lists(d), _lists(d), pos(), [], steps(), 0.9, 0.999, 1e-6,
+    yield "lamb_moments_", (_lists(d), _lists(d), _lists(d), pos(), [], steps(), b1, 0.999, 1e-6,
                             0.01, True, True), dict(grad_scale=torch.tensor(2.0, device=d))
     yield "lamb_apply_", (_lists(d), _lists(d), pos(), [], steps(), lr, torch.rand(3, device=d),
-                          0.9, 0.999, 1e-6, 0.01, True), {}
+                          b1, 0.999, 1e-6, 0.01, True), {}
 
 
 def _positional(op, args, kwargs):
@@ -335,11 +337,18 @@ def test_a_scalar_inside_a_written_tensor_is_refused(backend, device):
                                               found_inf[0], 2.0, False)
     p, g = [torch.ones(3, device=device)], [torch.ones(3, device=device)]
     one = torch.tensor(1.0, device=device)
-    args = (p, g, [], [], one, 0.0, 0.0, 0.0, False, False, False, one, None, None)
-    ns.sgd_.default(*args)  # lr and grad_scale: one tensor, read twice
+    # lr, momentum (not read: no buffers) and grad_scale: one tensor, read three times
+    args = (p, g, [], [], one, one, 0.0, 0.0, False, False, False, one, None, None)
+    ns.sgd_.default(*args)
     torch.testing.assert_close(p[0], torch.zeros(3, device=device))
     with pytest.raises(ValueError, match=r"lr and params\[0\] share memory"):
-        ns.sgd_.default(p, g, [], [], p[0][0], 0.0, 0.0, 0.0, False, False, False, None, None, None)
+        ns.sgd_.default(p, g, [], [], p[0][0], one, 0.0, 0.0, False, False, False, None, None, None)
+    buf = [torch.zeros(3, dtype=torch.float64, device=device)]
+    p64, g64 = [torch.ones(3, dtype=torch.float64, device=device)], [torch.ones(3, dtype=torch.float64, device=device)]
+    with pytest.raises(ValueError, match=r"(momentum and momentum_buffers\[0\]|momentum_buffers\[0\] and momentum) share memory"):
+        ns.sgd_.default(p64, g64, buf, [], one, buf[0][1], 0.0, 0.0, False, False, False, None,
+                        None, None)
+    assert not buf[0].any()
 
 
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
@@ -366,7 +375,8 @@ def test_an_empty_lamb_moments_takes_its_device_from_its_scalars(backend, device
     used to fall back to the CPU: the native op refused them as on another device, the
     Triton op returned its sums on the CPU)."""
     sums = _namespace(backend).lamb_moments_.default(
-        [], [], [], [], [], [], 0.9, 0.999, 1e-6, 0.0, True, True,
+        [], [], [], [], [], [], torch.tensor(0.9, dtype=torch.float64, device=device), 0.999,
+        1e-6, 0.0, True, True,
         torch.tensor(2.0, device=device), torch.zeros((), device=device))
     assert sums.shape == (0, 3) and sums.device.type == device
     with use_backend(backend):  # the wrapper with no tensors at all: the same on each backend
@@ -496,7 +506,8 @@ def test_stats_and_trust_ratios_may_not_share_memory_with_what_the_op_writes(bac
     group = make_group([8, 8], torch.float32, device, buffers=1, steps=False)
     lr = torch.tensor(0.1, device=device)
     stats = group["params"][1].view(2, 4)
-    args = (group["params"], group["grads"], group["state0"], [], lr, 0.9, 0.0, 0.0, False)
+    args = (group["params"], group["grads"], group["state0"], [], lr,
+            torch.tensor(0.9, dtype=torch.float64, device=device), 0.0, 0.0, False)
     before = [t.clone() for t in group["params"]]
     with use_backend(backend):
         with pytest.raises(ValueError, match=r"stats and params\[1\] share memory"):

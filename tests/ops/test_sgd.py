@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from helpers import BACKEND_DEVICES, DTYPES
-from ops.update_harness import assert_groups_close, make_group, run_both
+from ops.update_harness import assert_groups_close, hyper, make_group, run_both
 
 SIZES = st.lists(st.sampled_from([0, 1, 3, 8193, 32769, 65537]), min_size=1, max_size=3)
 
@@ -14,7 +14,8 @@ SIZES = st.lists(st.sampled_from([0, 1, 3, 8193, 32769, 65537]), min_size=1, max
 def sgd_args(momentum, dampening, wd, nesterov, maximize, first, lr=0.1, **kw):
     def build(g):
         return ((g["params"], g["grads"], g["state0"] if momentum else [], g["master_params"],
-                 torch.tensor(lr, device=g["params"][0].device), momentum, dampening, wd, nesterov,
+                 torch.tensor(lr, device=g["params"][0].device), hyper(momentum, g["params"][0].device),
+                 dampening, wd, nesterov,
                  maximize, first), kw)
     return build
 

@@ -9,6 +9,7 @@ from fastdyn import reference
 from fastdyn.ops import use_backend
 from fastdyn.ops.registry import for_device
 from helpers import BACKEND_DEVICES, supports
+from ops.update_harness import hyper
 
 SIZES = (5, 70, 1)
 GRAD_SCALE = 4.0
@@ -21,17 +22,18 @@ def _args(name, device, dtype):
         .to(dtype).to(device) for n in SIZES]
     steps = [torch.tensor(2.0, device=device) for _ in SIZES]
     lr = torch.tensor(0.01, device=device)
+    b1 = hyper(0.9, device)
     p, grads = lists(), lists()
     if name == "adam_":
-        args = (p, grads, lists(), lists(True), [], [], steps, lr, 0.9, 0.999, 0.01, 1e-8,
+        args = (p, grads, lists(), lists(True), [], [], steps, lr, b1, 0.999, 0.01, 1e-8,
                 False, False, True)
     elif name == "sgd_":
-        args = (p, grads, lists(), [], lr, 0.9, 0.0, 1e-4, True, False, False)
+        args = (p, grads, lists(), [], lr, b1, 0.0, 1e-4, True, False, False)
     elif name == "lamb_":
-        args = (p, grads, lists(), lists(True), [], steps, lr, 0.9, 0.999, 1e-6, 0.01, True,
+        args = (p, grads, lists(), lists(True), [], steps, lr, b1, 0.999, 1e-6, 0.01, True,
                 True, True, False)
     else:
-        args = (p, grads, lists(), [], lr, 0.9, 0.0, 1e-4, False, 0.001, 1e-8, True, False, False)
+        args = (p, grads, lists(), [], lr, b1, 0.0, 1e-4, False, 0.001, 1e-8, True, False, False)
     return args
 
 

@@ -13,6 +13,11 @@ from fastdyn.ops.registry import for_device
 from helpers import STORE_TOL
 
 
+def hyper(value: float, device) -> torch.Tensor:
+    """beta1 / momentum as the ops take them: a float64 one-element tensor on their device."""
+    return torch.tensor(value, dtype=torch.float64, device=device)
+
+
 def make_group(sizes, dtype, device, seed=0, master=False, state_fp32=False, steps=True,
                buffers=0, zero_param_index=None, zero_grad_index=None):
     g = torch.Generator().manual_seed(seed)

@@ -597,6 +597,21 @@ def test_unscale_takes_gradients_with_gaps_and_writes_them(kind, make):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def test_unscale_names_a_gradient_shared_by_two_params():
+    """One gradient tensor for two params would be divided twice (GradScaler does so
+    silently): refused, naming the params (the message had named the op's internal list,
+    "tensors[0] and tensors[1]"), and nothing written."""
+    a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
+    opt = fastdyn.optim.SGD([{"params": [a]}, {"params": [b]}], lr=0.1)
+    scaler = LossScaler("cpu", init_scale=4.0)
+    scaler.scale((a + b).sum()).backward()
+    b.grad = a.grad
+    with pytest.raises(ValueError, match=r"params\[0\]\.grad of param group 0 and params\[0\]\.grad "
+                                         r"of param group 1 share memory"):
+        scaler.unscale_(opt)
+    assert torch.equal(a.grad, torch.full((3,), 4.0))
+
+
 @pytest.mark.parametrize("name", ["AdamW", "SGD", "LARS", "LAMB-noclip", "LAMB"])
 def test_loss_scaler_reports_the_unscaled_grad_norm(name):
     """The norm the step's inf check computes is the unscaled one, as LAMB's clipping norm

@@ -1,6 +1,8 @@
 """torch.compile of a whole optimizer step: fullgraph (no graph break) on the native and
 Triton backends, and no recompile when a tensor lr changes."""
 
+from functools import partial
+
 import pytest
 import torch
 import torch._dynamo
@@ -128,6 +130,44 @@ def test_a_scheduled_float_lr_does_not_recompile_the_step(name):
             mlp_loss(model, data).backward()
             step()
             sched.step()
+        results.append([p.detach().clone() for p in model.parameters()])
+    for eager, compiled in zip(*results):
+        torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-7)
+    assert counters["stats"]["unique_graphs"] <= 3, counters["stats"]
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
+@pytest.mark.parametrize("name", ["AdamW", "SGD", "LAMB", "LARS", "SGD-dampening"])
+def test_a_cycled_momentum_does_not_recompile_the_step(name):
+    """OneCycleLR's default cycle_momentum writes a new beta1 (Adam, LAMB) or momentum (SGD,
+    LARS) into the group every step: as float arguments of the ops, each value was a new
+    graph, and with fullgraph=True dynamo's recompile limit raised FailOnRecompileLimitHit
+    after 8. They are device tensors now, read by the kernels: the graphs of a float lr,
+    and the eager step's values."""
+    from torch._dynamo.utils import counters
+
+    results = []
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        counters.clear()
+        torch.manual_seed(0)
+        model = mlp()
+        opt = getattr(fastdyn.optim, name.split("-")[0])(model.parameters(), lr=0.05,
+                                                       **CASES[name])
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=12)
+        # the class's step: the scheduler's wrapper of opt.step is not traceable (fullgraph)
+        step = (partial(torch.compile(type(opt).step, backend="aot_eager", fullgraph=True), opt)
+                if compiled else opt.step)
+        data = regression_data()
+        seen = set()
+        for _ in range(12):
+            opt.zero_grad()
+            mlp_loss(model, data).backward()
+            step()
+            group = opt.param_groups[0]
+            seen.add(group["betas"][0] if "betas" in group else group["momentum"])
+            sched.step()
+        assert len(seen) >= 10  # (the scheduler did cycle it)
         results.append([p.detach().clone() for p in model.parameters()])
     for eager, compiled in zip(*results):
         torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-7)
@@ -333,6 +373,36 @@ def test_compiled_step_takes_grads_laid_out_unlike_their_params(name):
             params[1].grad = torch.randn(5)
             step()
         assert not params[0].grad.is_contiguous()  # the caller's grad is left as it was
+        results.append([p.detach().clone() for p in params])
+    for p, q in zip(*results):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_compiled_step_takes_grads_viewing_one_flat_buffer(name):
+    """Gradients that are views into one flat buffer (DDP's gradient_as_bucket_view,
+    Megatron's and DeepSpeed's contiguous gradient buffers), a channels_last conv weight's
+    among them: dynamo failed every compiled step with "Cannot construct ConstantVariable
+    for value of type SymInt", reading such a view's stride to compare layouts. The eager
+    step's bits."""
+    shapes = [(8, 3, 3, 3), (8,), (5, 7)]
+    results = []
+    for compiled in (True, False):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+        params[0].data = params[0].data.to(memory_format=torch.channels_last)
+        opt = getattr(fastdyn.optim, name.split("-")[0])(params, lr=0.05, **CASES[name])
+        step = fullgraph_step(opt)[0] if compiled else opt.step
+        for _ in range(3):
+            flat = torch.randn(sum(p.numel() for p in params))
+            offset = 0
+            for p in params:
+                view = flat[offset:offset + p.numel()]
+                offset += p.numel()
+                p.grad = view.as_strided(p.shape, p.stride())  # (DDP's layout: the param's)
+            step()
+        assert params[0].grad.data_ptr() == flat.data_ptr()  # (the grads were views)
         results.append([p.detach().clone() for p in params])
     for p, q in zip(*results):
         assert torch.equal(p, q)

@@ -223,13 +223,32 @@ def test_size_one_dims_take_any_stride_like_torch(backend, device, name):
     torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7)
 
 
-def test_the_same_param_twice_is_refused():
+class UserParameter(torch.nn.Parameter):
+    """A Parameter subclass (FSDP1's FlatParameter is one): memory of its own, which the
+    checks once skipped (an exact type test)."""
+
+
+@pytest.mark.parametrize("param_class", [torch.nn.Parameter, UserParameter])
+def test_the_same_param_twice_is_refused(param_class):
     """The fused step writes all params at once: one listed twice would lose an update
     (torch only warns, and applies it twice)."""
-    p = torch.nn.Parameter(torch.randn(3))
+    p = param_class(torch.randn(3))
     with pytest.warns(UserWarning, match="duplicate parameters"):
         with pytest.raises(ValueError, match=r"params\[0\] and params\[1\] share memory"):
             fastdyn.optim.SGD([p, p], lr=0.1)
+
+
+@pytest.mark.parametrize("param_class", [torch.nn.Parameter, UserParameter])
+def test_params_of_two_groups_sharing_memory_are_refused_before_any_step(param_class):
+    """A param of one group viewing another group's memory: refused before anything is
+    written (a Parameter subclass was left out of the check, and both groups stepped the
+    shared elements)."""
+    flat = torch.zeros(6)
+    a, b = torch.nn.Parameter(flat[:4]), param_class(flat[2:])
+    a.grad, b.grad = torch.ones(4), torch.ones(4)
+    with pytest.raises(ValueError, match=r"params\[0\] of param group 0 and params\[0\] of param group 1 share memory"):
+        fastdyn.optim.SGD([{"params": [a]}, {"params": [b]}], lr=0.1).step()
+    assert not flat.any()
 
 
 def test_differentiable_rejected():

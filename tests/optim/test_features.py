@@ -377,10 +377,16 @@ def test_a_param_given_new_storage_steps_like_torch_and_a_fresh_optimizer(name, 
             torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
-def test_master_weights_appear_when_a_model_goes_to_float16_mid_training():
+class UserParameter(torch.nn.Parameter):
+    """A Parameter subclass (FSDP1's FlatParameter is one)."""
+
+
+@pytest.mark.parametrize("param_class", [torch.nn.Parameter, UserParameter])
+def test_master_weights_appear_when_a_model_goes_to_float16_mid_training(param_class):
     """fp32 -> fp16 after a step with master_weights=True: the plan used to keep the fp32
-    layout, so no master copy was made and updates below half an fp16 ulp were lost."""
-    p = torch.nn.Parameter(torch.ones(4))
+    layout, so no master copy was made and updates below half an fp16 ulp were lost (and
+    still were for a Parameter subclass, whose new memory the plan did not look at)."""
+    p = param_class(torch.ones(4))
     opt = fastdyn.optim.SGD([p], lr=1e-4, master_weights=True)
     p.grad = torch.ones(4)
     opt.step()
@@ -406,3 +412,40 @@ def test_a_step_under_fake_tensor_mode(name):
         opt.step()
         keys = {"momentum_buffer"} if name in ("SGD", "LARS") else {"exp_avg", "exp_avg_sq"}
         assert set(opt.state[model.weight]) >= keys
+
+
+@pytest.mark.parametrize("name", ["AdamW", "SGD", "LAMB", "LARS"])
+def test_a_step_and_clip_on_meta_params(name):
+    """Params on the meta device (a model built under torch.device("meta") to plan memory):
+    torch's optimizers and clip_grad_norm_ run on them, making meta state. fastdyn's ran the
+    float64 reference there, whose host read of a scalar raised "Tensor.item() cannot be
+    called on meta tensors"; meta now runs the fake kernels."""
+    with torch.device("meta"):
+        model = torch.nn.Linear(4, 3)
+    for p in model.parameters():
+        p.grad = torch.empty_like(p)
+    kw = dict(momentum=0.9) if name == "SGD" else dict(max_grad_norm=1.0) if name == "LAMB" else {}
+    opt = getattr(fastdyn.optim, name)(model.parameters(), lr=1e-3, **kw)
+    total = fastdyn.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    assert total.device.type == "meta" and total.shape == ()
+    keys = {"momentum_buffer"} if name in ("SGD", "LARS") else {"exp_avg", "exp_avg_sq"}
+    state = opt.state[model.weight]
+    assert set(state) >= keys and all(state[k].device.type == "meta" for k in keys)
+
+
+def test_master_weights_switched_on_a_live_optimizer_take_effect_at_the_next_step():
+    """opt.master_weights = True after some steps: the eager step kept its cached plan, and
+    masters appeared only when something else rebuilt it (a compiled step applied it at
+    once)."""
+    p = torch.nn.Parameter(torch.ones(4, dtype=torch.bfloat16))
+    opt = fastdyn.optim.AdamW([p], lr=1e-2)
+    for _ in range(2):
+        p.grad = torch.ones(4, dtype=torch.bfloat16)
+        opt.step()
+    assert "master_param" not in opt.state[p]
+    opt.master_weights = True
+    p.grad = torch.ones(4, dtype=torch.bfloat16)
+    opt.step()
+    assert opt.state[p]["master_param"].dtype == torch.float32
+    assert opt.state[p]["exp_avg"].dtype == torch.float32

@@ -163,6 +163,34 @@ def test_a_load_pre_hook_s_state_dict_is_the_one_loaded(dtype, master):
         assert not opt.state[p]["exp_avg_sq"].eq(3.0).all()  # (the hook's copy, not the original)
 
 
+@pytest.mark.parametrize("dtype,master", [(torch.float32, False), (torch.bfloat16, True)])
+def test_a_load_post_hook_sees_and_keeps_the_loaded_state(dtype, master):
+    """register_load_state_dict_post_hook runs last, on the state as loaded: with fp32
+    moments and master weights of bf16 params it ran inside torch's loader, saw them cast
+    to bf16, and what it wrote was then replaced by the fp32 state set aside."""
+    model = torch.nn.Linear(4, 3).to(dtype)
+    opt = fastdyn.optim.AdamW(model.parameters(), lr=1e-2, master_weights=master)
+    model(torch.randn(2, 4, dtype=dtype)).float().sum().backward()
+    opt.step()
+    seen = []
+
+    def hook(optimizer):
+        for st in optimizer.state.values():
+            seen.append(st["exp_avg"].dtype)
+            st["exp_avg"].zero_()
+            if master:
+                st["master_param"].fill_(7.0)
+
+    resumed = fastdyn.optim.AdamW(model.parameters(), lr=1e-2, master_weights=master)
+    resumed.register_load_state_dict_post_hook(hook)
+    resumed.load_state_dict(opt.state_dict())
+    assert seen == [torch.float32] * 2
+    for p in model.parameters():
+        assert not resumed.state[p]["exp_avg"].any()
+        if master:
+            assert resumed.state[p]["master_param"].eq(7.0).all()
+
+
 def test_tensor_betas_of_a_torch_checkpoint_are_read_once_at_load():
     """torch's Adam takes tensor betas; a step that read them with float() each time would
     sync the host every step on a GPU (and break a fullgraph compile)."""

@@ -14,6 +14,12 @@ struct NamedList {
   at::TensorList tensors;
 };
 
+// A hyperparameter the kernels read from a one-element tensor (beta1, momentum).
+struct NamedScalar {
+  const char* name;
+  const at::Tensor& tensor;
+};
+
 struct UpdateGroup {
   at::Device device = at::Device(at::kCPU);
   at::ScalarType param_dtype = at::kFloat;
@@ -41,6 +47,7 @@ inline UpdateGroup check_update_group(at::TensorList params, at::TensorList grad
                                       const c10::optional<at::Tensor>& grad_scale,
                                       const c10::optional<at::Tensor>& found_inf,
                                       const c10::optional<at::Tensor>& stats,
+                                      std::initializer_list<NamedScalar> hypers,
                                       const c10::optional<at::Tensor>& trust_ratios = c10::nullopt) {
   UpdateGroup g;
   g.size = static_cast<int64_t>(params.size());
@@ -50,7 +57,10 @@ inline UpdateGroup check_update_group(at::TensorList params, at::TensorList grad
     g.device = *device;
   } else if (lr.has_value() || grad_scale.has_value() || found_inf.has_value()) {
     g.device = (lr.has_value() ? *lr : grad_scale.has_value() ? *grad_scale : *found_inf).device();
+  } else if (hypers.size() > 0) {
+    g.device = hypers.begin()->tensor.device();
   }
+  for (const NamedScalar& h : hypers) check_scalar_tensor(h.name, h.tensor, g.device);
   if (lr.has_value()) check_scalar_tensor("lr", *lr, g.device);
   if (grad_scale.has_value()) check_scalar_tensor("grad_scale", *grad_scale, g.device);
   if (found_inf.has_value()) check_scalar_tensor("found_inf", *found_inf, g.device);
@@ -129,6 +139,7 @@ inline UpdateGroup check_update_group(at::TensorList params, at::TensorList grad
     if (found_inf.has_value()) uses.push_back(read_tensor("found_inf", *found_inf));
     if (stats.has_value()) uses.push_back(written_tensor("stats", *stats));
     if (trust_ratios.has_value()) uses.push_back(read_tensor("trust_ratios", *trust_ratios));
+    for (const NamedScalar& h : hypers) uses.push_back(read_tensor(h.name, h.tensor));
     check_no_shared_memory(uses);
   }
   return g;
@@ -138,14 +149,14 @@ inline UpdateGroup check_update_group(at::TensorList params, at::TensorList grad
 inline UpdateGroup check_adam_args(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                                    at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,
                                    at::TensorList master_params, at::TensorList state_steps,
-                                   const at::Tensor& lr, bool amsgrad,
+                                   const at::Tensor& lr, const at::Tensor& beta1, bool amsgrad,
                                    const c10::optional<at::Tensor>& grad_scale,
                                    const c10::optional<at::Tensor>& found_inf,
                                    const c10::optional<at::Tensor>& stats) {
   const UpdateGroup grp = check_update_group(
       params, grads,
       {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}, {"max_exp_avg_sqs", max_exp_avg_sqs}},
-      master_params, state_steps, lr, grad_scale, found_inf, stats);
+      master_params, state_steps, lr, grad_scale, found_inf, stats, {{"beta1", beta1}});
   check_same_length("exp_avgs", exp_avgs.size(), "params", params.size());
   check_same_length("exp_avg_sqs", exp_avg_sqs.size(), "params", params.size());
   check_same_length("state_steps", state_steps.size(), "params", params.size());
@@ -156,12 +167,13 @@ inline UpdateGroup check_adam_args(at::TensorList params, at::TensorList grads, 
 inline UpdateGroup check_lamb_args(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                                    at::TensorList exp_avg_sqs, at::TensorList master_params,
                                    at::TensorList state_steps, const at::Tensor& lr,
+                                   const at::Tensor& beta1,
                                    const c10::optional<at::Tensor>& grad_scale,
                                    const c10::optional<at::Tensor>& found_inf,
                                    const c10::optional<at::Tensor>& stats) {
   const UpdateGroup grp = check_update_group(
       params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}}, master_params,
-      state_steps, lr, grad_scale, found_inf, stats);
+      state_steps, lr, grad_scale, found_inf, stats, {{"beta1", beta1}});
   check_same_length("exp_avgs", exp_avgs.size(), "params", params.size());
   check_same_length("exp_avg_sqs", exp_avg_sqs.size(), "params", params.size());
   check_same_length("state_steps", state_steps.size(), "params", params.size());
@@ -172,11 +184,12 @@ inline UpdateGroup check_lamb_args(at::TensorList params, at::TensorList grads, 
 inline UpdateGroup check_lamb_moments_args(at::TensorList params, at::TensorList grads,
                                            at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
                                            at::TensorList master_params, at::TensorList state_steps,
+                                           const at::Tensor& beta1,
                                            const c10::optional<at::Tensor>& grad_scale,
                                            const c10::optional<at::Tensor>& found_inf) {
   const UpdateGroup grp = check_update_group(
       params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}}, master_params,
-      state_steps, c10::nullopt, grad_scale, found_inf, c10::nullopt);
+      state_steps, c10::nullopt, grad_scale, found_inf, c10::nullopt, {{"beta1", beta1}});
   check_same_length("exp_avgs", exp_avgs.size(), "params", params.size());
   check_same_length("exp_avg_sqs", exp_avg_sqs.size(), "params", params.size());
   check_same_length("state_steps", state_steps.size(), "params", params.size());
@@ -196,12 +209,12 @@ inline void check_trust_ratios(const at::Tensor& r, const UpdateGroup& g) {
 inline UpdateGroup check_lamb_apply_args(at::TensorList params, at::TensorList exp_avgs,
                                          at::TensorList exp_avg_sqs, at::TensorList master_params,
                                          at::TensorList state_steps, const at::Tensor& lr,
-                                         const at::Tensor& trust_ratios,
+                                         const at::Tensor& trust_ratios, const at::Tensor& beta1,
                                          const c10::optional<at::Tensor>& found_inf) {
   // no gradients are read: params stand in for them
   const UpdateGroup grp = check_update_group(
       params, params, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}}, master_params,
-      state_steps, lr, c10::nullopt, found_inf, c10::nullopt, trust_ratios);
+      state_steps, lr, c10::nullopt, found_inf, c10::nullopt, {{"beta1", beta1}}, trust_ratios);
   check_same_length("exp_avgs", exp_avgs.size(), "params", params.size());
   check_same_length("exp_avg_sqs", exp_avg_sqs.size(), "params", params.size());
   check_same_length("state_steps", state_steps.size(), "params", params.size());
@@ -209,18 +222,19 @@ inline UpdateGroup check_lamb_apply_args(at::TensorList params, at::TensorList e
   return grp;
 }
 
-// SGD and LARS: a momentum buffer per param when momentum is nonzero, none otherwise.
+// SGD and LARS: a momentum buffer per param, or none (no momentum: the momentum tensor is
+// not read).
 inline UpdateGroup check_momentum_args(at::TensorList params, at::TensorList grads,
                                        at::TensorList momentum_buffers, at::TensorList master_params,
-                                       const at::Tensor& lr, double momentum,
+                                       const at::Tensor& lr, const at::Tensor& momentum,
                                        const c10::optional<at::Tensor>& grad_scale,
                                        const c10::optional<at::Tensor>& found_inf,
                                        const c10::optional<at::Tensor>& stats,
                                        const c10::optional<at::Tensor>& trust_ratios = c10::nullopt) {
   const UpdateGroup grp =
       check_update_group(params, grads, {{"momentum_buffers", momentum_buffers}}, master_params,
-                         {}, lr, grad_scale, found_inf, stats, trust_ratios);
-  if (momentum != 0.0) {
+                         {}, lr, grad_scale, found_inf, stats, {{"momentum", momentum}}, trust_ratios);
+  if (!momentum_buffers.empty()) {
     check_same_length("momentum_buffers", momentum_buffers.size(), "params", params.size());
   }
   return grp;

@@ -90,11 +90,11 @@ def clip_grad_norm_(grads: List[torch.Tensor], max_norm: float, ord: float = 2.0
 def adam_(params: List[torch.Tensor], grads: List[torch.Tensor], exp_avgs: List[torch.Tensor],
           exp_avg_sqs: List[torch.Tensor], max_exp_avg_sqs: List[torch.Tensor],
           master_params: List[torch.Tensor], state_steps: List[torch.Tensor], lr: torch.Tensor,
-          beta1: float, beta2: float, weight_decay: float, eps: float, amsgrad: bool,
+          beta1: torch.Tensor, beta2: float, weight_decay: float, eps: float, amsgrad: bool,
           maximize: bool, decoupled_weight_decay: bool, grad_scale: Optional[torch.Tensor],
           found_inf: Optional[torch.Tensor], stats: Optional[torch.Tensor]) -> None:
     _native_checks.check_adam_args(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
-                                   master_params, state_steps, lr, amsgrad, grad_scale,
+                                   master_params, state_steps, lr, beta1, amsgrad, grad_scale,
                                    found_inf, stats)
     with _device_guard(params, "params"):
         _adam.adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, state_steps,
@@ -106,7 +106,8 @@ def adam_(params: List[torch.Tensor], grads: List[torch.Tensor], exp_avgs: List[
                                                        "master_params", "stats"))
 def sgd_(params: List[torch.Tensor], grads: List[torch.Tensor],
          momentum_buffers: List[torch.Tensor], master_params: List[torch.Tensor],
-         lr: torch.Tensor, momentum: float, dampening: float, weight_decay: float, nesterov: bool,
+         lr: torch.Tensor, momentum: torch.Tensor, dampening: float, weight_decay: float,
+         nesterov: bool,
          maximize: bool, is_first_step: bool, grad_scale: Optional[torch.Tensor],
          found_inf: Optional[torch.Tensor], stats: Optional[torch.Tensor]) -> None:
     _native_checks.check_momentum_args(params, grads, momentum_buffers, master_params, lr,
@@ -120,12 +121,12 @@ def sgd_(params: List[torch.Tensor], grads: List[torch.Tensor],
                                                         "master_params", "state_steps", "stats"))
 def lamb_(params: List[torch.Tensor], grads: List[torch.Tensor], exp_avgs: List[torch.Tensor],
           exp_avg_sqs: List[torch.Tensor], master_params: List[torch.Tensor],
-          state_steps: List[torch.Tensor], lr: torch.Tensor, beta1: float, beta2: float,
+          state_steps: List[torch.Tensor], lr: torch.Tensor, beta1: torch.Tensor, beta2: float,
           eps: float, weight_decay: float, bias_correction: bool, grad_averaging: bool,
           trust_clip: bool, always_adapt: bool, grad_scale: Optional[torch.Tensor],
           found_inf: Optional[torch.Tensor], stats: Optional[torch.Tensor]) -> None:
     _native_checks.check_lamb_args(params, grads, exp_avgs, exp_avg_sqs, master_params,
-                                   state_steps, lr, grad_scale, found_inf, stats)
+                                   state_steps, lr, beta1, grad_scale, found_inf, stats)
     with _device_guard(params, "params"):
         _lamb.lamb_(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, beta1,
                     beta2, eps, weight_decay, bias_correction, grad_averaging, trust_clip,
@@ -136,7 +137,7 @@ def lamb_(params: List[torch.Tensor], grads: List[torch.Tensor], exp_avgs: List[
                                                         "master_params", "stats"))
 def lars_(params: List[torch.Tensor], grads: List[torch.Tensor],
           momentum_buffers: List[torch.Tensor], master_params: List[torch.Tensor],
-          lr: torch.Tensor, momentum: float, dampening: float, weight_decay: float,
+          lr: torch.Tensor, momentum: torch.Tensor, dampening: float, weight_decay: float,
           nesterov: bool, trust_coeff: float, eps: float, trust_clip: bool, always_adapt: bool,
           is_first_step: bool, grad_scale: Optional[torch.Tensor],
           found_inf: Optional[torch.Tensor], stats: Optional[torch.Tensor],
@@ -154,11 +155,11 @@ def lars_(params: List[torch.Tensor], grads: List[torch.Tensor],
 def lamb_moments_(params: List[torch.Tensor], grads: List[torch.Tensor],
                   exp_avgs: List[torch.Tensor], exp_avg_sqs: List[torch.Tensor],
                   master_params: List[torch.Tensor], state_steps: List[torch.Tensor],
-                  beta1: float, beta2: float, eps: float, weight_decay: float,
+                  beta1: torch.Tensor, beta2: float, eps: float, weight_decay: float,
                   bias_correction: bool, grad_averaging: bool, grad_scale: Optional[torch.Tensor],
                   found_inf: Optional[torch.Tensor]) -> torch.Tensor:
     _native_checks.check_lamb_moments_args(params, grads, exp_avgs, exp_avg_sqs, master_params,
-                                           state_steps, grad_scale, found_inf)
+                                           state_steps, beta1, grad_scale, found_inf)
     with _device_guard(params, "params"):
         return _lamb.lamb_moments_(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps,
                                    beta1, beta2, eps, weight_decay, bias_correction, grad_averaging,
@@ -169,10 +170,10 @@ def lamb_moments_(params: List[torch.Tensor], grads: List[torch.Tensor],
 def lamb_apply_(params: List[torch.Tensor], exp_avgs: List[torch.Tensor],
                 exp_avg_sqs: List[torch.Tensor], master_params: List[torch.Tensor],
                 state_steps: List[torch.Tensor], lr: torch.Tensor, trust_ratios: torch.Tensor,
-                beta1: float, beta2: float, eps: float, weight_decay: float,
+                beta1: torch.Tensor, beta2: float, eps: float, weight_decay: float,
                 bias_correction: bool, found_inf: Optional[torch.Tensor]) -> None:
     _native_checks.check_lamb_apply_args(params, exp_avgs, exp_avg_sqs, master_params,
-                                         state_steps, lr, trust_ratios, found_inf)
+                                         state_steps, lr, trust_ratios, beta1, found_inf)
     with _device_guard(params, "params"):
         _lamb.lamb_apply_(params, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, trust_ratios,
                           beta1, beta2, eps, weight_decay, bias_correction, found_inf)

@@ -307,5 +307,18 @@ def bias_corrections(steps: list, beta1: float, beta2: float):
         t = torch.stack(steps).reshape(-1).double()
     except RuntimeError:  # counters of mixed shapes, () and (1,)
         t = torch.stack([s.reshape(()) for s in steps]).double()
-    # Python-float bases: no host-to-device copy (that would sync)
-    return tuple((1.0 - torch.pow(float(beta), t)).float() for beta in (beta1, beta2))
+    # beta2 a Python float, beta1 a tensor on the device: no host-to-device copy (that would sync)
+    return tuple((1.0 - torch.pow(_base(beta), t)).float() for beta in (beta1, beta2))
+
+
+def _base(beta):
+    return beta.reshape(()).double() if isinstance(beta, torch.Tensor) else float(beta)
+
+
+def beta1_terms(beta1: torch.Tensor, grad_coef: bool = True) -> torch.Tensor:
+    """[beta1, 1 - beta1] as float32 on beta1's device, 1 - beta1 computed in float64 and
+    rounded once (as csrc/include/fastdyn/math/adam.h), for the kernels to load: beta1 is a
+    tensor a scheduler changes between steps. grad_coef=False (LAMB without grad_averaging):
+    [beta1, 1]."""
+    b = beta1.reshape(()).double()
+    return torch.stack([b, 1.0 - b if grad_coef else torch.ones_like(b)]).float()

@@ -4,7 +4,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fastdyn.ops.triton._multi_tensor import (BLOCK, CHUNK, as_float32, bias_corrections,
+from fastdyn.ops.triton._multi_tensor import (BLOCK, CHUNK, as_float32, beta1_terms,
+                                              bias_corrections,
                                               chunk_table, held_after, increment_steps,
                                               inverse_grad_scale, load_param, segment_sum,
                                               step_is_skipped, tl_dtype, to_dtype,
@@ -13,7 +14,7 @@ from fastdyn.ops.triton._multi_tensor import (BLOCK, CHUNK, as_float32, bias_cor
 
 @triton.jit
 def _adam_kernel(rows_ptr, lr_ptr, scale_ptr, found_inf_ptr, bc1_ptr, bc2_ptr, partials_ptr,
-                 beta1, beta2, one_minus_beta1, one_minus_beta2, eps, weight_decay,
+                 beta1_ptr, beta2, one_minus_beta2, eps, weight_decay,
                  N_COLS: tl.constexpr, P_DT: tl.constexpr, S_DT: tl.constexpr,
                  HAS_MASTER: tl.constexpr, AMSGRAD: tl.constexpr, MAXIMIZE: tl.constexpr,
                  DECOUPLED: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr,
@@ -31,6 +32,8 @@ def _adam_kernel(rows_ptr, lr_ptr, scale_ptr, found_inf_ptr, bc1_ptr, bc2_ptr, p
         length = tl.load(row + 7)
         t = tl.load(row + 8)
         lr = tl.load(lr_ptr)
+        beta1 = tl.load(beta1_ptr)
+        one_minus_beta1 = tl.load(beta1_ptr + 1)
         step_size = tl.div_rn(lr, tl.load(bc1_ptr + t))
         bc2_sqrt = tl.sqrt_rn(tl.load(bc2_ptr + t))
         inv = inverse_grad_scale(scale_ptr, HAS_SCALE)
@@ -95,9 +98,9 @@ def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, 
         lr32 = as_float32(lr)
         _adam_kernel[(table.n_chunks,)](
             table.rows, lr32, as_float32(grad_scale) if grad_scale is not None else lr32,
-            found_inf if found_inf is not None else lr32, bc1, bc2, partials,
+            found_inf if found_inf is not None else lr32, bc1, bc2, partials, beta1_terms(beta1),
             # 1 - beta in double, rounded once (as csrc/include/fastdyn/math/adam.h)
-            float(beta1), float(beta2), 1.0 - beta1, 1.0 - beta2, float(eps), float(weight_decay),
+            float(beta2), 1.0 - beta2, float(eps), float(weight_decay),
             N_COLS=table.n_cols, P_DT=tl_dtype(params[0].dtype), S_DT=tl_dtype(exp_avgs[0].dtype),
             HAS_MASTER=len(master_params) > 0, AMSGRAD=bool(amsgrad), MAXIMIZE=bool(maximize),
             DECOUPLED=bool(decoupled_weight_decay), HAS_SCALE=grad_scale is not None,

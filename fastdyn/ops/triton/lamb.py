@@ -6,7 +6,8 @@ import triton
 import triton.language as tl
 
 from fastdyn.ops import checks
-from fastdyn.ops.triton._multi_tensor import (BLOCK, CHUNK, as_float32, bias_corrections,
+from fastdyn.ops.triton._multi_tensor import (BLOCK, CHUNK, as_float32, beta1_terms,
+                                              bias_corrections,
                                               chunk_table, held_after, increment_steps,
                                               inverse_grad_scale, load_param, segment_sum,
                                               step_is_skipped, tl_dtype, to_dtype,
@@ -26,7 +27,7 @@ def _lamb_direction(p, m, v, bc1, bc2, eps, weight_decay):
 
 @triton.jit
 def _lamb_moments_kernel(rows_ptr, scale_ptr, found_inf_ptr, bc1_ptr, bc2_ptr, partials_ptr,
-                         beta1, beta2, grad_coef, one_minus_beta2, eps, weight_decay,
+                         beta1_ptr, beta2, one_minus_beta2, eps, weight_decay,
                          N_COLS: tl.constexpr, P_DT: tl.constexpr, S_DT: tl.constexpr,
                          HAS_MASTER: tl.constexpr, HAS_SCALE: tl.constexpr,
                          HAS_FOUND_INF: tl.constexpr, CHUNK_: tl.constexpr, BLOCK_: tl.constexpr):
@@ -43,6 +44,8 @@ def _lamb_moments_kernel(rows_ptr, scale_ptr, found_inf_ptr, bc1_ptr, bc2_ptr, p
         t = tl.load(row + 7)
         bc1 = tl.load(bc1_ptr + t)
         bc2 = tl.load(bc2_ptr + t)
+        beta1 = tl.load(beta1_ptr)
+        grad_coef = tl.load(beta1_ptr + 1)  # 1 - beta1 with grad_averaging, else 1
         inv = inverse_grad_scale(scale_ptr, HAS_SCALE)
         offs = tl.arange(0, BLOCK_)
         g2 = tl.zeros([BLOCK_], dtype=tl.float32)
@@ -133,7 +136,7 @@ def _moments(table, bc1, bc2, common, grad_scale, found_inf, beta1, beta2, grad_
         _lamb_moments_kernel[(table.n_chunks,)](
             table.rows, as_float32(grad_scale) if grad_scale is not None else placeholder,
             found_inf if found_inf is not None else placeholder, bc1, bc2, partials,
-            float(beta1), float(beta2), (1.0 - beta1) if grad_averaging else 1.0, 1.0 - beta2, float(eps),
+            beta1_terms(beta1, grad_coef=grad_averaging), float(beta2), 1.0 - beta2, float(eps),
             float(weight_decay), HAS_SCALE=grad_scale is not None, **common)
     return partials
 

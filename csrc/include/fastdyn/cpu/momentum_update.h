@@ -49,7 +49,7 @@ void momentum_update_chunk(P* __restrict__ p, const P* __restrict__ g, S* __rest
 }
 
 // Runs momentum_update_chunk on chunk c of the lists, the flags made compile-time: fp32
-// masters present, statistics wanted (stats not null), momentum nonzero (buffers used).
+// masters present, statistics wanted (stats not null), momentum buffers given.
 template <typename P, typename S, typename Direction>
 void momentum_update(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
                      at::TensorList master_params, const Chunk& c, bool has_master, bool momentum,

@@ -1,5 +1,5 @@
 // The SGD-momentum update that SGD and LARS share, for one chunk: d = direction(p, g) with
-// g already unscaled, torch's momentum buffer on d (buf null when momentum is 0), then
+// g already unscaled, torch's momentum buffer on d (none without buffers), then
 // p <- p - lr*d (and the fp32 master copy). on_update(p_old, g, p_new) sees every element,
 // for the optional statistics. The per-element math is csrc/include/fastdyn/math/sgd.h.
 // MomentumUpdateOp is the whole update pass of both ops; they differ only in Direction.
@@ -43,7 +43,7 @@ __device__ __forceinline__ void momentum_update_chunk(P* __restrict__ p, const P
       });
 }
 
-// The lists of SGD's and LARS's launches (buffers empty when momentum is 0).
+// The lists of SGD's and LARS's launches (buffers empty: no momentum).
 enum MomentumList { kP = 0, kG, kBuf, kMaster, kMomentumDepth };
 
 // One chunk of the update pass. Direction::for_tensor(tensor id) gives the per-element
@@ -51,7 +51,8 @@ enum MomentumList { kP = 0, kG, kBuf, kMaster, kMomentumDepth };
 template <typename P, typename S, bool kHasMaster, bool kStats, typename Direction>
 struct MomentumUpdateOp : SkipIfFoundInf {
   using A = typename OpMath<P>::type;
-  math::MomentumHyper<A> mh;
+  math::MomentumHyper<A> mh;  // its momentum read from `momentum` (absent without buffers)
+  ScalarRef momentum;
   bool first_step;
   ScalarRef lr;
   ScalarRef grad_scale;
@@ -64,11 +65,13 @@ struct MomentumUpdateOp : SkipIfFoundInf {
     S* __restrict__ buf = static_cast<S*>(meta.addr[kBuf][c.slot]);
     float* __restrict__ master = static_cast<float*>(meta.addr[kMaster][c.slot]);
     const A lr_v = static_cast<A>(lr.get());
+    math::MomentumHyper<A> hyper = mh;
+    if (momentum.present()) hyper.momentum = static_cast<A>(momentum.get());
     const A inv = static_cast<A>(inverse_grad_scale(grad_scale));
     const auto d = direction.for_tensor(meta.tensor_id[c.slot]);
     A g2 = A(0), p2 = A(0), d2 = A(0);
     momentum_update_chunk<kHasMaster>(
-        p, g, buf, master, c, inv, lr_v, mh, first_step, d, [&](A p_old, A gv, A pv) {
+        p, g, buf, master, c, inv, lr_v, hyper, first_step, d, [&](A p_old, A gv, A pv) {
           if (kStats) {
             g2 += gv * gv;
             p2 += p_old * p_old;
@@ -83,13 +86,14 @@ struct MomentumUpdateOp : SkipIfFoundInf {
 // The update op of the group's types and flags, its scalars from the op's arguments.
 template <typename P, typename S, bool kHasMaster, bool kStats, typename Direction>
 MomentumUpdateOp<P, S, kHasMaster, kStats, Direction> make_momentum_update(
-    Direction direction, ScalarRef found_inf, double momentum, double dampening, bool nesterov,
-    bool first_step, const at::Tensor& lr, const c10::optional<at::Tensor>& grad_scale,
+    Direction direction, ScalarRef found_inf, const at::Tensor& momentum, bool has_momentum,
+    double dampening, bool nesterov, bool first_step, const at::Tensor& lr, const c10::optional<at::Tensor>& grad_scale,
     double* stats_partials) {
   using A = typename OpMath<P>::type;
   MomentumUpdateOp<P, S, kHasMaster, kStats, Direction> op;
   op.found_inf = found_inf;
-  op.mh = math::MomentumHyper<A>{A(momentum), A(dampening), nesterov};
+  op.mh = math::MomentumHyper<A>{A(0), A(dampening), nesterov};
+  op.momentum = has_momentum ? scalar_ref(momentum) : ScalarRef{};
   op.first_step = first_step;
   op.lr = scalar_ref(lr);
   op.grad_scale = scalar_ref(grad_scale);

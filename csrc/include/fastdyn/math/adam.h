@@ -33,6 +33,16 @@ AdamHyper<T> adam_hyper(double beta1, double beta2, double eps, double weight_de
           decoupled_weight_decay, beta1, beta2, weight_decay};
 }
 
+// h with beta1 (and what derives from it) set from a value read on the device (as
+// lamb_with_beta1).
+template <typename T>
+FASTDYN_HD AdamHyper<T> adam_with_beta1(AdamHyper<T> h, double beta1) {
+  h.beta1 = T(beta1);
+  h.one_minus_beta1 = T(1.0 - beta1);
+  h.beta1_exact = beta1;
+  return h;
+}
+
 // Per-tensor values (step count, lr and options folded into coefficients), computed once
 // per chunk so the per-element update has no branch on an option: GCC 12 stopped
 // vectorizing the CPU loop once it held five runtime selects.

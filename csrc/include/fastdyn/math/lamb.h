@@ -28,6 +28,16 @@ LambHyper<T> lamb_hyper(double beta1, double beta2, bool grad_averaging, double 
           T(weight_decay), beta1, beta2};
 }
 
+// h with beta1 (and what derives from it) set from a value read on the device: beta1 is a
+// tensor, which a scheduler may change between steps without a recompile.
+template <typename T>
+FASTDYN_HD LambHyper<T> lamb_with_beta1(LambHyper<T> h, double beta1, bool grad_averaging) {
+  h.beta1 = T(beta1);
+  h.grad_coef = grad_averaging ? T(1.0 - beta1) : T(1);
+  h.beta1_exact = beta1;
+  return h;
+}
+
 // Reciprocals of the bias corrections (1 - beta1^t, sqrt(1 - beta2^t)), or 1 when
 // bias_correction is off: the per-element update then multiplies where the contract divides.
 template <typename T>
