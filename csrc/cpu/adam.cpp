@@ -51,8 +51,8 @@ void adam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
            const c10::optional<at::Tensor>& grad_scale,
            const c10::optional<at::Tensor>& found_inf, const c10::optional<at::Tensor>& stats) {
   const UpdateGroup grp = check_adam_args(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
-                                          master_params, state_steps, lr, beta1, amsgrad, grad_scale,
-                                          found_inf, stats);
+                                          master_params, state_steps, lr, beta1, amsgrad,
+                                          grad_scale, found_inf, stats);
   if (params.empty()) return;
   const StepContext ctx = begin_step(state_steps, lr, grad_scale, found_inf);
   if (ctx.skip) return;
@@ -63,8 +63,8 @@ void adam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
     using P = typename decltype(ptag)::type;
     using S = typename decltype(stag)::type;
     using A = typename OpMath<P>::type;
-    const auto h = math::adam_hyper<A>(scalar_value(beta1), beta2, eps, weight_decay, amsgrad, maximize,
-                                       decoupled_weight_decay);
+    const auto h = math::adam_hyper<A>(scalar_value(beta1), beta2, eps, weight_decay, amsgrad,
+                                       maximize, decoupled_weight_decay);
     for_each_chunk(plan, [&](const Chunk& c, int64_t ci) {
       const int64_t t = c.tensor, b = c.begin;
       const auto s = math::adam_step_scalars<A>(h, ctx.lr, scalar_value(state_steps[t]));

@@ -175,8 +175,8 @@ void lamb_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
 // lamb_apply_ moves p by -lr * trust_ratios[t] * u.
 at::Tensor lamb_moments_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                          at::TensorList exp_avg_sqs, at::TensorList master_params,
-                         at::TensorList state_steps, const at::Tensor& beta1, double beta2, double eps,
-                         double weight_decay, bool bias_correction, bool grad_averaging,
+                         at::TensorList state_steps, const at::Tensor& beta1, double beta2,
+                         double eps, double weight_decay, bool bias_correction, bool grad_averaging,
                          const c10::optional<at::Tensor>& grad_scale,
                          const c10::optional<at::Tensor>& found_inf) {
   const UpdateGroup grp = check_lamb_moments_args(params, grads, exp_avgs, exp_avg_sqs,

@@ -29,9 +29,10 @@ void lars_norms(const P* __restrict__ p, const P* __restrict__ g,
 }
 
 void lars_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
-           at::TensorList master_params, const at::Tensor& lr, const at::Tensor& momentum, double dampening,
-           double weight_decay, bool nesterov, double trust_coeff, double eps, bool trust_clip,
-           bool always_adapt, bool is_first_step, const c10::optional<at::Tensor>& grad_scale,
+           at::TensorList master_params, const at::Tensor& lr, const at::Tensor& momentum,
+           double dampening, double weight_decay, bool nesterov, double trust_coeff, double eps,
+           bool trust_clip, bool always_adapt, bool is_first_step,
+           const c10::optional<at::Tensor>& grad_scale,
            const c10::optional<at::Tensor>& found_inf, const c10::optional<at::Tensor>& stats,
            const c10::optional<at::Tensor>& trust_ratios) {
   const UpdateGroup grp = check_momentum_args(params, grads, momentum_buffers, master_params, lr,

@@ -72,8 +72,8 @@ void adam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
            const c10::optional<at::Tensor>& grad_scale,
            const c10::optional<at::Tensor>& found_inf, const c10::optional<at::Tensor>& stats) {
   const UpdateGroup grp = check_adam_args(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
-                                          master_params, state_steps, lr, beta1, amsgrad, grad_scale,
-                                          found_inf, stats);
+                                          master_params, state_steps, lr, beta1, amsgrad,
+                                          grad_scale, found_inf, stats);
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(grp.device);
   const ScalarRef found = scalar_ref(found_inf);

@@ -28,9 +28,8 @@ struct LambCommon : SkipIfFoundInf {
   __device__ __forceinline__ math::LambHyper<A> hyper() const {
     return math::lamb_with_beta1(h, beta1.get(), grad_averaging);
   }
-  __device__ __forceinline__ math::LambStepScalars<A> scalars(const math::LambHyper<A>& hh,
-                                                              const TensorListMeta<kLambDepth>& meta,
-                                                              int slot) const {
+  __device__ __forceinline__ math::LambStepScalars<A> scalars(
+      const math::LambHyper<A>& hh, const TensorListMeta<kLambDepth>& meta, int slot) const {
     const double step = read_scalar(meta.addr[kStep][slot], steps_double);
     return math::lamb_step_scalars<A>(hh, step, bias_correction);
   }
@@ -223,9 +222,8 @@ void lamb_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
            at::TensorList exp_avg_sqs, at::TensorList master_params, at::TensorList state_steps,
            const at::Tensor& lr, const at::Tensor& beta1, double beta2, double eps,
            double weight_decay, bool bias_correction, bool grad_averaging, bool trust_clip,
-           bool always_adapt,
-           const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf,
-           const c10::optional<at::Tensor>& stats) {
+           bool always_adapt, const c10::optional<at::Tensor>& grad_scale,
+           const c10::optional<at::Tensor>& found_inf, const c10::optional<at::Tensor>& stats) {
   const UpdateGroup grp = check_lamb_args(params, grads, exp_avgs, exp_avg_sqs, master_params,
                                           state_steps, lr, beta1, grad_scale, found_inf, stats);
   if (params.empty()) return;
@@ -245,9 +243,9 @@ void lamb_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
   double* ratios_ptr = ratios.data_ptr<double>();
   double* update_norms_ptr = update_norms.defined() ? update_norms.data_ptr<double>() : nullptr;
   const LambArgs args{found, scalar_ref(grad_scale), scalar_ref(lr), scalar_ref(beta1), beta2, eps,
-                      weight_decay,
-                      bias_correction, grad_averaging, state_steps[0].scalar_type() == at::kDouble,
-                      partials.data_ptr<double>(), ratios_ptr};
+                      weight_decay, bias_correction, grad_averaging,
+                      state_steps[0].scalar_type() == at::kDouble, partials.data_ptr<double>(),
+                      ratios_ptr};
   const std::array<at::TensorList, kLambDepth> lists = {params, grads, exp_avgs, exp_avg_sqs,
                                                         master_params, state_steps};
   with_lamb_ops(grp, args, measure_applied, [&](const auto& moments, const auto& apply) {
@@ -268,8 +266,8 @@ void lamb_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
 // LAMB's two passes as two ops (see csrc/ops.cpp): sums to all-reduce between them.
 at::Tensor lamb_moments_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                          at::TensorList exp_avg_sqs, at::TensorList master_params,
-                         at::TensorList state_steps, const at::Tensor& beta1, double beta2, double eps,
-                         double weight_decay, bool bias_correction, bool grad_averaging,
+                         at::TensorList state_steps, const at::Tensor& beta1, double beta2,
+                         double eps, double weight_decay, bool bias_correction, bool grad_averaging,
                          const c10::optional<at::Tensor>& grad_scale,
                          const c10::optional<at::Tensor>& found_inf) {
   const UpdateGroup grp = check_lamb_moments_args(params, grads, exp_avgs, exp_avg_sqs,
@@ -283,9 +281,9 @@ at::Tensor lamb_moments_(at::TensorList params, at::TensorList grads, at::Tensor
   at::Tensor partials = at::empty({3 * std::max<int64_t>(count_chunks(params), 1)}, dopts);
   increment_steps(state_steps, found);
   const LambArgs args{found, scalar_ref(grad_scale), ScalarRef{}, scalar_ref(beta1), beta2, eps,
-                      weight_decay,
-                      bias_correction, grad_averaging, state_steps[0].scalar_type() == at::kDouble,
-                      partials.data_ptr<double>(), nullptr};
+                      weight_decay, bias_correction, grad_averaging,
+                      state_steps[0].scalar_type() == at::kDouble, partials.data_ptr<double>(),
+                      nullptr};
   const std::array<at::TensorList, kLambDepth> lists = {params, grads, exp_avgs, exp_avg_sqs,
                                                         master_params, state_steps};
   with_lamb_ops(grp, args, false, [&](const auto& moments, const auto&) {
@@ -301,8 +299,8 @@ at::Tensor lamb_moments_(at::TensorList params, at::TensorList grads, at::Tensor
 
 void lamb_apply_(at::TensorList params, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
                  at::TensorList master_params, at::TensorList state_steps, const at::Tensor& lr,
-                 const at::Tensor& trust_ratios, const at::Tensor& beta1, double beta2, double eps,
-                 double weight_decay, bool bias_correction,
+                 const at::Tensor& trust_ratios, const at::Tensor& beta1, double beta2,
+                 double eps, double weight_decay, bool bias_correction,
                  const c10::optional<at::Tensor>& found_inf) {
   const UpdateGroup grp = check_lamb_apply_args(params, exp_avgs, exp_avg_sqs, master_params,
                                                 state_steps, lr, trust_ratios, beta1, found_inf);
@@ -310,8 +308,8 @@ void lamb_apply_(at::TensorList params, at::TensorList exp_avgs, at::TensorList 
   const c10::cuda::CUDAGuard guard(grp.device);
   const at::Tensor ratios = trust_ratios.to(at::kDouble).contiguous();
   // grad_averaging only enters the moments pass
-  const LambArgs args{scalar_ref(found_inf), ScalarRef{}, scalar_ref(lr), scalar_ref(beta1), beta2, eps,
-                      weight_decay, bias_correction, true,
+  const LambArgs args{scalar_ref(found_inf), ScalarRef{}, scalar_ref(lr), scalar_ref(beta1), beta2,
+                      eps, weight_decay, bias_correction, true,
                       state_steps[0].scalar_type() == at::kDouble, nullptr, ratios.data_ptr<double>()};
   // the gradients are not read: params stand in for the list
   const std::array<at::TensorList, kLambDepth> lists = {params, params, exp_avgs, exp_avg_sqs,

@@ -83,9 +83,10 @@ __global__ void __launch_bounds__(256) lars_ratio_kernel(TensorListMeta<kMomentu
 }
 
 void lars_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
-           at::TensorList master_params, const at::Tensor& lr, const at::Tensor& momentum, double dampening,
-           double weight_decay, bool nesterov, double trust_coeff, double eps, bool trust_clip,
-           bool always_adapt, bool is_first_step, const c10::optional<at::Tensor>& grad_scale,
+           at::TensorList master_params, const at::Tensor& lr, const at::Tensor& momentum,
+           double dampening, double weight_decay, bool nesterov, double trust_coeff, double eps,
+           bool trust_clip, bool always_adapt, bool is_first_step,
+           const c10::optional<at::Tensor>& grad_scale,
            const c10::optional<at::Tensor>& found_inf, const c10::optional<at::Tensor>& stats,
            const c10::optional<at::Tensor>& trust_ratios) {
   const UpdateGroup grp = check_momentum_args(params, grads, momentum_buffers, master_params, lr,
@@ -124,8 +125,9 @@ void lars_(at::TensorList params, at::TensorList grads, at::TensorList momentum_
       // the update pass also writes all three statistics (as SGD's and the CPU kernel's): the
       // norm pass runs only when the ratios need it
       const auto update = make_momentum_update<P, S, kM, decltype(stats_c)::value>(
-          LarsDirection<A>{A(weight_decay), adapt, ratios_ptr}, found, momentum, !momentum_buffers.empty(), dampening, nesterov,
-          is_first_step, lr, grad_scale, partials_ptr);
+          LarsDirection<A>{A(weight_decay), adapt, ratios_ptr}, found, momentum,
+          !momentum_buffers.empty(), dampening, nesterov, is_first_step, lr, grad_scale,
+          partials_ptr);
       for_each_batch<kMomentumDepth>(lists, [&](const TensorListMeta<kMomentumDepth>& meta) {
         if (need_norms) {
           launch_apply(meta, norms);

@@ -23,8 +23,8 @@ struct SgdDirection {
 };
 
 void sgd_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
-          at::TensorList master_params, const at::Tensor& lr, const at::Tensor& momentum, double dampening,
-          double weight_decay, bool nesterov, bool maximize, bool is_first_step,
+          at::TensorList master_params, const at::Tensor& lr, const at::Tensor& momentum,
+          double dampening, double weight_decay, bool nesterov, bool maximize, bool is_first_step,
           const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf,
           const c10::optional<at::Tensor>& stats) {
   const UpdateGroup grp = check_momentum_args(params, grads, momentum_buffers, master_params, lr,
@@ -45,8 +45,8 @@ void sgd_(at::TensorList params, at::TensorList grads, at::TensorList momentum_b
     using A = typename OpMath<P>::type;
     dispatch_flags(grp.has_master, want_stats, [&](auto master_c, auto stats_c) {
       const auto update = make_momentum_update<P, S, decltype(master_c)::value, decltype(stats_c)::value>(
-          SgdDirection<A>{A(weight_decay), maximize}, found, momentum, !momentum_buffers.empty(), dampening, nesterov,
-          is_first_step, lr, grad_scale, partials_ptr);
+          SgdDirection<A>{A(weight_decay), maximize}, found, momentum, !momentum_buffers.empty(),
+          dampening, nesterov, is_first_step, lr, grad_scale, partials_ptr);
       for_each_batch<kMomentumDepth>(lists, [&](const TensorListMeta<kMomentumDepth>& meta) {
         launch_apply(meta, update);
         if (want_stats) launch_stats(meta, partials_ptr, nullptr, nullptr, stats->data_ptr<float>(), found);

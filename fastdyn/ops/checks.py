@@ -78,7 +78,8 @@ def same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
     # cannot trace the strides of a view into a larger buffer (DDP's gradient_as_bucket_view,
     # Megatron's flat gradient buffer): reading one failed every compiled step with them.
     for memory_format in _MEMORY_FORMATS.get(a.dim(), (torch.contiguous_format,)):
-        if a.is_contiguous(memory_format=memory_format) and b.is_contiguous(memory_format=memory_format):
+        if a.is_contiguous(memory_format=memory_format) \
+                and b.is_contiguous(memory_format=memory_format):
             return True
     # stride(d), not stride(): dynamo of torch 2.14 cannot trace the tuple of a .grad's strides
     return all(a.shape[d] == 1 or a.stride(d) == b.stride(d) for d in range(a.dim()))
@@ -383,7 +384,8 @@ def lamb_apply_args(params, exp_avgs, exp_avg_sqs, master_params, state_steps, l
     # no gradients are read: params stand in for them
     device = check_update_group(params, params, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs},
                                 master_params, state_steps, lr, None, found_inf, None,
-                                {"beta1": beta1}, trust_ratios if isinstance(trust_ratios, torch.Tensor) else None)
+                                {"beta1": beta1},
+                                trust_ratios if isinstance(trust_ratios, torch.Tensor) else None)
     check_same_length("exp_avgs", len(exp_avgs), "params", len(params))
     check_same_length("exp_avg_sqs", len(exp_avg_sqs), "params", len(params))
     check_same_length("state_steps", len(state_steps), "params", len(params))

@@ -233,7 +233,8 @@ inline UpdateGroup check_momentum_args(at::TensorList params, at::TensorList gra
                                        const c10::optional<at::Tensor>& trust_ratios = c10::nullopt) {
   const UpdateGroup grp =
       check_update_group(params, grads, {{"momentum_buffers", momentum_buffers}}, master_params,
-                         {}, lr, grad_scale, found_inf, stats, {{"momentum", momentum}}, trust_ratios);
+                         {}, lr, grad_scale, found_inf, stats, {{"momentum", momentum}},
+                         trust_ratios);
   if (!momentum_buffers.empty()) {
     check_same_length("momentum_buffers", momentum_buffers.size(), "params", params.size());
   }

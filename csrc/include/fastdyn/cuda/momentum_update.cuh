@@ -87,8 +87,8 @@ struct MomentumUpdateOp : SkipIfFoundInf {
 template <typename P, typename S, bool kHasMaster, bool kStats, typename Direction>
 MomentumUpdateOp<P, S, kHasMaster, kStats, Direction> make_momentum_update(
     Direction direction, ScalarRef found_inf, const at::Tensor& momentum, bool has_momentum,
-    double dampening, bool nesterov, bool first_step, const at::Tensor& lr, const c10::optional<at::Tensor>& grad_scale,
-    double* stats_partials) {
+    double dampening, bool nesterov, bool first_step, const at::Tensor& lr,
+    const c10::optional<at::Tensor>& grad_scale, double* stats_partials) {
   using A = typename OpMath<P>::type;
   MomentumUpdateOp<P, S, kHasMaster, kStats, Direction> op;
   op.found_inf = found_inf;
