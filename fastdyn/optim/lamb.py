@@ -56,9 +56,16 @@ class LAMB(FusedOptimizer):
                              f"{self.param_groups[0]['max_grad_norm']}")
 
     def _max_grad_norm(self):
-        # the first group's: a loaded state dict or an edited group changes it, as a group's
-        # hyperparameters do in torch (one value for all groups: add_param_group checks it)
-        return self.param_groups[0].get("max_grad_norm", self.defaults["max_grad_norm"])
+        # one value for all groups (add_param_group checks it); a loaded state dict or an
+        # edited group changes it, as a group's hyperparameters do in torch. An edit of a
+        # later group alone had been ignored: refused here, before the step writes anything.
+        first = self.param_groups[0].get("max_grad_norm", self.defaults["max_grad_norm"])
+        for i, group in enumerate(self.param_groups[1:], 1):
+            if group.get("max_grad_norm", first) != first:
+                raise ValueError(f"max_grad_norm is one for all groups (it clips the norm of "
+                                 f"every gradient together): param group {i}'s "
+                                 f"{group['max_grad_norm']} differs from the first group's {first}")
+        return first
 
     def _prepare(self, plan, grads, grad_scale, found_inf):
         max_norm = self._max_grad_norm()

@@ -798,11 +798,26 @@ class FusedOptimizer(Optimizer):
         """torch's state dict. Momentum buffers whose first step is still ahead (every step
         of theirs so far skipped for inf/NaN, SGD/LARS with dampening) are left out, as torch
         has none then: either loader starts them with buf = d. Finding them reads their
-        device flags on the host, once per call and only when there are such flags."""
-        sd = super().state_dict()
+        device flags on the host, once per call and only when there are such flags. The
+        post-hooks run last, on the dict as returned (they had seen those buffers, and one
+        returning a dict of another shape made this raise KeyError)."""
+        post_hooks = self._optimizer_state_dict_post_hooks
+        self._optimizer_state_dict_post_hooks = type(post_hooks)()
+        try:
+            sd = super().state_dict()
+        finally:
+            self._optimizer_state_dict_post_hooks = post_hooks
+        self._leave_out_unstarted_buffers(sd)
+        for hook in post_hooks.values():
+            result = hook(self, sd)
+            if result is not None:
+                sd = result
+        return sd
+
+    def _leave_out_unstarted_buffers(self, sd: dict) -> None:
         cohort_of = self._runtime["cohort_of"]
         if not cohort_of:
-            return sd
+            return
         started = torch.stack([t.to("cpu") for t in self._runtime["started"]]).tolist()
         unstarted = {p for p, c in cohort_of.items() if started[c] == 0}
         index = 0
@@ -815,7 +830,6 @@ class FusedOptimizer(Optimizer):
                     else:
                         del sd["state"][index]
                 index += 1
-        return sd
 
     def __getstate__(self) -> dict:
         # torch keeps defaults, state and param_groups: deepcopy and pickle keep these too

@@ -173,18 +173,22 @@ def test_first_step_still_ahead_survives_absence_checkpoints_and_copies(name, ki
 
 
 def test_state_dict_leaves_out_buffers_before_their_first_step():
+    """... and its post-hooks see the dict as returned, last (they saw the buffers left out
+    after them, and one returning a wrapped dict made state_dict() raise KeyError)."""
     ps = [torch.nn.Parameter(torch.randn(3))]
     opt = fastdyn.optim.SGD(ps, **DAMPENED["SGD"])
+    seen = []
+    opt.register_state_dict_post_hook(lambda o, sd: seen.append(sd["state"]) or {"optimizer": sd})
     scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
     scaler.scale(ps[0].sum() * float("inf")).backward()
     scaler.step(opt)
     scaler.update()
     assert "momentum_buffer" in opt.state[ps[0]]  # zeros on the device, not started
-    assert opt.state_dict()["state"] == {}
+    assert opt.state_dict()["optimizer"]["state"] == {} and seen == [{}]
     opt.zero_grad()
     scaler.scale(ps[0].sum()).backward()
     scaler.step(opt)
-    assert set(opt.state_dict()["state"][0]) == {"momentum_buffer"}
+    assert set(opt.state_dict()["optimizer"]["state"][0]) == {"momentum_buffer"}
 
 
 def test_lamb_without_clipping_checks_for_inf_once_under_loss_scaler():

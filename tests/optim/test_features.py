@@ -317,6 +317,14 @@ def test_lamb_max_grad_norm_is_read_from_the_groups():
     with pytest.raises(ValueError, match="max_grad_norm is one for all groups"):
         reference.add_param_group({"params": [torch.nn.Parameter(torch.ones(2))],
                                    "max_grad_norm": 5.0})
+    # an edit of a later group alone had been ignored (group 0's clipped): refused at the
+    # step, which writes nothing
+    reference.add_param_group({"params": [torch.nn.Parameter(torch.ones(2))]})
+    reference.param_groups[1]["max_grad_norm"] = 5.0
+    before = [p.detach().clone() for p in theirs]
+    with pytest.raises(ValueError, match="param group 1's 5.0 differs from the first group's 0.001"):
+        reference.step()
+    assert all(torch.equal(p, q) for p, q in zip(theirs, before))
 
 
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
