@@ -94,7 +94,8 @@ def lamb_moments_(params, grads, exp_avgs, exp_avg_sqs, master_params, state_ste
             (grads, exp_avgs, exp_avg_sqs, master_params, state_steps)):
         # nothing to dispatch on (the native op raised NotImplementedError; Triton's gave this)
         return torch.empty((0, 3), dtype=torch.float64)
-    device = params[0].device if params else torch.device("cpu")
+    # (no params: the scalars name the device)
+    device = params[0].device if params else checks.empty_list_device(grad_scale, found_inf)
     beta1 = _hyper(beta1, device)
     explain = _explain(params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs},
                        master_params, state_steps, None, grad_scale, found_inf, None,

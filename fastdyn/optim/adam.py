@@ -3,10 +3,8 @@ defaults, results and state_dict layout), every step fused into one op per (devi
 
 from __future__ import annotations
 
-import torch
-
 import fastdyn.ops as ops
-from fastdyn.optim.optimizer import FusedOptimizer, _check_float
+from fastdyn.optim.optimizer import FusedOptimizer, _check_float, floats_of_betas
 
 
 class Adam(FusedOptimizer):
@@ -28,7 +26,7 @@ class Adam(FusedOptimizer):
         if differentiable:
             raise ValueError("differentiable=True is not supported by fastdyn's fused Adam; "
                              "use torch.optim.Adam for differentiable optimizer steps")
-        betas = tuple(float(b) if isinstance(b, torch.Tensor) else b for b in betas)
+        betas = floats_of_betas(betas)
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                         maximize=maximize, foreach=foreach, capturable=capturable,
                         differentiable=differentiable, fused=fused,
@@ -54,6 +52,9 @@ class Adam(FusedOptimizer):
             group.setdefault("differentiable", False)
             group.setdefault("fused", None)
             group.setdefault("decoupled_weight_decay", False)
+
+    def _hypers(self, group):
+        return super()._hypers(group) + (("betas[0]", group["betas"][0]),)
 
     def _required_keys(self, group):
         return self._state_keys + (("max_exp_avg_sq",) if group["amsgrad"] else ())

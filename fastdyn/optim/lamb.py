@@ -22,7 +22,7 @@ import torch
 
 import fastdyn.ops as ops
 from fastdyn.optim import sharded
-from fastdyn.optim.optimizer import FusedOptimizer, _check_float
+from fastdyn.optim.optimizer import FusedOptimizer, _check_float, floats_of_betas
 
 
 class LAMB(FusedOptimizer):
@@ -31,7 +31,7 @@ class LAMB(FusedOptimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, *,
                  bias_correction=True, grad_averaging=True, max_grad_norm=None, trust_clip=False,
                  always_adapt=False, master_weights=False, track_stats=False):
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+        defaults = dict(lr=lr, betas=floats_of_betas(betas), eps=eps, weight_decay=weight_decay,
                         bias_correction=bias_correction, grad_averaging=grad_averaging,
                         max_grad_norm=max_grad_norm, trust_clip=trust_clip,
                         always_adapt=always_adapt)
@@ -54,6 +54,9 @@ class LAMB(FusedOptimizer):
             raise ValueError(f"max_grad_norm is one for all groups (it clips the norm of every "
                              f"gradient together): {max_norm} differs from the first group's "
                              f"{self.param_groups[0]['max_grad_norm']}")
+
+    def _hypers(self, group):
+        return super()._hypers(group) + (("betas[0]", group["betas"][0]),)
 
     def _max_grad_norm(self):
         # one value for all groups (add_param_group checks it); a loaded state dict or an

@@ -37,6 +37,9 @@ class LARS(FusedOptimizer):
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
 
+    def _hypers(self, group):
+        return super()._hypers(group) + (("momentum", group["momentum"]),)
+
     def _required_keys(self, group):
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
 

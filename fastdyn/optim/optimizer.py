@@ -140,6 +140,12 @@ def _check_float(arg: str, value: Any, low: float = 0.0, high: Optional[float] =
                          f"{lo}{low}{hi or ', inf)'})")
 
 
+def floats_of_betas(betas) -> tuple:
+    """Tensor betas (torch's Adam takes them) read once, at construction or load, not at
+    every step (a host sync a step on a GPU)."""
+    return tuple(float(b) if isinstance(b, torch.Tensor) else b for b in betas)
+
+
 class FusedOptimizer(Optimizer):
     """Base of the fastdyn optimizers. Subclasses set `_state_keys` and implement
     `_validate_group`, `_new_state` and `_run_bucket`."""
@@ -640,6 +646,7 @@ class FusedOptimizer(Optimizer):
         # twice took 0.4 ms of a 1.6 ms step (measured, tiny tensors on the CPU)
         group_grads = [[p.grad for p in g["params"]] for g in self.param_groups]
         grad_scale, found_inf = self._amp_scalars()
+        self._check_hypers()
         plan = self._plan(group_grads, may_skip=found_inf is not None)
         # (LossScaler: no gradient, no inf check.) len, not bool: dynamo of torch 2.11 (the
         # lent GPU machines') cannot trace bool(list), and every compiled step failed there
@@ -707,6 +714,32 @@ class FusedOptimizer(Optimizer):
                 values=torch.cat([s.to(first, non_blocking=True) for _, s in stats]),
                 grad_norm=self._runtime["grad_norm"])
         return loss
+
+    def _hypers(self, group: dict) -> tuple:
+        """(name, value) of what the kernels read from one-element tensors (lr, and beta1 or
+        momentum in the subclasses)."""
+        return (("lr", group["lr"]),)
+
+    def _check_hypers(self) -> None:
+        """Those hyperparameters of every group, as edited since construction, before anything
+        is written: a bad one of a later group was refused by its op after earlier groups had
+        stepped, some with messages naming no argument ("Cannot copy out of meta tensor",
+        "Boolean value of Tensor with more than one value is ambiguous")."""
+        for gi, group in enumerate(self.param_groups):
+            for name, value in self._hypers(group):
+                where = f"{name} of param group {gi}"
+                if not isinstance(value, torch.Tensor):
+                    if not hasattr(value, "__float__"):  # (a number, a numpy scalar or array)
+                        raise TypeError(f"{where} must be a number or a tensor, got "
+                                        f"{type(value).__name__}")
+                    continue
+                if value.numel() != 1:
+                    raise ValueError(f"{where} must hold one value, got shape {list(value.shape)}")
+                if not value.is_floating_point():
+                    raise TypeError(f"{where} must be floating point, got {value.dtype}")
+                if value.is_meta and any(p.device.type != "meta" for p in group["params"]):
+                    raise ValueError(f"{where} is on the meta device (no value) but its params "
+                                     f"are not")
 
     def _run_bucket_step(self, b, grads, lr, grad_scale, found_inf, stats):
         if b.started is not None:
@@ -869,8 +902,7 @@ class FusedOptimizer(Optimizer):
             self._optimizer_load_state_dict_post_hooks = post_hooks
         for group in self.param_groups:  # tensor betas (torch's capturable Adam takes them)
             if "betas" in group and any(isinstance(b, torch.Tensor) for b in group["betas"]):
-                # read once here, not at every step (a host sync a step on a GPU)
-                group["betas"] = tuple(float(b) for b in group["betas"])
+                group["betas"] = floats_of_betas(group["betas"])
         # loaded momentum buffers have had their first step
         self._runtime["started"], self._runtime["cohort_of"] = [], {}
         id_map = dict(zip((i for g in state_dict["param_groups"] for i in g["params"]),

@@ -50,6 +50,9 @@ class SGD(FusedOptimizer):
             group.setdefault("differentiable", False)
             group.setdefault("fused", None)
 
+    def _hypers(self, group):
+        return super()._hypers(group) + (("momentum", group["momentum"]),)
+
     def _required_keys(self, group):
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
 

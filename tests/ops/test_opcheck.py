@@ -382,6 +382,11 @@ def test_an_empty_lamb_moments_takes_its_device_from_its_scalars(backend, device
     with use_backend(backend):  # the wrapper with no tensors at all: the same on each backend
         sums = fastdyn.ops.lamb_moments_([], [], [], [], [], [], 0.9, 0.999, 1e-6, 0.0, True, True)
     assert sums.shape == (0, 3) and sums.dtype == torch.float64
+    with use_backend(backend):  # the wrapper given a float beta1 makes it on their device
+        sums = fastdyn.ops.lamb_moments_([], [], [], [], [], [], 0.9, 0.999, 1e-6, 0.0, True, True,
+                                         torch.tensor(2.0, device=device),
+                                         torch.zeros((), device=device))
+    assert sums.shape == (0, 3) and sums.device.type == device
 
 
 def _bad_arguments(device):

@@ -286,3 +286,34 @@ def test_grads_with_gaps_step_like_contiguous_ones_through_the_read_pass(backend
         results.append([p.detach().clone() for p in params])
     for p, q in zip(*results):
         assert torch.equal(p, q)
+
+
+BAD_HYPERS = {
+    "two values": (torch.tensor([0.9, 0.8]), ValueError, "must hold one value, got shape \\[2\\]"),
+    "meta": (torch.tensor(0.9, device="meta"), ValueError, "is on the meta device"),
+    "integer": (torch.tensor(1), TypeError, "must be floating point, got torch.int64"),
+    "None": (None, TypeError, "must be a number or a tensor, got NoneType"),
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_HYPERS))
+@pytest.mark.parametrize("name,key", [("AdamW", "betas"), ("LAMB", "betas"), ("SGD", "momentum"),
+                                      ("LARS", "momentum"), ("SGD", "lr")])
+def test_a_bad_hyperparameter_of_a_later_group_is_refused_before_any_group_steps(name, key, bad):
+    """lr, beta1 and momentum edited into a group (a tensor the kernels read): a bad one of
+    group 1 was refused by its op after group 0 had stepped, or with messages naming no
+    argument ("Boolean value of Tensor with more than one value is ambiguous")."""
+    value, error, message = BAD_HYPERS[bad]
+    a, b = torch.nn.Parameter(torch.ones(4)), torch.nn.Parameter(torch.ones(4, dtype=torch.float64))
+    kw = dict(momentum=0.9) if name == "SGD" else {}
+    opt = getattr(fastdyn.optim, name)([{"params": [a]}, {"params": [b]}], lr=0.1, **kw)
+    a.grad, b.grad = torch.ones(4), torch.ones(4, dtype=torch.float64)
+    opt.step()
+    group = opt.param_groups[1]
+    group[key] = (value, group["betas"][1]) if key == "betas" else value
+    before = [t.clone() for t in (a.detach(), b.detach(), *opt.state[a].values())]
+    label = {"betas": "betas\\[0\\]"}.get(key, key)
+    with pytest.raises(error, match=f"{label} of param group 1 {message}"):
+        opt.step()
+    after = (a.detach(), b.detach(), *opt.state[a].values())
+    assert all(torch.equal(x, y) for x, y in zip(before, after))

@@ -191,6 +191,14 @@ def test_a_load_post_hook_sees_and_keeps_the_loaded_state(dtype, master):
             assert resumed.state[p]["master_param"].eq(7.0).all()
 
 
+def test_tensor_betas_given_to_lamb_are_read_once_at_construction():
+    """As Adam's: LAMB kept them, and read beta2 with float() at every step (a host sync a
+    step on a GPU)."""
+    model = torch.nn.Linear(4, 3)
+    opt = fastdyn.optim.LAMB(model.parameters(), betas=(torch.tensor(0.8), torch.tensor(0.9)))
+    assert all(type(b) is float for b in opt.param_groups[0]["betas"])
+
+
 def test_tensor_betas_of_a_torch_checkpoint_are_read_once_at_load():
     """torch's Adam takes tensor betas; a step that read them with float() each time would
     sync the host every step on a GPU (and break a fullgraph compile)."""
