@@ -125,6 +125,25 @@ class Bucket:
                       group_index=self.group_index, indices=self.indices,
                       state_dicts=self.state_dicts)
 
+    def with_fresh_locals(self, state_of) -> "Bucket":
+        """The same bucket with the local shards of its DTensor params and state taken from
+        the DTensors again. For a compiled step: a plan built while dynamo traced holds the
+        traced locals, which the aot_eager backend handed back as copies, and FSDP2's params
+        stopped moving after the first compiled step (the copies moved)."""
+        local = distributed.local
+        b = Bucket(self.group, self.device, self.dtype,
+                   params=[local(p) for p in self.owners], owners=self.owners, spec=self.spec,
+                   dtensor=self.dtensor,
+                   state={k: [local(state_of[p][k]) for p in self.owners] for k in self.state},
+                   steps=self.steps,
+                   master_params=[local(state_of[p]["master_param"]) for p in self.owners]
+                   if self.master_params else [],
+                   first_step=self.first_step, group_index=self.group_index,
+                   indices=self.indices, state_dicts=self.state_dicts, started=self.started)
+        if self.later is not None:
+            b.later = b.once_started()
+        return b
+
 
 def _check_float(arg: str, value: Any, low: float = 0.0, high: Optional[float] = None,
                  low_inclusive: bool = True, high_inclusive: bool = False, torch_words: str = ""):
@@ -648,6 +667,8 @@ class FusedOptimizer(Optimizer):
         grad_scale, found_inf = self._amp_scalars()
         self._check_hypers()
         plan = self._plan(group_grads, may_skip=found_inf is not None)
+        if torch.compiler.is_compiling():
+            plan = [b.with_fresh_locals(self.state) if b.dtensor else b for b in plan]
         # (LossScaler: no gradient, no inf check.) len, not bool: dynamo of torch 2.11 (the
         # lent GPU machines') cannot trace bool(list), and every compiled step failed there
         self._runtime["had_grads"] = len(plan) > 0

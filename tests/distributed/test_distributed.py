@@ -165,10 +165,11 @@ def test_fsdp2_compiled_step_is_eager_bitwise(ranks, case):
         assert seen[case]["graphs"] <= 2, seen[case]
 
 
-def test_fsdp2_step_compiled_by_inductor_moves_the_params_as_eager(ranks):
-    for r, seen in enumerate(part(ranks, "inductor")):
-        assert min(seen["moved"]) > 0, seen["moved"]
-        _close(seen["params"], seen["eager"], f"rank {r} params")
+@pytest.mark.parametrize("backend", ["inductor", "aot_eager"])
+def test_fsdp2_step_compiled_by_aot_moves_the_params_as_eager(ranks, backend):
+    for r, seen in enumerate(part(ranks, "aot")):
+        assert min(seen[backend]["moved"]) > 0, seen[backend]["moved"]
+        _close(seen[backend]["params"], seen[backend]["eager"], f"rank {r} params")
 
 
 def test_partial_dtensor_param_is_refused(ranks):

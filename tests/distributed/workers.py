@@ -253,15 +253,16 @@ def _compiled(case: str, rank: int) -> dict:
                            for a, b in zip(*(m.parameters() for m in models)))}
 
 
-def _compiled_by_inductor(case: str, rank: int) -> dict:
-    """The step compiled by inductor (torch.compile's default backend, which functionalizes
-    the ops' writes) against the eager step: every step must move the params as the eager
-    one does. (Under aot_eager the FSDP2 params stopped moving after the first compiled
-    step, found 2026-12-07: README.)"""
+def _compiled_by(backend: str, case: str, rank: int) -> dict:
+    """The step compiled by an AOT backend (which functionalizes the ops' writes: inductor,
+    torch.compile's default, and aot_eager) against the eager step: every step must move
+    the params as the eager one does. Under aot_eager the FSDP2 params stopped moving after
+    the first compiled step: the plan kept the locals traced at that step, which aot_eager
+    had handed back as copies (Bucket.with_fresh_locals)."""
     cls, kwargs = CASES[case]
     models = [_fsdp_model(), _fsdp_model()]
     compiled, eager = (cls(m.parameters(), **kwargs) for m in models)
-    step = torch.compile(type(compiled).step, fullgraph=True)
+    step = torch.compile(type(compiled).step, fullgraph=True, backend=backend)
     moved = []
     for x, y in batches():
         before = [p.full_tensor() for p in models[0].parameters()]
@@ -413,7 +414,7 @@ PARTS = {
     "swapped": _storage_swapped,
     "resume": _resume,
     "compiled": lambda rank: {c: _compiled(c, rank) for c in ("adamw", "lamb-clip", "lars-clip")},
-    "inductor": lambda rank: _compiled_by_inductor("lamb-clip", rank),
+    "aot": lambda rank: {b: _compiled_by(b, "lamb-clip", rank) for b in ("inductor", "aot_eager")},
     "partial": _partial_refused,
     "partial_grads": _partial_grads,
     "layout_on_one_rank": _layout_on_one_rank,
