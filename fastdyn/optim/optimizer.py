@@ -245,7 +245,7 @@ class FusedOptimizer(Optimizer):
         # traces item assignment into them but not setattr on the optimizer.
         self._runtime: dict = {"plan": None, "plan_key": None, "plan_state": None,
                                "plan_params": [], "plan_contents": None, "stats": None,
-                               "grad_norm": None, "clip": None,
+                               "grad_norm": None, "grad_norms": None, "clip": None,
                                "started": [], "cohort_of": {},
                                # id() of the params whose master weights came from a
                                # state dict (ids: dynamo traces them, guarding identity)
@@ -727,8 +727,15 @@ class FusedOptimizer(Optimizer):
         if self.track_stats:
             clip = self._runtime.get("clip")
             if clip is not None:  # ||g|| as the model gave it, on grad_norm's scale, not clipped
-                for _, st in stats:
-                    st[:, 0] *= clip.to(st.device)
+                norms = self._runtime["grad_norms"]
+                for i, (_, st) in enumerate(stats):
+                    if norms is None:  # (sharded: the kernels' ||g / clip||, times clip)
+                        st[:, 0] *= clip.to(st.device)
+                    else:
+                        # the read pass's own per-tensor norms: ||g / clip|| * clip was
+                        # 0 * inf = NaN in every row when one gradient held an inf or NaN.
+                        # (rows of a skipped step stay NaN)
+                        st[:, 0] = torch.where(st[:, 1].isnan(), st[:, 0], norms[i].to(st))
             first = plan[0].device
             self._runtime["stats"] = StepStats(
                 params=[p for ps, _ in stats for p in ps],
@@ -808,12 +815,25 @@ class FusedOptimizer(Optimizer):
         gradients of sharded DTensors count whole. With found_inf, also the inf check: the
         scaled norm is inf or NaN where a gradient is."""
         by_place: dict = {}
+        spans = []  # each bucket's (place, start, length) in by_place
         for b, bucket_grads in zip(plan, grads):
-            wide = b.dtype == torch.float64
-            by_place.setdefault((b.device, b.spec, wide), []).extend(bucket_grads)
+            place = by_place.setdefault((b.device, b.spec, b.dtype == torch.float64), [])
+            spans.append((place, len(place), len(bucket_grads)))
+            place.extend(bucket_grads)
+        # with track_stats, the per-tensor norms too (the same read): each bucket's ||g|| as
+        # the model gave it (sharded: the kernels' norms, which step() scales back)
+        per_tensor = self.track_stats and all(b.spec is None for b in plan)
         first = plan[0].device
-        sq = [distributed.sharded_norms(_norm_of(gs, wide), spec).to(first, non_blocking=True)
-              for (_, spec, wide), gs in by_place.items()]
+        sq, per_place = [], {}
+        for (_, spec, wide), gs in by_place.items():
+            total, per_place[id(gs)] = _norms_of(gs, wide, per_tensor)
+            sq.append(distributed.sharded_norms(total, spec).to(first, non_blocking=True))
+        self._runtime["grad_norms"] = None
+        if per_tensor:
+            inv = None if grad_scale is None else grad_scale.reciprocal()
+            self._runtime["grad_norms"] = [
+                per_place[id(place)][start:start + n] * (1 if inv is None else inv.to(first))
+                for place, start, n in spans]
         if len({t.dtype for t in sq}) > 1:
             sq = [t.double() for t in sq]
         total = sq[0] if len(sq) == 1 else torch.linalg.vector_norm(torch.stack(sq))
@@ -960,12 +980,15 @@ class FusedOptimizer(Optimizer):
             self._runtime["started"], self._runtime["cohort_of"] = flags
 
 
-def _norm_of(grads: list, wide: bool) -> torch.Tensor:
-    """L2 norm of `grads`: float32 from the fused kernel, or float64 for float64 grads (a
-    float32 norm put float64 LAMB's clipped update 1e-8 off the float64 reference)."""
+def _norms_of(grads: list, wide: bool, per_tensor: bool) -> tuple:
+    """L2 norm of `grads`, and each one's if per_tensor (else None): float32 from the fused
+    kernel, or float64 for float64 grads (a float32 norm put float64 LAMB's clipped update
+    1e-8 off the float64 reference)."""
     if not wide:
-        return ops.multi_tensor_l2norm(grads)[0]
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        total, per = ops.multi_tensor_l2norm(grads, per_tensor=per_tensor)
+        return total, per
+    per = torch.stack(torch._foreach_norm(grads))
+    return torch.linalg.vector_norm(per), (per if per_tensor else None)
 
 
 def _scalar_dtype() -> torch.dtype:

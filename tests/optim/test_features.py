@@ -148,6 +148,32 @@ def test_track_stats(max_grad_norm):
     assert opt.last_stats() is None
 
 
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+@pytest.mark.parametrize("scaled", [False, True])
+def test_lamb_clipping_stats_attribute_a_nonfinite_gradient(bad, scaled):
+    """One layer's gradient inf or NaN under max_grad_norm: the ||g|| column shows it in
+    that row and the others' norms in theirs, for a monitor to name the layer (the column
+    was ||g / clip|| * clip, 0 * inf = NaN in every row). Under GradScaler the step is
+    skipped and its rows stay NaN."""
+    model = mlp()
+    opt = fastdyn.optim.LAMB(model.parameters(), lr=1e-2, max_grad_norm=1.0, track_stats=True)
+    scaler = torch.amp.GradScaler("cpu", init_scale=4.0, enabled=scaled)
+    scaler.scale(mlp_loss(model, regression_data())).backward()
+    params = list(model.parameters())
+    params[2].grad.view(-1)[0] = bad
+    true = [p.grad.double().norm() / (4.0 if scaled else 1.0) for p in params]
+    scaler.step(opt)
+    st = opt.last_stats()
+    if scaled:
+        assert st.values.isnan().all()
+        return
+    for i, t in enumerate(true):
+        if i == 2:
+            assert not st.values[i, 0].isfinite()
+        else:
+            torch.testing.assert_close(st.values[i, 0].double(), t, rtol=1e-6, atol=0)
+
+
 def test_optimizers_pickle_and_deepcopy():
     model = mlp()
     opt = fastdyn.optim.LARS(model.parameters(), lr=0.1, weight_decay=1e-4)
