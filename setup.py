@@ -95,7 +95,11 @@ def extension():
     # -fno-trapping-math: GCC may then compute both arms of a select on floats, which the
     # branch-free fp16 conversions need to vectorize (fp16 loops ran scalar without it);
     # results do not change, and nothing here reads floating-point exception flags.
-    cxx = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"] + cpu_arch_flags()
+    # -ffp-contract=off: a * b + c stays two roundings wherever it appears. GCC had fused some
+    # into FMAs in one loop of a kernel and not in its twin (track_stats'), and a step with
+    # statistics came out 1 ulp off the same step without (Adam with L2 decay, masters).
+    cxx = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math",
+           "-ffp-contract=off"] + cpu_arch_flags()
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
     if not with_cuda:
         return CppExtension(

@@ -222,7 +222,9 @@ class LossScaler:
         return self._init_scale if self._scale is None else float(self._scale.item())
 
     def found_inf(self, optimizer) -> Optional[torch.Tensor]:
-        """The device flag of the last step of `optimizer` (nonzero: it was skipped)."""
+        """The device flag of `optimizer`'s step in this iteration (nonzero: it was skipped),
+        until update() (None then, and before the step): read it between step() and
+        update()."""
         return self._found_inf.get(id(optimizer))
 
     def is_enabled(self) -> bool:

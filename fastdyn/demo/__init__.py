@@ -62,7 +62,9 @@ def run(steps: int = 600, device=None, seed: int = 0) -> int:
     use_scaler = device.type == "cuda"
     scaler = fastdyn.amp.LossScaler(device.type) if use_scaler else None
     gen = torch.Generator().manual_seed(seed)
-    names = [n for n, _ in model.named_parameters()]
+    # the stats rows follow stats.params (grouped by param group, device and dtype), not the
+    # module's order: rows are named by identity
+    names = {id(p): n for n, p in model.named_parameters()}
 
     print(f"fastdyn demo: {n_params / 1e3:.0f}k-parameter transformer on {device}, "
           f"LAMB (fused, {fastdyn.ops.backend_for(device)} backend) with max_grad_norm=1.0"
@@ -122,6 +124,6 @@ def _print_largest_gradient(stats, names) -> None:
     if stats is None:
         return
     worst = stats.values[:, 0].argmax().item()
-    print(f"largest gradient norm in the last step: {names[worst]} "
+    print(f"largest gradient norm in the last step: {names[id(stats.params[worst])]} "
           f"({stats.values[worst, 0].item():.3g}); update/param ratio there "
           f"{(stats.values[worst, 2] / stats.values[worst, 1].clamp_min(1e-12)).item():.2e}")
