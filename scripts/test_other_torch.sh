@@ -38,6 +38,11 @@ echo "== $(git log --oneline -1) against torch $version"
 FASTDYN_CUDA=0 "$work/venv/bin/python" setup.py build_ext --inplace > "$work/build.log" 2>&1 \
   || { tail -30 "$work/build.log"; exit 1; }
 "$work/venv/bin/python" -m fastdyn info | sed -n 1,2p  # (sed reads it all: head closed the pipe under a still-printing info)
+# every failure's one-line summary, whatever their tracebacks' length (a tail had hidden 18 of 19)
+status=0
 TRITON_INTERPRET=1 "$work/venv/bin/python" -m pytest tests -q -p no:cacheprovider -rf \
-  | tail -30
-echo "(worktree $work/tree of $repo; remove it with: git worktree remove --force $work/tree)"
+  > "$work/pytest.log" 2>&1 || status=$?
+grep -E "^(FAILED|ERROR) " "$work/pytest.log" || true
+tail -1 "$work/pytest.log"
+echo "(worktree $work/tree of $repo, log $work/pytest.log; remove it with: git worktree remove --force $work/tree)"
+exit $status

@@ -815,25 +815,28 @@ class FusedOptimizer(Optimizer):
         gradients of sharded DTensors count whole. With found_inf, also the inf check: the
         scaled norm is inf or NaN where a gradient is."""
         by_place: dict = {}
-        spans = []  # each bucket's (place, start, length) in by_place
+        spans = []  # each bucket's (place key, start, length) in by_place
         for b, bucket_grads in zip(plan, grads):
-            place = by_place.setdefault((b.device, b.spec, b.dtype == torch.float64), [])
-            spans.append((place, len(place), len(bucket_grads)))
+            key = (b.device, b.spec, b.dtype == torch.float64)
+            place = by_place.setdefault(key, [])
+            spans.append((key, len(place), len(bucket_grads)))
             place.extend(bucket_grads)
         # with track_stats, the per-tensor norms too (the same read): each bucket's ||g|| as
         # the model gave it (sharded: the kernels' norms, which step() scales back)
         per_tensor = self.track_stats and all(b.spec is None for b in plan)
         first = plan[0].device
         sq, per_place = [], {}
-        for (_, spec, wide), gs in by_place.items():
-            total, per_place[id(gs)] = _norms_of(gs, wide, per_tensor)
+        # keyed by the place's key, not id(list): dynamo on torch 2.11 cannot trace id()
+        for key, gs in by_place.items():
+            _, spec, wide = key
+            total, per_place[key] = _norms_of(gs, wide, per_tensor)
             sq.append(distributed.sharded_norms(total, spec).to(first, non_blocking=True))
         self._runtime["grad_norms"] = None
         if per_tensor:
             inv = None if grad_scale is None else grad_scale.reciprocal()
             self._runtime["grad_norms"] = [
-                per_place[id(place)][start:start + n] * (1 if inv is None else inv.to(first))
-                for place, start, n in spans]
+                per_place[key][start:start + n] * (1 if inv is None else inv.to(first))
+                for key, start, n in spans]
         if len({t.dtype for t in sq}) > 1:
             sq = [t.double() for t in sq]
         total = sq[0] if len(sq) == 1 else torch.linalg.vector_norm(torch.stack(sq))
