@@ -25,10 +25,11 @@ void check_clip(at::TensorList grads, double ord) { check_clip_args(grads, ord);
 void check_adam(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                 at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,
                 at::TensorList master_params, at::TensorList state_steps, const at::Tensor& lr,
-                const at::Tensor& beta1, bool amsgrad, const c10::optional<at::Tensor>& grad_scale,
+                const at::Tensor& beta1, const at::Tensor& weight_decay, bool amsgrad,
+                const c10::optional<at::Tensor>& grad_scale,
                 const c10::optional<at::Tensor>& found_inf, const c10::optional<at::Tensor>& stats) {
   check_adam_args(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params,
-                  state_steps, lr, beta1, amsgrad, grad_scale, found_inf, stats);
+                  state_steps, lr, beta1, weight_decay, amsgrad, grad_scale, found_inf, stats);
 }
 
 void check_momentum(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
@@ -36,9 +37,11 @@ void check_momentum(at::TensorList params, at::TensorList grads, at::TensorList 
                     const c10::optional<at::Tensor>& grad_scale,
                     const c10::optional<at::Tensor>& found_inf,
                     const c10::optional<at::Tensor>& stats,
-                    const c10::optional<at::Tensor>& trust_ratios) {
+                    const c10::optional<at::Tensor>& trust_ratios,
+                    const c10::optional<at::Tensor>& weight_decay) {
   const UpdateGroup grp = check_momentum_args(params, grads, momentum_buffers, master_params, lr,
-                                              momentum, grad_scale, found_inf, stats, trust_ratios);
+                                              momentum, grad_scale, found_inf, stats, trust_ratios,
+                                              weight_decay);
   if (trust_ratios.has_value()) check_trust_ratios(*trust_ratios, grp);
 }
 

@@ -2,9 +2,9 @@
 // aten::_fused_adam_), so torch.compile's functionalization knows exactly what each op writes.
 // Kernels register themselves per backend in cpu/*.cpp and cuda/*.cu.
 // What a scheduler changes during training is a one-element tensor on the params' device,
-// read by the kernels: lr, and beta1 / momentum (OneCycleLR and CyclicLR cycle them). As
-// floats, a compiled step was retraced for every new value (a graph per value, then
-// dynamo's recompile limit). SGD and LARS apply momentum when momentum_buffers are given.
+// read by the kernels: lr, beta1 / momentum (OneCycleLR and CyclicLR cycle them), and
+// Adam's and SGD's weight_decay (DINO-style cosine schedules). As floats, a compiled step was
+// retraced for every new value (a graph per value, then dynamo's recompile limit). SGD and LARS apply momentum when momentum_buffers are given.
 #include <torch/library.h>
 
 TORCH_LIBRARY(fastdyn, m) {
@@ -17,13 +17,13 @@ TORCH_LIBRARY(fastdyn, m) {
   m.def(
       "adam_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
       "Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] master_params, Tensor(f!)[] state_steps, "
-      "Tensor lr, Tensor beta1, float beta2, float weight_decay, float eps, bool amsgrad, "
+      "Tensor lr, Tensor beta1, float beta2, Tensor weight_decay, float eps, bool amsgrad, "
       "bool maximize, bool decoupled_weight_decay, Tensor? grad_scale=None, "
       "Tensor? found_inf=None, Tensor(g!)? stats=None) -> ()");
   m.def(
       "sgd_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, "
       "Tensor(c!)[] master_params, Tensor lr, Tensor momentum, float dampening, "
-      "float weight_decay, bool nesterov, bool maximize, bool is_first_step, "
+      "Tensor weight_decay, bool nesterov, bool maximize, bool is_first_step, "
       "Tensor? grad_scale=None, Tensor? found_inf=None, Tensor(d!)? stats=None) -> ()");
   m.def(
       "lamb_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
@@ -62,11 +62,12 @@ TORCH_LIBRARY(fastdyn, m) {
   m.def(
       "check_adam_args(Tensor[] params, Tensor[] grads, Tensor[] exp_avgs, Tensor[] exp_avg_sqs, "
       "Tensor[] max_exp_avg_sqs, Tensor[] master_params, Tensor[] state_steps, Tensor lr, "
-      "Tensor beta1, bool amsgrad, Tensor? grad_scale, Tensor? found_inf, Tensor? stats) -> ()");
+      "Tensor beta1, Tensor weight_decay, bool amsgrad, Tensor? grad_scale, Tensor? found_inf, "
+      "Tensor? stats) -> ()");
   m.def(
       "check_momentum_args(Tensor[] params, Tensor[] grads, Tensor[] momentum_buffers, "
       "Tensor[] master_params, Tensor lr, Tensor momentum, Tensor? grad_scale, Tensor? found_inf, "
-      "Tensor? stats, Tensor? trust_ratios) -> ()");
+      "Tensor? stats, Tensor? trust_ratios, Tensor? weight_decay=None) -> ()");
   m.def(
       "check_lamb_args(Tensor[] params, Tensor[] grads, Tensor[] exp_avgs, Tensor[] exp_avg_sqs, "
       "Tensor[] master_params, Tensor[] state_steps, Tensor lr, Tensor beta1, "

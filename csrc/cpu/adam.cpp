@@ -46,13 +46,14 @@ void adam_chunk(P* __restrict__ p, const P* __restrict__ g, S* __restrict__ m,
 void adam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
            at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,
            at::TensorList master_params, at::TensorList state_steps, const at::Tensor& lr,
-           const at::Tensor& beta1, double beta2, double weight_decay, double eps, bool amsgrad,
+           const at::Tensor& beta1, double beta2, const at::Tensor& weight_decay, double eps,
+           bool amsgrad,
            bool maximize, bool decoupled_weight_decay,
            const c10::optional<at::Tensor>& grad_scale,
            const c10::optional<at::Tensor>& found_inf, const c10::optional<at::Tensor>& stats) {
   const UpdateGroup grp = check_adam_args(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
-                                          master_params, state_steps, lr, beta1, amsgrad,
-                                          grad_scale, found_inf, stats);
+                                          master_params, state_steps, lr, beta1, weight_decay,
+                                          amsgrad, grad_scale, found_inf, stats);
   if (params.empty()) return;
   const StepContext ctx = begin_step(state_steps, lr, grad_scale, found_inf);
   if (ctx.skip) return;
@@ -63,7 +64,7 @@ void adam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
     using P = typename decltype(ptag)::type;
     using S = typename decltype(stag)::type;
     using A = typename OpMath<P>::type;
-    const auto h = math::adam_hyper<A>(scalar_value(beta1), beta2, eps, weight_decay, amsgrad,
+    const auto h = math::adam_hyper<A>(scalar_value(beta1), beta2, eps, scalar_value(weight_decay), amsgrad,
                                        maximize, decoupled_weight_decay);
     for_each_chunk(plan, [&](const Chunk& c, int64_t ci) {
       const int64_t t = c.tensor, b = c.begin;

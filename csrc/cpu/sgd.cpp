@@ -12,11 +12,12 @@ namespace {
 
 void sgd_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
           at::TensorList master_params, const at::Tensor& lr, const at::Tensor& momentum,
-          double dampening, double weight_decay, bool nesterov, bool maximize, bool is_first_step,
+          double dampening, const at::Tensor& weight_decay, bool nesterov, bool maximize, bool is_first_step,
           const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf,
           const c10::optional<at::Tensor>& stats) {
   const UpdateGroup grp = check_momentum_args(params, grads, momentum_buffers, master_params, lr,
-                                              momentum, grad_scale, found_inf, stats);
+                                              momentum, grad_scale, found_inf, stats, c10::nullopt,
+                                              weight_decay);
   if (params.empty()) return;
   const StepContext ctx = begin_step({}, lr, grad_scale, found_inf);
   if (ctx.skip) return;
@@ -31,7 +32,7 @@ void sgd_(at::TensorList params, at::TensorList grads, at::TensorList momentum_b
     const bool has_momentum = !momentum_buffers.empty();
     const math::MomentumHyper<A> mh{A(has_momentum ? scalar_value(momentum) : 0.0), A(dampening),
                                     nesterov};
-    const A wd = A(weight_decay), grad_sign = maximize ? A(-1) : A(1);
+    const A wd = A(scalar_value(weight_decay)), grad_sign = maximize ? A(-1) : A(1);
     auto direction = [=](auto p, auto g) { return math::sgd_direction(p, g, wd, grad_sign); };
     for_each_chunk(plan, [&](const Chunk& c, int64_t ci) {
       momentum_update<P, S>(params, grads, momentum_buffers, master_params, c, grp.has_master,

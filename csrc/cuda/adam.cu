@@ -16,8 +16,9 @@ enum AdamList { kP = 0, kG, kM, kV, kVmax, kMaster, kStep, kAdamDepth };
 template <typename P, typename S, bool kHasMaster, bool kStats>
 struct AdamChunkOp : SkipIfFoundInf {
   using A = typename OpMath<P>::type;
-  math::AdamHyper<A> h;  // beta1's terms set from `beta1` on the device
+  math::AdamHyper<A> h;  // beta1's terms and weight_decay set from the tensors on the device
   ScalarRef beta1;
+  ScalarRef weight_decay;
   ScalarRef lr;
   ScalarRef grad_scale;
   bool steps_double;
@@ -31,7 +32,8 @@ struct AdamChunkOp : SkipIfFoundInf {
     S* __restrict__ vmax = static_cast<S*>(meta.addr[kVmax][c.slot]);
     float* __restrict__ master = static_cast<float*>(meta.addr[kMaster][c.slot]);
     const double step = read_scalar(meta.addr[kStep][c.slot], steps_double);
-    const math::AdamHyper<A> h = math::adam_with_beta1(this->h, beta1.get());
+    math::AdamHyper<A> h = math::adam_with_beta1(this->h, beta1.get());
+    h.weight_decay = weight_decay.get();
     const auto s = math::adam_step_scalars<A>(h, lr.get(), step);
     const A inv = static_cast<A>(inverse_grad_scale(grad_scale));
     A g2 = A(0), p2 = A(0), d2 = A(0);
@@ -67,13 +69,14 @@ struct AdamChunkOp : SkipIfFoundInf {
 void adam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
            at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,
            at::TensorList master_params, at::TensorList state_steps, const at::Tensor& lr,
-           const at::Tensor& beta1, double beta2, double weight_decay, double eps, bool amsgrad,
+           const at::Tensor& beta1, double beta2, const at::Tensor& weight_decay, double eps,
+           bool amsgrad,
            bool maximize, bool decoupled_weight_decay,
            const c10::optional<at::Tensor>& grad_scale,
            const c10::optional<at::Tensor>& found_inf, const c10::optional<at::Tensor>& stats) {
   const UpdateGroup grp = check_adam_args(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
-                                          master_params, state_steps, lr, beta1, amsgrad,
-                                          grad_scale, found_inf, stats);
+                                          master_params, state_steps, lr, beta1, weight_decay,
+                                          amsgrad, grad_scale, found_inf, stats);
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(grp.device);
   const ScalarRef found = scalar_ref(found_inf);
@@ -92,8 +95,8 @@ void adam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
     using P = typename decltype(ptag)::type;
     using S = typename decltype(stag)::type;
     using A = typename OpMath<P>::type;
-    // beta1 is read on the device (AdamChunkOp)
-    const auto h = math::adam_hyper<A>(0.0, beta2, eps, weight_decay, amsgrad, maximize,
+    // beta1 and weight_decay are read on the device (AdamChunkOp)
+    const auto h = math::adam_hyper<A>(0.0, beta2, eps, 0.0, amsgrad, maximize,
                                        decoupled_weight_decay);
     dispatch_flags(grp.has_master, want_stats, [&](auto master_c, auto stats_c) {
       using Op = AdamChunkOp<P, S, decltype(master_c)::value, decltype(stats_c)::value>;
@@ -101,6 +104,7 @@ void adam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
       op.found_inf = found;
       op.h = h;
       op.beta1 = scalar_ref(beta1);
+      op.weight_decay = scalar_ref(weight_decay);
       op.lr = scalar_ref(lr);
       op.grad_scale = scalar_ref(grad_scale);
       op.steps_double = steps_double;

@@ -11,24 +11,25 @@ namespace cuda {
 namespace {
 
 // d = sign * g + weight_decay * p, the same for every tensor (sign -1 with maximize; chosen
-// in the kernel, as before the op was shared with LARS: the SASS stayed the same).
+// in the kernel, as before the op was shared with LARS). weight_decay is read on the device.
 template <typename A>
 struct SgdDirection {
-  A weight_decay;
+  ScalarRef weight_decay;
   bool maximize;
   __device__ __forceinline__ auto for_tensor(int) const {
-    const A wd = weight_decay, grad_sign = maximize ? A(-1) : A(1);
+    const A wd = static_cast<A>(weight_decay.get()), grad_sign = maximize ? A(-1) : A(1);
     return [wd, grad_sign](A pv, A gv) { return math::sgd_direction(pv, gv, wd, grad_sign); };
   }
 };
 
 void sgd_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
           at::TensorList master_params, const at::Tensor& lr, const at::Tensor& momentum,
-          double dampening, double weight_decay, bool nesterov, bool maximize, bool is_first_step,
+          double dampening, const at::Tensor& weight_decay, bool nesterov, bool maximize, bool is_first_step,
           const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf,
           const c10::optional<at::Tensor>& stats) {
   const UpdateGroup grp = check_momentum_args(params, grads, momentum_buffers, master_params, lr,
-                                              momentum, grad_scale, found_inf, stats);
+                                              momentum, grad_scale, found_inf, stats, c10::nullopt,
+                                              weight_decay);
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(grp.device);
   const ScalarRef found = scalar_ref(found_inf);
@@ -45,7 +46,7 @@ void sgd_(at::TensorList params, at::TensorList grads, at::TensorList momentum_b
     using A = typename OpMath<P>::type;
     dispatch_flags(grp.has_master, want_stats, [&](auto master_c, auto stats_c) {
       const auto update = make_momentum_update<P, S, decltype(master_c)::value, decltype(stats_c)::value>(
-          SgdDirection<A>{A(weight_decay), maximize}, found, momentum, !momentum_buffers.empty(),
+          SgdDirection<A>{scalar_ref(weight_decay), maximize}, found, momentum, !momentum_buffers.empty(),
           dampening, nesterov, is_first_step, lr, grad_scale, partials_ptr);
       for_each_batch<kMomentumDepth>(lists, [&](const TensorListMeta<kMomentumDepth>& meta) {
         launch_apply(meta, update);

@@ -308,7 +308,7 @@ def adam_args(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_para
     check_update_group(params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs,
                                        "max_exp_avg_sqs": max_exp_avg_sqs},
                        master_params, state_steps, lr, grad_scale, found_inf, stats,
-                       {"beta1": beta1})
+                       {"beta1": beta1, "weight_decay": weight_decay})
     check_same_length("exp_avgs", len(exp_avgs), "params", len(params))
     check_same_length("exp_avg_sqs", len(exp_avg_sqs), "params", len(params))
     check_same_length("state_steps", len(state_steps), "params", len(params))
@@ -316,19 +316,14 @@ def adam_args(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_para
         check_same_length("max_exp_avg_sqs", len(max_exp_avg_sqs), "params", len(params))
 
 
-def _momentum_args(params, grads, momentum_buffers, master_params, lr, momentum, grad_scale,
-                   found_inf, stats):
-    check_update_group(params, grads, {"momentum_buffers": momentum_buffers}, master_params, [],
-                       lr, grad_scale, found_inf, stats, {"momentum": momentum})
-    if momentum_buffers:  # none: no momentum
-        check_same_length("momentum_buffers", len(momentum_buffers), "params", len(params))
-
-
 def sgd_args(params, grads, momentum_buffers, master_params, lr, momentum, dampening,
              weight_decay, nesterov, maximize, is_first_step, grad_scale=None, found_inf=None,
              stats=None):
-    _momentum_args(params, grads, momentum_buffers, master_params, lr, momentum, grad_scale,
-                   found_inf, stats)
+    check_update_group(params, grads, {"momentum_buffers": momentum_buffers}, master_params, [],
+                       lr, grad_scale, found_inf, stats,
+                       {"momentum": momentum, "weight_decay": weight_decay})
+    if momentum_buffers:  # none: no momentum
+        check_same_length("momentum_buffers", len(momentum_buffers), "params", len(params))
 
 
 def check_trust_ratios(trust_ratios, n: int, device):

@@ -18,7 +18,7 @@ def _lr_device(lr) -> torch.device:
 
 
 def _hyper(value, device: torch.device):
-    """beta1 / momentum as the ops take them, a one-element tensor (a scheduler changes it
+    """beta1 / momentum / weight_decay as the ops take them, a one-element tensor (a scheduler changes it
     without a recompile): a tensor is passed as it is; a number becomes a float64 tensor on
     the update's device, filled there (no host-to-device copy)."""
     if isinstance(value, torch.Tensor):
@@ -36,10 +36,11 @@ def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, 
           beta1, beta2, weight_decay, eps, amsgrad, maximize, decoupled_weight_decay,
           grad_scale=None, found_inf=None, stats=None):
     beta1 = _hyper(beta1, _lr_device(lr))
+    weight_decay = _hyper(weight_decay, _lr_device(lr))
     explain = _explain(params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs,
                                        "max_exp_avg_sqs": max_exp_avg_sqs},
                        master_params, state_steps, lr, grad_scale, found_inf, stats,
-                       {"beta1": beta1})
+                       {"beta1": beta1, "weight_decay": weight_decay})
     call("adam_", _lr_device(lr), explain,
          params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, state_steps, lr,
          beta1, beta2, weight_decay, eps, amsgrad, maximize, decoupled_weight_decay,
@@ -50,8 +51,10 @@ def sgd_(params, grads, momentum_buffers, master_params, lr, momentum, dampening
          nesterov, maximize, is_first_step, grad_scale=None, found_inf=None, stats=None):
     """momentum_buffers: one per param, or none for plain SGD (momentum is then not read)."""
     momentum = _hyper(momentum, _lr_device(lr))
+    weight_decay = _hyper(weight_decay, _lr_device(lr))
     explain = _explain(params, grads, {"momentum_buffers": momentum_buffers}, master_params, [],
-                       lr, grad_scale, found_inf, stats, {"momentum": momentum})
+                       lr, grad_scale, found_inf, stats,
+                       {"momentum": momentum, "weight_decay": weight_decay})
     call("sgd_", _lr_device(lr), explain,
          params, grads, momentum_buffers, master_params, lr, momentum, dampening, weight_decay,
          nesterov, maximize, is_first_step, grad_scale, found_inf, stats)

@@ -54,7 +54,8 @@ class Adam(FusedOptimizer):
             group.setdefault("decoupled_weight_decay", False)
 
     def _hypers(self, group):
-        return super()._hypers(group) + (("betas[0]", group["betas"][0]),)
+        return super()._hypers(group) + (("betas[0]", group["betas"][0]),
+                                         ("weight_decay", group["weight_decay"]))
 
     def _required_keys(self, group):
         return self._state_keys + (("max_exp_avg_sq",) if group["amsgrad"] else ())
@@ -65,7 +66,7 @@ class Adam(FusedOptimizer):
         ops.adam_(b.params, grads, b.state["exp_avg"], b.state["exp_avg_sq"],
                   b.state.get("max_exp_avg_sq", []), b.master_params, b.steps, lr,
                   self._hyper_tensor(b, "beta1", beta1), float(beta2),
-                  float(g["weight_decay"]), float(g["eps"]),
+                  self._hyper_tensor(b, "weight_decay", g["weight_decay"]), float(g["eps"]),
                   bool(g["amsgrad"]), bool(g["maximize"]), bool(g["decoupled_weight_decay"]),
                   grad_scale=grad_scale, found_inf=found_inf, stats=stats)
 

@@ -60,6 +60,13 @@ class StepStats(NamedTuple):
     columns: tuple = STATS_COLUMNS
 
 
+def _moved(t: torch.Tensor, device: torch.device, dtype: Optional[torch.dtype] = None):
+    """t on `device` (and in `dtype`): asynchronous, but into host memory. A device-to-host
+    copy with non_blocking returns before the value lands, and the CPU kernels (and torch's
+    CPU ops) read it at once: a CUDA lr for CPU params could be read before it arrived."""
+    return t.to(device=device, dtype=dtype, non_blocking=device.type != "cpu")
+
+
 def _like_param(t: torch.Tensor, p: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """State tensor t on p's device, in `dtype` and in p's memory layout (the kernels walk
     both with one index): t itself when it already is. A torch checkpoint loaded into a
@@ -611,16 +618,16 @@ class FusedOptimizer(Optimizer):
         return self._hyper_tensor(bucket, "lr", bucket.group["lr"])
 
     def _hyper_tensor(self, bucket: Bucket, name: str, value) -> torch.Tensor:
-        """A value of the group that a scheduler may change every step (lr, and the beta1 or
-        momentum that OneCycleLR and CyclicLR cycle) as the one-element device tensor the
-        ops read: a tensor as it is (on the bucket's device), a float in a float64 tensor.
+        """A value of the group that a scheduler may change every step (lr, the beta1 or
+        momentum that OneCycleLR and CyclicLR cycle, Adam's and SGD's weight_decay) as the
+        one-element device tensor the ops read: a tensor as it is (on the bucket's device), a float in a float64 tensor.
         float64: the kernels read it in their compute type, so float64 params keep every
         digit of a Python float (as torch's own optimizers do)."""
         device = bucket.device
         if isinstance(value, torch.Tensor):
             if value.dtype not in (torch.float32, torch.float64):  # (the ops'; torch takes 16 bits)
-                return value.to(device=device, dtype=torch.float32, non_blocking=True)
-            return value if value.device == device else value.to(device, non_blocking=True)
+                return _moved(value, device, torch.float32)
+            return value if value.device == device else _moved(value, device)
         if torch.compiler.is_compiling():
             # a product, not a cached tensor written: the float is then a graph input (a
             # scheduler's value written with fill_ was a constant guarded on, a graph a step
@@ -641,7 +648,7 @@ class FusedOptimizer(Optimizer):
     def _on(t: Optional[torch.Tensor], device: torch.device) -> Optional[torch.Tensor]:
         if t is None:
             return None
-        return t if t.device == device else t.to(device, non_blocking=True)
+        return t if t.device == device else _moved(t, device)
 
     def _amp_scalars(self):
         """grad_scale and found_inf set by GradScaler (or LossScaler) for this step."""
@@ -739,13 +746,13 @@ class FusedOptimizer(Optimizer):
             first = plan[0].device
             self._runtime["stats"] = StepStats(
                 params=[p for ps, _ in stats for p in ps],
-                values=torch.cat([s.to(first, non_blocking=True) for _, s in stats]),
+                values=torch.cat([_moved(s, first) for _, s in stats]),
                 grad_norm=self._runtime["grad_norm"])
         return loss
 
     def _hypers(self, group: dict) -> tuple:
-        """(name, value) of what the kernels read from one-element tensors (lr, and beta1 or
-        momentum in the subclasses)."""
+        """(name, value) of what the kernels read from one-element tensors (lr, and beta1,
+        momentum or weight_decay in the subclasses)."""
         return (("lr", group["lr"]),)
 
     def _check_hypers(self) -> None:
@@ -756,6 +763,8 @@ class FusedOptimizer(Optimizer):
         for gi, group in enumerate(self.param_groups):
             for name, value in self._hypers(group):
                 where = f"{name} of param group {gi}"
+                if isinstance(value, (int, float)):  # (first: torch 2.11's dynamo cannot
+                    continue                          # trace hasattr on a SymFloat)
                 if not isinstance(value, torch.Tensor):
                     if not hasattr(value, "__float__"):  # (a number, a numpy scalar or array)
                         raise TypeError(f"{where} must be a number or a tensor, got "
@@ -830,7 +839,7 @@ class FusedOptimizer(Optimizer):
         for key, gs in by_place.items():
             _, spec, wide = key
             total, per_place[key] = _norms_of(gs, wide, per_tensor)
-            sq.append(distributed.sharded_norms(total, spec).to(first, non_blocking=True))
+            sq.append(_moved(distributed.sharded_norms(total, spec), first))
         self._runtime["grad_norms"] = None
         if per_tensor:
             inv = None if grad_scale is None else grad_scale.reciprocal()

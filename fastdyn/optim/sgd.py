@@ -51,7 +51,8 @@ class SGD(FusedOptimizer):
             group.setdefault("fused", None)
 
     def _hypers(self, group):
-        return super()._hypers(group) + (("momentum", group["momentum"]),)
+        return super()._hypers(group) + (("momentum", group["momentum"]),
+                                         ("weight_decay", group["weight_decay"]))
 
     def _required_keys(self, group):
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
@@ -63,6 +64,6 @@ class SGD(FusedOptimizer):
         g = b.group
         ops.sgd_(b.params, grads, b.state.get("momentum_buffer", []), b.master_params, lr,
                  self._hyper_tensor(b, "momentum", g["momentum"]), float(g["dampening"]),
-                 float(g["weight_decay"]),
+                 self._hyper_tensor(b, "weight_decay", g["weight_decay"]),
                  bool(g["nesterov"]), bool(g["maximize"]), b.first_step,
                  grad_scale=grad_scale, found_inf=found_inf, stats=stats)

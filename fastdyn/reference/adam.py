@@ -15,7 +15,7 @@ def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, 
     skip, lr, inv = begin_step(state_steps, lr, grad_scale, found_inf)
     if skip:
         return
-    beta1 = float(beta1)
+    beta1, weight_decay = float(beta1), float(weight_decay)
     for i in range(len(params)):
         p = param_value(params, master_params, i)
         g = grads[i].double() * inv

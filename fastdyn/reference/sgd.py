@@ -21,6 +21,7 @@ def sgd_(params, grads, momentum_buffers, master_params, lr, momentum, dampening
     skip, lr, inv = begin_step([], lr, grad_scale, found_inf)
     if skip:
         return
+    weight_decay = float(weight_decay)
     for i in range(len(params)):
         p = param_value(params, master_params, i)
         g = grads[i].double() * inv

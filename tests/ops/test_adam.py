@@ -16,7 +16,7 @@ def adam_args(amsgrad, maximize, decoupled, wd, lr=1e-2, grad_scale=None, found_
         args = (g["params"], g["grads"], g["state0"], g["state1"], g["state2"] if amsgrad else [],
                 g["master_params"], g["state_steps"],
                 torch.tensor(lr, device=g["params"][0].device), hyper(0.9, g["params"][0].device),
-                0.999, wd, 1e-8, amsgrad,
+                0.999, hyper(wd, g["params"][0].device), 1e-8, amsgrad,
                 maximize, decoupled)
         return args, dict(grad_scale=grad_scale, found_inf=found_inf, stats=stats)
     return build

@@ -27,6 +27,7 @@ def samples(device):
     d = device
     lr = torch.tensor(0.01, device=d)
     b1 = torch.tensor(0.9, dtype=torch.float64, device=d)  # beta1 / momentum: float64 tensors
+    wd = torch.tensor(0.01, dtype=torch.float64, device=d)  # (adam_'s and sgd_'s weight_decay)
     steps = lambda: [torch.tensor(2.0, device=d) for _ in range(3)]  # noqa: E731
     pos = lambda: [t.abs() for t in _lists(d)]  # noqa: E731
     yield "multi_tensor_norm", (_lists(d), 2.0, True), {}
@@ -36,12 +37,12 @@ def samples(device):
                                          torch.zeros((), device=d), 2.0, True), {}
     yield "clip_grad_norm_", (_lists(d), 0.1, 2.0), {}
     yield "adam_", (_lists(d), _lists(d), _lists(d), pos(), pos(), [], steps(), lr, b1, 0.999,
-                    0.01, 1e-8, True, False, True), dict(stats=torch.zeros(3, 4, device=d))
+                    wd, 1e-8, True, False, True), dict(stats=torch.zeros(3, 4, device=d))
     yield "adam_", (_lists(d, dtype=torch.float16), _lists(d, dtype=torch.float16), _lists(d),
-                    pos(), [], _lists(d), steps(), lr, b1.float(), 0.999, 0.0, 1e-8, False, True,
+                    pos(), [], _lists(d), steps(), lr, b1.float(), 0.999, wd.float() * 0, 1e-8, False, True,
                     False), \
         dict(grad_scale=torch.tensor(4.0, device=d), found_inf=torch.zeros((), device=d))
-    yield "sgd_", (_lists(d), _lists(d), _lists(d), [], lr, b1, 0.0, 1e-4, True, False, False), {}
+    yield "sgd_", (_lists(d), _lists(d), _lists(d), [], lr, b1, 0.0, wd, True, False, False), {}
     yield "lamb_", (_lists(d), _lists(d), _lists(d), pos(), [], steps(), lr, b1, 0.999, 1e-6, 0.01,
                     True, True, True, False), dict(stats=torch.zeros(3, 4, device=d))
     yield "lars_", (_lists(d), _lists(d), _lists(d), [], lr, b1, 0.0, 1e-4, False, 0.001, 1e-8,
@@ -336,17 +337,19 @@ def test_a_scalar_inside_a_written_tensor_is_refused(backend, device):
         ns.multi_tensor_unscale_norm_.default([found_inf], torch.tensor(0.5, device=device),
                                               found_inf[0], 2.0, False)
     p, g = [torch.ones(3, device=device)], [torch.ones(3, device=device)]
-    one = torch.tensor(1.0, device=device)
+    one, zero = torch.tensor(1.0, device=device), torch.tensor(0.0, device=device)
     # lr, momentum (not read: no buffers) and grad_scale: one tensor, read three times
-    args = (p, g, [], [], one, one, 0.0, 0.0, False, False, False, one, None, None)
+    args = (p, g, [], [], one, one, 0.0, zero, False, False, False, one, None, None)
     ns.sgd_.default(*args)
     torch.testing.assert_close(p[0], torch.zeros(3, device=device))
     with pytest.raises(ValueError, match=r"lr and params\[0\] share memory"):
-        ns.sgd_.default(p, g, [], [], p[0][0], one, 0.0, 0.0, False, False, False, None, None, None)
+        ns.sgd_.default(p, g, [], [], p[0][0], one, 0.0, zero, False, False, False, None, None, None)
+    with pytest.raises(ValueError, match=r"(weight_decay and params\[0\]|params\[0\] and weight_decay) share memory"):
+        ns.sgd_.default(p, g, [], [], one, one, 0.0, p[0][1], False, False, False, None, None, None)
     buf = [torch.zeros(3, dtype=torch.float64, device=device)]
     p64, g64 = [torch.ones(3, dtype=torch.float64, device=device)], [torch.ones(3, dtype=torch.float64, device=device)]
     with pytest.raises(ValueError, match=r"(momentum and momentum_buffers\[0\]|momentum_buffers\[0\] and momentum) share memory"):
-        ns.sgd_.default(p64, g64, buf, [], one, buf[0][1], 0.0, 0.0, False, False, False, None,
+        ns.sgd_.default(p64, g64, buf, [], one, buf[0][1], 0.0, zero, False, False, False, None,
                         None, None)
     assert not buf[0].any()
 
@@ -511,15 +514,16 @@ def test_stats_and_trust_ratios_may_not_share_memory_with_what_the_op_writes(bac
     group = make_group([8, 8], torch.float32, device, buffers=1, steps=False)
     lr = torch.tensor(0.1, device=device)
     stats = group["params"][1].view(2, 4)
-    args = (group["params"], group["grads"], group["state0"], [], lr,
-            torch.tensor(0.9, dtype=torch.float64, device=device), 0.0, 0.0, False)
+    head = (group["params"], group["grads"], group["state0"], [], lr,
+            torch.tensor(0.9, dtype=torch.float64, device=device), 0.0)
     before = [t.clone() for t in group["params"]]
     with use_backend(backend):
         with pytest.raises(ValueError, match=r"stats and params\[1\] share memory"):
-            for_device("sgd_", torch.device(device))(*args, False, False, stats=stats)
+            for_device("sgd_", torch.device(device))(
+                *head, torch.zeros((), device=device), False, False, False, stats=stats)
         with pytest.raises(ValueError, match=r"(params\[0\] and trust_ratios|trust_ratios and params\[0\]) share memory"):
             for_device("lars_", torch.device(device))(
-                *args, 0.001, 1e-8, False, False, False,
+                *head, 0.0, False, 0.001, 1e-8, False, False, False,
                 trust_ratios=group["params"][0][:2])
     assert all(torch.equal(a, b) for a, b in zip(before, group["params"]))
 

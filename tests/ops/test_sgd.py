@@ -15,7 +15,7 @@ def sgd_args(momentum, dampening, wd, nesterov, maximize, first, lr=0.1, **kw):
     def build(g):
         return ((g["params"], g["grads"], g["state0"] if momentum else [], g["master_params"],
                  torch.tensor(lr, device=g["params"][0].device), hyper(momentum, g["params"][0].device),
-                 dampening, wd, nesterov,
+                 dampening, hyper(wd, g["params"][0].device), nesterov,
                  maximize, first), kw)
     return build
 

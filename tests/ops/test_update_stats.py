@@ -25,10 +25,10 @@ def _args(name, device, dtype):
     b1 = hyper(0.9, device)
     p, grads = lists(), lists()
     if name == "adam_":
-        args = (p, grads, lists(), lists(True), [], [], steps, lr, b1, 0.999, 0.01, 1e-8,
+        args = (p, grads, lists(), lists(True), [], [], steps, lr, b1, 0.999, hyper(0.01, device), 1e-8,
                 False, False, True)
     elif name == "sgd_":
-        args = (p, grads, lists(), [], lr, b1, 0.0, 1e-4, True, False, False)
+        args = (p, grads, lists(), [], lr, b1, 0.0, hyper(1e-4, device), True, False, False)
     elif name == "lamb_":
         args = (p, grads, lists(), lists(True), [], steps, lr, b1, 0.999, 1e-6, 0.01, True,
                 True, True, False)

@@ -1,6 +1,7 @@
 """torch.compile of a whole optimizer step: fullgraph (no graph break) on the native and
 Triton backends, and no recompile when a tensor lr changes."""
 
+import math
 from functools import partial
 
 import pytest
@@ -151,6 +152,39 @@ def test_a_scheduler_does_not_recompile_the_step(name, schedule):
         results.append([p.detach().clone() for p in model.parameters()])
     for eager, compiled in zip(*results):
         torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-7)
+    assert counters["stats"]["unique_graphs"] <= 3, counters["stats"]
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "SGD"])
+def test_a_weight_decay_schedule_does_not_recompile_the_step(name):
+    """A cosine weight-decay schedule written into the groups each step (DINO's, with a
+    cosine lr beside it), from 0 (no decay: the kernels leave the p term out) up: weight_decay
+    was a float argument of adam_ and sgd_, a graph per value until the recompile limit
+    (as torch's foreach AdamW with a float lr, on torch 2.14; with a tensor lr it makes 2)."""
+    from torch._dynamo.utils import counters
+
+    results = []
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        counters.clear()
+        torch.manual_seed(0)
+        model = mlp()
+        opt = getattr(fastdyn.optim, name)(model.parameters(), lr=0.05,
+                                           **({"momentum": 0.9} if name == "SGD" else {}))
+        step = (partial(torch.compile(type(opt).step, backend="aot_eager", fullgraph=True), opt)
+                if compiled else opt.step)
+        data = regression_data()
+        for i in range(12):
+            opt.zero_grad()
+            mlp_loss(model, data).backward()
+            for group in opt.param_groups:
+                group["weight_decay"] = 0.2 * (1 - math.cos(math.pi * i / 11)) / 2
+                group["lr"] = 0.05 * (1 + math.cos(math.pi * i / 11)) / 2
+            step()
+        results.append([p.detach().clone() for p in model.parameters()])
+    for eager, compiled in zip(*results):
+        torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-7)
+    # the first step creating the state, the later ones; at most one more for weight_decay 0
     assert counters["stats"]["unique_graphs"] <= 3, counters["stats"]
 
 

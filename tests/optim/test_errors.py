@@ -298,9 +298,10 @@ BAD_HYPERS = {
 
 @pytest.mark.parametrize("bad", list(BAD_HYPERS))
 @pytest.mark.parametrize("name,key", [("AdamW", "betas"), ("LAMB", "betas"), ("SGD", "momentum"),
-                                      ("LARS", "momentum"), ("SGD", "lr")])
+                                      ("LARS", "momentum"), ("SGD", "lr"),
+                                      ("Adam", "weight_decay"), ("SGD", "weight_decay")])
 def test_a_bad_hyperparameter_of_a_later_group_is_refused_before_any_group_steps(name, key, bad):
-    """lr, beta1 and momentum edited into a group (a tensor the kernels read): a bad one of
+    """lr, beta1, momentum and weight_decay edited into a group (a tensor the kernels read): a bad one of
     group 1 was refused by its op after group 0 had stepped, or with messages naming no
     argument ("Boolean value of Tensor with more than one value is ambiguous")."""
     value, error, message = BAD_HYPERS[bad]

@@ -76,3 +76,30 @@ def test_step_reads_nothing_back(name, track_stats, scaler_kind, backend, device
                     opt.last_stats()
     assert torch.isfinite(total)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("backend,device", [p for p in BACKEND_DEVICES if "cuda" not in p.id])
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "SGD"])
+def test_tensor_hyperparameters_are_read_on_the_device(name, backend, device):
+    """What the kernels read from one-element tensors may be a tensor in the group (a schedule
+    computed on the device): lr, beta1 and weight_decay of Adam; lr and weight_decay of SGD
+    (its momentum is read on the host: whether there are buffers)."""
+    torch.manual_seed(0)
+    model = mlp().to(device)
+    opt = getattr(fastdyn.optim, name)(model.parameters(), **OPTS[name])
+    data = tuple(t.to(device) for t in regression_data())
+    with use_backend(backend):
+        for i in range(3):
+            opt.zero_grad()
+            mlp_loss(model, data).backward()
+            for group in opt.param_groups:
+                group["lr"] = torch.tensor(1e-2 / (i + 1), device=device)
+                group["weight_decay"] = torch.tensor(0.01 * i, device=device)
+                if "betas" in group:
+                    group["betas"] = (torch.tensor(0.9 - 0.01 * i, device=device), 0.999)
+            if i == 0:  # state allocation
+                opt.step()
+                continue
+            with NoHostReads():
+                opt.step()
+    assert all(torch.isfinite(p).all() for p in model.parameters())

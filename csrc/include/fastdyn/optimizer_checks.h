@@ -14,7 +14,7 @@ struct NamedList {
   at::TensorList tensors;
 };
 
-// A hyperparameter the kernels read from a one-element tensor (beta1, momentum).
+// A hyperparameter the kernels read from a one-element tensor (beta1, momentum, weight_decay).
 struct NamedScalar {
   const char* name;
   const at::Tensor& tensor;
@@ -149,14 +149,16 @@ inline UpdateGroup check_update_group(at::TensorList params, at::TensorList grad
 inline UpdateGroup check_adam_args(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                                    at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,
                                    at::TensorList master_params, at::TensorList state_steps,
-                                   const at::Tensor& lr, const at::Tensor& beta1, bool amsgrad,
+                                   const at::Tensor& lr, const at::Tensor& beta1,
+                                   const at::Tensor& weight_decay, bool amsgrad,
                                    const c10::optional<at::Tensor>& grad_scale,
                                    const c10::optional<at::Tensor>& found_inf,
                                    const c10::optional<at::Tensor>& stats) {
   const UpdateGroup grp = check_update_group(
       params, grads,
       {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}, {"max_exp_avg_sqs", max_exp_avg_sqs}},
-      master_params, state_steps, lr, grad_scale, found_inf, stats, {{"beta1", beta1}});
+      master_params, state_steps, lr, grad_scale, found_inf, stats,
+      {{"beta1", beta1}, {"weight_decay", weight_decay}});
   check_same_length("exp_avgs", exp_avgs.size(), "params", params.size());
   check_same_length("exp_avg_sqs", exp_avg_sqs.size(), "params", params.size());
   check_same_length("state_steps", state_steps.size(), "params", params.size());
@@ -223,18 +225,23 @@ inline UpdateGroup check_lamb_apply_args(at::TensorList params, at::TensorList e
 }
 
 // SGD and LARS: a momentum buffer per param, or none (no momentum: the momentum tensor is
-// not read).
+// not read). weight_decay: SGD's (LARS takes a float: it decides on the host whether to adapt).
 inline UpdateGroup check_momentum_args(at::TensorList params, at::TensorList grads,
                                        at::TensorList momentum_buffers, at::TensorList master_params,
                                        const at::Tensor& lr, const at::Tensor& momentum,
                                        const c10::optional<at::Tensor>& grad_scale,
                                        const c10::optional<at::Tensor>& found_inf,
                                        const c10::optional<at::Tensor>& stats,
-                                       const c10::optional<at::Tensor>& trust_ratios = c10::nullopt) {
+                                       const c10::optional<at::Tensor>& trust_ratios = c10::nullopt,
+                                       const c10::optional<at::Tensor>& weight_decay = c10::nullopt) {
   const UpdateGroup grp =
-      check_update_group(params, grads, {{"momentum_buffers", momentum_buffers}}, master_params,
-                         {}, lr, grad_scale, found_inf, stats, {{"momentum", momentum}},
-                         trust_ratios);
+      weight_decay.has_value()
+          ? check_update_group(params, grads, {{"momentum_buffers", momentum_buffers}},
+                               master_params, {}, lr, grad_scale, found_inf, stats,
+                               {{"momentum", momentum}, {"weight_decay", *weight_decay}}, trust_ratios)
+          : check_update_group(params, grads, {{"momentum_buffers", momentum_buffers}},
+                               master_params, {}, lr, grad_scale, found_inf, stats,
+                               {{"momentum", momentum}}, trust_ratios);
   if (!momentum_buffers.empty()) {
     check_same_length("momentum_buffers", momentum_buffers.size(), "params", params.size());
   }

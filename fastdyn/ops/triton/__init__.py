@@ -90,12 +90,13 @@ def clip_grad_norm_(grads: List[torch.Tensor], max_norm: float, ord: float = 2.0
 def adam_(params: List[torch.Tensor], grads: List[torch.Tensor], exp_avgs: List[torch.Tensor],
           exp_avg_sqs: List[torch.Tensor], max_exp_avg_sqs: List[torch.Tensor],
           master_params: List[torch.Tensor], state_steps: List[torch.Tensor], lr: torch.Tensor,
-          beta1: torch.Tensor, beta2: float, weight_decay: float, eps: float, amsgrad: bool,
-          maximize: bool, decoupled_weight_decay: bool, grad_scale: Optional[torch.Tensor],
-          found_inf: Optional[torch.Tensor], stats: Optional[torch.Tensor]) -> None:
+          beta1: torch.Tensor, beta2: float, weight_decay: torch.Tensor, eps: float,
+          amsgrad: bool, maximize: bool, decoupled_weight_decay: bool,
+          grad_scale: Optional[torch.Tensor], found_inf: Optional[torch.Tensor],
+          stats: Optional[torch.Tensor]) -> None:
     _native_checks.check_adam_args(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
-                                   master_params, state_steps, lr, beta1, amsgrad, grad_scale,
-                                   found_inf, stats)
+                                   master_params, state_steps, lr, beta1, weight_decay, amsgrad,
+                                   grad_scale, found_inf, stats)
     with _device_guard(params, "params"):
         _adam.adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, state_steps,
                     lr, beta1, beta2, weight_decay, eps, amsgrad, maximize, decoupled_weight_decay,
@@ -106,12 +107,11 @@ def adam_(params: List[torch.Tensor], grads: List[torch.Tensor], exp_avgs: List[
                                                        "master_params", "stats"))
 def sgd_(params: List[torch.Tensor], grads: List[torch.Tensor],
          momentum_buffers: List[torch.Tensor], master_params: List[torch.Tensor],
-         lr: torch.Tensor, momentum: torch.Tensor, dampening: float, weight_decay: float,
-         nesterov: bool,
-         maximize: bool, is_first_step: bool, grad_scale: Optional[torch.Tensor],
+         lr: torch.Tensor, momentum: torch.Tensor, dampening: float, weight_decay: torch.Tensor,
+         nesterov: bool, maximize: bool, is_first_step: bool, grad_scale: Optional[torch.Tensor],
          found_inf: Optional[torch.Tensor], stats: Optional[torch.Tensor]) -> None:
     _native_checks.check_momentum_args(params, grads, momentum_buffers, master_params, lr,
-                                       momentum, grad_scale, found_inf, stats, None)
+                                       momentum, grad_scale, found_inf, stats, None, weight_decay)
     with _device_guard(params, "params"):
         _sgd.sgd_(params, grads, momentum_buffers, master_params, lr, momentum, dampening,
                   weight_decay, nesterov, maximize, is_first_step, grad_scale, found_inf, stats)

@@ -14,7 +14,7 @@ from fastdyn.ops.triton._multi_tensor import (BLOCK, CHUNK, as_float32, beta1_te
 
 @triton.jit
 def _adam_kernel(rows_ptr, lr_ptr, scale_ptr, found_inf_ptr, bc1_ptr, bc2_ptr, partials_ptr,
-                 beta1_ptr, beta2, one_minus_beta2, eps, weight_decay,
+                 beta1_ptr, beta2, one_minus_beta2, eps, weight_decay_ptr,
                  N_COLS: tl.constexpr, P_DT: tl.constexpr, S_DT: tl.constexpr,
                  HAS_MASTER: tl.constexpr, AMSGRAD: tl.constexpr, MAXIMIZE: tl.constexpr,
                  DECOUPLED: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr,
@@ -34,6 +34,7 @@ def _adam_kernel(rows_ptr, lr_ptr, scale_ptr, found_inf_ptr, bc1_ptr, bc2_ptr, p
         lr = tl.load(lr_ptr)
         beta1 = tl.load(beta1_ptr)
         one_minus_beta1 = tl.load(beta1_ptr + 1)
+        weight_decay = tl.load(weight_decay_ptr)
         step_size = tl.div_rn(lr, tl.load(bc1_ptr + t))
         bc2_sqrt = tl.sqrt_rn(tl.load(bc2_ptr + t))
         inv = inverse_grad_scale(scale_ptr, HAS_SCALE)
@@ -100,7 +101,7 @@ def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, 
             table.rows, lr32, as_float32(grad_scale) if grad_scale is not None else lr32,
             found_inf if found_inf is not None else lr32, bc1, bc2, partials, beta1_terms(beta1),
             # 1 - beta in double, rounded once (as csrc/include/fastdyn/math/adam.h)
-            float(beta2), 1.0 - beta2, float(eps), float(weight_decay),
+            float(beta2), 1.0 - beta2, float(eps), as_float32(weight_decay),
             N_COLS=table.n_cols, P_DT=tl_dtype(params[0].dtype), S_DT=tl_dtype(exp_avgs[0].dtype),
             HAS_MASTER=len(master_params) > 0, AMSGRAD=bool(amsgrad), MAXIMIZE=bool(maximize),
             DECOUPLED=bool(decoupled_weight_decay), HAS_SCALE=grad_scale is not None,

@@ -13,7 +13,7 @@ from fastdyn.ops.triton._multi_tensor import (BLOCK, CHUNK, as_float32, chunk_ta
 
 @triton.jit
 def _momentum_update_kernel(rows_ptr, lr_ptr, scale_ptr, found_inf_ptr, ratio_ptr, partials_ptr,
-                            momentum_ptr, dampening, weight_decay,
+                            momentum_ptr, dampening, weight_decay_ptr,
                             N_COLS: tl.constexpr, P_DT: tl.constexpr, S_DT: tl.constexpr,
                             HAS_MASTER: tl.constexpr, HAS_BUF: tl.constexpr, NESTEROV: tl.constexpr,
                             MAXIMIZE: tl.constexpr, FIRST_STEP: tl.constexpr, LARS: tl.constexpr,
@@ -35,6 +35,7 @@ def _momentum_update_kernel(rows_ptr, lr_ptr, scale_ptr, found_inf_ptr, ratio_pt
         momentum = 0.0
         if HAS_BUF:
             momentum = tl.load(momentum_ptr)
+        weight_decay = tl.load(weight_decay_ptr)
         r = 1.0
         if ADAPT:
             r = tl.load(ratio_ptr + t)
@@ -94,6 +95,8 @@ def momentum_update(params, grads, momentum_buffers, master_params, lr, momentum
                     lars=False, ratios=None):
     device = params[0].device
     has_buf = len(momentum_buffers) > 0  # none: no momentum
+    if not isinstance(weight_decay, torch.Tensor):  # (LARS's, a float: its kernel loads it too)
+        weight_decay = torch.full((), float(weight_decay), dtype=torch.float32, device=device)
     table = chunk_table([params, grads, momentum_buffers, master_params], device)
     partials = torch.zeros((max(table.n_chunks, 1), 3), dtype=torch.float32, device=device)
     found_inf = as_float32(found_inf)
@@ -104,7 +107,7 @@ def momentum_update(params, grads, momentum_buffers, master_params, lr, momentum
             table.rows, lr32, as_float32(grad_scale) if grad_scale is not None else lr32,
             found_inf if found_inf is not None else lr32, ratios if ratios is not None else lr32,
             partials, as_float32(momentum) if has_buf else lr32, float(dampening),
-            float(weight_decay),
+            as_float32(weight_decay),
             N_COLS=table.n_cols, P_DT=tl_dtype(params[0].dtype), S_DT=tl_dtype(sdt),
             HAS_MASTER=len(master_params) > 0, HAS_BUF=has_buf, NESTEROV=bool(nesterov),
             MAXIMIZE=bool(maximize), FIRST_STEP=bool(is_first_step), LARS=lars,
