@@ -106,13 +106,43 @@ def test_scheduler_changes_tensor_lr_without_recompiling():
     assert len(frames) == n_graphs, "a changed lr recompiled the step"
 
 
-
 SCHEDULES = {
     # a float lr each step
     "cosine-lr": lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, 12),
     # and a new beta1 (Adam, LAMB) or momentum (SGD, LARS), cycle_momentum being its default
     "one-cycle": lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=12),
 }
+
+
+def _graphs_of_a_compiled_step_matching_eager(make_opt, before_step=None, after_step=None):
+    """Trains mlp() 12 steps with the eager step and with the class's step compiled by
+    aot_eager under fullgraph=True (the scheduler's wrapper of opt.step is not traceable),
+    from the same start, before_step/after_step(opt, i) editing the groups around each
+    step; checks that both end at the same params and returns the compiled run's graphs."""
+    from torch._dynamo.utils import counters
+
+    results = []
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        counters.clear()
+        torch.manual_seed(0)
+        model = mlp()
+        opt = make_opt(model.parameters())
+        step = (partial(torch.compile(type(opt).step, backend="aot_eager", fullgraph=True), opt)
+                if compiled else opt.step)
+        data = regression_data()
+        for i in range(12):
+            opt.zero_grad()
+            mlp_loss(model, data).backward()
+            if before_step is not None:
+                before_step(opt, i)
+            step()
+            if after_step is not None:
+                after_step(opt, i)
+        results.append([p.detach().clone() for p in model.parameters()])
+    for eager, compiled in zip(*results):
+        torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-7)
+    return counters["stats"]["unique_graphs"]
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
@@ -125,34 +155,21 @@ def test_a_scheduler_does_not_recompile_the_step(name, schedule):
     each value a new graph until the recompile limit (8: the step then ran eagerly, or
     raised FailOnRecompileLimitHit under fullgraph=True). The eager step's values (torch
     2.11's AOT autograd had lost the lr fill after such a recompile: a stale lr)."""
-    from torch._dynamo.utils import counters
+    schedulers, seen = [], set()
 
-    results = []
-    for compiled in (False, True):
-        torch._dynamo.reset()
-        counters.clear()
-        torch.manual_seed(0)
-        model = mlp()
-        opt = getattr(fastdyn.optim, name.split("-")[0])(model.parameters(), lr=0.05,
-                                                       **CASES[name])
-        sched = SCHEDULES[schedule](opt)
-        # the class's step: the scheduler's wrapper of opt.step is not traceable (fullgraph)
-        step = (partial(torch.compile(type(opt).step, backend="aot_eager", fullgraph=True), opt)
-                if compiled else opt.step)
-        data = regression_data()
-        seen = set()
-        for _ in range(12):
-            opt.zero_grad()
-            mlp_loss(model, data).backward()
-            step()
-            group = opt.param_groups[0]
-            seen.add((group["lr"], group["betas"][0] if "betas" in group else group["momentum"]))
-            sched.step()
-        assert len(seen) >= 10  # (the scheduler did change them)
-        results.append([p.detach().clone() for p in model.parameters()])
-    for eager, compiled in zip(*results):
-        torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-7)
-    assert counters["stats"]["unique_graphs"] <= 3, counters["stats"]
+    def make_opt(params):
+        opt = getattr(fastdyn.optim, name.split("-")[0])(params, lr=0.05, **CASES[name])
+        schedulers.append(SCHEDULES[schedule](opt))
+        return opt
+
+    def after_step(opt, i):
+        group = opt.param_groups[0]
+        seen.add((group["lr"], group["betas"][0] if "betas" in group else group["momentum"]))
+        schedulers[-1].step()
+
+    graphs = _graphs_of_a_compiled_step_matching_eager(make_opt, after_step=after_step)
+    assert len(seen) >= 10  # (the scheduler did change them)
+    assert graphs <= 3
 
 
 @pytest.mark.parametrize("name", ["Adam", "AdamW", "SGD"])
@@ -161,31 +178,17 @@ def test_a_weight_decay_schedule_does_not_recompile_the_step(name):
     cosine lr beside it), from 0 (no decay: the kernels leave the p term out) up: weight_decay
     was a float argument of adam_ and sgd_, a graph per value until the recompile limit
     (as torch's foreach AdamW with a float lr, on torch 2.14; with a tensor lr it makes 2)."""
-    from torch._dynamo.utils import counters
+    def before_step(opt, i):
+        for group in opt.param_groups:
+            group["weight_decay"] = 0.2 * (1 - math.cos(math.pi * i / 11)) / 2
+            group["lr"] = 0.05 * (1 + math.cos(math.pi * i / 11)) / 2
 
-    results = []
-    for compiled in (False, True):
-        torch._dynamo.reset()
-        counters.clear()
-        torch.manual_seed(0)
-        model = mlp()
-        opt = getattr(fastdyn.optim, name)(model.parameters(), lr=0.05,
-                                           **({"momentum": 0.9} if name == "SGD" else {}))
-        step = (partial(torch.compile(type(opt).step, backend="aot_eager", fullgraph=True), opt)
-                if compiled else opt.step)
-        data = regression_data()
-        for i in range(12):
-            opt.zero_grad()
-            mlp_loss(model, data).backward()
-            for group in opt.param_groups:
-                group["weight_decay"] = 0.2 * (1 - math.cos(math.pi * i / 11)) / 2
-                group["lr"] = 0.05 * (1 + math.cos(math.pi * i / 11)) / 2
-            step()
-        results.append([p.detach().clone() for p in model.parameters()])
-    for eager, compiled in zip(*results):
-        torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-7)
+    graphs = _graphs_of_a_compiled_step_matching_eager(
+        lambda params: getattr(fastdyn.optim, name)(
+            params, lr=0.05, **({"momentum": 0.9} if name == "SGD" else {})),
+        before_step=before_step)
     # the first step creating the state, the later ones; at most one more for weight_decay 0
-    assert counters["stats"]["unique_graphs"] <= 3, counters["stats"]
+    assert graphs <= 3
 
 
 @pytest.mark.parametrize("name", ["SGD-dampening", "LARS-dampening"])
