@@ -37,38 +37,38 @@ void check_momentum(at::TensorList params, at::TensorList grads, at::TensorList 
                     const c10::optional<at::Tensor>& grad_scale,
                     const c10::optional<at::Tensor>& found_inf,
                     const c10::optional<at::Tensor>& stats,
-                    const c10::optional<at::Tensor>& trust_ratios,
-                    const c10::optional<at::Tensor>& weight_decay) {
+                    const c10::optional<at::Tensor>& trust_ratios, const at::Tensor& weight_decay) {
   const UpdateGroup grp = check_momentum_args(params, grads, momentum_buffers, master_params, lr,
-                                              momentum, grad_scale, found_inf, stats, trust_ratios,
-                                              weight_decay);
+                                              momentum, weight_decay, grad_scale, found_inf, stats,
+                                              trust_ratios);
   if (trust_ratios.has_value()) check_trust_ratios(*trust_ratios, grp);
 }
 
 void check_lamb(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                 at::TensorList exp_avg_sqs, at::TensorList master_params,
                 at::TensorList state_steps, const at::Tensor& lr, const at::Tensor& beta1,
-                const c10::optional<at::Tensor>& grad_scale,
+                const at::Tensor& weight_decay, const c10::optional<at::Tensor>& grad_scale,
                 const c10::optional<at::Tensor>& found_inf, const c10::optional<at::Tensor>& stats) {
   check_lamb_args(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, beta1,
-                  grad_scale, found_inf, stats);
+                  weight_decay, grad_scale, found_inf, stats);
 }
 
 void check_lamb_moments(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                         at::TensorList exp_avg_sqs, at::TensorList master_params,
                         at::TensorList state_steps, const at::Tensor& beta1,
-                        const c10::optional<at::Tensor>& grad_scale,
+                        const at::Tensor& weight_decay, const c10::optional<at::Tensor>& grad_scale,
                         const c10::optional<at::Tensor>& found_inf) {
   check_lamb_moments_args(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, beta1,
-                          grad_scale, found_inf);
+                          weight_decay, grad_scale, found_inf);
 }
 
 void check_lamb_apply(at::TensorList params, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
                       at::TensorList master_params, at::TensorList state_steps,
                       const at::Tensor& lr, const at::Tensor& trust_ratios,
-                      const at::Tensor& beta1, const c10::optional<at::Tensor>& found_inf) {
+                      const at::Tensor& beta1, const at::Tensor& weight_decay,
+                      const c10::optional<at::Tensor>& found_inf) {
   check_lamb_apply_args(params, exp_avgs, exp_avg_sqs, master_params, state_steps, lr,
-                        trust_ratios, beta1, found_inf);
+                        trust_ratios, beta1, weight_decay, found_inf);
 }
 
 void check_written_memory(at::TensorList tensors) {

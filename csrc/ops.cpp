@@ -3,7 +3,7 @@
 // Kernels register themselves per backend in cpu/*.cpp and cuda/*.cu.
 // What a scheduler changes during training is a one-element tensor on the params' device,
 // read by the kernels: lr, beta1 / momentum (OneCycleLR and CyclicLR cycle them), and
-// Adam's and SGD's weight_decay (DINO-style cosine schedules). As floats, a compiled step was
+// weight_decay (DINO-style cosine schedules). As floats, a compiled step was
 // retraced for every new value (a graph per value, then dynamo's recompile limit). SGD and LARS apply momentum when momentum_buffers are given.
 #include <torch/library.h>
 
@@ -28,13 +28,13 @@ TORCH_LIBRARY(fastdyn, m) {
   m.def(
       "lamb_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
       "Tensor(d!)[] master_params, Tensor(e!)[] state_steps, Tensor lr, Tensor beta1, float beta2, "
-      "float eps, float weight_decay, bool bias_correction, bool grad_averaging, bool trust_clip, "
+      "float eps, Tensor weight_decay, bool bias_correction, bool grad_averaging, bool trust_clip, "
       "bool always_adapt, Tensor? grad_scale=None, Tensor? found_inf=None, "
       "Tensor(f!)? stats=None) -> ()");
   m.def(
       "lars_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, "
       "Tensor(c!)[] master_params, Tensor lr, Tensor momentum, float dampening, "
-      "float weight_decay, bool nesterov, float trust_coeff, float eps, bool trust_clip, "
+      "Tensor weight_decay, bool nesterov, float trust_coeff, float eps, bool trust_clip, "
       "bool always_adapt, bool is_first_step, Tensor? grad_scale=None, Tensor? found_inf=None, "
       "Tensor(d!)? stats=None, Tensor? trust_ratios=None) -> ()");
   // LAMB's two passes as two ops, for sums that must be all-reduced between them (sharded
@@ -42,12 +42,12 @@ TORCH_LIBRARY(fastdyn, m) {
   m.def(
       "lamb_moments_(Tensor[] params, Tensor[] grads, Tensor(a!)[] exp_avgs, "
       "Tensor(b!)[] exp_avg_sqs, Tensor[] master_params, Tensor(c!)[] state_steps, Tensor beta1, "
-      "float beta2, float eps, float weight_decay, bool bias_correction, bool grad_averaging, "
+      "float beta2, float eps, Tensor weight_decay, bool bias_correction, bool grad_averaging, "
       "Tensor? grad_scale=None, Tensor? found_inf=None) -> Tensor");
   m.def(
       "lamb_apply_(Tensor(a!)[] params, Tensor[] exp_avgs, Tensor[] exp_avg_sqs, "
       "Tensor(b!)[] master_params, Tensor[] state_steps, Tensor lr, Tensor trust_ratios, "
-      "Tensor beta1, float beta2, float eps, float weight_decay, bool bias_correction, "
+      "Tensor beta1, float beta2, float eps, Tensor weight_decay, bool bias_correction, "
       "Tensor? found_inf=None) -> ()");
   // Every op's argument checks alone (csrc/checks.cpp), for the Triton backend: the same
   // checks and messages as the C++ launchers, at ~0.2 us a param where the Python mirror
@@ -67,17 +67,17 @@ TORCH_LIBRARY(fastdyn, m) {
   m.def(
       "check_momentum_args(Tensor[] params, Tensor[] grads, Tensor[] momentum_buffers, "
       "Tensor[] master_params, Tensor lr, Tensor momentum, Tensor? grad_scale, Tensor? found_inf, "
-      "Tensor? stats, Tensor? trust_ratios, Tensor? weight_decay=None) -> ()");
+      "Tensor? stats, Tensor? trust_ratios, Tensor weight_decay) -> ()");
   m.def(
       "check_lamb_args(Tensor[] params, Tensor[] grads, Tensor[] exp_avgs, Tensor[] exp_avg_sqs, "
       "Tensor[] master_params, Tensor[] state_steps, Tensor lr, Tensor beta1, "
-      "Tensor? grad_scale, Tensor? found_inf, Tensor? stats) -> ()");
+      "Tensor weight_decay, Tensor? grad_scale, Tensor? found_inf, Tensor? stats) -> ()");
   m.def(
       "check_lamb_moments_args(Tensor[] params, Tensor[] grads, Tensor[] exp_avgs, "
       "Tensor[] exp_avg_sqs, Tensor[] master_params, Tensor[] state_steps, Tensor beta1, "
-      "Tensor? grad_scale, Tensor? found_inf) -> ()");
+      "Tensor weight_decay, Tensor? grad_scale, Tensor? found_inf) -> ()");
   m.def(
       "check_lamb_apply_args(Tensor[] params, Tensor[] exp_avgs, Tensor[] exp_avg_sqs, "
       "Tensor[] master_params, Tensor[] state_steps, Tensor lr, Tensor trust_ratios, "
-      "Tensor beta1, Tensor? found_inf) -> ()");
+      "Tensor beta1, Tensor weight_decay, Tensor? found_inf) -> ()");
 }

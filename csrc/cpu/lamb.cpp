@@ -122,17 +122,19 @@ double tensor_sum(const ChunkPlan& plan, const std::vector<StatsPartial>& partia
 void lamb_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
            at::TensorList exp_avg_sqs, at::TensorList master_params, at::TensorList state_steps,
            const at::Tensor& lr, const at::Tensor& beta1, double beta2, double eps,
-           double weight_decay, bool bias_correction, bool grad_averaging, bool trust_clip,
-           bool always_adapt,
+           const at::Tensor& weight_decay, bool bias_correction, bool grad_averaging,
+           bool trust_clip, bool always_adapt,
            const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf,
            const c10::optional<at::Tensor>& stats) {
   const UpdateGroup grp = check_lamb_args(params, grads, exp_avgs, exp_avg_sqs, master_params,
-                                          state_steps, lr, beta1, grad_scale, found_inf, stats);
+                                          state_steps, lr, beta1, weight_decay, grad_scale,
+                                          found_inf, stats);
   if (params.empty()) return;
   const StepContext ctx = begin_step(state_steps, lr, grad_scale, found_inf);
   if (ctx.skip) return;
 
-  const bool adapt = weight_decay != 0.0 || always_adapt;
+  const double wd_value = scalar_value(weight_decay);  // (a CPU tensor)
+  const bool adapt = wd_value != 0.0 || always_adapt;
   const ChunkPlan plan = plan_chunks(params);
   std::vector<StatsPartial> partials(plan.chunks.size());
   std::vector<double> ratios(params.size(), 1.0);
@@ -141,7 +143,7 @@ void lamb_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
   std::vector<StatsPartial> applied(stats.has_value() && grp.rounds_into_param() ? plan.chunks.size()
                                                                                 : 0);
   with_lamb_kernels(grp, params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps,
-                    scalar_value(beta1), beta2, eps, weight_decay, bias_correction, grad_averaging,
+                    scalar_value(beta1), beta2, eps, wd_value, bias_correction, grad_averaging,
                     ctx.inv_grad_scale, [&](auto& moments, auto& apply) {
     auto finish = [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
@@ -176,12 +178,12 @@ void lamb_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
 at::Tensor lamb_moments_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                          at::TensorList exp_avg_sqs, at::TensorList master_params,
                          at::TensorList state_steps, const at::Tensor& beta1, double beta2,
-                         double eps, double weight_decay, bool bias_correction, bool grad_averaging,
-                         const c10::optional<at::Tensor>& grad_scale,
+                         double eps, const at::Tensor& weight_decay, bool bias_correction,
+                         bool grad_averaging, const c10::optional<at::Tensor>& grad_scale,
                          const c10::optional<at::Tensor>& found_inf) {
   const UpdateGroup grp = check_lamb_moments_args(params, grads, exp_avgs, exp_avg_sqs,
-                                                  master_params, state_steps, beta1, grad_scale,
-                                                  found_inf);
+                                                  master_params, state_steps, beta1, weight_decay,
+                                                  grad_scale, found_inf);
   const int64_t n = static_cast<int64_t>(params.size());
   at::Tensor sums = at::full({n, 3}, std::numeric_limits<double>::quiet_NaN(),
                              at::TensorOptions().dtype(at::kDouble));
@@ -191,8 +193,8 @@ at::Tensor lamb_moments_(at::TensorList params, at::TensorList grads, at::Tensor
   const ChunkPlan plan = plan_chunks(params);
   std::vector<StatsPartial> partials(plan.chunks.size());
   with_lamb_kernels(grp, params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps,
-                    scalar_value(beta1), beta2, eps, weight_decay, bias_correction, grad_averaging,
-                    ctx.inv_grad_scale, [&](auto& moments, auto&) {
+                    scalar_value(beta1), beta2, eps, scalar_value(weight_decay), bias_correction,
+                    grad_averaging, ctx.inv_grad_scale, [&](auto& moments, auto&) {
     for_each_chunk(plan, [&](const Chunk& c, int64_t ci) { moments(c, &partials[ci]); });
   });
   double* out = sums.data_ptr<double>();
@@ -205,10 +207,11 @@ at::Tensor lamb_moments_(at::TensorList params, at::TensorList grads, at::Tensor
 void lamb_apply_(at::TensorList params, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
                  at::TensorList master_params, at::TensorList state_steps, const at::Tensor& lr,
                  const at::Tensor& trust_ratios, const at::Tensor& beta1, double beta2, double eps,
-                 double weight_decay, bool bias_correction,
+                 const at::Tensor& weight_decay, bool bias_correction,
                  const c10::optional<at::Tensor>& found_inf) {
   const UpdateGroup grp = check_lamb_apply_args(params, exp_avgs, exp_avg_sqs, master_params,
-                                                state_steps, lr, trust_ratios, beta1, found_inf);
+                                                state_steps, lr, trust_ratios, beta1, weight_decay,
+                                                found_inf);
   if (params.empty()) return;
   const StepContext ctx = begin_step({}, lr, c10::nullopt, found_inf);
   if (ctx.skip) return;
@@ -217,7 +220,7 @@ void lamb_apply_(at::TensorList params, at::TensorList exp_avgs, at::TensorList 
   const ChunkPlan plan = plan_chunks(params);
   // the gradients are not read: exp_avgs stands in for the list (same shapes)
   with_lamb_kernels(grp, params, exp_avgs, exp_avgs, exp_avg_sqs, master_params, state_steps,
-                    scalar_value(beta1), beta2, eps, weight_decay, bias_correction, true, 1.0,
+                    scalar_value(beta1), beta2, eps, scalar_value(weight_decay), bias_correction, true, 1.0,
                     [&](auto&, auto& apply) {
     for_each_chunk(plan, [&](const Chunk& c, int64_t) { apply(c, ctx.lr * r[c.tensor], nullptr); });
   });

@@ -30,19 +30,22 @@ void lars_norms(const P* __restrict__ p, const P* __restrict__ g,
 
 void lars_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
            at::TensorList master_params, const at::Tensor& lr, const at::Tensor& momentum,
-           double dampening, double weight_decay, bool nesterov, double trust_coeff, double eps,
+           double dampening, const at::Tensor& weight_decay, bool nesterov, double trust_coeff,
+           double eps,
            bool trust_clip, bool always_adapt, bool is_first_step,
            const c10::optional<at::Tensor>& grad_scale,
            const c10::optional<at::Tensor>& found_inf, const c10::optional<at::Tensor>& stats,
            const c10::optional<at::Tensor>& trust_ratios) {
   const UpdateGroup grp = check_momentum_args(params, grads, momentum_buffers, master_params, lr,
-                                              momentum, grad_scale, found_inf, stats, trust_ratios);
+                                              momentum, weight_decay, grad_scale, found_inf, stats,
+                                              trust_ratios);
   if (trust_ratios.has_value()) check_trust_ratios(*trust_ratios, grp);
   if (params.empty()) return;
   const StepContext ctx = begin_step({}, lr, grad_scale, found_inf);
   if (ctx.skip) return;
 
-  const bool adapt = weight_decay != 0.0 || always_adapt;
+  const double wd_value = scalar_value(weight_decay);  // (a CPU tensor)
+  const bool adapt = wd_value != 0.0 || always_adapt;
   const bool want_stats = stats.has_value();
   const ChunkPlan plan = plan_chunks(params);
   std::vector<StatsPartial> partials(plan.chunks.size(), StatsPartial{0.0, 0.0, 0.0});
@@ -82,11 +85,11 @@ void lars_(at::TensorList params, at::TensorList grads, at::TensorList momentum_
           p2 += partials[c][1];
         }
         ratios[t] = math::lars_trust_ratio(math::fsqrt(p2), math::fsqrt(g2), trust_coeff,
-                                           weight_decay, eps, ctx.lr, adapt, trust_clip);
+                                           wd_value, eps, ctx.lr, adapt, trust_clip);
       }
     };
     auto update = [&](const Chunk& c, int64_t ci) {
-      const A wd = A(weight_decay), ratio = A(ratios[c.tensor]);
+      const A wd = A(wd_value), ratio = A(ratios[c.tensor]);
       // adapt as a compile-time constant: one more runtime select in the loop (beside
       // first_step and nesterov) left the track_stats loop scalar (0.4 G elem/s in cache).
       auto run = [&](auto adapt_c) {

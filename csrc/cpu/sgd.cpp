@@ -16,8 +16,7 @@ void sgd_(at::TensorList params, at::TensorList grads, at::TensorList momentum_b
           const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf,
           const c10::optional<at::Tensor>& stats) {
   const UpdateGroup grp = check_momentum_args(params, grads, momentum_buffers, master_params, lr,
-                                              momentum, grad_scale, found_inf, stats, c10::nullopt,
-                                              weight_decay);
+                                              momentum, weight_decay, grad_scale, found_inf, stats);
   if (params.empty()) return;
   const StepContext ctx = begin_step({}, lr, grad_scale, found_inf);
   if (ctx.skip) return;

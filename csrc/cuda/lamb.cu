@@ -19,14 +19,17 @@ enum LambList { kP = 0, kG, kM, kV, kMaster, kStep, kLambDepth };
 
 template <typename A>
 struct LambCommon : SkipIfFoundInf {
-  math::LambHyper<A> h;  // beta1's terms set from `beta1` on the device (hyper())
+  math::LambHyper<A> h;  // beta1's terms and weight_decay set on the device (hyper())
   ScalarRef beta1;
+  ScalarRef weight_decay;
   bool grad_averaging;
   bool bias_correction;
   bool steps_double;
 
   __device__ __forceinline__ math::LambHyper<A> hyper() const {
-    return math::lamb_with_beta1(h, beta1.get(), grad_averaging);
+    math::LambHyper<A> hh = math::lamb_with_beta1(h, beta1.get(), grad_averaging);
+    hh.weight_decay = static_cast<A>(weight_decay.get());
+    return hh;
   }
   __device__ __forceinline__ math::LambStepScalars<A> scalars(
       const math::LambHyper<A>& hh, const TensorListMeta<kLambDepth>& meta, int slot) const {
@@ -122,10 +125,13 @@ struct LambApplyOp : LambCommon<typename OpMath<P>::type> {
 };
 
 // One block per tensor: trust ratio from the chunk partials (and ||update|| for stats).
+// Adapting (weight_decay != 0 or always_adapt) is decided here, weight_decay being a tensor.
 __global__ void __launch_bounds__(256) lamb_ratio_kernel(TensorListMeta<kLambDepth> meta, const double* partials,
                                                          double* ratios, double* update_norms, ScalarRef lr,
-                                                         bool adapt, bool trust_clip, SkipIfFoundInf guard) {
+                                                         ScalarRef weight_decay, bool always_adapt,
+                                                         bool trust_clip, SkipIfFoundInf guard) {
   if (guard.skip()) return;
+  const bool adapt = always_adapt || weight_decay.get() != 0.0;
   __shared__ double shared[32];
   const int slot = blockIdx.x;
   const int64_t c0 = meta.chunk_offset + meta.chunk_begin[slot];
@@ -175,7 +181,8 @@ struct LambArgs {
   ScalarRef grad_scale;  // moments pass
   ScalarRef lr;          // apply pass
   ScalarRef beta1;
-  double beta2, eps, weight_decay;
+  ScalarRef weight_decay;
+  double beta2, eps;
   bool bias_correction;
   bool grad_averaging;
   bool steps_double;
@@ -194,14 +201,15 @@ void with_lamb_ops(const UpdateGroup& grp, const LambArgs& a, bool measure_appli
     using A = typename OpMath<P>::type;
     dispatch_flags(grp.has_master, measure_applied, [&](auto master_c, auto stats_c) {
       constexpr bool kM = decltype(master_c)::value;
-      // beta1 is read on the device (LambCommon::hyper)
-      const auto h = math::lamb_hyper<A>(0.0, a.beta2, a.grad_averaging, a.eps, a.weight_decay);
+      // beta1 and weight_decay are read on the device (LambCommon::hyper)
+      const auto h = math::lamb_hyper<A>(0.0, a.beta2, a.grad_averaging, a.eps, 0.0);
       LambMomentsOp<P, S, kM> moments;
       LambApplyOp<P, S, kM, decltype(stats_c)::value> apply;
       auto set_common = [&](LambCommon<A>& op) {
         op.found_inf = a.found_inf;
         op.h = h;
         op.beta1 = a.beta1;
+        op.weight_decay = a.weight_decay;
         op.grad_averaging = a.grad_averaging;
         op.bias_correction = a.bias_correction;
         op.steps_double = a.steps_double;
@@ -221,15 +229,15 @@ void with_lamb_ops(const UpdateGroup& grp, const LambArgs& a, bool measure_appli
 void lamb_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
            at::TensorList exp_avg_sqs, at::TensorList master_params, at::TensorList state_steps,
            const at::Tensor& lr, const at::Tensor& beta1, double beta2, double eps,
-           double weight_decay, bool bias_correction, bool grad_averaging, bool trust_clip,
-           bool always_adapt, const c10::optional<at::Tensor>& grad_scale,
+           const at::Tensor& weight_decay, bool bias_correction, bool grad_averaging,
+           bool trust_clip, bool always_adapt, const c10::optional<at::Tensor>& grad_scale,
            const c10::optional<at::Tensor>& found_inf, const c10::optional<at::Tensor>& stats) {
   const UpdateGroup grp = check_lamb_args(params, grads, exp_avgs, exp_avg_sqs, master_params,
-                                          state_steps, lr, beta1, grad_scale, found_inf, stats);
+                                          state_steps, lr, beta1, weight_decay, grad_scale,
+                                          found_inf, stats);
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(grp.device);
   const ScalarRef found = scalar_ref(found_inf);
-  const bool adapt = weight_decay != 0.0 || always_adapt;
   const bool want_stats = stats.has_value();
   // 16-bit params without masters: ||update|| is the stored change, which the apply pass
   // measures; the others' is lr * r * ||u|| (to the rounding of p), from the ratio kernel
@@ -242,8 +250,8 @@ void lamb_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
   increment_steps(state_steps, found);
   double* ratios_ptr = ratios.data_ptr<double>();
   double* update_norms_ptr = update_norms.defined() ? update_norms.data_ptr<double>() : nullptr;
-  const LambArgs args{found, scalar_ref(grad_scale), scalar_ref(lr), scalar_ref(beta1), beta2, eps,
-                      weight_decay, bias_correction, grad_averaging,
+  const LambArgs args{found, scalar_ref(grad_scale), scalar_ref(lr), scalar_ref(beta1),
+                      scalar_ref(weight_decay), beta2, eps, bias_correction, grad_averaging,
                       state_steps[0].scalar_type() == at::kDouble, partials.data_ptr<double>(),
                       ratios_ptr};
   const std::array<at::TensorList, kLambDepth> lists = {params, grads, exp_avgs, exp_avg_sqs,
@@ -252,8 +260,8 @@ void lamb_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
     for_each_batch<kLambDepth>(lists, [&](const TensorListMeta<kLambDepth>& meta) {
       launch_apply(meta, moments);
       lamb_ratio_kernel<<<meta.n_tensors, 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
-          meta, args.partials, ratios_ptr, update_norms_ptr, args.lr, adapt, trust_clip,
-          SkipIfFoundInf{found});
+          meta, args.partials, ratios_ptr, update_norms_ptr, args.lr, args.weight_decay,
+          always_adapt, trust_clip, SkipIfFoundInf{found});
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       launch_apply(meta, apply);
       if (want_stats) {
@@ -267,12 +275,12 @@ void lamb_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
 at::Tensor lamb_moments_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                          at::TensorList exp_avg_sqs, at::TensorList master_params,
                          at::TensorList state_steps, const at::Tensor& beta1, double beta2,
-                         double eps, double weight_decay, bool bias_correction, bool grad_averaging,
-                         const c10::optional<at::Tensor>& grad_scale,
+                         double eps, const at::Tensor& weight_decay, bool bias_correction,
+                         bool grad_averaging, const c10::optional<at::Tensor>& grad_scale,
                          const c10::optional<at::Tensor>& found_inf) {
   const UpdateGroup grp = check_lamb_moments_args(params, grads, exp_avgs, exp_avg_sqs,
-                                                  master_params, state_steps, beta1, grad_scale,
-                                                  found_inf);
+                                                  master_params, state_steps, beta1, weight_decay,
+                                                  grad_scale, found_inf);
   const auto dopts = at::TensorOptions().dtype(at::kDouble).device(grp.device);
   at::Tensor sums = at::empty({grp.size, 3}, dopts);
   if (params.empty()) return sums;
@@ -280,8 +288,8 @@ at::Tensor lamb_moments_(at::TensorList params, at::TensorList grads, at::Tensor
   const ScalarRef found = scalar_ref(found_inf);
   at::Tensor partials = at::empty({3 * std::max<int64_t>(count_chunks(params), 1)}, dopts);
   increment_steps(state_steps, found);
-  const LambArgs args{found, scalar_ref(grad_scale), ScalarRef{}, scalar_ref(beta1), beta2, eps,
-                      weight_decay, bias_correction, grad_averaging,
+  const LambArgs args{found, scalar_ref(grad_scale), ScalarRef{}, scalar_ref(beta1),
+                      scalar_ref(weight_decay), beta2, eps, bias_correction, grad_averaging,
                       state_steps[0].scalar_type() == at::kDouble, partials.data_ptr<double>(),
                       nullptr};
   const std::array<at::TensorList, kLambDepth> lists = {params, grads, exp_avgs, exp_avg_sqs,
@@ -300,16 +308,17 @@ at::Tensor lamb_moments_(at::TensorList params, at::TensorList grads, at::Tensor
 void lamb_apply_(at::TensorList params, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
                  at::TensorList master_params, at::TensorList state_steps, const at::Tensor& lr,
                  const at::Tensor& trust_ratios, const at::Tensor& beta1, double beta2,
-                 double eps, double weight_decay, bool bias_correction,
+                 double eps, const at::Tensor& weight_decay, bool bias_correction,
                  const c10::optional<at::Tensor>& found_inf) {
   const UpdateGroup grp = check_lamb_apply_args(params, exp_avgs, exp_avg_sqs, master_params,
-                                                state_steps, lr, trust_ratios, beta1, found_inf);
+                                                state_steps, lr, trust_ratios, beta1, weight_decay,
+                                                found_inf);
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(grp.device);
   const at::Tensor ratios = trust_ratios.to(at::kDouble).contiguous();
   // grad_averaging only enters the moments pass
-  const LambArgs args{scalar_ref(found_inf), ScalarRef{}, scalar_ref(lr), scalar_ref(beta1), beta2,
-                      eps, weight_decay, bias_correction, true,
+  const LambArgs args{scalar_ref(found_inf), ScalarRef{}, scalar_ref(lr), scalar_ref(beta1),
+                      scalar_ref(weight_decay), beta2, eps, bias_correction, true,
                       state_steps[0].scalar_type() == at::kDouble, nullptr, ratios.data_ptr<double>()};
   // the gradients are not read: params stand in for the list
   const std::array<at::TensorList, kLambDepth> lists = {params, params, exp_avgs, exp_avg_sqs,

@@ -1,5 +1,8 @@
-// Fused LARS on CUDA: per-tensor ||p||, ||g|| (skipped without adaptation or given ratios),
-// a per-tensor kernel for the trust ratios, then the trust-scaled SGD-momentum update.
+// Fused LARS on CUDA: per-tensor ||p||, ||g|| (skipped with the caller's ratios), a per-tensor
+// kernel for the trust ratios, then the trust-scaled SGD-momentum update. weight_decay is a
+// device tensor, so whether to adapt (weight_decay != 0 or always_adapt) is decided on the
+// device: the norm pass runs unless always_adapt is known false and ratios are given. (The
+// LARS optimizer runs sgd_ instead when it knows there is no adaptation.)
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -47,24 +50,28 @@ struct LarsNormsOp : SkipIfFoundInf {
 };
 
 // d = (g + weight_decay * p) * r with tensor t's trust ratio r (ratios[t]; null: r = 1),
-// or g without adaptation.
+// or g without adaptation (weight_decay 0 and not always_adapt).
 template <typename A>
 struct LarsDirection {
-  A weight_decay;
-  bool adapt;
+  ScalarRef weight_decay;
+  bool always_adapt;
   const double* ratios;
   __device__ __forceinline__ auto for_tensor(int id) const {
-    const A wd = weight_decay, r = ratios ? static_cast<A>(ratios[id]) : A(1);
-    const bool adapt_ = adapt;
+    const double wd_value = weight_decay.get();
+    const A wd = static_cast<A>(wd_value), r = ratios ? static_cast<A>(ratios[id]) : A(1);
+    const bool adapt_ = always_adapt || wd_value != 0.0;
     return [wd, r, adapt_](A pv, A gv) { return math::lars_direction(pv, gv, wd, r, adapt_); };
   }
 };
 
 __global__ void __launch_bounds__(256) lars_ratio_kernel(TensorListMeta<kMomentumDepth> meta, const double* partials,
                                                          double* ratios, ScalarRef lr, double trust_coeff,
-                                                         double weight_decay, double eps, bool adapt,
-                                                         bool trust_clip, SkipIfFoundInf guard) {
+                                                         ScalarRef weight_decay, double eps,
+                                                         bool always_adapt, bool trust_clip,
+                                                         SkipIfFoundInf guard) {
   if (guard.skip()) return;
+  const double wd = weight_decay.get();
+  const bool adapt = always_adapt || wd != 0.0;
   __shared__ double shared[32];
   const int slot = blockIdx.x;
   const int64_t c0 = meta.chunk_offset + meta.chunk_begin[slot];
@@ -78,35 +85,41 @@ __global__ void __launch_bounds__(256) lars_ratio_kernel(TensorListMeta<kMomentu
   p2 = block_reduce(p2, SumOp{}, shared);
   if (threadIdx.x == 0) {
     ratios[meta.tensor_id[slot]] = math::lars_trust_ratio(math::fsqrt(p2), math::fsqrt(g2), trust_coeff,
-                                                          weight_decay, eps, lr.get(), adapt, trust_clip);
+                                                          wd, eps, lr.get(), adapt, trust_clip);
   }
 }
 
 void lars_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
            at::TensorList master_params, const at::Tensor& lr, const at::Tensor& momentum,
-           double dampening, double weight_decay, bool nesterov, double trust_coeff, double eps,
+           double dampening, const at::Tensor& weight_decay, bool nesterov, double trust_coeff,
+           double eps,
            bool trust_clip, bool always_adapt, bool is_first_step,
            const c10::optional<at::Tensor>& grad_scale,
            const c10::optional<at::Tensor>& found_inf, const c10::optional<at::Tensor>& stats,
            const c10::optional<at::Tensor>& trust_ratios) {
   const UpdateGroup grp = check_momentum_args(params, grads, momentum_buffers, master_params, lr,
-                                              momentum, grad_scale, found_inf, stats, trust_ratios);
+                                              momentum, weight_decay, grad_scale, found_inf, stats,
+                                              trust_ratios);
   if (trust_ratios.has_value()) check_trust_ratios(*trust_ratios, grp);
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(grp.device);
   const ScalarRef found = scalar_ref(found_inf);
-  const bool adapt = weight_decay != 0.0 || always_adapt;
   const bool want_stats = stats.has_value();
   // The caller's ratios (norms all-reduced over shards) need no norm pass; r = 1 without
-  // adaptation, whatever they say.
-  const bool given_ratios = trust_ratios.has_value() && adapt;
-  const bool need_norms = adapt && !given_ratios;
+  // adaptation, whatever they say (LarsDirection decides on the device).
+  const bool given_ratios = trust_ratios.has_value();
+  const bool need_norms = !given_ratios;
   const auto fopts = lr.options().dtype(at::kDouble);
   at::Tensor partials = need_norms || want_stats
                             ? at::empty({3 * std::max<int64_t>(count_chunks(params), 1)}, fopts)
                             : at::Tensor();
   at::Tensor ratios = given_ratios ? trust_ratios->to(at::kDouble).contiguous()
                                    : (need_norms ? at::empty({grp.size}, fopts) : at::Tensor());
+  if (given_ratios && !always_adapt) {
+    // r = 1 without adaptation whatever they say (as the stats show it): weight_decay 0,
+    // which only the device knows
+    ratios = at::where(weight_decay.ne(0), ratios, at::ones_like(ratios));
+  }
   double* partials_ptr = partials.defined() ? partials.data_ptr<double>() : nullptr;
   double* ratios_ptr = ratios.defined() ? ratios.data_ptr<double>() : nullptr;
   const std::array<at::TensorList, kMomentumDepth> lists = {
@@ -125,15 +138,15 @@ void lars_(at::TensorList params, at::TensorList grads, at::TensorList momentum_
       // the update pass also writes all three statistics (as SGD's and the CPU kernel's): the
       // norm pass runs only when the ratios need it
       const auto update = make_momentum_update<P, S, kM, decltype(stats_c)::value>(
-          LarsDirection<A>{A(weight_decay), adapt, ratios_ptr}, found, momentum,
+          LarsDirection<A>{scalar_ref(weight_decay), always_adapt, ratios_ptr}, found, momentum,
           !momentum_buffers.empty(), dampening, nesterov, is_first_step, lr, grad_scale,
           partials_ptr);
       for_each_batch<kMomentumDepth>(lists, [&](const TensorListMeta<kMomentumDepth>& meta) {
         if (need_norms) {
           launch_apply(meta, norms);
           lars_ratio_kernel<<<meta.n_tensors, 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
-              meta, partials_ptr, ratios_ptr, scalar_ref(lr), trust_coeff, weight_decay, eps, adapt,
-              trust_clip, SkipIfFoundInf{found});
+              meta, partials_ptr, ratios_ptr, scalar_ref(lr), trust_coeff, scalar_ref(weight_decay),
+              eps, always_adapt, trust_clip, SkipIfFoundInf{found});
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         }
         launch_apply(meta, update);

@@ -33,11 +33,11 @@ int main() {
   auto lamb = c10::Dispatcher::singleton().findSchemaOrThrow("fastdyn::lamb_", "");
   auto lamb_typed = lamb.typed<void(at::TensorList, at::TensorList, at::TensorList, at::TensorList,
                                     at::TensorList, at::TensorList, const at::Tensor&, const at::Tensor&, double,
-                                    double, double, bool, bool, bool, bool,
+                                    double, const at::Tensor&, bool, bool, bool, bool,
                                     const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
                                     const std::optional<at::Tensor>&)>();
   lamb_typed.call(p, g, m, v, {}, steps, at::scalar_tensor(0.1), at::scalar_tensor(0.9), 0.999, 1e-6,
-                  0.0, true, true,
+                  at::scalar_tensor(0.0), true, true,
                   false, false, std::nullopt, std::nullopt, std::nullopt);
   // step 1: u = g/|g| / (1 + eps/|g|) ~ 1 -> p = 1 - 0.1 * u
   const double u = 1.0 / (1.0 + 1e-6 / 0.5);

@@ -343,7 +343,7 @@ def lars_args(params, grads, momentum_buffers, master_params, lr, momentum, damp
               grad_scale=None, found_inf=None, stats=None, trust_ratios=None):
     device = check_update_group(params, grads, {"momentum_buffers": momentum_buffers},
                                 master_params, [], lr, grad_scale, found_inf, stats,
-                                {"momentum": momentum},
+                                {"momentum": momentum, "weight_decay": weight_decay},
                                 trust_ratios if isinstance(trust_ratios, torch.Tensor) else None)
     if momentum_buffers:  # none: no momentum
         check_same_length("momentum_buffers", len(momentum_buffers), "params", len(params))
@@ -356,7 +356,7 @@ def lamb_args(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, 
               grad_scale=None, found_inf=None, stats=None):
     check_update_group(params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs},
                        master_params, state_steps, lr, grad_scale, found_inf, stats,
-                       {"beta1": beta1})
+                       {"beta1": beta1, "weight_decay": weight_decay})
     check_same_length("exp_avgs", len(exp_avgs), "params", len(params))
     check_same_length("exp_avg_sqs", len(exp_avg_sqs), "params", len(params))
     check_same_length("state_steps", len(state_steps), "params", len(params))
@@ -367,7 +367,7 @@ def lamb_moments_args(params, grads, exp_avgs, exp_avg_sqs, master_params, state
                       found_inf=None):
     device = check_update_group(params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs},
                                 master_params, state_steps, None, grad_scale, found_inf, None,
-                                {"beta1": beta1})
+                                {"beta1": beta1, "weight_decay": weight_decay})
     check_same_length("exp_avgs", len(exp_avgs), "params", len(params))
     check_same_length("exp_avg_sqs", len(exp_avg_sqs), "params", len(params))
     check_same_length("state_steps", len(state_steps), "params", len(params))
@@ -379,7 +379,7 @@ def lamb_apply_args(params, exp_avgs, exp_avg_sqs, master_params, state_steps, l
     # no gradients are read: params stand in for them
     device = check_update_group(params, params, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs},
                                 master_params, state_steps, lr, None, found_inf, None,
-                                {"beta1": beta1},
+                                {"beta1": beta1, "weight_decay": weight_decay},
                                 trust_ratios if isinstance(trust_ratios, torch.Tensor) else None)
     check_same_length("exp_avgs", len(exp_avgs), "params", len(params))
     check_same_length("exp_avg_sqs", len(exp_avg_sqs), "params", len(params))

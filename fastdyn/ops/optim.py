@@ -64,9 +64,10 @@ def lamb_(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, 
           weight_decay, bias_correction, grad_averaging, trust_clip, always_adapt,
           grad_scale=None, found_inf=None, stats=None):
     beta1 = _hyper(beta1, _lr_device(lr))
+    weight_decay = _hyper(weight_decay, _lr_device(lr))
     explain = _explain(params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs},
                        master_params, state_steps, lr, grad_scale, found_inf, stats,
-                       {"beta1": beta1})
+                       {"beta1": beta1, "weight_decay": weight_decay})
     call("lamb_", _lr_device(lr), explain,
          params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, beta1, beta2, eps,
          weight_decay, bias_correction, grad_averaging, trust_clip, always_adapt,
@@ -80,8 +81,10 @@ def lars_(params, grads, momentum_buffers, master_params, lr, momentum, dampenin
     shards of DTensor params); the op then skips its own norm pass. momentum_buffers: as
     sgd_'s."""
     momentum = _hyper(momentum, _lr_device(lr))
+    weight_decay = _hyper(weight_decay, _lr_device(lr))
     explain = _explain(params, grads, {"momentum_buffers": momentum_buffers}, master_params, [],
-                       lr, grad_scale, found_inf, stats, {"momentum": momentum})
+                       lr, grad_scale, found_inf, stats,
+                       {"momentum": momentum, "weight_decay": weight_decay})
     call("lars_", _lr_device(lr), explain,
          params, grads, momentum_buffers, master_params, lr, momentum, dampening, weight_decay,
          nesterov, trust_coeff, eps, trust_clip, always_adapt, is_first_step,
@@ -99,10 +102,10 @@ def lamb_moments_(params, grads, exp_avgs, exp_avg_sqs, master_params, state_ste
         return torch.empty((0, 3), dtype=torch.float64)
     # (no params: the scalars name the device)
     device = params[0].device if params else checks.empty_list_device(grad_scale, found_inf)
-    beta1 = _hyper(beta1, device)
+    beta1, weight_decay = _hyper(beta1, device), _hyper(weight_decay, device)
     explain = _explain(params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs},
                        master_params, state_steps, None, grad_scale, found_inf, None,
-                       {"beta1": beta1})
+                       {"beta1": beta1, "weight_decay": weight_decay})
     return call("lamb_moments_", device, explain,
                 params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, beta1, beta2,
                 eps, weight_decay, bias_correction, grad_averaging, grad_scale, found_inf)
@@ -112,6 +115,7 @@ def lamb_apply_(params, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, t
                 beta1, beta2, eps, weight_decay, bias_correction, found_inf=None):
     """LAMB's second pass alone: p <- p - lr * trust_ratios[t] * u, u from the stored moments."""
     beta1 = _hyper(beta1, _lr_device(lr))
+    weight_decay = _hyper(weight_decay, _lr_device(lr))
     explain = lambda: checks.lamb_apply_args(  # noqa: E731
         params, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, trust_ratios, beta1,
         beta2, eps, weight_decay, bias_correction, found_inf)

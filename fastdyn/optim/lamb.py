@@ -56,7 +56,8 @@ class LAMB(FusedOptimizer):
                              f"{self.param_groups[0]['max_grad_norm']}")
 
     def _hypers(self, group):
-        return super()._hypers(group) + (("betas[0]", group["betas"][0]),)
+        return super()._hypers(group) + (("betas[0]", group["betas"][0]),
+                                         ("weight_decay", group["weight_decay"]))
 
     def _max_grad_norm(self):
         # one value for all groups (add_param_group checks it); a loaded state dict or an
@@ -93,13 +94,15 @@ class LAMB(FusedOptimizer):
         beta1, beta2 = g["betas"]
         ops.lamb_(b.params, grads, b.state["exp_avg"], b.state["exp_avg_sq"], b.master_params,
                   b.steps, lr, self._hyper_tensor(b, "beta1", beta1), float(beta2),
-                  float(g["eps"]),
-                  float(g["weight_decay"]), bool(g["bias_correction"]), bool(g["grad_averaging"]),
+                  float(g["eps"]), self._hyper_tensor(b, "weight_decay", g["weight_decay"]),
+                  bool(g["bias_correction"]), bool(g["grad_averaging"]),
                   bool(g["trust_clip"]), bool(g["always_adapt"]), grad_scale=grad_scale,
                   found_inf=found_inf, stats=stats)
 
-    _update_needs_norms = True
+    def _sharded_update_needs_norms(self, group):
+        return True
 
     def _run_sharded_bucket(self, b, grads, lr, grad_scale, found_inf, stats):
         beta1 = self._hyper_tensor(b, "beta1", b.group["betas"][0])
-        sharded.lamb_(b, grads, lr, beta1, grad_scale, found_inf, stats)
+        weight_decay = self._hyper_tensor(b, "weight_decay", b.group["weight_decay"])
+        sharded.lamb_(b, grads, lr, beta1, weight_decay, grad_scale, found_inf, stats)

@@ -8,6 +8,8 @@ momentum on d (buf = d at the first step) and p <- p - lr d. State key `momentum
 
 from __future__ import annotations
 
+import torch
+
 import fastdyn.ops as ops
 from fastdyn.optim import sharded
 from fastdyn.optim.optimizer import FusedOptimizer, _check_float
@@ -38,7 +40,8 @@ class LARS(FusedOptimizer):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
 
     def _hypers(self, group):
-        return super()._hypers(group) + (("momentum", group["momentum"]),)
+        return super()._hypers(group) + (("momentum", group["momentum"]),
+                                         ("weight_decay", group["weight_decay"]))
 
     def _required_keys(self, group):
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
@@ -48,15 +51,33 @@ class LARS(FusedOptimizer):
 
     def _run_bucket(self, b, grads, lr, grad_scale, found_inf, stats):
         g = b.group
+        momentum = self._hyper_tensor(b, "momentum", g["momentum"])
+        weight_decay = self._hyper_tensor(b, "weight_decay", g["weight_decay"])
+        if not_adapting(g):
+            # d = g, then SGD's momentum: sgd_ gives lars_'s bits (the ratio column 1)
+            ops.sgd_(b.params, grads, b.state.get("momentum_buffer", []), b.master_params, lr,
+                     momentum, float(g["dampening"]), weight_decay, bool(g["nesterov"]), False,
+                     b.first_step, grad_scale=grad_scale, found_inf=found_inf, stats=stats)
+            return
         ops.lars_(b.params, grads, b.state.get("momentum_buffer", []), b.master_params, lr,
-                  self._hyper_tensor(b, "momentum", g["momentum"]), float(g["dampening"]),
-                  float(g["weight_decay"]),
+                  momentum, float(g["dampening"]), weight_decay,
                   bool(g["nesterov"]), float(g["trust_coeff"]), float(g["eps"]),
                   bool(g["trust_clip"]), bool(g["always_adapt"]), b.first_step,
                   grad_scale=grad_scale, found_inf=found_inf, stats=stats)
 
-    _update_needs_norms = True
+    def _sharded_update_needs_norms(self, group):
+        return not not_adapting(group)
 
     def _run_sharded_bucket(self, b, grads, lr, grad_scale, found_inf, stats):
         momentum = self._hyper_tensor(b, "momentum", b.group["momentum"])
-        sharded.lars_(b, grads, lr, momentum, grad_scale, found_inf, stats)
+        weight_decay = self._hyper_tensor(b, "weight_decay", b.group["weight_decay"])
+        sharded.lars_(b, grads, lr, momentum, weight_decay, grad_scale, found_inf, stats)
+
+
+def not_adapting(group: dict) -> bool:
+    """Known on the host that the step has no trust ratio: weight_decay a number, 0, and not
+    always_adapt (LARS's default). The step is then SGD with momentum on g, and sgd_ runs it:
+    lars_ takes weight_decay as a device tensor, so on a GPU it cannot know that it is 0 and
+    would run its norm pass for nothing. (Under torch.compile, a guard on weight_decay == 0.)"""
+    wd = group["weight_decay"]
+    return not group["always_adapt"] and not isinstance(wd, torch.Tensor) and wd == 0

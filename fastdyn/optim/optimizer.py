@@ -785,7 +785,7 @@ class FusedOptimizer(Optimizer):
             self._run(b, grads, lr, grad_scale, found_inf, stats)
 
     def _run(self, b, grads, lr, grad_scale, found_inf, stats):
-        if b.spec is not None and self._update_needs_norms:
+        if b.spec is not None and self._sharded_update_needs_norms(b.group):
             self._run_sharded_bucket(b, grads, lr, grad_scale, found_inf, stats)
         else:
             self._run_bucket(b, grads, lr, grad_scale, found_inf, stats)
@@ -865,9 +865,10 @@ class FusedOptimizer(Optimizer):
                     stats) -> None:
         raise NotImplementedError
 
-    # True where the update itself needs whole-tensor norms (LAMB, LARS): a bucket of
-    # sharded DTensors then goes to _run_sharded_bucket, which all-reduces them.
-    _update_needs_norms = False
+    def _sharded_update_needs_norms(self, group: dict) -> bool:
+        """True where the update itself needs whole-tensor norms (LAMB, LARS when it adapts):
+        a bucket of sharded DTensors then goes to _run_sharded_bucket, which all-reduces them."""
+        return False
 
     def _run_sharded_bucket(self, bucket: Bucket, grads: list, lr: torch.Tensor, grad_scale,
                             found_inf, stats) -> None:

@@ -18,16 +18,20 @@ from fastdyn import distributed
 from fastdyn.ops.trust_ratio import lamb_trust_ratios, lars_trust_ratios
 
 
-def lamb_(b, grads, lr, beta1, grad_scale, found_inf, stats) -> None:
+def lamb_(b, grads, lr, beta1, weight_decay, grad_scale, found_inf, stats) -> None:
     g = b.group
     beta2 = float(g["betas"][1])
-    eps, wd = float(g["eps"]), float(g["weight_decay"])
+    eps, wd = float(g["eps"]), weight_decay
     exp_avgs, exp_avg_sqs = b.state["exp_avg"], b.state["exp_avg_sq"]
     sums = ops.lamb_moments_(b.params, grads, exp_avgs, exp_avg_sqs, b.master_params, b.steps,
                              beta1, beta2, eps, wd, bool(g["bias_correction"]),
                              bool(g["grad_averaging"]), grad_scale, found_inf)
     grad_norm, param_norm, u_norm = b.spec.all_reduce_(sums.contiguous()).sqrt_().unbind(1)
-    ratios = lamb_trust_ratios(param_norm, u_norm, wd != 0 or g["always_adapt"], g["trust_clip"])
+    # a bool (a guard under torch.compile), or with a tensor weight_decay in the group a
+    # device tensor (no host read)
+    group_wd = g["weight_decay"]
+    adapt = True if g["always_adapt"] else group_wd != 0
+    ratios = lamb_trust_ratios(param_norm, u_norm, adapt, g["trust_clip"])
     ops.lamb_apply_(b.params, exp_avgs, exp_avg_sqs, b.master_params, b.steps, lr, ratios, beta1,
                     beta2, eps, wd, bool(g["bias_correction"]), found_inf)
     if stats is not None:
@@ -38,18 +42,18 @@ def lamb_(b, grads, lr, beta1, grad_scale, found_inf, stats) -> None:
         stats.copy_(new)
 
 
-def lars_(b, grads, lr, momentum, grad_scale, found_inf, stats) -> None:
+def lars_(b, grads, lr, momentum, weight_decay, grad_scale, found_inf, stats) -> None:
+    """(A step known not to adapt runs as SGD, on the local shards: LARS's _run_bucket.) The
+    op decides on the device whether the ratios apply (weight_decay a tensor)."""
     g = b.group
-    wd = float(g["weight_decay"])
-    ratios = None
-    if wd != 0 or g["always_adapt"]:
-        local = [ops.multi_tensor_l2norm(ts, per_tensor=True)[1]
-                 for ts in (b.master_params or b.params, grads)]
-        param_norm, grad_norm = distributed.sharded_norms(torch.stack(local), b.spec)
-        if grad_scale is not None:
-            grad_norm = grad_norm / grad_scale.to(grad_norm.dtype)
-        ratios = lars_trust_ratios(param_norm, grad_norm, float(g["trust_coeff"]), wd,
-                                   float(g["eps"]), lr, bool(g["trust_clip"]))
+    wd = weight_decay
+    local = [ops.multi_tensor_l2norm(ts, per_tensor=True)[1]
+             for ts in (b.master_params or b.params, grads)]
+    param_norm, grad_norm = distributed.sharded_norms(torch.stack(local), b.spec)
+    if grad_scale is not None:
+        grad_norm = grad_norm / grad_scale.to(grad_norm.dtype)
+    ratios = lars_trust_ratios(param_norm, grad_norm, float(g["trust_coeff"]), wd,
+                               float(g["eps"]), lr, bool(g["trust_clip"]))
     ops.lars_(b.params, grads, b.state.get("momentum_buffer", []), b.master_params, lr,
               momentum, float(g["dampening"]), wd, bool(g["nesterov"]),
               float(g["trust_coeff"]), float(g["eps"]), bool(g["trust_clip"]),

@@ -25,7 +25,7 @@ def lamb_(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, 
     skip, lr, inv = begin_step(state_steps, lr, grad_scale, found_inf)
     if skip:
         return
-    beta1 = float(beta1)
+    beta1, weight_decay = float(beta1), float(weight_decay)
     adapt = weight_decay != 0 or always_adapt
     for i in range(len(params)):
         p, g, u = _moments_and_direction(params, grads, exp_avgs, exp_avg_sqs, master_params,
@@ -75,7 +75,7 @@ def lamb_moments_(params, grads, exp_avgs, exp_avg_sqs, master_params, state_ste
     skip, _, inv = begin_step(state_steps, 0.0, grad_scale, found_inf)
     if skip:
         return sums
-    beta1 = float(beta1)
+    beta1, weight_decay = float(beta1), float(weight_decay)
     for i in range(len(params)):
         p, g, u = _moments_and_direction(params, grads, exp_avgs, exp_avg_sqs, master_params,
                                          state_steps, i, inv, beta1, beta2, eps, weight_decay,
@@ -92,7 +92,7 @@ def lamb_apply_(params, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, t
     skip, lr, _ = begin_step([], lr, None, found_inf)
     if skip:
         return
-    beta1 = float(beta1)
+    beta1, weight_decay = float(beta1), float(weight_decay)
     for i in range(len(params)):
         p = param_value(params, master_params, i)
         u = _direction(p, exp_avgs[i].double(), exp_avg_sqs[i].double(), beta1, beta2, eps,

@@ -32,6 +32,7 @@ def lars_(params, grads, momentum_buffers, master_params, lr, momentum, dampenin
     skip, lr, inv = begin_step([], lr, grad_scale, found_inf)
     if skip:
         return
+    weight_decay = float(weight_decay)
     adapt = weight_decay != 0 or always_adapt
     for i in range(len(params)):
         p = param_value(params, master_params, i)

@@ -17,7 +17,8 @@ def lamb_args(wd, bias_correction, grad_averaging, trust_clip, always_adapt, lr=
         return ((g["params"], g["grads"], g["state0"], g["state1"], g["master_params"],
                  g["state_steps"], torch.tensor(lr, device=g["params"][0].device),
                  hyper(0.9, g["params"][0].device), 0.999,
-                 1e-6, wd, bias_correction, grad_averaging, trust_clip, always_adapt), kw)
+                 1e-6, hyper(wd, g["params"][0].device), bias_correction, grad_averaging,
+                 trust_clip, always_adapt), kw)
     return build
 
 
@@ -98,16 +99,14 @@ def _run_split(group, device, wd, bias_correction, grad_averaging, trust_clip, a
     dev = torch.device(device)
     sums = for_device("lamb_moments_", dev)(
         group["params"], group["grads"], group["state0"], group["state1"], group["master_params"],
-        group["state_steps"], hyper(0.9, dev), 0.999, 1e-6, wd, bias_correction, grad_averaging,
-        grad_scale,
-        found_inf)
+        group["state_steps"], hyper(0.9, dev), 0.999, 1e-6, hyper(wd, dev), bias_correction,
+        grad_averaging, grad_scale, found_inf)
     norms = sums.sqrt()
     ratios = lamb_trust_ratios(norms[:, 1], norms[:, 2], wd != 0 or always_adapt, trust_clip)
     for_device("lamb_apply_", dev)(
         group["params"], group["state0"], group["state1"], group["master_params"],
         group["state_steps"], torch.tensor(lr, device=dev), ratios, hyper(0.9, dev), 0.999, 1e-6,
-        wd,
-        bias_correction, found_inf)
+        hyper(wd, dev), bias_correction, found_inf)
     return sums
 
 
@@ -152,8 +151,8 @@ def _check_two_ops(backend, device, sizes, dtype, wd, bias_correction, grad_aver
     # the sums: of g, of p before the step (tensor 0 is all zeros) and of u
     ref_sums = reference.lamb_moments_(*(lambda g: (
         g["params"], g["grads"], g["state0"], g["state1"], g["master_params"], g["state_steps"],
-        hyper(0.9, g["params"][0].device), 0.999, 1e-6, wd, bias_correction,
-        grad_averaging))(clone_group(group)))
+        hyper(0.9, g["params"][0].device), 0.999, 1e-6, hyper(wd, g["params"][0].device),
+        bias_correction, grad_averaging))(clone_group(group)))
     assert sums.dtype == torch.float64 and sums.shape == (len(sizes), 3)
     # fp32 meets m = b1 m + g cancelling (7e-5 seen on a 1-element tensor). 16-bit state: m of
     # 16-bit inputs often lands on a tie, which fp64 and fp32 round to different neighbours;

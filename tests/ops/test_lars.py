@@ -15,7 +15,7 @@ def lars_args(momentum, dampening, wd, nesterov, trust_clip, always_adapt, first
     def build(g):
         return ((g["params"], g["grads"], g["state0"] if momentum else [], g["master_params"],
                  torch.tensor(lr, device=g["params"][0].device), hyper(momentum, g["params"][0].device),
-                 dampening, wd, nesterov,
+                 dampening, hyper(wd, g["params"][0].device), nesterov,
                  0.001, 1e-8, trust_clip, always_adapt, first), kw)
     return build
 
@@ -123,7 +123,7 @@ def test_lars_eps_and_trust_coeff_reach_the_trust_ratio(backend, device, dtype, 
         g = results[who] = clone_group(group)
         stats = results[who + "_stats"] = torch.zeros(len(sizes), 4, device=device)
         args = (g["params"], g["grads"], g["state0"], [], torch.tensor(0.5, device=device),
-                hyper(0.9, device), 0.0, wd, False, tc, eps, False, True, False)
+                hyper(0.9, device), 0.0, hyper(wd, device), False, tc, eps, False, True, False)
         if who == "ours":
             with use_backend(backend):
                 for_device("lars_", torch.device(device))(*args, stats=stats)
@@ -173,8 +173,8 @@ def test_lars_reference_agrees_with_the_kernels_where_ieee_matters(backend, devi
         g = torch.tensor([0.1, -0.2, 0.3, 0.0], device=device)
         buf = torch.zeros(4, device=device)
         lr = 0.0 if case == "lr 0 with trust_clip" else 0.1
-        args = ([p], [g], [buf], [], torch.tensor(lr, device=device), hyper(0.9, device), 0.0, 0.0,
-                False, 0.001, 1e-8, case == "lr 0 with trust_clip", True, False)
+        args = ([p], [g], [buf], [], torch.tensor(lr, device=device), hyper(0.9, device), 0.0,
+                hyper(0.0, device), False, 0.001, 1e-8, case == "lr 0 with trust_clip", True, False)
         if which == "reference":
             reference.lars_(*args)
         else:

@@ -27,7 +27,7 @@ def samples(device):
     d = device
     lr = torch.tensor(0.01, device=d)
     b1 = torch.tensor(0.9, dtype=torch.float64, device=d)  # beta1 / momentum: float64 tensors
-    wd = torch.tensor(0.01, dtype=torch.float64, device=d)  # (adam_'s and sgd_'s weight_decay)
+    wd = torch.tensor(0.01, dtype=torch.float64, device=d)  # weight_decay: the same
     steps = lambda: [torch.tensor(2.0, device=d) for _ in range(3)]  # noqa: E731
     pos = lambda: [t.abs() for t in _lists(d)]  # noqa: E731
     yield "multi_tensor_norm", (_lists(d), 2.0, True), {}
@@ -43,17 +43,17 @@ def samples(device):
                     False), \
         dict(grad_scale=torch.tensor(4.0, device=d), found_inf=torch.zeros((), device=d))
     yield "sgd_", (_lists(d), _lists(d), _lists(d), [], lr, b1, 0.0, wd, True, False, False), {}
-    yield "lamb_", (_lists(d), _lists(d), _lists(d), pos(), [], steps(), lr, b1, 0.999, 1e-6, 0.01,
+    yield "lamb_", (_lists(d), _lists(d), _lists(d), pos(), [], steps(), lr, b1, 0.999, 1e-6, wd,
                     True, True, True, False), dict(stats=torch.zeros(3, 4, device=d))
-    yield "lars_", (_lists(d), _lists(d), _lists(d), [], lr, b1, 0.0, 1e-4, False, 0.001, 1e-8,
+    yield "lars_", (_lists(d), _lists(d), _lists(d), [], lr, b1, 0.0, wd, False, 0.001, 1e-8,
                     True, False, False), dict(found_inf=torch.zeros((), device=d))
-    yield "lars_", (_lists(d), _lists(d), _lists(d), [], lr, b1, 0.0, 1e-4, False, 0.001, 1e-8,
+    yield "lars_", (_lists(d), _lists(d), _lists(d), [], lr, b1, 0.0, wd, False, 0.001, 1e-8,
                     True, False, False), dict(stats=torch.zeros(3, 4, device=d),
                                               trust_ratios=torch.rand(3, device=d))
     yield "lamb_moments_", (_lists(d), _lists(d), _lists(d), pos(), [], steps(), b1, 0.999, 1e-6,
-                            0.01, True, True), dict(grad_scale=torch.tensor(2.0, device=d))
+                            wd, True, True), dict(grad_scale=torch.tensor(2.0, device=d))
     yield "lamb_apply_", (_lists(d), _lists(d), pos(), [], steps(), lr, torch.rand(3, device=d),
-                          b1, 0.999, 1e-6, 0.01, True), {}
+                          b1, 0.999, 1e-6, wd, True), {}
 
 
 def _positional(op, args, kwargs):
@@ -379,13 +379,13 @@ def test_an_empty_lamb_moments_takes_its_device_from_its_scalars(backend, device
     Triton op returned its sums on the CPU)."""
     sums = _namespace(backend).lamb_moments_.default(
         [], [], [], [], [], [], torch.tensor(0.9, dtype=torch.float64, device=device), 0.999,
-        1e-6, 0.0, True, True,
+        1e-6, torch.zeros((), dtype=torch.float64, device=device), True, True,
         torch.tensor(2.0, device=device), torch.zeros((), device=device))
     assert sums.shape == (0, 3) and sums.device.type == device
     with use_backend(backend):  # the wrapper with no tensors at all: the same on each backend
         sums = fastdyn.ops.lamb_moments_([], [], [], [], [], [], 0.9, 0.999, 1e-6, 0.0, True, True)
     assert sums.shape == (0, 3) and sums.dtype == torch.float64
-    with use_backend(backend):  # the wrapper given a float beta1 makes it on their device
+    with use_backend(backend):  # the wrapper given float beta1/weight_decay makes them there
         sums = fastdyn.ops.lamb_moments_([], [], [], [], [], [], 0.9, 0.999, 1e-6, 0.0, True, True,
                                          torch.tensor(2.0, device=device),
                                          torch.zeros((), device=device))
@@ -514,16 +514,16 @@ def test_stats_and_trust_ratios_may_not_share_memory_with_what_the_op_writes(bac
     group = make_group([8, 8], torch.float32, device, buffers=1, steps=False)
     lr = torch.tensor(0.1, device=device)
     stats = group["params"][1].view(2, 4)
-    head = (group["params"], group["grads"], group["state0"], [], lr,
-            torch.tensor(0.9, dtype=torch.float64, device=device), 0.0)
+    args = (group["params"], group["grads"], group["state0"], [], lr,
+            torch.tensor(0.9, dtype=torch.float64, device=device), 0.0,
+            torch.zeros((), device=device), False)
     before = [t.clone() for t in group["params"]]
     with use_backend(backend):
         with pytest.raises(ValueError, match=r"stats and params\[1\] share memory"):
-            for_device("sgd_", torch.device(device))(
-                *head, torch.zeros((), device=device), False, False, False, stats=stats)
+            for_device("sgd_", torch.device(device))(*args, False, False, stats=stats)
         with pytest.raises(ValueError, match=r"(params\[0\] and trust_ratios|trust_ratios and params\[0\]) share memory"):
             for_device("lars_", torch.device(device))(
-                *head, 0.0, False, 0.001, 1e-8, False, False, False,
+                *args, 0.001, 1e-8, False, False, False,
                 trust_ratios=group["params"][0][:2])
     assert all(torch.equal(a, b) for a, b in zip(before, group["params"]))
 

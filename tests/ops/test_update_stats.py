@@ -30,10 +30,11 @@ def _args(name, device, dtype):
     elif name == "sgd_":
         args = (p, grads, lists(), [], lr, b1, 0.0, hyper(1e-4, device), True, False, False)
     elif name == "lamb_":
-        args = (p, grads, lists(), lists(True), [], steps, lr, b1, 0.999, 1e-6, 0.01, True,
-                True, True, False)
+        args = (p, grads, lists(), lists(True), [], steps, lr, b1, 0.999, 1e-6, hyper(0.01, device),
+                True, True, True, False)
     else:
-        args = (p, grads, lists(), [], lr, b1, 0.0, 1e-4, False, 0.001, 1e-8, True, False, False)
+        args = (p, grads, lists(), [], lr, b1, 0.0, hyper(1e-4, device), False, 0.001, 1e-8, True,
+                False, False)
     return args
 
 

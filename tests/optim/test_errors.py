@@ -299,7 +299,8 @@ BAD_HYPERS = {
 @pytest.mark.parametrize("bad", list(BAD_HYPERS))
 @pytest.mark.parametrize("name,key", [("AdamW", "betas"), ("LAMB", "betas"), ("SGD", "momentum"),
                                       ("LARS", "momentum"), ("SGD", "lr"),
-                                      ("Adam", "weight_decay"), ("SGD", "weight_decay")])
+                                      ("Adam", "weight_decay"), ("SGD", "weight_decay"),
+                                      ("LAMB", "weight_decay"), ("LARS", "weight_decay")])
 def test_a_bad_hyperparameter_of_a_later_group_is_refused_before_any_group_steps(name, key, bad):
     """lr, beta1, momentum and weight_decay edited into a group (a tensor the kernels read): a bad one of
     group 1 was refused by its op after group 0 had stepped, or with messages naming no

@@ -79,11 +79,13 @@ def test_step_reads_nothing_back(name, track_stats, scaler_kind, backend, device
 
 
 @pytest.mark.parametrize("backend,device", [p for p in BACKEND_DEVICES if "cuda" not in p.id])
-@pytest.mark.parametrize("name", ["Adam", "AdamW", "SGD"])
+@pytest.mark.parametrize("name", list(OPTS))
 def test_tensor_hyperparameters_are_read_on_the_device(name, backend, device):
     """What the kernels read from one-element tensors may be a tensor in the group (a schedule
-    computed on the device): lr, beta1 and weight_decay of Adam; lr and weight_decay of SGD
-    (its momentum is read on the host: whether there are buffers)."""
+    computed on the device): lr, beta1 and weight_decay of Adam and LAMB (whether LAMB adapts,
+    weight_decay != 0, decided on the device); lr and weight_decay of SGD and LARS (their
+    momentum is read on the host: whether there are buffers; LARS with a tensor weight_decay
+    takes its norms whether or not it adapts)."""
     torch.manual_seed(0)
     model = mlp().to(device)
     opt = getattr(fastdyn.optim, name)(model.parameters(), **OPTS[name])
@@ -94,7 +96,7 @@ def test_tensor_hyperparameters_are_read_on_the_device(name, backend, device):
             mlp_loss(model, data).backward()
             for group in opt.param_groups:
                 group["lr"] = torch.tensor(1e-2 / (i + 1), device=device)
-                group["weight_decay"] = torch.tensor(0.01 * i, device=device)
+                group["weight_decay"] = torch.tensor(0.01 * i, device=device)  # 0 first
                 if "betas" in group:
                     group["betas"] = (torch.tensor(0.9 - 0.01 * i, device=device), 0.999)
             if i == 0:  # state allocation

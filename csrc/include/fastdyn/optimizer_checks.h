@@ -169,13 +169,14 @@ inline UpdateGroup check_adam_args(at::TensorList params, at::TensorList grads, 
 inline UpdateGroup check_lamb_args(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                                    at::TensorList exp_avg_sqs, at::TensorList master_params,
                                    at::TensorList state_steps, const at::Tensor& lr,
-                                   const at::Tensor& beta1,
+                                   const at::Tensor& beta1, const at::Tensor& weight_decay,
                                    const c10::optional<at::Tensor>& grad_scale,
                                    const c10::optional<at::Tensor>& found_inf,
                                    const c10::optional<at::Tensor>& stats) {
   const UpdateGroup grp = check_update_group(
       params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}}, master_params,
-      state_steps, lr, grad_scale, found_inf, stats, {{"beta1", beta1}});
+      state_steps, lr, grad_scale, found_inf, stats,
+      {{"beta1", beta1}, {"weight_decay", weight_decay}});
   check_same_length("exp_avgs", exp_avgs.size(), "params", params.size());
   check_same_length("exp_avg_sqs", exp_avg_sqs.size(), "params", params.size());
   check_same_length("state_steps", state_steps.size(), "params", params.size());
@@ -186,12 +187,13 @@ inline UpdateGroup check_lamb_args(at::TensorList params, at::TensorList grads, 
 inline UpdateGroup check_lamb_moments_args(at::TensorList params, at::TensorList grads,
                                            at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
                                            at::TensorList master_params, at::TensorList state_steps,
-                                           const at::Tensor& beta1,
+                                           const at::Tensor& beta1, const at::Tensor& weight_decay,
                                            const c10::optional<at::Tensor>& grad_scale,
                                            const c10::optional<at::Tensor>& found_inf) {
   const UpdateGroup grp = check_update_group(
       params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}}, master_params,
-      state_steps, c10::nullopt, grad_scale, found_inf, c10::nullopt, {{"beta1", beta1}});
+      state_steps, c10::nullopt, grad_scale, found_inf, c10::nullopt,
+      {{"beta1", beta1}, {"weight_decay", weight_decay}});
   check_same_length("exp_avgs", exp_avgs.size(), "params", params.size());
   check_same_length("exp_avg_sqs", exp_avg_sqs.size(), "params", params.size());
   check_same_length("state_steps", state_steps.size(), "params", params.size());
@@ -212,11 +214,13 @@ inline UpdateGroup check_lamb_apply_args(at::TensorList params, at::TensorList e
                                          at::TensorList exp_avg_sqs, at::TensorList master_params,
                                          at::TensorList state_steps, const at::Tensor& lr,
                                          const at::Tensor& trust_ratios, const at::Tensor& beta1,
+                                         const at::Tensor& weight_decay,
                                          const c10::optional<at::Tensor>& found_inf) {
   // no gradients are read: params stand in for them
   const UpdateGroup grp = check_update_group(
       params, params, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}}, master_params,
-      state_steps, lr, c10::nullopt, found_inf, c10::nullopt, {{"beta1", beta1}}, trust_ratios);
+      state_steps, lr, c10::nullopt, found_inf, c10::nullopt,
+      {{"beta1", beta1}, {"weight_decay", weight_decay}}, trust_ratios);
   check_same_length("exp_avgs", exp_avgs.size(), "params", params.size());
   check_same_length("exp_avg_sqs", exp_avg_sqs.size(), "params", params.size());
   check_same_length("state_steps", state_steps.size(), "params", params.size());
@@ -225,23 +229,18 @@ inline UpdateGroup check_lamb_apply_args(at::TensorList params, at::TensorList e
 }
 
 // SGD and LARS: a momentum buffer per param, or none (no momentum: the momentum tensor is
-// not read). weight_decay: SGD's (LARS takes a float: it decides on the host whether to adapt).
+// not read).
 inline UpdateGroup check_momentum_args(at::TensorList params, at::TensorList grads,
                                        at::TensorList momentum_buffers, at::TensorList master_params,
                                        const at::Tensor& lr, const at::Tensor& momentum,
+                                       const at::Tensor& weight_decay,
                                        const c10::optional<at::Tensor>& grad_scale,
                                        const c10::optional<at::Tensor>& found_inf,
                                        const c10::optional<at::Tensor>& stats,
-                                       const c10::optional<at::Tensor>& trust_ratios = c10::nullopt,
-                                       const c10::optional<at::Tensor>& weight_decay = c10::nullopt) {
-  const UpdateGroup grp =
-      weight_decay.has_value()
-          ? check_update_group(params, grads, {{"momentum_buffers", momentum_buffers}},
-                               master_params, {}, lr, grad_scale, found_inf, stats,
-                               {{"momentum", momentum}, {"weight_decay", *weight_decay}}, trust_ratios)
-          : check_update_group(params, grads, {{"momentum_buffers", momentum_buffers}},
-                               master_params, {}, lr, grad_scale, found_inf, stats,
-                               {{"momentum", momentum}}, trust_ratios);
+                                       const c10::optional<at::Tensor>& trust_ratios = c10::nullopt) {
+  const UpdateGroup grp = check_update_group(
+      params, grads, {{"momentum_buffers", momentum_buffers}}, master_params, {}, lr, grad_scale,
+      found_inf, stats, {{"momentum", momentum}, {"weight_decay", weight_decay}}, trust_ratios);
   if (!momentum_buffers.empty()) {
     check_same_length("momentum_buffers", momentum_buffers.size(), "params", params.size());
   }

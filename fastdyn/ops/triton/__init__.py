@@ -122,11 +122,12 @@ def sgd_(params: List[torch.Tensor], grads: List[torch.Tensor],
 def lamb_(params: List[torch.Tensor], grads: List[torch.Tensor], exp_avgs: List[torch.Tensor],
           exp_avg_sqs: List[torch.Tensor], master_params: List[torch.Tensor],
           state_steps: List[torch.Tensor], lr: torch.Tensor, beta1: torch.Tensor, beta2: float,
-          eps: float, weight_decay: float, bias_correction: bool, grad_averaging: bool,
+          eps: float, weight_decay: torch.Tensor, bias_correction: bool, grad_averaging: bool,
           trust_clip: bool, always_adapt: bool, grad_scale: Optional[torch.Tensor],
           found_inf: Optional[torch.Tensor], stats: Optional[torch.Tensor]) -> None:
     _native_checks.check_lamb_args(params, grads, exp_avgs, exp_avg_sqs, master_params,
-                                   state_steps, lr, beta1, grad_scale, found_inf, stats)
+                                   state_steps, lr, beta1, weight_decay, grad_scale, found_inf,
+                                   stats)
     with _device_guard(params, "params"):
         _lamb.lamb_(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, beta1,
                     beta2, eps, weight_decay, bias_correction, grad_averaging, trust_clip,
@@ -137,13 +138,14 @@ def lamb_(params: List[torch.Tensor], grads: List[torch.Tensor], exp_avgs: List[
                                                         "master_params", "stats"))
 def lars_(params: List[torch.Tensor], grads: List[torch.Tensor],
           momentum_buffers: List[torch.Tensor], master_params: List[torch.Tensor],
-          lr: torch.Tensor, momentum: torch.Tensor, dampening: float, weight_decay: float,
+          lr: torch.Tensor, momentum: torch.Tensor, dampening: float, weight_decay: torch.Tensor,
           nesterov: bool, trust_coeff: float, eps: float, trust_clip: bool, always_adapt: bool,
           is_first_step: bool, grad_scale: Optional[torch.Tensor],
           found_inf: Optional[torch.Tensor], stats: Optional[torch.Tensor],
           trust_ratios: Optional[torch.Tensor]) -> None:
     _native_checks.check_momentum_args(params, grads, momentum_buffers, master_params, lr,
-                                       momentum, grad_scale, found_inf, stats, trust_ratios)
+                                       momentum, grad_scale, found_inf, stats, trust_ratios,
+                                       weight_decay)
     with _device_guard(params, "params"):
         _lars.lars_(params, grads, momentum_buffers, master_params, lr, momentum, dampening,
                     weight_decay, nesterov, trust_coeff, eps, trust_clip, always_adapt, is_first_step,
@@ -155,11 +157,11 @@ def lars_(params: List[torch.Tensor], grads: List[torch.Tensor],
 def lamb_moments_(params: List[torch.Tensor], grads: List[torch.Tensor],
                   exp_avgs: List[torch.Tensor], exp_avg_sqs: List[torch.Tensor],
                   master_params: List[torch.Tensor], state_steps: List[torch.Tensor],
-                  beta1: torch.Tensor, beta2: float, eps: float, weight_decay: float,
+                  beta1: torch.Tensor, beta2: float, eps: float, weight_decay: torch.Tensor,
                   bias_correction: bool, grad_averaging: bool, grad_scale: Optional[torch.Tensor],
                   found_inf: Optional[torch.Tensor]) -> torch.Tensor:
     _native_checks.check_lamb_moments_args(params, grads, exp_avgs, exp_avg_sqs, master_params,
-                                           state_steps, beta1, grad_scale, found_inf)
+                                           state_steps, beta1, weight_decay, grad_scale, found_inf)
     with _device_guard(params, "params"):
         return _lamb.lamb_moments_(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps,
                                    beta1, beta2, eps, weight_decay, bias_correction, grad_averaging,
@@ -170,10 +172,11 @@ def lamb_moments_(params: List[torch.Tensor], grads: List[torch.Tensor],
 def lamb_apply_(params: List[torch.Tensor], exp_avgs: List[torch.Tensor],
                 exp_avg_sqs: List[torch.Tensor], master_params: List[torch.Tensor],
                 state_steps: List[torch.Tensor], lr: torch.Tensor, trust_ratios: torch.Tensor,
-                beta1: torch.Tensor, beta2: float, eps: float, weight_decay: float,
+                beta1: torch.Tensor, beta2: float, eps: float, weight_decay: torch.Tensor,
                 bias_correction: bool, found_inf: Optional[torch.Tensor]) -> None:
     _native_checks.check_lamb_apply_args(params, exp_avgs, exp_avg_sqs, master_params,
-                                         state_steps, lr, trust_ratios, beta1, found_inf)
+                                         state_steps, lr, trust_ratios, beta1, weight_decay,
+                                         found_inf)
     with _device_guard(params, "params"):
         _lamb.lamb_apply_(params, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, trust_ratios,
                           beta1, beta2, eps, weight_decay, bias_correction, found_inf)

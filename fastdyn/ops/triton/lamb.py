@@ -27,7 +27,7 @@ def _lamb_direction(p, m, v, bc1, bc2, eps, weight_decay):
 
 @triton.jit
 def _lamb_moments_kernel(rows_ptr, scale_ptr, found_inf_ptr, bc1_ptr, bc2_ptr, partials_ptr,
-                         beta1_ptr, beta2, one_minus_beta2, eps, weight_decay,
+                         beta1_ptr, beta2, one_minus_beta2, eps, weight_decay_ptr,
                          N_COLS: tl.constexpr, P_DT: tl.constexpr, S_DT: tl.constexpr,
                          HAS_MASTER: tl.constexpr, HAS_SCALE: tl.constexpr,
                          HAS_FOUND_INF: tl.constexpr, CHUNK_: tl.constexpr, BLOCK_: tl.constexpr):
@@ -46,6 +46,7 @@ def _lamb_moments_kernel(rows_ptr, scale_ptr, found_inf_ptr, bc1_ptr, bc2_ptr, p
         bc2 = tl.load(bc2_ptr + t)
         beta1 = tl.load(beta1_ptr)
         grad_coef = tl.load(beta1_ptr + 1)  # 1 - beta1 with grad_averaging, else 1
+        weight_decay = tl.load(weight_decay_ptr)
         inv = inverse_grad_scale(scale_ptr, HAS_SCALE)
         offs = tl.arange(0, BLOCK_)
         g2 = tl.zeros([BLOCK_], dtype=tl.float32)
@@ -75,7 +76,7 @@ def _lamb_moments_kernel(rows_ptr, scale_ptr, found_inf_ptr, bc1_ptr, bc2_ptr, p
 
 @triton.jit
 def _lamb_apply_kernel(rows_ptr, lr_ptr, found_inf_ptr, bc1_ptr, bc2_ptr, ratio_ptr, applied_ptr,
-                       eps, weight_decay, N_COLS: tl.constexpr, P_DT: tl.constexpr,
+                       eps, weight_decay_ptr, N_COLS: tl.constexpr, P_DT: tl.constexpr,
                        S_DT: tl.constexpr, HAS_MASTER: tl.constexpr, HAS_FOUND_INF: tl.constexpr,
                        APPLIED: tl.constexpr, CHUNK_: tl.constexpr, BLOCK_: tl.constexpr):
     """APPLIED: per-chunk sums of squares of the stored change into applied_ptr (track_stats
@@ -93,6 +94,7 @@ def _lamb_apply_kernel(rows_ptr, lr_ptr, found_inf_ptr, bc1_ptr, bc2_ptr, ratio_
         bc1 = tl.load(bc1_ptr + t)
         bc2 = tl.load(bc2_ptr + t)
         step = tl.load(lr_ptr) * tl.load(ratio_ptr + t)
+        weight_decay = tl.load(weight_decay_ptr)
         offs = tl.arange(0, BLOCK_)
         change2 = tl.zeros([BLOCK_], dtype=tl.float32)
         for start in range(0, CHUNK_, BLOCK_):
@@ -137,7 +139,7 @@ def _moments(table, bc1, bc2, common, grad_scale, found_inf, beta1, beta2, grad_
             table.rows, as_float32(grad_scale) if grad_scale is not None else placeholder,
             found_inf if found_inf is not None else placeholder, bc1, bc2, partials,
             beta1_terms(beta1, grad_coef=grad_averaging), float(beta2), 1.0 - beta2, float(eps),
-            float(weight_decay), HAS_SCALE=grad_scale is not None, **common)
+            as_float32(weight_decay), HAS_SCALE=grad_scale is not None, **common)
     return partials
 
 
@@ -147,7 +149,7 @@ def _apply(table, bc1, bc2, common, lr32, found_inf, ratios, eps, weight_decay, 
     if table.n_chunks:
         _lamb_apply_kernel[(table.n_chunks,)](
             table.rows, lr32, found_inf if found_inf is not None else lr32, bc1, bc2, ratios,
-            applied if applied is not None else lr32, float(eps), float(weight_decay),
+            applied if applied is not None else lr32, float(eps), as_float32(weight_decay),
             APPLIED=applied is not None, **common)
 
 
@@ -173,7 +175,8 @@ def lamb_(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, 
         weight_decay, bias_correction, grad_averaging, grad_scale, found_inf)
     pn = segment_sum(partials, table, n, 1).sqrt()
     un = segment_sum(partials, table, n, 2).sqrt()
-    r = lamb_trust_ratios(pn, un, weight_decay != 0 or always_adapt, trust_clip)
+    # adapting (weight_decay != 0 or always_adapt) decided on the device: a tensor weight_decay
+    r = lamb_trust_ratios(pn, un, True if always_adapt else weight_decay != 0, trust_clip)
     lr32 = as_float32(lr)
     # 16-bit params without masters: ||update|| is the stored change, measured by the apply
     # pass; the others' is lr * r * ||u|| (to the rounding of p)

@@ -13,11 +13,12 @@ def lars_(params, grads, momentum_buffers, master_params, lr, momentum, dampenin
           found_inf=None, stats=None, trust_ratios=None):
     if not params:
         return
-    adapt = weight_decay != 0 or always_adapt
+    # whether to adapt (weight_decay != 0 or always_adapt) is decided on the device, weight_decay
+    # being a tensor: the ratios are 1 without adaptation (as csrc/cuda/lars.cu)
     ratios = None
     if trust_ratios is not None:  # the caller's (norms all-reduced over shards)
-        ratios = trust_ratios.float().contiguous() if adapt else None
-    elif adapt:
+        ratios = trust_ratios.float().contiguous()
+    else:
         # the scaled sums come back in float64 and are unscaled there, as the native kernels
         # unscale before squaring: a float32 scale**2 is inf from 2^64 (the norm read 0 and
         # the ratio 1), and a float32 sum of scaled squares overflows first
@@ -29,6 +30,8 @@ def lars_(params, grads, momentum_buffers, master_params, lr, momentum, dampenin
         p2 = per_tensor_partials(master_params if master_params else params, is_max=False)
         ratios = lars_trust_ratios(p2.sqrt(), g2.sqrt(), trust_coeff, weight_decay, eps,
                                    as_float32(lr), trust_clip)
+    if not always_adapt:
+        ratios = torch.where(weight_decay.reshape(()) != 0, ratios, torch.ones_like(ratios))
     momentum_update(params, grads, momentum_buffers, master_params, lr, momentum, dampening,
                     weight_decay, nesterov, False, is_first_step, grad_scale, found_inf, stats,
                     lars=True, ratios=ratios)

@@ -95,8 +95,6 @@ def momentum_update(params, grads, momentum_buffers, master_params, lr, momentum
                     lars=False, ratios=None):
     device = params[0].device
     has_buf = len(momentum_buffers) > 0  # none: no momentum
-    if not isinstance(weight_decay, torch.Tensor):  # (LARS's, a float: its kernel loads it too)
-        weight_decay = torch.full((), float(weight_decay), dtype=torch.float32, device=device)
     table = chunk_table([params, grads, momentum_buffers, master_params], device)
     partials = torch.zeros((max(table.n_chunks, 1), 3), dtype=torch.float32, device=device)
     found_inf = as_float32(found_inf)
