@@ -185,3 +185,32 @@ def test_lars_reference_agrees_with_the_kernels_where_ieee_matters(backend, devi
     ours, ref = run(backend), run("reference")
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("first", [True, False], ids=["first", "later"])
+def test_lars_without_adaptation_is_sgd_to_the_bit(backend, device, dtype, first):
+    """weight_decay 0 and not always_adapt: d = g, then SGD's momentum. The LARS optimizer then
+    runs sgd_ (lars_, its weight_decay a device tensor, would take its norms on a GPU for
+    nothing): the params, buffers and stats must be lars_'s bits."""
+    from fastdyn.ops import use_backend
+    from fastdyn.ops.registry import for_device
+
+    gen = torch.Generator().manual_seed(0)
+    ps = [torch.randn(n, generator=gen).to(dtype).to(device) for n in (1, 37, 70001)]
+    grads = [torch.randn(p.shape, generator=gen).to(dtype).to(device) for p in ps]
+    bufs = [torch.randn(p.shape, generator=gen).to(dtype).to(device) for p in ps]
+    runs = {}
+    for name in ("lars_", "sgd_"):
+        p, b = [t.clone() for t in ps], [t.clone() for t in bufs]
+        stats = torch.zeros(len(ps), 4, device=device)
+        head = (p, grads, b, [], torch.tensor(0.1, device=device), hyper(0.9, device), 0.1,
+                hyper(0.0, device), False)
+        tail = (0.001, 1e-8, False, False, first) if name == "lars_" else (False, first)
+        with use_backend(backend):
+            for_device(name, torch.device(device))(
+                *head, *tail, grad_scale=torch.tensor(4.0, device=device), stats=stats)
+        runs[name] = p + b + [stats]
+    assert all(torch.equal(x, y) for x, y in zip(runs["lars_"], runs["sgd_"]))
+    assert not torch.equal(runs["sgd_"][2], ps[2])  # (it stepped)
