@@ -64,8 +64,8 @@ void adam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
     using P = typename decltype(ptag)::type;
     using S = typename decltype(stag)::type;
     using A = typename OpMath<P>::type;
-    const auto h = math::adam_hyper<A>(scalar_value(beta1), beta2, eps, scalar_value(weight_decay), amsgrad,
-                                       maximize, decoupled_weight_decay);
+    const auto h = math::adam_hyper<A>(scalar_value(beta1), beta2, eps, scalar_value(weight_decay),
+                                       amsgrad, maximize, decoupled_weight_decay);
     for_each_chunk(plan, [&](const Chunk& c, int64_t ci) {
       const int64_t t = c.tensor, b = c.begin;
       const auto s = math::adam_step_scalars<A>(h, ctx.lr, scalar_value(state_steps[t]));

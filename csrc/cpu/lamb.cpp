@@ -220,7 +220,8 @@ void lamb_apply_(at::TensorList params, at::TensorList exp_avgs, at::TensorList 
   const ChunkPlan plan = plan_chunks(params);
   // the gradients are not read: exp_avgs stands in for the list (same shapes)
   with_lamb_kernels(grp, params, exp_avgs, exp_avgs, exp_avg_sqs, master_params, state_steps,
-                    scalar_value(beta1), beta2, eps, scalar_value(weight_decay), bias_correction, true, 1.0,
+                    scalar_value(beta1), beta2, eps, scalar_value(weight_decay), bias_correction,
+                    true, 1.0,
                     [&](auto&, auto& apply) {
     for_each_chunk(plan, [&](const Chunk& c, int64_t) { apply(c, ctx.lr * r[c.tensor], nullptr); });
   });

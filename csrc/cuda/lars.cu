@@ -1,8 +1,8 @@
 // Fused LARS on CUDA: per-tensor ||p||, ||g|| (skipped with the caller's ratios), a per-tensor
 // kernel for the trust ratios, then the trust-scaled SGD-momentum update. weight_decay is a
 // device tensor, so whether to adapt (weight_decay != 0 or always_adapt) is decided on the
-// device: the norm pass runs unless always_adapt is known false and ratios are given. (The
-// LARS optimizer runs sgd_ instead when it knows there is no adaptation.)
+// device, and the norm pass runs whenever the caller gives no ratios. (The LARS optimizer runs
+// sgd_ instead when it knows on the host that there is no adaptation.)
 #include <ATen/ATen.h>
 #include <torch/library.h>
 

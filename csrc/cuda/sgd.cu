@@ -24,7 +24,8 @@ struct SgdDirection {
 
 void sgd_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
           at::TensorList master_params, const at::Tensor& lr, const at::Tensor& momentum,
-          double dampening, const at::Tensor& weight_decay, bool nesterov, bool maximize, bool is_first_step,
+          double dampening, const at::Tensor& weight_decay, bool nesterov, bool maximize,
+          bool is_first_step,
           const c10::optional<at::Tensor>& grad_scale, const c10::optional<at::Tensor>& found_inf,
           const c10::optional<at::Tensor>& stats) {
   const UpdateGroup grp = check_momentum_args(params, grads, momentum_buffers, master_params, lr,

@@ -18,9 +18,9 @@ def _lr_device(lr) -> torch.device:
 
 
 def _hyper(value, device: torch.device):
-    """beta1 / momentum / weight_decay as the ops take them, a one-element tensor (a scheduler changes it
-    without a recompile): a tensor is passed as it is; a number becomes a float64 tensor on
-    the update's device, filled there (no host-to-device copy)."""
+    """beta1 / momentum / weight_decay as the ops take them, a one-element tensor (a scheduler
+    changes it without a recompile): a tensor is passed as it is; a number becomes a float64
+    tensor on the update's device, filled there (no host-to-device copy)."""
     if isinstance(value, torch.Tensor):
         return value
     return torch.full((), float(value), dtype=torch.float64, device=device)

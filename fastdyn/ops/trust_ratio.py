@@ -5,17 +5,26 @@ steps on sharded DTensors, whose norms are all-reduced before the ratios are tak
 import torch
 
 
+def adapting(weight_decay, always_adapt: bool):
+    """LAMB's and LARS's rule, weight_decay != 0 or always_adapt: a bool (a guard under
+    torch.compile), or for a tensor weight_decay a one-element bool tensor (no host read)."""
+    return True if always_adapt else weight_decay != 0
+
+
+def where_adapting(ratios: torch.Tensor, adapt) -> torch.Tensor:
+    """ratios, or 1 without adaptation (`adapt` as `adapting` gives it)."""
+    if isinstance(adapt, torch.Tensor):
+        return torch.where(adapt.to(ratios.device), ratios, torch.ones_like(ratios))
+    return ratios if adapt else torch.ones_like(ratios)
+
+
 def lamb_trust_ratios(param_norms: torch.Tensor, update_norms: torch.Tensor, adapt,
                       trust_clip: bool) -> torch.Tensor:
-    """r = ||p|| / ||u|| where both are > 0, else 1; min(r, 1) with trust_clip; 1 unless adapting.
-    adapt: a bool, or a one-element bool tensor (decided on the device)."""
+    """r = ||p|| / ||u|| where both are > 0, else 1; min(r, 1) with trust_clip; 1 unless
+    adapting (`adapt` as `adapting` gives it)."""
     ones = torch.ones_like(param_norms)
-    on_device = isinstance(adapt, torch.Tensor)
-    if not on_device and not adapt:  # (a branch, not `is False`: dynamo's bool is a SymBool)
-        return ones
     r = torch.where((param_norms > 0) & (update_norms > 0), param_norms / update_norms, ones)
-    r = r.clamp(max=1.0) if trust_clip else r
-    return torch.where(adapt.to(r.device), r, ones) if on_device else r
+    return where_adapting(r.clamp(max=1.0) if trust_clip else r, adapt)
 
 
 def lars_trust_ratios(param_norms: torch.Tensor, grad_norms: torch.Tensor, trust_coeff: float,

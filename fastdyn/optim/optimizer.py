@@ -619,15 +619,16 @@ class FusedOptimizer(Optimizer):
 
     def _hyper_tensor(self, bucket: Bucket, name: str, value) -> torch.Tensor:
         """A value of the group that a scheduler may change every step (lr, the beta1 or
-        momentum that OneCycleLR and CyclicLR cycle, Adam's and SGD's weight_decay) as the
-        one-element device tensor the ops read: a tensor as it is (on the bucket's device), a float in a float64 tensor.
+        momentum that OneCycleLR and CyclicLR cycle, weight_decay) as the one-element device
+        tensor the ops read: a tensor as it is (on the bucket's device), a float in a float64
+        tensor.
         float64: the kernels read it in their compute type, so float64 params keep every
         digit of a Python float (as torch's own optimizers do)."""
         device = bucket.device
         if isinstance(value, torch.Tensor):
             if value.dtype not in (torch.float32, torch.float64):  # (the ops'; torch takes 16 bits)
                 return _moved(value, device, torch.float32)
-            return value if value.device == device else _moved(value, device)
+            return _moved(value, device)  # (itself when already there)
         if torch.compiler.is_compiling():
             # a product, not a cached tensor written: the float is then a graph input (a
             # scheduler's value written with fill_ was a constant guarded on, a graph a step
@@ -648,7 +649,7 @@ class FusedOptimizer(Optimizer):
     def _on(t: Optional[torch.Tensor], device: torch.device) -> Optional[torch.Tensor]:
         if t is None:
             return None
-        return t if t.device == device else _moved(t, device)
+        return _moved(t, device)
 
     def _amp_scalars(self):
         """grad_scale and found_inf set by GradScaler (or LossScaler) for this step."""

@@ -15,25 +15,22 @@ import torch
 
 import fastdyn.ops as ops
 from fastdyn import distributed
-from fastdyn.ops.trust_ratio import lamb_trust_ratios, lars_trust_ratios
+from fastdyn.ops.trust_ratio import adapting, lamb_trust_ratios, lars_trust_ratios
 
 
 def lamb_(b, grads, lr, beta1, weight_decay, grad_scale, found_inf, stats) -> None:
     g = b.group
     beta2 = float(g["betas"][1])
-    eps, wd = float(g["eps"]), weight_decay
+    eps = float(g["eps"])
     exp_avgs, exp_avg_sqs = b.state["exp_avg"], b.state["exp_avg_sq"]
     sums = ops.lamb_moments_(b.params, grads, exp_avgs, exp_avg_sqs, b.master_params, b.steps,
-                             beta1, beta2, eps, wd, bool(g["bias_correction"]),
+                             beta1, beta2, eps, weight_decay, bool(g["bias_correction"]),
                              bool(g["grad_averaging"]), grad_scale, found_inf)
     grad_norm, param_norm, u_norm = b.spec.all_reduce_(sums.contiguous()).sqrt_().unbind(1)
-    # a bool (a guard under torch.compile), or with a tensor weight_decay in the group a
-    # device tensor (no host read)
-    group_wd = g["weight_decay"]
-    adapt = True if g["always_adapt"] else group_wd != 0
-    ratios = lamb_trust_ratios(param_norm, u_norm, adapt, g["trust_clip"])
+    ratios = lamb_trust_ratios(param_norm, u_norm, adapting(g["weight_decay"], g["always_adapt"]),
+                               g["trust_clip"])
     ops.lamb_apply_(b.params, exp_avgs, exp_avg_sqs, b.master_params, b.steps, lr, ratios, beta1,
-                    beta2, eps, wd, bool(g["bias_correction"]), found_inf)
+                    beta2, eps, weight_decay, bool(g["bias_correction"]), found_inf)
     if stats is not None:
         update_norm = lr.to(ratios.dtype) * ratios * u_norm
         new = torch.stack([grad_norm, param_norm, update_norm, ratios], dim=1)
@@ -46,16 +43,15 @@ def lars_(b, grads, lr, momentum, weight_decay, grad_scale, found_inf, stats) ->
     """(A step known not to adapt runs as SGD, on the local shards: LARS's _run_bucket.) The
     op decides on the device whether the ratios apply (weight_decay a tensor)."""
     g = b.group
-    wd = weight_decay
     local = [ops.multi_tensor_l2norm(ts, per_tensor=True)[1]
              for ts in (b.master_params or b.params, grads)]
     param_norm, grad_norm = distributed.sharded_norms(torch.stack(local), b.spec)
     if grad_scale is not None:
         grad_norm = grad_norm / grad_scale.to(grad_norm.dtype)
-    ratios = lars_trust_ratios(param_norm, grad_norm, float(g["trust_coeff"]), wd,
+    ratios = lars_trust_ratios(param_norm, grad_norm, float(g["trust_coeff"]), weight_decay,
                                float(g["eps"]), lr, bool(g["trust_clip"]))
     ops.lars_(b.params, grads, b.state.get("momentum_buffer", []), b.master_params, lr,
-              momentum, float(g["dampening"]), wd, bool(g["nesterov"]),
+              momentum, float(g["dampening"]), weight_decay, bool(g["nesterov"]),
               float(g["trust_coeff"]), float(g["eps"]), bool(g["trust_clip"]),
               bool(g["always_adapt"]), b.first_step, grad_scale=grad_scale, found_inf=found_inf,
               stats=stats, trust_ratios=ratios)

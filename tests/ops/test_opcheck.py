@@ -39,7 +39,8 @@ def samples(device):
     yield "adam_", (_lists(d), _lists(d), _lists(d), pos(), pos(), [], steps(), lr, b1, 0.999,
                     wd, 1e-8, True, False, True), dict(stats=torch.zeros(3, 4, device=d))
     yield "adam_", (_lists(d, dtype=torch.float16), _lists(d, dtype=torch.float16), _lists(d),
-                    pos(), [], _lists(d), steps(), lr, b1.float(), 0.999, wd.float() * 0, 1e-8, False, True,
+                    pos(), [], _lists(d), steps(), lr, b1.float(), 0.999, torch.zeros((), device=d),
+                    1e-8, False, True,
                     False), \
         dict(grad_scale=torch.tensor(4.0, device=d), found_inf=torch.zeros((), device=d))
     yield "sgd_", (_lists(d), _lists(d), _lists(d), [], lr, b1, 0.0, wd, True, False, False), {}

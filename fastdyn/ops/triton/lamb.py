@@ -12,7 +12,7 @@ from fastdyn.ops.triton._multi_tensor import (BLOCK, CHUNK, as_float32, beta1_te
                                               inverse_grad_scale, load_param, segment_sum,
                                               step_is_skipped, tl_dtype, to_dtype,
                                               write_stats)
-from fastdyn.ops.trust_ratio import lamb_trust_ratios
+from fastdyn.ops.trust_ratio import adapting, lamb_trust_ratios
 
 
 @triton.jit
@@ -175,8 +175,7 @@ def lamb_(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, lr, 
         weight_decay, bias_correction, grad_averaging, grad_scale, found_inf)
     pn = segment_sum(partials, table, n, 1).sqrt()
     un = segment_sum(partials, table, n, 2).sqrt()
-    # adapting (weight_decay != 0 or always_adapt) decided on the device: a tensor weight_decay
-    r = lamb_trust_ratios(pn, un, True if always_adapt else weight_decay != 0, trust_clip)
+    r = lamb_trust_ratios(pn, un, adapting(weight_decay, always_adapt), trust_clip)
     lr32 = as_float32(lr)
     # 16-bit params without masters: ||update|| is the stored change, measured by the apply
     # pass; the others' is lr * r * ||u|| (to the rounding of p)

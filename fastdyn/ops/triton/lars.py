@@ -5,7 +5,7 @@ import torch
 from fastdyn.ops.triton._multi_tensor import as_float32
 from fastdyn.ops.triton.norm import per_tensor_partials
 from fastdyn.ops.triton.sgd import momentum_update
-from fastdyn.ops.trust_ratio import lars_trust_ratios
+from fastdyn.ops.trust_ratio import adapting, lars_trust_ratios, where_adapting
 
 
 def lars_(params, grads, momentum_buffers, master_params, lr, momentum, dampening, weight_decay,
@@ -30,8 +30,7 @@ def lars_(params, grads, momentum_buffers, master_params, lr, momentum, dampenin
         p2 = per_tensor_partials(master_params if master_params else params, is_max=False)
         ratios = lars_trust_ratios(p2.sqrt(), g2.sqrt(), trust_coeff, weight_decay, eps,
                                    as_float32(lr), trust_clip)
-    if not always_adapt:
-        ratios = torch.where(weight_decay.reshape(()) != 0, ratios, torch.ones_like(ratios))
+    ratios = where_adapting(ratios, adapting(weight_decay.reshape(()), always_adapt))
     momentum_update(params, grads, momentum_buffers, master_params, lr, momentum, dampening,
                     weight_decay, nesterov, False, is_first_step, grad_scale, found_inf, stats,
                     lars=True, ratios=ratios)
