@@ -19,7 +19,9 @@ from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_ARCHS = "8.0;9.0"
-NVCC_FLAGS = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]  # beside torch's own
+# --fmad=false: as the CPU's -ffp-contract=off (below), no multiply-add fused but those the
+# headers write (math::fmadd), so a kernel and its track_stats twin give the same bits.
+NVCC_FLAGS = ["-O3", "-lineinfo", "--expt-relaxed-constexpr", "--fmad=false"]  # beside torch's own
 
 
 def _is_toolkit(path):
@@ -95,9 +97,10 @@ def extension():
     # -fno-trapping-math: GCC may then compute both arms of a select on floats, which the
     # branch-free fp16 conversions need to vectorize (fp16 loops ran scalar without it);
     # results do not change, and nothing here reads floating-point exception flags.
-    # -ffp-contract=off: a * b + c stays two roundings wherever it appears. GCC had fused some
-    # into FMAs in one loop of a kernel and not in its twin (track_stats'), and a step with
-    # statistics came out 1 ulp off the same step without (Adam with L2 decay, masters).
+    # -ffp-contract=off: a * b + c stays two roundings unless written math::fmadd. GCC had
+    # fused some into FMAs in one loop of a kernel and not in its twin (track_stats'), and a
+    # step with statistics came out 1 ulp off the same step without (Adam with L2 decay,
+    # masters).
     cxx = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math",
            "-ffp-contract=off"] + cpu_arch_flags()
     include_dirs = [os.path.join(ROOT, "csrc", "include")]

@@ -22,7 +22,7 @@ void adam_chunk(P* __restrict__ p, const P* __restrict__ g, S* __restrict__ m,
                 const math::AdamStepScalars<typename OpMath<P>::type> s,
                 typename OpMath<P>::type inv_scale, StatsPartial* stats) {
   using A = typename OpMath<P>::type;
-  auto update = [&]<typename L>(int64_t i, L& g2, L& p2, L& d2) {
+  auto update = [&]<typename L>(int64_t i, L& norm_g, L& norm_p, L& norm_change) {
     L pv = kMaster ? load_lanes<L>(master + i) : load_lanes<L>(p + i);
     const L gv = load_lanes<L>(g + i) * inv_scale;
     L mv = load_lanes<L>(m + i);
@@ -35,10 +35,10 @@ void adam_chunk(P* __restrict__ p, const P* __restrict__ g, S* __restrict__ m,
     store_lanes(m + i, mv);
     store_lanes(v + i, vv);
     if constexpr (kAmsgrad) store_lanes(vmax + i, vm);
-    g2 = gv * gv;
-    p2 = p_old * p_old;
+    norm_g = gv;
+    norm_p = p_old;
     const L change = held_after<P, kMaster>(pv, p, i) - p_old;
-    d2 = change * change;
+    norm_change = change;
   };
   for_elements<kStats, A, WideLanes<P, S>>(n, update, stats);
 }

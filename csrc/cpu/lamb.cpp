@@ -26,7 +26,7 @@ void lamb_moments_chunk(const P* __restrict__ p, const P* __restrict__ g, S* __r
                         const math::LambStepScalars<typename OpMath<P>::type> s,
                         typename OpMath<P>::type inv_scale, StatsPartial* out) {
   using A = typename OpMath<P>::type;
-  *out = lane_sums<A, WideLanes<P, S>>(n, [&]<typename L>(int64_t i, L& g2, L& p2, L& u2) {
+  *out = lane_sums<A, WideLanes<P, S>>(n, [&]<typename L>(int64_t i, L& norm_g, L& norm_p, L& norm_u) {
     const L pv = kMaster ? load_lanes<L>(master + i) : load_lanes<L>(p + i);
     const L gv = load_lanes<L>(g + i) * inv_scale;
     L mv = load_lanes<L>(m + i);
@@ -38,9 +38,9 @@ void lamb_moments_chunk(const P* __restrict__ p, const P* __restrict__ g, S* __r
     // (Rounding through a local c10::BFloat16/Half left the 16-bit loops scalar: GCC sees a
     // struct copy; bf16 LAMB ran at 0.15 G elem/s.)
     const L u = math::lamb_direction(pv, load_lanes<L>(m + i), load_lanes<L>(v + i), h, s);
-    g2 = gv * gv;
-    p2 = pv * pv;
-    u2 = u * u;
+    norm_g = gv;
+    norm_p = pv;
+    norm_u = u;
   });
 }
 
@@ -53,14 +53,14 @@ void lamb_apply_chunk(P* __restrict__ p, const S* __restrict__ m, const S* __res
                       const math::LambStepScalars<typename OpMath<P>::type> s,
                       typename OpMath<P>::type step, StatsPartial* applied) {
   using A = typename OpMath<P>::type;
-  auto apply = [&]<typename L>(int64_t i, L& zero_a, L& zero_b, L& change2) {
+  auto apply = [&]<typename L>(int64_t i, L& zero_a, L& zero_b, L& norm_change) {
     const L pv = kMaster ? load_lanes<L>(master + i) : load_lanes<L>(p + i);
     const L out = pv - step * math::lamb_direction(pv, load_lanes<L>(m + i), load_lanes<L>(v + i), h, s);
     if constexpr (kMaster) store_lanes(master + i, out);
     store_lanes(p + i, out);
     const L change = held_after<P, kMaster>(out, p, i) - pv;
     zero_a = zero_b = L(A(0));
-    change2 = change * change;
+    norm_change = change;
   };
   for_elements<kStats, A, WideLanes<P, S>>(n, apply, applied);
 }

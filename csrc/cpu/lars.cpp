@@ -18,11 +18,11 @@ template <typename P, bool kMaster>
 void lars_norms(const P* __restrict__ p, const P* __restrict__ g,
                 const float* __restrict__ master, int64_t n, double inv_scale, StatsPartial* out) {
   using A = typename OpMath<P>::type;
-  const auto sums = lane_sums<A, WideLanes<P>>(n, [&]<typename L>(int64_t i, L& g2, L& p2, L& unused) {
+  const auto sums = lane_sums<A, WideLanes<P>>(n, [&]<typename L>(int64_t i, L& norm_g, L& norm_p, L& unused) {
     const L pv = kMaster ? load_lanes<L>(master + i) : load_lanes<L>(p + i);
     const L gv = load_lanes<L>(g + i);
-    g2 = gv * gv;
-    p2 = pv * pv;
+    norm_g = gv;
+    norm_p = pv;
     unused = L(A(0));
   });
   *out = {sums[0] * inv_scale * inv_scale, sums[1], 0.0};

@@ -56,10 +56,10 @@ struct AdamChunkOp : SkipIfFoundInf {
           v[i] = static_cast<S>(e.v);
           if (h.amsgrad) vmax[i] = static_cast<S>(e.vmax);
           if (kStats) {
-            g2 += e.g * e.g;
-            p2 += p_old * p_old;
+            g2 = math::fmadd(e.g, e.g, g2);
+            p2 = math::fmadd(p_old, p_old, p2);
             const A change = held_after<P, kHasMaster>(e.p) - p_old;
-            d2 += change * change;
+            d2 = math::fmadd(change, change, d2);
           }
         });
     if (kStats) write_stats_partials(stats_partials, c.global, g2, p2, d2);

@@ -70,9 +70,9 @@ struct LambMomentsOp : LambCommon<typename OpMath<P>::type> {
           v[i] = vs;
           // from the stored (rounded) moments: what the apply pass will read back
           const A u = math::lamb_direction(e.p, static_cast<A>(ms), static_cast<A>(vs), h, s);
-          g2 += e.g * e.g;
-          p2 += e.p * e.p;
-          u2 += u * u;
+          g2 = math::fmadd(e.g, e.g, g2);
+          p2 = math::fmadd(e.p, e.p, p2);
+          u2 = math::fmadd(u, u, u2);
         });
     write_stats_partials(partials, c.global, g2, p2, u2);
   }
@@ -113,7 +113,7 @@ struct LambApplyOp : LambCommon<typename OpMath<P>::type> {
           p[i] = static_cast<P>(out);
           if constexpr (kStats) {
             const A change = held_after<P, kHasMaster>(out) - e.p;
-            change2 += change * change;
+            change2 = math::fmadd(change, change, change2);
           }
         });
     if constexpr (kStats) {

@@ -36,8 +36,8 @@ struct LarsNormsOp : SkipIfFoundInf {
                       static_cast<A>(g[i]) * inv};
         },
         [&](int64_t, const Elem& e) {
-          g2 += e.g * e.g;
-          p2 += e.p * e.p;
+          g2 = math::fmadd(e.g, e.g, g2);
+          p2 = math::fmadd(e.p, e.p, p2);
         });
     __shared__ double shared[32];
     const double g2s = block_reduce(double(g2), SumOp{}, shared);

@@ -24,6 +24,10 @@ import triton.language as tl
 
 CHUNK = 8192  # elements per program
 BLOCK = 1024  # elements per vector operation inside a program
+# Launch options of the kernels that compute: no multiply-add fused but those written (tl.fma,
+# the sums of squares), as in the C++ kernels (math::fmadd). A compiler's own fusing may
+# differ between a kernel and its track_stats twin: GCC's did on the CPU, 1 ulp apart.
+LAUNCH = dict(enable_fp_fusion=False)
 
 # float64 is left to the native and reference backends: Triton's math here is fp32.
 TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}

@@ -4,7 +4,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastdyn.ops.triton._multi_tensor import (BLOCK, CHUNK, as_float32, beta1_terms,
+from fastdyn.ops.triton._multi_tensor import (BLOCK, CHUNK, LAUNCH, as_float32, beta1_terms,
                                               bias_corrections,
                                               chunk_table, held_after, increment_steps,
                                               inverse_grad_scale, load_param, segment_sum,
@@ -72,11 +72,11 @@ def _adam_kernel(rows_ptr, lr_ptr, scale_ptr, found_inf_ptr, bc1_ptr, bc2_ptr, p
             tl.store(m_ptr + idx, to_dtype(m, S_DT), mask=mask)
             tl.store(v_ptr + idx, to_dtype(v, S_DT), mask=mask)
             if STATS:
-                g2 += g_seen * g_seen
-                p2 += p_old * p_old
+                g2 = tl.fma(g_seen, g_seen, g2)
+                p2 = tl.fma(p_old, p_old, p2)
                 # masked lanes: 0 / (0 + eps) is NaN at eps=0
                 change = held_after(p, P_DT, HAS_MASTER) - p_old
-                d2 += tl.where(mask, change * change, 0.0)
+                d2 = tl.where(mask, tl.fma(change, change, d2), d2)
         if STATS:
             tl.store(partials_ptr + pid * 3, tl.sum(g2, axis=0))
             tl.store(partials_ptr + pid * 3 + 1, tl.sum(p2, axis=0))
@@ -106,7 +106,7 @@ def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, 
             HAS_MASTER=len(master_params) > 0, AMSGRAD=bool(amsgrad), MAXIMIZE=bool(maximize),
             DECOUPLED=bool(decoupled_weight_decay), HAS_SCALE=grad_scale is not None,
             HAS_FOUND_INF=found_inf is not None, STATS=stats is not None, CHUNK_=CHUNK,
-            BLOCK_=BLOCK)
+            BLOCK_=BLOCK, **LAUNCH)
     if stats is not None:
         n = len(params)
         write_stats(stats, found_inf, segment_sum(partials, table, n, 0),

@@ -6,7 +6,7 @@ import triton
 import triton.language as tl
 
 from fastdyn.ops import checks
-from fastdyn.ops.triton._multi_tensor import (BLOCK, CHUNK, as_float32, beta1_terms,
+from fastdyn.ops.triton._multi_tensor import (BLOCK, CHUNK, LAUNCH, as_float32, beta1_terms,
                                               bias_corrections,
                                               chunk_table, held_after, increment_steps,
                                               inverse_grad_scale, load_param, segment_sum,
@@ -66,9 +66,9 @@ def _lamb_moments_kernel(rows_ptr, scale_ptr, found_inf_ptr, bc1_ptr, bc2_ptr, p
             tl.store(v_ptr + idx, v, mask=mask)
             u = _lamb_direction(p, m.to(tl.float32), v.to(tl.float32), bc1, bc2, eps, weight_decay)
             u = tl.where(mask, u, 0.0)
-            g2 += g * g
-            p2 += p * p
-            u2 += u * u
+            g2 = tl.fma(g, g, g2)
+            p2 = tl.fma(p, p, p2)
+            u2 = tl.fma(u, u, u2)
         tl.store(partials_ptr + pid * 3, tl.sum(g2, axis=0))
         tl.store(partials_ptr + pid * 3 + 1, tl.sum(p2, axis=0))
         tl.store(partials_ptr + pid * 3 + 2, tl.sum(u2, axis=0))
@@ -109,7 +109,7 @@ def _lamb_apply_kernel(rows_ptr, lr_ptr, found_inf_ptr, bc1_ptr, bc2_ptr, ratio_
             tl.store(p_ptr + idx, to_dtype(new, P_DT), mask=mask)
             if APPLIED:
                 change = held_after(new, P_DT, HAS_MASTER) - p
-                change2 += tl.where(mask, change * change, 0.0)
+                change2 = tl.where(mask, tl.fma(change, change, change2), change2)
         if APPLIED:
             tl.store(applied_ptr + pid, tl.sum(change2, axis=0))
 
@@ -125,7 +125,7 @@ def _group(params, grads, exp_avgs, exp_avg_sqs, master_params, state_steps, bet
         bc1 = bc2 = torch.ones(len(params), dtype=torch.float32, device=device)
     common = dict(N_COLS=table.n_cols, P_DT=tl_dtype(params[0].dtype),
                   S_DT=tl_dtype(exp_avgs[0].dtype), HAS_MASTER=len(master_params) > 0,
-                  HAS_FOUND_INF=found_inf is not None, CHUNK_=CHUNK, BLOCK_=BLOCK)
+                  HAS_FOUND_INF=found_inf is not None, CHUNK_=CHUNK, BLOCK_=BLOCK, **LAUNCH)
     return table, bc1, bc2, common
 
 

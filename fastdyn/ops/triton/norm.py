@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastdyn.ops.triton._multi_tensor import (BLOCK, CHUNK, capturing, chunk_table, copy_for_graph,
+from fastdyn.ops.triton._multi_tensor import (BLOCK, CHUNK, LAUNCH, capturing, chunk_table, copy_for_graph,
                                               segment_sum, tl_dtype, to_dtype)
 
 
@@ -42,7 +42,7 @@ def _norm_chunks_kernel(rows_ptr, partials_ptr, inv_scale_ptr, found_inf_ptr,
             a = tl.abs(x)
             acc = tl.where((acc != acc) | (acc > a), acc, a)
         else:
-            acc += x * x
+            acc = tl.fma(x, x, acc)
     if IS_MAX:
         has_nan = tl.sum((acc != acc).to(tl.int32), axis=0) > 0
         r = tl.where(has_nan, float("nan"), tl.max(acc, axis=0)).to(tl.float64)
@@ -74,7 +74,7 @@ def per_tensor_partials(tensors, is_max: bool, inv_scale=None, found_inf=None,
                 table.rows, partials, inv_scale if inv_scale is not None else partials,
                 found_inf if found_inf is not None else partials, N_COLS=table.n_cols,
                 ELEM=tl_dtype(dtype), IS_MAX=is_max, UNSCALE=inv_scale is not None,
-                CHUNK_=CHUNK, BLOCK_=BLOCK)
+                CHUNK_=CHUNK, BLOCK_=BLOCK, **LAUNCH)
         parts.append(segment_sum(partials, table, len(sub), is_max=is_max, out_dtype=out_dtype))
     if len(parts) == 1:
         return parts[0]

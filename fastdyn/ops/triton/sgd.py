@@ -4,7 +4,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastdyn.ops.triton._multi_tensor import (BLOCK, CHUNK, as_float32, chunk_table,
+from fastdyn.ops.triton._multi_tensor import (BLOCK, CHUNK, LAUNCH, as_float32, chunk_table,
                                               held_after, inverse_grad_scale, load_param,
                                               segment_sum,
                                               step_is_skipped, tl_dtype, to_dtype,
@@ -80,10 +80,10 @@ def _momentum_update_kernel(rows_ptr, lr_ptr, scale_ptr, found_inf_ptr, ratio_pt
                 tl.store(master_ptr + idx, new, mask=mask)
             tl.store(p_ptr + idx, to_dtype(new, P_DT), mask=mask)
             if STATS:
-                g2 += g * g
-                p2 += p * p
+                g2 = tl.fma(g, g, g2)
+                p2 = tl.fma(p, p, p2)
                 change = held_after(new, P_DT, HAS_MASTER) - p
-                d2 += tl.where(mask, change * change, 0.0)  # (masked lanes: 0 - inf * 0 is NaN)
+                d2 = tl.where(mask, tl.fma(change, change, d2), d2)  # (masked lanes: 0 - inf * 0 is NaN)
         if STATS:
             tl.store(partials_ptr + pid * 3, tl.sum(g2, axis=0))
             tl.store(partials_ptr + pid * 3 + 1, tl.sum(p2, axis=0))
@@ -111,7 +111,7 @@ def momentum_update(params, grads, momentum_buffers, master_params, lr, momentum
             MAXIMIZE=bool(maximize), FIRST_STEP=bool(is_first_step), LARS=lars,
             ADAPT=ratios is not None, HAS_SCALE=grad_scale is not None,
             HAS_FOUND_INF=found_inf is not None, STATS=stats is not None, CHUNK_=CHUNK,
-            BLOCK_=BLOCK)
+            BLOCK_=BLOCK, **LAUNCH)
     if stats is not None:
         n = len(params)
         write_stats(stats, found_inf, segment_sum(partials, table, n, 0),

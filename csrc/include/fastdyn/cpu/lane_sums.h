@@ -21,8 +21,10 @@ namespace cpu {
 constexpr int kLanes = 32;
 constexpr int64_t kBlock = 1024;
 
-// Runs element(i, a, b, c) for i in [0, n) and returns the sums of the three values it
-// sets (e.g. the squares of g, p and the update; element may also write memory). The
+// Runs element(i, a, b, c) for i in [0, n) and returns the sums of the squares of the three
+// values it sets (e.g. g, p and the update; element may also write memory), each square
+// added with one fused multiply-add (math::fmadd: LAMB's step ran ~5% slower on the CPU
+// with a multiply and an add, once the compiler no longer fused them on its own). The
 // values come out through references: GCC 12 left the loop scalar when they came back as
 // a std::array. With W (lanes.h's WideLanes, not void), element is also called with W
 // references for the kLanesWidth elements from i on.
@@ -42,9 +44,9 @@ inline std::array<double, 3> lane_sums(int64_t n, Element&& element) {
         for (int q = 0; q < kGroups; ++q) {
           W a, b, c;
           element(base + k + q * kLanesWidth, a, b, c);
-          wa[q] += a;
-          wb[q] += b;
-          wc[q] += c;
+          wa[q] = fmadd(a, a, wa[q]);
+          wb[q] = fmadd(b, b, wb[q]);
+          wc[q] = fmadd(c, c, wc[q]);
         }
       }
       for (int q = 0; q < kGroups; ++q) {
@@ -58,18 +60,18 @@ inline std::array<double, 3> lane_sums(int64_t n, Element&& element) {
         for (int j = 0; j < kLanes; ++j) {
           A a, b, c;
           element(base + k + j, a, b, c);
-          lanes_a[j] += a;
-          lanes_b[j] += b;
-          lanes_c[j] += c;
+          lanes_a[j] = math::fmadd(a, a, lanes_a[j]);
+          lanes_b[j] = math::fmadd(b, b, lanes_b[j]);
+          lanes_c[j] = math::fmadd(c, c, lanes_c[j]);
         }
       }
     }
     for (; k < len; ++k) {
       A a, b, c;
       element(base + k, a, b, c);
-      lanes_a[0] += a;
-      lanes_b[0] += b;
-      lanes_c[0] += c;
+      lanes_a[0] = math::fmadd(a, a, lanes_a[0]);
+      lanes_b[0] = math::fmadd(b, b, lanes_b[0]);
+      lanes_c[0] = math::fmadd(c, c, lanes_c[0]);
     }
     for (int j = 0; j < kLanes; ++j) {
       total[0] += static_cast<double>(lanes_a[j]);
@@ -81,7 +83,7 @@ inline std::array<double, 3> lane_sums(int64_t n, Element&& element) {
 }
 
 // An update loop with optional statistics: element(i, a, b, c) for i in [0, n), and with
-// kSum the sums of a, b, c into *sums; without, the values are dropped (dead code). With W
+// kSum the sums of the squares of a, b, c into *sums; without, the values are dropped (dead code). With W
 // (not void), on W groups of kLanesWidth elements and the rest one by one.
 template <bool kSum, typename A, typename W, typename Element>
 inline void for_elements(int64_t n, Element&& element, std::array<double, 3>* sums) {

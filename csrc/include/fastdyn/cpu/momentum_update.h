@@ -28,7 +28,7 @@ void momentum_update_chunk(P* __restrict__ p, const P* __restrict__ g, S* __rest
   using A = typename OpMath<P>::type;
   const math::MomentumHyper<A> mh{hyper.momentum, hyper.dampening, kNesterov};
   // L: A for one element, Lanes16 for sixteen (16-bit arrays; lanes.h)
-  auto update = [&]<typename L>(int64_t i, L& g2, L& p2, L& d2) {
+  auto update = [&]<typename L>(int64_t i, L& norm_g, L& norm_p, L& norm_change) {
     const L p_old = kMaster ? load_lanes<L>(master + i) : load_lanes<L>(p + i);
     const L gv = load_lanes<L>(g + i) * inv_scale;
     L d = direction(p_old, gv);
@@ -40,10 +40,10 @@ void momentum_update_chunk(P* __restrict__ p, const P* __restrict__ g, S* __rest
     const L pv = p_old - lr * d;
     if constexpr (kMaster) store_lanes(master + i, pv);
     store_lanes(p + i, pv);
-    g2 = gv * gv;
-    p2 = p_old * p_old;
+    norm_g = gv;
+    norm_p = p_old;
     const L change = held_after<P, kMaster>(pv, p, i) - p_old;
-    d2 = change * change;
+    norm_change = change;
   };
   for_elements<kStats, A, WideLanes<P, S>>(n, update, stats);
 }

@@ -73,10 +73,10 @@ struct MomentumUpdateOp : SkipIfFoundInf {
     momentum_update_chunk<kHasMaster>(
         p, g, buf, master, c, inv, lr_v, hyper, first_step, d, [&](A p_old, A gv, A pv) {
           if (kStats) {
-            g2 += gv * gv;
-            p2 += p_old * p_old;
+            g2 = math::fmadd(gv, gv, g2);
+            p2 = math::fmadd(p_old, p_old, p2);
             const A change = held_after<P, kHasMaster>(pv) - p_old;
-            d2 += change * change;
+            d2 = math::fmadd(change, change, d2);
           }
         });
     if (kStats) write_stats_partials(stats_partials, c.global, g2, p2, d2);

@@ -13,7 +13,7 @@ enum class NormKind : int { L2 = 0, Inf = 1 };
 template <NormKind K, typename A>
 FASTDYN_HD A norm_accumulate(A acc, A x) {
   if (K == NormKind::L2) {
-    return acc + x * x;
+    return fmadd(x, x, acc);
   } else {
     return nan_max(acc, fabs_(x));
   }
