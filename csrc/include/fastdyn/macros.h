@@ -48,9 +48,10 @@ FASTDYN_HD double fpow(double b, double e) {
 }
 
 // a * b + c. The compilers fuse no multiply-add of their own (g++ -ffp-contract=off, nvcc
-// --fmad=false): they had fused one in a loop and not in its track_stats twin, and a step with
-// statistics came out 1 ulp off the same step without. The fused ones are written here, one
-// rounding wherever the target has an FMA unit (every GPU; CPUs built with FMA), else two.
+// --fmad=false, Triton enable_fp_fusion=False): GCC had fused one in a loop and not in its
+// track_stats twin, and a step with statistics came out 1 ulp off the same step without. The
+// fused ones are written (here; tl.fma in Triton), one rounding wherever the target has an FMA
+// unit (every GPU; CPUs built with FMA), else two.
 FASTDYN_HD float fmadd(float a, float b, float c) {
 #if defined(__CUDA_ARCH__)
   return __fmaf_rn(a, b, c);
