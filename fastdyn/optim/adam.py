@@ -83,12 +83,8 @@ class AdamW(Adam):
                          track_stats=track_stats)
 
     def __setstate__(self, state):
+        # (load_state_dict runs this too: an Adam state dict loads, and the decay stays
+        # decoupled, as in torch.optim.AdamW)
         super().__setstate__(state)
-        for group in self.param_groups:
-            group["decoupled_weight_decay"] = True
-
-    def load_state_dict(self, state_dict):
-        super().load_state_dict(state_dict)
-        # as torch.optim.AdamW: an Adam state dict loads, and the decay stays decoupled
         for group in self.param_groups:
             group["decoupled_weight_decay"] = True

@@ -127,6 +127,14 @@ def test_grad_scaler_skips_on_every_rank(ranks):
         assert s["final_step"] == 2.0 and s["finite"], (r, s)
 
 
+@pytest.mark.parametrize("case", workers.SCALED_CASES)
+def test_fsdp2_under_grad_scaler_trains_like_one_process(ranks, case):
+    """GradScaler's grad_scale reaches the sharded step's norms: ||g|| is the unscaled one."""
+    params = workers.train_scaled(case)
+    for r, seen in enumerate(part(ranks, "scaled")):
+        _close(seen[case], params, f"rank {r} params")
+
+
 def test_fsdp2_resume_is_exact(ranks):
     for seen in part(ranks, "resume"):
         assert seen["bitwise"]

@@ -168,6 +168,24 @@ def _clip(rank: int, norm_type: float, **kwargs) -> dict:
     }
 
 
+def train_scaled(case: str, rank=None) -> list:
+    """The case under torch.amp.GradScaler, which hands the step grad_scale: sharded LAMB and
+    LARS take their trust ratios from the norms of the unscaled gradients (a ||g|| left times
+    the scale shrinks LARS's ratio by it). On FSDP2 with `rank`, else in one process."""
+    cls, kwargs = CASES[case]
+    model = make_model() if rank is None else _fsdp_model()
+    opt = cls(model.parameters(), **kwargs)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
+    for x, y in batches():
+        if rank is not None:
+            x, y = rows(x, rank), rows(y, rank)
+        scaler.scale(F.mse_loss(model(x), y)).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad()
+    return [(p if rank is None else p.full_tensor()).detach().clone() for p in model.parameters()]
+
+
 def _scaler_skip(rank: int, kind: str) -> dict:
     """An inf in one rank's gradient shard only: every rank skips the step (and, with
     LossScaler, backs off)."""
@@ -403,6 +421,7 @@ def _layout_on_one_rank(rank: int) -> dict:
 # what each rank runs, part by part; a part that raises is recorded as {"error": traceback}
 # so that the others still report (the tests of that part fail, or skip where the installed
 # torch cannot run it on the CPU)
+SCALED_CASES = ("lars", "lamb-clip")
 PARTS = {
     "fsdp": lambda rank: {c: _train_fsdp(c, rank) for c in CASES},
     "ddp": lambda rank: {c: _train_ddp(c, rank) for c in ("sgd-nesterov", "lamb-clip", "lars")},
@@ -421,6 +440,7 @@ PARTS = {
     "loss_scaler": lambda rank: _scaler_skip(rank, "loss_scaler"),
     "loss_scaler_unscale": lambda rank: _scaler_skip(rank, "loss_scaler_unscale"),
     "grad_scaler": lambda rank: _scaler_skip(rank, "grad_scaler"),
+    "scaled": lambda rank: {c: train_scaled(c, rank) for c in SCALED_CASES},
 }
 
 

@@ -48,3 +48,19 @@ def test_adam_grad_scale_and_found_inf(backend, device):
     for k in ours:
         for a, b in zip(ours[k], group[k]):
             assert torch.equal(a, b), k
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+def test_adam_amsgrad_keeps_a_nan_max(backend, device):
+    """A NaN in max_exp_avg_sq stays there and reaches its param, as torch.maximum propagates
+    it: NaN is never hidden, even where exp_avg_sq is finite (a loaded or edited state). A
+    plain `vmax > v ? vmax : v` would take v and hide it (no test caught that in the Triton
+    kernel: scripts/mutants.py T3)."""
+    group = make_group([5, 3], torch.float32, device, buffers=3)
+    group["state2"][0][2] = float("nan")
+    ours, ref = run_both("adam_", backend, device, adam_args(True, False, True, 0.0), group)
+    assert ref["params"][0][2].isnan() and ref["state2"][0][2].isnan()
+    for key in ("params", "state0", "state1", "state2"):
+        for a, b in zip(ours[key], ref[key]):
+            torch.testing.assert_close(a.cpu().double(), b.cpu().double(), rtol=2e-6, atol=1e-6,
+                                       equal_nan=True, msg=lambda m: f"{key}: {m}")

@@ -87,6 +87,56 @@ def test_one_large_tensor(backend, device):
 
 
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("ord", [2.0, math.inf])
+def test_a_nan_in_the_first_chunk_of_a_long_tensor_propagates(backend, device, ord):
+    """The per-tensor combination of the chunks' partials goes through 128 of them at a time
+    (Triton): a max that keeps NaN only from the last 128 lost one from chunk 0 (the inf
+    norm of this tensor came out 1.0). 129 chunks and a few elements, per backend's chunk."""
+    chunk = 8192 if backend == "triton" else 65536
+    x = torch.ones(129 * chunk + 5, device=device)
+    x[3] = float("nan")
+    with use_backend(backend):
+        total, per = fastdyn.ops.multi_tensor_norm([x, torch.ones(7, device=device)], ord,
+                                                   per_tensor=True)
+    assert total.isnan() and per[0].isnan()
+    assert per[1].item() == pytest.approx(7 ** 0.5 if ord == 2 else 1.0, rel=1e-6)
+
+
+def _available_bytes() -> int:
+    with open("/proc/meminfo") as f:
+        fields = dict(line.split(":", 1) for line in f)
+    return int(fields["MemAvailable"].split()[0]) * 1024
+
+
+@pytest.mark.slow
+def test_cpu_kernels_past_2_pow_31_elements():
+    """The CPU kernels index with 64 bits: an fp16 tensor of 2^31 + 12345 elements (4.3 GB)
+    whose last element alone differs is measured (L2, inf), unscaled and clipped whole. An
+    index truncated to 32 bits would miss or wrap to the elements past 2^31. (The CUDA
+    kernels' twins are in tests/cuda; the Triton interpreter would take hours.)"""
+    n = 2 ** 31 + 12345
+    if not hasattr(torch.ops.fastdyn, "clip_grad_norm_") or _available_bytes() < n * 2 * 1.5:
+        pytest.skip("needs the native CPU kernels and ~6.5 GB of free memory")
+    x = torch.ones(n, dtype=torch.float16)
+    x[-1] = 3.0
+    with use_backend("native"):
+        total, _ = fastdyn.multi_tensor_l2norm([x])
+        inf_total, _ = fastdyn.ops.multi_tensor_norm([x], math.inf)
+        found_inf = torch.zeros(())
+        unscaled, _ = fastdyn.ops.multi_tensor_unscale_norm_([x], torch.tensor(0.5), found_inf)
+        clipped = fastdyn.ops.norm.clip_grads_([x], 1000.0)
+    expected = math.sqrt(n - 1 + 9)  # 46341.1: in float32 to ~3e-8 of it
+    assert total.item() == pytest.approx(expected, rel=1e-6)
+    assert inf_total.item() == 3.0 and found_inf.item() == 0.0
+    assert unscaled.item() == pytest.approx(expected / 2, rel=1e-6)
+    assert clipped.item() == pytest.approx(expected / 2, rel=1e-6)
+    coef = 1000.0 / (clipped.item() + 1e-6)  # x was 0.5 everywhere (1.5 at the end) before it
+    for i in (0, 2 ** 31 - 1, 2 ** 31, n - 2):
+        assert x[i].item() == pytest.approx(0.5 * coef, rel=1e-3), f"element {i}"  # fp16 rounding
+    assert x[-1].item() == pytest.approx(1.5 * coef, rel=1e-3)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 @pytest.mark.parametrize("ord", [2.0, math.inf])
 def test_nonfinite_propagates(backend, device, bad, ord):

@@ -619,17 +619,22 @@ def test_unscale_names_a_gradient_shared_by_two_params():
 @pytest.mark.parametrize("name", ["AdamW", "SGD", "LARS", "LAMB-noclip", "LAMB"])
 def test_loss_scaler_reports_the_unscaled_grad_norm(name):
     """The norm the step's inf check computes is the unscaled one, as LAMB's clipping norm
-    and the per-tensor stats are (it used to come out times the loss scale); a later step
+    and the per-tensor stats are (it used to come out times the loss scale; the ||g|| column
+    was unchecked: scripts/mutants.py M10); a later step
     that computes none reports none, not the stale one."""
     model = mlp()
     opt = make(name, model, track_stats=True)
     scaler = LossScaler("cpu", init_scale=1024.0)
     scaler.scale(mlp_loss(model, regression_data())).backward()
-    true = torch.linalg.vector_norm(torch.stack([p.grad.double().norm() for p in model.parameters()])) / 1024
+    per_tensor = torch.stack([p.grad.double().norm() for p in model.parameters()]) / 1024
+    true = torch.linalg.vector_norm(per_tensor)
     scaler.step(opt)
     scaler.update()
     for reported in (scaler.last_grad_norm, opt.last_stats().grad_norm):
         torch.testing.assert_close(reported.double(), true, rtol=1e-5, atol=0)
+    # the ||g|| column too (LAMB's clipping pass gives it there: its per-tensor norms, which
+    # saw the scaled gradients)
+    torch.testing.assert_close(opt.last_stats().values[:, 0].double(), per_tensor, rtol=1e-5, atol=0)
     opt.zero_grad()
     mlp_loss(model, regression_data()).backward()
     opt.step()  # no scaler: nothing computes a global norm (LAMB's clipping does)

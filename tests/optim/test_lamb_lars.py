@@ -3,6 +3,7 @@
 
 import copy
 import itertools
+import math
 
 import pytest
 import torch
@@ -61,6 +62,9 @@ def compare(ours_cls, ref_cls, kw, backend, device, dtype, steps):
         for m, o, cast in ((model, ours, dtype), (ref_model, ref, torch.float64)):
             o.zero_grad()
             mlp_loss(m, (x.to(cast), y.to(cast))).backward()
+            # a zero gradient: r = 1 where ||g|| is 0 (LARS) or ||u|| is (LAMB without weight
+            # decay, whose m stays 0); a ratio of ||p|| / 0 had gone unseen
+            m[4].bias.grad.zero_()
             with use_backend(backend if o is ours else None):
                 o.step()
     return model, ref_model
@@ -99,6 +103,69 @@ def test_lars_matches_contract(backend, device, kw):
     tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
     for p, q in zip(model.parameters(), ref.parameters()):
         torch.testing.assert_close(p.double().cpu(), q.cpu(), **tol)
+
+
+def _two_step(cls, kw, grads, backend, device, dtype):
+    """Two steps of `cls` on the 2-element param [3, 4] (||p|| = 5) with the given grads."""
+    p = torch.nn.Parameter(torch.tensor([3.0, 4.0], dtype=dtype, device=device))
+    opt = cls([p], **kw)
+    with use_backend(backend):
+        for g in grads:
+            p.grad = torch.tensor(g, dtype=dtype, device=device)
+            opt.step()
+    return p.detach().double().cpu()
+
+
+WORKED_TOL = {torch.float64: dict(rtol=1e-13, atol=1e-14), torch.float32: dict(rtol=2e-6, atol=2e-6)}
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("max_grad_norm", [None, 0.1])
+def test_lamb_worked_example(backend, device, max_grad_norm):
+    """The contract's LAMB steps written out on two elements with Python floats (no tensor
+    code shared with fastdyn or its references): the drop-in reproduces them."""
+    lr, b1, b2, eps, wd = 0.1, 0.9, 0.999, 1e-6, 0.01
+    grads = [[0.5, -0.25], [0.125, 0.75]]
+    p, m, v = [3.0, 4.0], [0.0, 0.0], [0.0, 0.0]
+    for t, g in enumerate(grads, 1):
+        if max_grad_norm is not None:  # step 1: g <- g / max(G / max_grad_norm, 1)
+            G = math.hypot(*g)
+            g = [x / max(G / max_grad_norm, 1.0) for x in g]
+        m = [b1 * mi + (1 - b1) * gi for mi, gi in zip(m, g)]          # step 2
+        v = [b2 * vi + (1 - b2) * gi * gi for vi, gi in zip(v, g)]
+        u = [(mi / (1 - b1 ** t)) / (math.sqrt(vi / (1 - b2 ** t)) + eps) + wd * pi
+             for mi, vi, pi in zip(m, v, p)]                             # steps 3-4
+        r = math.hypot(*p) / math.hypot(*u)                              # step 5
+        p = [pi - lr * r * ui for pi, ui in zip(p, u)]                   # step 6
+    kw = dict(lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd, max_grad_norm=max_grad_norm)
+    for dtype in (torch.float64, torch.float32):
+        if dtype == torch.float64 and backend == "triton":
+            continue  # (Triton's kernels are fp32)
+        got = _two_step(fastdyn.optim.LAMB, kw, grads, backend, device, dtype)
+        torch.testing.assert_close(got, torch.tensor(p, dtype=torch.float64), **WORKED_TOL[dtype])
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_lars_worked_example(backend, device, nesterov):
+    """The contract's LARS step written out with Python floats, as test_lamb_worked_example:
+    the trust ratio, then torch's SGD momentum (buf = d at the first step)."""
+    lr, momentum, wd, tc, eps = 0.5, 0.9, 0.1, 0.001, 1e-8
+    grads = [[0.6, 0.8], [-0.3, 1.5]]
+    p, buf = [3.0, 4.0], None
+    for g in grads:
+        pn, gn = math.hypot(*p), math.hypot(*g)
+        r = tc * pn / (gn + wd * pn + eps)
+        d = [(gi + wd * pi) * r for gi, pi in zip(g, p)]
+        buf = d if buf is None else [momentum * bi + di for bi, di in zip(buf, d)]
+        step = [di + momentum * bi for di, bi in zip(d, buf)] if nesterov else buf
+        p = [pi - lr * si for pi, si in zip(p, step)]
+    kw = dict(lr=lr, momentum=momentum, weight_decay=wd, nesterov=nesterov, trust_coeff=tc, eps=eps)
+    for dtype in (torch.float64, torch.float32):
+        if dtype == torch.float64 and backend == "triton":
+            continue
+        got = _two_step(fastdyn.optim.LARS, kw, grads, backend, device, dtype)
+        torch.testing.assert_close(got, torch.tensor(p, dtype=torch.float64), **WORKED_TOL[dtype])
 
 
 def test_lamb_defaults_match_contract():
@@ -173,6 +240,28 @@ def test_lars_keeps_a_nan_trust_ratio_and_an_inf_param_as_the_reference(backend,
     assert torch.equal(ours.isnan(), ref.isnan()) and torch.equal(ours.isinf(), ref.isinf()), \
         (ours, ref)
     torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-7, equal_nan=True)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("trust_clip", [False, True])
+def test_lamb_keeps_a_nan_trust_ratio_of_an_inf_param_as_the_reference(backend, device, trust_clip):
+    """An inf param with weight decay: ||p|| = ||u|| = inf, r = NaN, and every element of the
+    tensor becomes NaN, as in the reference; trust_clip's min(r, 1) keeps the NaN (written
+    `r <= 1 ? r : 1` it makes r 1 and leaves the other elements finite: the inf hidden from
+    the step's result; scripts/mutants.py X4)."""
+    results = []
+    for cls in (fastdyn.optim.LAMB, LambReference):
+        p = torch.nn.Parameter(torch.tensor([float("inf"), 1.0, 2.0], device=device,
+                                            dtype=torch.float32 if cls is fastdyn.optim.LAMB
+                                            else torch.float64))
+        opt = cls([p], lr=0.5, weight_decay=0.01, trust_clip=trust_clip)
+        p.grad = torch.ones_like(p)
+        with use_backend(backend if cls is fastdyn.optim.LAMB else None):
+            opt.step()
+        results.append(p.detach().double().cpu())
+    ours, ref = results
+    assert ref.isnan().all(), ref
+    assert torch.equal(ours.isnan(), ref.isnan()), (ours, ref)
 
 
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICES)

@@ -1,0 +1,224 @@
+"""Mutation check: does the test-suite notice a wrong line? ("A test that cannot fail is a
+defect.") Each mutant below is one plausible bug (a skipped-step flag kept, a NaN dropped
+by a max, a scale not divided out); the script applies it in a scratch copy of the
+repository, runs the tests that should catch it (-x) and reports which survived. A survivor
+is a missing test or an equivalent mutant (then say why and drop it).
+
+    .venv/bin/python scripts/mutants.py                 # the Python and Triton mutants (~35 min)
+    .venv/bin/python scripts/mutants.py --only M10,T3   # some of them
+    .venv/bin/python scripts/mutants.py --native        # the C++ ones too: one CPU build of the
+                                                        # copy (~10 min), then ~2 min a mutant
+
+2026-12-07, first run: 49 mutants (these 48, and one in code since deleted); 8 survived. Seven
+got tests: M10 (the per-tensor ||g|| column under a loss scale), T3 (Triton's amsgrad NaN
+max), T5 (a NaN in a long tensor's first chunk, lost by Triton's combining max), D1 (sharded
+LARS under GradScaler), X1/X2 (LAMB's and LARS's ratio at a zero gradient), X4 (LAMB's NaN
+ratio under trust_clip); one was dead code (AdamW.load_state_dict: torch's loader runs
+__setstate__, which already keeps the decay decoupled), deleted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+OPT, OPS, TRITON = "tests/optim", "tests/ops", "tests/ops tests/optim -k triton"
+
+# (id, file, exact text (must occur once), replacement, tests that should fail)
+PYTHON_MUTANTS = [
+    ("M1", "fastdyn/optim/optimizer.py", "(found == 0).to(started.dtype)))",
+     "(found != 0).to(started.dtype)))", OPT),
+    ("M2", "fastdyn/optim/optimizer.py", "total = total / grad_scale.to(total.device)",
+     "total = total", OPT),
+    ("M3", "fastdyn/optim/optimizer.py", "found_inf.add_((~torch.isfinite(total))",
+     "found_inf.add_((torch.isnan(total))", OPT),
+    ("M4", "fastdyn/optim/optimizer.py", "elif cached[1] != value:", "elif False:", OPT),
+    ("M5", "fastdyn/optim/optimizer.py",
+     "st[:, 0] = torch.where(st[:, 1].isnan(), st[:, 0], norms[i].to(st))",
+     "st[:, 0] = norms[i].to(st)", OPT),
+    ("M6", "fastdyn/optim/optimizer.py",
+     "and list(map(torch.Tensor.data_ptr, plain)) == addresses", "", OPT),
+    ("M7", "fastdyn/optim/optimizer.py", 'if k == "master_param" or uses_master:',
+     'if k == "master_param":', OPT),
+    ("M8", "fastdyn/optim/optimizer.py",
+     "    if not ops.checks.same_layout(t, p):\n        t = torch.empty_like",
+     "    if False:\n        t = torch.empty_like", OPT),
+    ("M9", "fastdyn/optim/optimizer.py", "            self._check_state_memory(specs)",
+     "            pass", OPT),
+    ("M10", "fastdyn/optim/optimizer.py",
+     "inv = None if grad_scale is None else grad_scale.reciprocal()", "inv = None", OPT),
+    ("M12", "fastdyn/optim/optimizer.py", "if absent and len(absent) < len(ps):", "if False:", OPT),
+    ("M13", "fastdyn/optim/optimizer.py",
+     "fixed.copy_(torch.where(fixed.to(p.dtype) == p.detach(), fixed, p.detach().float()))",
+     "fixed.copy_(fixed)", OPT),
+    ("L1", "fastdyn/optim/lamb.py", "torch.clamp(total / max_norm, min=1.0)", "(total / max_norm)",
+     OPT),
+    ("L2", "fastdyn/optim/lamb.py", 'bool(g["trust_clip"]), bool(g["always_adapt"]), grad_scale',
+     'bool(g["trust_clip"]), False, grad_scale', OPT),
+    ("L3", "fastdyn/optim/lamb.py", "if self._max_grad_norm() is None:", "if False:", OPT),
+    ("L4", "fastdyn/optim/lamb.py", 'float(g["eps"]), self._hyper_tensor',
+     'float(g["eps"]) * 10, self._hyper_tensor', OPT),
+    ("R1", "fastdyn/optim/lars.py", "isinstance(wd, torch.Tensor) and wd == 0",
+     "isinstance(wd, torch.Tensor) and wd >= 0", OPT),
+    ("R2", "fastdyn/optim/lars.py", 'bool(g["nesterov"]), float(g["trust_coeff"])',
+     'bool(g["nesterov"]), float(g["trust_coeff"]) * 1.0001', OPT),
+    ("A1", "fastdyn/optim/adam.py", "float(beta2),\n                  self._hyper",
+     "float(beta2) - 0.001,\n                  self._hyper", OPT),
+    ("A2", "fastdyn/optim/adam.py", 'bool(g["amsgrad"]), bool(g["maximize"])',
+     'bool(g["amsgrad"]), False', OPT),
+    ("S1", "fastdyn/optim/sgd.py", 'return group["momentum"] != 0 and group["dampening"] != 0',
+     "return False", OPT),
+    ("S2", "fastdyn/optim/sgd.py",
+     '        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):\n'
+     '            raise ValueError("Nesterov momentum requires a momentum and zero dampening")\n'
+     "\n    def __setstate__", "\n    def __setstate__", OPT),
+    ("P2", "fastdyn/amp.py", "if unscaled.item() == 0:", "if True:", "tests/optim/test_amp.py"),
+    ("P3", "fastdyn/amp.py", "optimizer._check_inf = not was_unscaled",
+     "optimizer._check_inf = False", "tests/optim/test_amp.py"),
+    ("P4", "fastdyn/amp.py", '            checked = optimizer._runtime["had_grads"]',
+     "            checked = True", "tests/optim/test_amp.py"),
+    ("P5", "fastdyn/amp.py", "total, self._growth_factor,\n                                     "
+     "self._backoff_factor,", "total, 1.0 / self._backoff_factor,\n"
+     "                                     1.0 / self._growth_factor,", "tests/optim/test_amp.py"),
+    ("P7", "fastdyn/amp.py", "            self.last_grad_norm = grad_norm", "            pass",
+     "tests/optim/test_amp.py"),
+    ("C1", "fastdyn/clip.py", "(total + 1e-6), max=1.0)\n    for device, device_grads",
+     "(total + 1e-5), max=1.0)\n    for device, device_grads", "tests/ops/test_clip.py"),
+    ("C2", "fastdyn/clip.py",
+     "    if error_if_nonfinite and not torch.isfinite(total.to(out_dtype)):\n"
+     "        raise RuntimeError(_NONFINITE_MESSAGE.format(norm_type))\n"
+     "    if not torch.compiler.is_compiling():",
+     "    if False:\n        raise RuntimeError(_NONFINITE_MESSAGE.format(norm_type))\n"
+     "    if not torch.compiler.is_compiling():", "tests/ops/test_clip.py"),
+    ("C3", "fastdyn/clip.py", "return (g != 0).any().to(dtype)", "return (g != 0).sum().to(dtype)",
+     "tests/ops/test_clip.py"),
+    ("C4", "fastdyn/clip.py", 'norm = spec.all_reduce_(norm.contiguous(), op="max")',
+     'norm = spec.all_reduce_(norm.contiguous(), op="sum")', "tests/distributed"),
+    ("D1", "fastdyn/optim/sharded.py",
+     "    if grad_scale is not None:\n        grad_norm = grad_norm / grad_scale.to(grad_norm.dtype)\n",
+     "", "tests/distributed"),
+    ("D2", "fastdyn/optim/sharded.py",
+     "            new = torch.where(found_inf.reshape(()) != 0, stats, new)", "            pass",
+     "tests/distributed"),
+    ("D3", "fastdyn/optim/sharded.py",
+     "        stats[:, :3] = distributed.sharded_norms(stats[:, :3], b.spec)", "        pass",
+     "tests/distributed"),
+    ("T1", "fastdyn/ops/triton/lamb.py", "step = tl.load(lr_ptr) * tl.load(ratio_ptr + t)",
+     "step = tl.load(lr_ptr) * tl.load(ratio_ptr)", TRITON),
+    ("T2", "fastdyn/ops/triton/lamb.py", "g2 = tl.fma(g, g, g2)", "g2 = g * g", TRITON),
+    ("T3", "fastdyn/ops/triton/adam.py", "vm = tl.where((vm != vm) | (vm > v), vm, v)",
+     "vm = tl.where(vm > v, vm, v)", TRITON),
+    ("T5", "fastdyn/ops/triton/_multi_tensor.py", "acc = tl.where((acc != acc) | (acc > v), acc, v)",
+     "acc = tl.where(acc > v, acc, v)", TRITON),
+    ("T6", "fastdyn/ops/triton/_multi_tensor.py",
+     "        new = torch.where(found_inf.reshape(()) != 0, stats, new)", "        pass", TRITON),
+    ("T7", "fastdyn/ops/triton/adam.py", "                p2 = tl.fma(p_old, p_old, p2)",
+     "                p2 = tl.fma(p, p, p2)", TRITON),
+    ("T8", "fastdyn/ops/triton/_multi_tensor.py", "rounded = bits + 0x7FFF + ((bits >> 16) & 1)",
+     "rounded = bits + 0x7FFF", TRITON),
+]
+
+NATIVE_TESTS = "-k 'not triton and not cuda'"
+NATIVE_MUTANTS = [
+    ("X1", "csrc/include/fastdyn/math/lamb.h",
+     "(param_norm > T(0) && update_norm > T(0)) ? param_norm / update_norm",
+     "(param_norm > T(0)) ? param_norm / update_norm",
+     f"tests/ops/test_lamb.py tests/optim/test_lamb_lars.py {NATIVE_TESTS}"),
+    ("X2", "csrc/include/fastdyn/math/lars.h", "T r = (param_norm > T(0) && grad_norm > T(0))",
+     "T r = (param_norm > T(0))",
+     f"tests/ops/test_lars.py tests/optim/test_lamb_lars.py {NATIVE_TESTS}"),
+    ("X3", "csrc/include/fastdyn/math/lars.h", "r = r > T(1) ? T(1) : r;", "r = r < T(1) ? r : T(1);",
+     f"tests/ops/test_lars.py tests/optim/test_lamb_lars.py {NATIVE_TESTS}"),
+    ("X4", "csrc/include/fastdyn/math/lamb.h", "return (trust_clip && r > T(1)) ? T(1) : r;",
+     "return (trust_clip && !(r <= T(1))) ? T(1) : r;",
+     f"tests/ops/test_lamb.py tests/optim/test_lamb_lars.py {NATIVE_TESTS}"),
+    ("X5", "csrc/include/fastdyn/cpu/lane_sums.h", "      lanes_b[0] = math::fmadd(b, b, lanes_b[0]);",
+     "      lanes_b[0] = b * b;", f"tests/ops {NATIVE_TESTS}"),
+    ("X6", "csrc/include/fastdyn/cpu/update_common.h", "trust_ratios.empty() ? 1.f :",
+     "trust_ratios.empty() ? 0.f :", f"tests/ops {NATIVE_TESTS}"),
+    ("X7", "csrc/include/fastdyn/cpu/multi_tensor.h",
+     "    const int64_t n = ts[t].numel();\n    plan.total_elems += n;",
+     "    const int64_t n = static_cast<int32_t>(ts[t].numel());\n    plan.total_elems += n;",
+     "tests/ops/test_norm.py -k 2_pow_31"),
+]
+
+
+def scratch_copy(native: bool) -> Path:
+    """The tracked files (as in the working tree) and the built extension in a temp folder,
+    whose fastdyn the tests there import (pytest puts the rootdir first on sys.path)."""
+    dst = Path(tempfile.mkdtemp(prefix="fastdyn-mutants-"))
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True,
+                           check=True).stdout.decode().split("\0")
+    for f in filter(None, files):
+        if (REPO / f).is_file():
+            (dst / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / f, dst / f)
+    for so in (REPO / "fastdyn").glob("_C*.so"):
+        shutil.copy2(so, dst / "fastdyn" / so.name)
+    if native:
+        build(dst)
+    return dst
+
+
+def build(root: Path) -> bool:
+    env = dict(os.environ, FASTDYN_CUDA="0", MAX_JOBS=str(os.cpu_count() or 2))
+    return subprocess.run([PY, "setup.py", "build_ext", "--inplace"], cwd=root, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+
+
+def run(root: Path, mutant, native: bool) -> str:
+    mid, rel, old, new, tests = mutant
+    path = root / rel
+    src = path.read_text()
+    if src.count(old) != 1:
+        return f"stale (the text occurs {src.count(old)} times): update or drop it"
+    path.write_text(src.replace(old, new))
+    try:
+        if native and not build(root):
+            return "killed (does not compile)"
+        env = dict(os.environ, TRITON_INTERPRET="1")
+        r = subprocess.run(f"{PY} -m pytest {tests} -x -q -p no:cacheprovider -o addopts=''",
+                           shell=True, cwd=root, env=env, capture_output=True, text=True)
+        last = (r.stdout.strip().splitlines() or [""])[-1]
+        return f"killed: {last}" if r.returncode == 1 else \
+            f"SURVIVED: {last}" if r.returncode == 0 else f"error {r.returncode}: {last}"
+    finally:
+        path.write_text(src)
+        if native:
+            build(root)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", help="comma-separated mutant ids")
+    ap.add_argument("--native", action="store_true", help="also the C++ mutants (rebuilds)")
+    args = ap.parse_args()
+    mutants = PYTHON_MUTANTS + (NATIVE_MUTANTS if args.native else [])
+    if args.only:
+        wanted = set(args.only.split(","))
+        mutants = [m for m in PYTHON_MUTANTS + NATIVE_MUTANTS if m[0] in wanted]
+    native = any(m[1].startswith("csrc/") for m in mutants)
+    root = scratch_copy(native)
+    bad = 0
+    try:
+        for m in mutants:
+            t = time.time()
+            result = run(root, m, m[1].startswith("csrc/"))
+            bad += not result.startswith("killed")
+            print(f"{m[0]:4} {time.time() - t:5.0f} s  {result}", flush=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"{len(mutants) - bad} of {len(mutants)} killed")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
