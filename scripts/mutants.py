@@ -9,12 +9,13 @@ is a missing test or an equivalent mutant (then say why and drop it).
     .venv/bin/python scripts/mutants.py --native        # the C++ ones too: one CPU build of the
                                                         # copy (~10 min), then ~2 min a mutant
 
-2026-12-07, first run: 49 mutants (these 48, and one in code since deleted); 8 survived. Seven
+2026-12-07, first run: 54 mutants (these 53, and one in code since deleted); 9 survived. Eight
 got tests: M10 (the per-tensor ||g|| column under a loss scale), T3 (Triton's amsgrad NaN
 max), T5 (a NaN in a long tensor's first chunk, lost by Triton's combining max), D1 (sharded
 LARS under GradScaler), X1/X2 (LAMB's and LARS's ratio at a zero gradient), X4 (LAMB's NaN
-ratio under trust_clip); one was dead code (AdamW.load_state_dict: torch's loader runs
-__setstate__, which already keeps the decay decoupled), deleted.
+ratio under trust_clip), X12 (an inf in the list's last chunk, unflagged by the CPU unscale);
+one was dead code (AdamW.load_state_dict: torch's loader runs __setstate__, which already
+keeps the decay decoupled), deleted.
 """
 
 from __future__ import annotations
@@ -148,6 +149,19 @@ NATIVE_MUTANTS = [
      "    const int64_t n = ts[t].numel();\n    plan.total_elems += n;",
      "    const int64_t n = static_cast<int32_t>(ts[t].numel());\n    plan.total_elems += n;",
      "tests/ops/test_norm.py -k 2_pow_31"),
+    ("X9", "csrc/include/fastdyn/math/norm.h", "return coef < A(1) || coef != coef ? coef : A(1);",
+     "return coef < A(1) ? coef : A(1);", f"tests/ops tests/optim {NATIVE_TESTS}"),
+    ("X10", "csrc/include/fastdyn/math/adam.h",
+     "s.param_decay = h.decoupled_weight_decay && h.weight_decay != 0.0",
+     "s.param_decay = h.decoupled_weight_decay", f"tests/ops tests/optim {NATIVE_TESTS}"),
+    ("X11", "csrc/include/fastdyn/math/adam.h",
+     "g = s.coupled_decay != H(0) ? s.grad_sign * g + s.coupled_decay * p : s.grad_sign * g;",
+     "g = s.grad_sign * g + s.coupled_decay * p;", f"tests/ops tests/optim {NATIVE_TESTS}"),
+    ("X12", "csrc/cpu/unscale.cpp", "for (size_t i = 0; i < plan.chunks.size(); ++i) {\n    if (bad[i])",
+     "for (size_t i = 0; i + 1 < plan.chunks.size(); ++i) {\n    if (bad[i])",
+     f"tests/ops/test_unscale.py {NATIVE_TESTS}"),
+    ("X13", "csrc/include/fastdyn/cpu/momentum_update.h", "    norm_p = p_old;", "    norm_p = pv;",
+     f"tests/ops tests/optim {NATIVE_TESTS}"),
 ]
 
 

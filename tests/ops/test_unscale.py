@@ -35,10 +35,12 @@ def test_unscale_matches_reference(backend, device, sizes, dtype, ord):
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("where", [0, 40000, 69999])  # in the vector lanes, mid-tensor, in a tail
+# (tensor, index): in the first chunk, the vector lanes, mid-tensor, a tail, and the last chunk
+# of the list (a flag scan that stopped one chunk short had passed the others)
+@pytest.mark.parametrize("where", [(0, 5), (1, 0), (1, 40000), (1, 69999), (2, 3)], ids=str)
 def test_found_inf_set(backend, device, bad, dtype, where):
     ts = rand_tensors([33, 70000, 4], dtype, device)
-    ts[1][where] = bad
+    ts[where[0]][where[1]] = bad
     found = torch.zeros((), device=device)
     with use_backend(backend):
         total, _ = fastdyn.ops.multi_tensor_unscale_norm_(ts, torch.tensor(0.5, device=device), found)
