@@ -56,16 +56,13 @@ def run(steps: int = 600, device=None, seed: int = 0) -> int:
     vocab, seq, batch_size = 16, 16, 32
     model = TinyGPT(vocab, seq=seq).to(device)
     n_params = sum(p.numel() for p in model.parameters())
-    opt = fastdyn.optim.LAMB(model.parameters(), lr=torch.tensor(1e-2, device=device),
+    # named parameters: the stats rows carry their names (last_stats().names)
+    opt = fastdyn.optim.LAMB(model.named_parameters(), lr=torch.tensor(1e-2, device=device),
                              weight_decay=0.01, max_grad_norm=1.0, track_stats=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, steps, steps // 10))
     use_scaler = device.type == "cuda"
     scaler = fastdyn.amp.LossScaler(device.type) if use_scaler else None
     gen = torch.Generator().manual_seed(seed)
-    # the stats rows follow stats.params (grouped by param group, device and dtype), not the
-    # module's order: rows are named by identity
-    names = {id(p): n for n, p in model.named_parameters()}
-
     print(f"fastdyn demo: {n_params / 1e3:.0f}k-parameter transformer on {device}, "
           f"LAMB (fused, {fastdyn.ops.backend_for(device)} backend) with max_grad_norm=1.0"
           + (", fp16 autocast + LossScaler" if use_scaler else ""))
@@ -103,7 +100,7 @@ def run(steps: int = 600, device=None, seed: int = 0) -> int:
             t_last = time.perf_counter()
             print(f"{step:>5} {loss.item():>8.4f} {copy_loss:>9.4f} {lr:>9.2e} "
                   f"{_stats_columns(opt.last_stats())} {ms:>8.1f}")
-    _print_largest_gradient(opt.last_stats(), names)
+    _print_largest_gradient(opt.last_stats())
     learned = last_copy < 0.5 * first_copy
     print(f"copy-half loss {first_copy:.3f} -> {last_copy:.3f}: "
           + ("the model learned to copy." if learned else "did not learn to copy (try more --steps)."))
@@ -120,10 +117,10 @@ def _stats_columns(stats) -> str:
     return f"{gnorm:>8.3f} {r.min().item():>8.3f}/{r.max().item():<8.3f}"
 
 
-def _print_largest_gradient(stats, names) -> None:
+def _print_largest_gradient(stats) -> None:
     if stats is None:
         return
     worst = stats.values[:, 0].argmax().item()
-    print(f"largest gradient norm in the last step: {names[id(stats.params[worst])]} "
+    print(f"largest gradient norm in the last step: {stats.names[worst]} "
           f"({stats.values[worst, 0].item():.3g}); update/param ratio there "
           f"{(stats.values[worst, 2] / stats.values[worst, 1].clamp_min(1e-12)).item():.2e}")

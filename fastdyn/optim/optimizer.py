@@ -52,12 +52,28 @@ class StepStats(NamedTuple):
     lr * r * ||u|| there: the change before rounding.)
     grad_norm: the global gradient norm (unscaled, not clipped) when the step computed one,
     else None; float64 when a float64 param is in the step.
+    names[i]: params[i]'s name where its group has torch's "param_names" (the optimizer was
+    given `model.named_parameters()`), else None.
     """
 
     params: list
     values: torch.Tensor
     grad_norm: Optional[torch.Tensor]
     columns: tuple = STATS_COLUMNS
+    names: tuple = ()
+
+    def named(self, model: Optional[torch.nn.Module] = None) -> dict:
+        """{name: {column: float}} in the rows' order, read to the host at once (one copy
+        from the device; call it where a sync is fine, e.g. every N steps). A row's name is
+        its param's in `names`, else in `model.named_parameters()` (matched by identity),
+        else "param{i}"."""
+        by_id = {} if model is None else {id(p): n for n, p in model.named_parameters()}
+        rows = self.values.tolist()
+        names = self.names or (None,) * len(rows)
+        out = {}
+        for i, (p, name, row) in enumerate(zip(self.params, names, rows)):
+            out[name or by_id.get(id(p), f"param{i}")] = dict(zip(self.columns, row))
+        return out
 
 
 def _moved(t: torch.Tensor, device: torch.device, dtype: Optional[torch.dtype] = None):
@@ -252,6 +268,7 @@ class FusedOptimizer(Optimizer):
         # traces item assignment into them but not setattr on the optimizer.
         self._runtime: dict = {"plan": None, "plan_key": None, "plan_state": None,
                                "plan_params": [], "plan_contents": None, "stats": None,
+                               "stats_names": None,
                                "grad_norm": None, "grad_norms": None, "clip": None,
                                "started": [], "cohort_of": {},
                                # id() of the params whose master weights came from a
@@ -748,8 +765,22 @@ class FusedOptimizer(Optimizer):
             self._runtime["stats"] = StepStats(
                 params=[p for ps, _ in stats for p in ps],
                 values=torch.cat([_moved(s, first) for _, s in stats]),
-                grad_norm=self._runtime["grad_norm"])
+                grad_norm=self._runtime["grad_norm"], names=self._stats_names(plan))
         return loss
+
+    def _stats_names(self, plan: list) -> tuple:
+        """The stats rows' param names (torch's "param_names" of their groups), made once a
+        plan: made every step they cost 20 us of a 1.2 ms AdamW step on 1,000 params (host)."""
+        cached = self._runtime.get("stats_names")
+        if cached is not None and cached[0] is plan:
+            return cached[1]
+        names = []
+        for b in plan:
+            group_names = b.group.get("param_names")
+            names += [group_names[i] for i in b.indices] if group_names else [None] * len(b.params)
+        names = tuple(names) if any(n is not None for n in names) else ()
+        self._runtime["stats_names"] = (plan, names)
+        return names
 
     def _hypers(self, group: dict) -> tuple:
         """(name, value) of what the kernels read from one-element tensors (lr, and beta1,

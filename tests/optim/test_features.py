@@ -148,6 +148,56 @@ def test_track_stats(max_grad_norm):
     assert opt.last_stats() is None
 
 
+def test_stats_rows_carry_the_names_of_named_parameters():
+    """Given `named_parameters()` (torch keeps "param_names" in each group) the stats rows
+    are named in their own order (grouped by group and dtype, not the module's), and only
+    params with gradients have a row: the names follow when the plan changes."""
+    model = mlp()
+    # a float64 param: a bucket of its own, after its group's float32 ones
+    model[2].bias.data = model[2].bias.data.double()
+    named = list(model.named_parameters())
+    opt = fastdyn.optim.AdamW([{"params": named[:2]}, {"params": named[2:], "lr": 1e-3}],
+                              lr=1e-2, track_stats=True)
+    model[0].weight.grad = torch.ones_like(model[0].weight)
+    opt.step()
+    assert opt.last_stats().names == ("0.weight",)
+    for n, p in named:
+        p.grad = torch.full_like(p, 2.0)
+    opt.step()
+    st = opt.last_stats()
+    expected = {n: p for n, p in named}
+    assert st.names == ("0.weight", "0.bias", "2.weight", "4.weight", "4.bias", "2.bias")
+    assert [id(p) for p in st.params] == [id(expected[n]) for n in st.names]
+    rows = st.named()
+    assert list(rows) == list(st.names)
+    for i, (n, row) in enumerate(rows.items()):
+        assert set(row) == set(st.columns)
+        assert row["grad_norm"] == pytest.approx(float(expected[n].grad.double().norm()), rel=1e-6)
+        assert row["param_norm"] == st.values[i, 1].item()
+
+
+def test_stats_named_by_the_model_without_param_names():
+    """Plain params: no names on the rows; named(model) names them by identity, in the
+    rows' order, and a param the model does not hold is "param{i}"."""
+    model = mlp()
+    stray = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+    opt = fastdyn.optim.LAMB([stray, *model.parameters()], lr=1e-2, track_stats=True)
+    train(model, opt, mlp_loss, regression_data(), 1)  # (stray has no grad: no row)
+    st = opt.last_stats()
+    assert st.names == ()
+    assert list(st.named(model)) == [n for n, _ in model.named_parameters()]
+    mlp_loss(model, regression_data()).backward()
+    stray.grad = torch.ones_like(stray)
+    opt.step()
+    st = opt.last_stats()
+    rows = st.named(model)
+    assert len(rows) == len(st.params) == len(list(model.parameters())) + 1
+    stray_row = [i for i, p in enumerate(st.params) if p is stray][0]
+    assert f"param{stray_row}" in rows
+    assert rows[f"param{stray_row}"]["grad_norm"] == pytest.approx(3 ** 0.5)
+    assert list(st.named()) == [f"param{i}" for i in range(len(st.params))]
+
+
 @pytest.mark.parametrize("bad", [float("inf"), float("nan")])
 @pytest.mark.parametrize("scaled", [False, True])
 def test_lamb_clipping_stats_attribute_a_nonfinite_gradient(bad, scaled):
