@@ -361,21 +361,59 @@ def test_loss_scaler_loads_every_field_like_gradscaler(used):
     assert s._get_growth_tracker() == 3
 
 
-def test_loss_scaler_unscale_then_clip_then_step():
+@pytest.mark.parametrize("name", ["AdamW", "LAMB"])
+def test_loss_scaler_unscale_then_clip_then_step(name):
+    """last_grad_norm is unscale_'s, the norm before the caller's clipping, also after a
+    step that measures the (clipped) gradients again (LAMB's max_grad_norm)."""
     model = mlp()
-    opt = fastdyn.optim.AdamW(model.parameters(), lr=1e-2)
+    opt = make(name, model)
     s = LossScaler("cpu", init_scale=2.0 ** 8)
     opt.zero_grad()
     s.scale(mlp_loss(model, regression_data())).backward()
     s.unscale_(opt)
-    norm = fastdyn.clip_grad_norm_(model.parameters(), 1e9)
+    norm = fastdyn.clip_grad_norm_(model.parameters(), 0.01)
+    assert norm > 0.1  # (it clipped)
     torch.testing.assert_close(norm, s.last_grad_norm, rtol=1e-5, atol=0)
     s.step(opt)
+    torch.testing.assert_close(norm, s.last_grad_norm, rtol=1e-5, atol=0)
     assert s.found_inf(opt).item() == 0.0  # valid until update()
     s.update()
     with pytest.raises(RuntimeError, match="already been called"):
         s.unscale_(opt)
         s.unscale_(opt)
+
+
+@pytest.mark.parametrize("poisoned", ["first", "second"])
+@pytest.mark.parametrize("unscale_first", [False, True])
+def test_two_optimizers_under_one_scaler_back_off_like_gradscaler(poisoned, unscale_first):
+    """Two optimizers, one scaler (an encoder's and a head's): an inf in either one's
+    gradients backs the scale off at update(), and only that optimizer's step is skipped,
+    as under GradScaler (update() used to read the last optimizer's flag only)."""
+    runs = []
+    for kind in ("LossScaler", "GradScaler"):
+        model = mlp()
+        opts = [fastdyn.optim.AdamW(list(model.parameters())[:2], lr=1e-2),
+                fastdyn.optim.SGD(list(model.parameters())[2:], lr=0.05, momentum=0.9)]
+        runs.append((scaler_for(kind, "cpu", growth_interval=100), model, opts))
+    data = regression_data()
+    for sc, model, opts in runs:
+        for o in opts:
+            o.zero_grad()
+        sc.scale(mlp_loss(model, data)).backward()
+        params = list(model.parameters())
+        params[0 if poisoned == "first" else 2].grad.view(-1)[0] = float("inf")
+        before = [p.detach().clone() for p in params]
+        for o in opts:
+            if unscale_first:
+                sc.unscale_(o)
+            sc.step(o)
+        sc.update()
+        assert sc.get_scale() == 2.0 ** 9  # (init 2^10, backed off by half)
+        moved = [not torch.equal(p, b) for p, b in zip(params, before)]
+        assert moved == ([False, False, True, True, True, True] if poisoned == "first"
+                         else [True, True, False, False, False, False])
+    for p, q in zip(runs[0][1].parameters(), runs[1][1].parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
 
 
 def test_loss_scaler_with_a_torch_optimizer():

@@ -30,8 +30,10 @@ LAMB_OPTIONS = [
     dict(eps=1e-3),                    # ~ sqrt(v) of the small gradients: it shapes u
     dict(betas=(0.8, 0.99), eps=1e-3, max_grad_norm=0.05),
 ]
-# (the float32 and Triton runs: the defaults, clipping on and off, non-default hyperparameters)
-LAMB_FLOAT32_OPTIONS = LAMB_OPTIONS[:3] + LAMB_OPTIONS[-1:]
+# (the float32 and Triton runs: the defaults, clipping on and off, adapting without weight
+# decay (compare's zero-gradient layer then has ||u|| = 0: Triton's ratio of it had gone
+# untested), non-default hyperparameters)
+LAMB_FLOAT32_OPTIONS = LAMB_OPTIONS[:3] + [dict(weight_decay=0.0, always_adapt=True)] + LAMB_OPTIONS[-1:]
 LARS_OPTIONS = [
     dict(),
     dict(weight_decay=1e-3),
