@@ -54,10 +54,13 @@ def rows(x: torch.Tensor, rank: int) -> torch.Tensor:
 
 
 def train(model, opt, data, rank=None) -> None:
-    """One step per batch; with `rank`, on that rank's half of each batch (data parallel)."""
+    """One step per batch; with `rank`, on that rank's half of each batch (data parallel).
+    The batches take the model's dtype."""
+    dtype = next(model.parameters()).dtype
     for x, y in data:
         if rank is not None:
             x, y = rows(x, rank), rows(y, rank)
+        x, y = x.to(dtype), y.to(dtype)
         F.mse_loss(model(x), y).backward()
         opt.step()
         opt.zero_grad()
@@ -73,10 +76,10 @@ def train_single(case: str):
     return [p.detach().clone() for p in model.parameters()], (None if stats is None else stats.values)
 
 
-def _fsdp_model():
+def _fsdp_model(dtype=torch.float32):
     from torch.distributed.fsdp import fully_shard
 
-    model = make_model()
+    model = make_model().to(dtype)
     for layer in model:
         if isinstance(layer, torch.nn.Linear):
             fully_shard(layer)
@@ -99,6 +102,35 @@ def _train_fsdp(case: str, rank: int) -> dict:
                                for k, v in state.items() if k != "step"}),
         "param_type": f"{type(p0).__name__}{tuple(p0.placements)}",
     }
+
+
+MASTER_CASES = ("adamw", "lamb-clip", "lars")
+
+
+def _masters_of(model, opt) -> dict:
+    """bf16 params with fp32 master weights: the masters (whole tensors), whether each param
+    is its master rounded, and the master's type and placements."""
+    params = list(model.parameters())
+    masters = [opt.state[p]["master_param"] for p in params]
+    full = [m.full_tensor() if hasattr(m, "full_tensor") else m for m in masters]
+    return {
+        "masters": [m.detach().clone() for m in full],
+        "params_are_masters_rounded": [
+            torch.equal(p.full_tensor() if hasattr(p, "full_tensor") else p, m.to(p.dtype))
+            for p, m in zip(params, full)],
+        "master_type": f"{type(masters[0]).__name__}{tuple(getattr(masters[0], 'placements', ()))}"
+                       f" {masters[0].dtype}",
+    }
+
+
+def train_master(case: str, rank=None) -> dict:
+    """The case on a bfloat16 model with master_weights=True: in one process on plain
+    tensors (rank None), or FSDP2-sharded on this rank."""
+    cls, kwargs = CASES[case]
+    model = make_model().to(torch.bfloat16) if rank is None else _fsdp_model(torch.bfloat16)
+    opt = cls(model.parameters(), **kwargs, master_weights=True)
+    train(model, opt, batches(), rank)
+    return _masters_of(model, opt)
 
 
 def _tp_model():
@@ -441,6 +473,7 @@ PARTS = {
     "loss_scaler_unscale": lambda rank: _scaler_skip(rank, "loss_scaler_unscale"),
     "grad_scaler": lambda rank: _scaler_skip(rank, "grad_scaler"),
     "scaled": lambda rank: {c: train_scaled(c, rank) for c in SCALED_CASES},
+    "master": lambda rank: {c: train_master(c, rank) for c in MASTER_CASES},
 }
 
 

@@ -106,6 +106,23 @@ def test_master_weights_follow_a_param_through_fp32_and_back():
     assert _one_step_away(model, loaded, 0.1) < 0.05
 
 
+def test_masters_loaded_without_master_weights_are_dropped_at_load():
+    """A master-weights checkpoint loaded by an optimizer without them and saved again before
+    any step (a conversion, a frozen param that never steps) leaves the masters out: kept,
+    they would be stale once the params move elsewhere (the step drops them too, but a param
+    without gradients never steps)."""
+    model = mlp(dtype=torch.bfloat16)
+    opt = fastdyn.optim.AdamW(model.parameters(), lr=1e-2, master_weights=True)
+    train(model, opt, mlp_loss, tuple(t.bfloat16() for t in regression_data()), steps=1)
+    sd = copy.deepcopy(opt.state_dict())
+    assert all("master_param" in st for st in sd["state"].values())
+    other = fastdyn.optim.AdamW(model.parameters(), lr=1e-2)
+    other.load_state_dict(sd)
+    assert all("master_param" not in other.state[p] for p in model.parameters())
+    assert all("master_param" not in st for st in other.state_dict()["state"].values())
+    assert all(st["exp_avg"].dtype == torch.bfloat16 for st in other.state_dict()["state"].values())
+
+
 @pytest.mark.parametrize("via", ["fastdyn_without_masters", "torch"])
 def test_a_checkpoint_trained_on_elsewhere_does_not_bring_back_its_masters(via):
     """A master-weights checkpoint trained on by an optimizer that does not keep masters
