@@ -33,6 +33,8 @@ master's) is near-equivalent, the two norms differing by bf16 rounding, far insi
 ranks' bf16 gradients differ by, and is kept as a known survivor. FSDP2 with bf16 params
 and master weights had had no test at all: it has one now (masters sharded like the params,
 params their masters rounded, training as in one process).
+2026-12-07, later: M20/M21 (the stats rows' names, moved onto the plan's buckets), killed;
+the second by a check added for it (compiled FSDP2 steps keep their rows' names).
 """
 
 from __future__ import annotations
@@ -217,6 +219,10 @@ PYTHON_MUTANTS = [
      "    return torch.linalg.vector_norm(per), (per if per_tensor else None)",
      "    return torch.linalg.vector_norm(per, float(\"inf\")), (per if per_tensor else None)", OPT),
     ("M19", "fastdyn/optim/optimizer.py", "        self._leave_out_unstarted_buffers(sd)\n", "", OPT),
+    # the stats rows' names (torch's param_names), carried by the plan's buckets
+    ("M20", "fastdyn/optim/optimizer.py", 'b.names.append(group["param_names"][i])', "pass", OPT),
+    ("M21", "fastdyn/optim/plan.py", "indices=self.indices, names=self.names, state_dicts=",
+     "indices=self.indices, state_dicts=", "tests/distributed -k compiled_step"),
     ("D4", "fastdyn/optim/sharded.py", "update_norm = lr.to(ratios.dtype) * ratios * u_norm",
      "update_norm = ratios * u_norm", "tests/distributed"),
     ("D5", "fastdyn/optim/sharded.py", "for ts in (b.master_params or b.params, grads)]",

@@ -24,56 +24,18 @@ import copy
 import re
 from itertools import chain
 from operator import is_
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Optional
+from typing import Any, Optional
 
 import torch
 from torch.optim import Optimizer
 
 import fastdyn.ops as ops
 from fastdyn import distributed
+from fastdyn.optim.plan import Bucket, grads_in_param_layout, plan_grads_in_param_layout
+from fastdyn.optim.stats import StepStats
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _OLD_DYNAMO = torch.__version__ < "2.11"
-STATS_COLUMNS = ("grad_norm", "param_norm", "update_norm", "trust_ratio")
-
-
-class StepStats(NamedTuple):
-    """Per-tensor statistics of the last step (`track_stats=True`).
-
-    values[i] = (||g||, ||p|| before the step, ||update||, trust ratio) of params[i], float32
-    on the device of the first parameter; NaN rows when the step was skipped (found_inf).
-    ||g|| is the gradient's as the model gave it: unscaled (a loss scaler's factor removed),
-    not clipped (LAMB's max_grad_norm). ||update|| is the change the step made to the value
-    it holds (||p|| is that value's before the step): for fp16/bf16 params with master
-    weights the fp32 master copy's; without, the 16-bit param's as rounded, which moves less
-    than the step meant or not at all (changes under half its ulp are lost: the reason to
-    keep master weights), and the stats show it. (LAMB on sharded DTensor params reports
-    lr * r * ||u|| there: the change before rounding.)
-    grad_norm: the global gradient norm (unscaled, not clipped) when the step computed one,
-    else None; float64 when a float64 param is in the step.
-    names[i]: params[i]'s name where its group has torch's "param_names" (the optimizer was
-    given `model.named_parameters()`), else None.
-    """
-
-    params: list
-    values: torch.Tensor
-    grad_norm: Optional[torch.Tensor]
-    columns: tuple = STATS_COLUMNS
-    names: tuple = ()
-
-    def named(self, model: Optional[torch.nn.Module] = None) -> dict:
-        """{name: {column: float}} in the rows' order, read to the host at once (one copy
-        from the device; call it where a sync is fine, e.g. every N steps). A row's name is
-        its param's in `names`, else in `model.named_parameters()` (matched by identity),
-        else "param{i}"."""
-        by_id = {} if model is None else {id(p): n for n, p in model.named_parameters()}
-        rows = self.values.tolist()
-        names = self.names or (None,) * len(rows)
-        out = {}
-        for i, (p, name, row) in enumerate(zip(self.params, names, rows)):
-            out[name or by_id.get(id(p), f"param{i}")] = dict(zip(self.columns, row))
-        return out
 
 
 def _moved(t: torch.Tensor, device: torch.device, dtype: Optional[torch.dtype] = None):
@@ -92,82 +54,6 @@ def _like_param(t: torch.Tensor, p: torch.Tensor, dtype: torch.dtype) -> torch.T
     if not ops.checks.same_layout(t, p):
         t = torch.empty_like(p, dtype=dtype).copy_(t)
     return t
-
-
-def _grads_in_param_layout(grads: list, params: list) -> Optional[list]:
-    """`grads` with those laid out unlike their param copied into the param's layout; None
-    when all already are (the op refused something else)."""
-    if all(map(ops.checks.same_layout, grads, params)):
-        return None
-    return [g if ops.checks.same_layout(g, p) else torch.empty_like(p).copy_(g)
-            for g, p in zip(grads, params)]
-
-
-def _plan_grads_in_param_layout(plan: list, grads: list) -> Optional[list]:
-    """_grads_in_param_layout of every bucket (grads aligned with plan); None when all
-    already are laid out like their params."""
-    fixed = [_grads_in_param_layout(bg, b.params) for b, bg in zip(plan, grads)]
-    if all(f is None for f in fixed):
-        return None
-    return [bg if f is None else f for bg, f in zip(grads, fixed)]
-
-
-@dataclass
-class Bucket:
-    """Parameters of one param group on one device with one dtype (and, for DTensors, one
-    sharding), and their state lists. The lists hold what the kernels see: the local
-    shards of DTensor parameters and state."""
-
-    group: dict
-    device: torch.device
-    dtype: torch.dtype
-    params: list = field(default_factory=list)
-    owners: list = field(default_factory=list)  # the parameters themselves (DTensors stay DTensors)
-    spec: Optional[distributed.ShardSpec] = None  # where the other shards are, if sharded
-    dtensor: bool = False  # gradients are DTensors: the kernels get their local shards
-    state: dict = field(default_factory=dict)  # state key -> list of tensors
-    steps: list = field(default_factory=list)
-    master_params: list = field(default_factory=list)
-    first_step: bool = False  # buffers created this step (SGD/LARS with dampening)
-    group_index: int = 0
-    indices: list = field(default_factory=list)  # positions of params in group["params"]
-    names: list = field(default_factory=list)  # their torch "param_names", if the group has them
-    # each param's state dict when the plan was built (None: no state), which a compiled
-    # step's check reads (see _plan_holds_current_objects)
-    state_dicts: list = field(default_factory=list)
-    # Buffers created at a step that found_inf may have skipped: 0-dim, 0 until a step of
-    # theirs ran (the device knows, the host does not), and the bucket to run once it has.
-    started: Optional[torch.Tensor] = None
-    later: Optional["Bucket"] = None
-
-    def once_started(self) -> "Bucket":
-        """The same lists with the first step behind them (field by field: torch 2.6's dynamo
-        cannot trace dataclasses.replace)."""
-        return Bucket(self.group, self.device, self.dtype, params=self.params, owners=self.owners,
-                      spec=self.spec, dtensor=self.dtensor, state=self.state, steps=self.steps,
-                      master_params=self.master_params, first_step=False,
-                      group_index=self.group_index, indices=self.indices, names=self.names,
-                      state_dicts=self.state_dicts)
-
-    def with_fresh_locals(self, state_of) -> "Bucket":
-        """The same bucket with the local shards of its DTensor params and state taken from
-        the DTensors again. For a compiled step: a plan built while dynamo traced holds the
-        traced locals, which the aot_eager backend handed back as copies, and FSDP2's params
-        stopped moving after the first compiled step (the copies moved)."""
-        local = distributed.local
-        b = Bucket(self.group, self.device, self.dtype,
-                   params=[local(p) for p in self.owners], owners=self.owners, spec=self.spec,
-                   dtensor=self.dtensor,
-                   state={k: [local(state_of[p][k]) for p in self.owners] for k in self.state},
-                   steps=self.steps,
-                   master_params=[local(state_of[p]["master_param"]) for p in self.owners]
-                   if self.master_params else [],
-                   first_step=self.first_step, group_index=self.group_index,
-                   indices=self.indices, names=self.names, state_dicts=self.state_dicts,
-                   started=self.started)
-        if self.later is not None:
-            b.later = b.once_started()
-        return b
 
 
 def _check_float(arg: str, value: Any, low: float = 0.0, high: Optional[float] = None,
@@ -714,20 +600,20 @@ class FusedOptimizer(Optimizer):
                       for g, p in zip(bg, b.owners)]
                 # laid out like their params before any all-reduce: a retry after an op's
                 # refusal would all-reduce again on the ranks whose shard it refused only
-                bg = _grads_in_param_layout(bg, b.params) or bg
+                bg = grads_in_param_layout(bg, b.params) or bg
             grads.append(bg)
         # Grads laid out unlike their param (hand-assigned; autograd's match) are copied into
         # its layout, as torch takes them. A compiled step checks at trace time (dynamo guards
         # strides: nothing at run time); an eager one only after an op refused them.
         if torch.compiler.is_compiling():
-            grads = _plan_grads_in_param_layout(plan, grads) or grads
+            grads = plan_grads_in_param_layout(plan, grads) or grads
             grad_scale = self._read_pass(plan, grads, grad_scale, found_inf)
         else:
             try:
                 grad_scale = self._read_pass(plan, grads, grad_scale, found_inf)
             except ValueError:
                 # the read pass writes nothing before all its ops have taken their grads
-                fixed = _plan_grads_in_param_layout(plan, grads)
+                fixed = plan_grads_in_param_layout(plan, grads)
                 if fixed is None:
                     raise
                 grads = fixed
@@ -748,7 +634,7 @@ class FusedOptimizer(Optimizer):
                 except ValueError:
                     # the op refused before writing anything (an update with no read pass
                     # before it): grads in another layout are copied, as above
-                    fixed = _grads_in_param_layout(bucket_grads, b.params)
+                    fixed = grads_in_param_layout(bucket_grads, b.params)
                     if fixed is None:
                         raise
                     self._run_bucket_step(b, fixed, *args[2:])

@@ -194,6 +194,8 @@ def test_fsdp2_compiled_step_is_eager_bitwise(ranks, case):
         assert seen[case]["bitwise"]
         # step 1 creates the state; the steps after it are one graph, lr changes included
         assert seen[case]["graphs"] <= 2, seen[case]
+        if workers.CASES[case][1].get("track_stats"):
+            assert seen[case]["names"] == seen[case]["model_names"]
 
 
 @pytest.mark.parametrize("backend", ["inductor", "aot_eager"])

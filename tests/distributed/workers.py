@@ -284,11 +284,14 @@ def _resume(rank: int) -> dict:
 
 def _compiled(case: str, rank: int) -> dict:
     """torch.compile(fullgraph=True) of the step on FSDP2 params (the all-reduces traced with
-    the kernels) against the eager step on a twin model: bits, and graphs for STEPS steps."""
+    the kernels) against the eager step on a twin model: bits, and graphs for STEPS steps.
+    Named params: the stats rows of the compiled step (whose buckets are rebuilt around fresh
+    local shards each step, Bucket.with_fresh_locals) keep their names."""
     cls, kwargs = CASES[case]
     kwargs = dict(kwargs, lr=torch.tensor(kwargs["lr"]))
     models = [_fsdp_model(), _fsdp_model()]
-    compiled, eager = (cls(m.parameters(), **dict(kwargs, lr=kwargs["lr"].clone())) for m in models)
+    compiled, eager = (cls(m.named_parameters(), **dict(kwargs, lr=kwargs["lr"].clone()))
+                       for m in models)
     step, graphs = fullgraph_step(compiled)
     for i, (x, y) in enumerate(batches()):
         for model, opt in zip(models, (compiled, eager)):
@@ -298,7 +301,9 @@ def _compiled(case: str, rank: int) -> dict:
         eager.step()
         for opt in (compiled, eager):  # a changed tensor lr must not recompile
             opt.param_groups[0]["lr"].mul_(0.9)
-    return {"graphs": len(graphs),
+    stats = compiled.last_stats()
+    return {"graphs": len(graphs), "names": None if stats is None else list(stats.names),
+            "model_names": [n for n, _ in models[0].named_parameters()],
             "bitwise": all(torch.equal(a.full_tensor(), b.full_tensor())
                            for a, b in zip(*(m.parameters() for m in models)))}
 
