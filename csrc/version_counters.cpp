@@ -9,49 +9,40 @@
 #include <c10/core/InferenceMode.h>
 #include <torch/library.h>
 
-#include <string>
-#include <utility>
 #include <vector>
 
 namespace fastdyn {
 namespace {
 
-void bump(const at::Tensor& t) {
-  if (t.defined()) t.unsafeGetTensorImpl()->bump_version();
-}
-
-// The tensors of a written argument: Tensor(a!), Tensor(a!)[], Tensor(a!)? (none if None).
-std::vector<at::Tensor> tensors_of(const c10::IValue& v) {
-  if (v.isTensor()) return {v.toTensor()};
-  if (v.isTensorList()) return v.toTensorList().vec();
-  return {};
+void bump(const c10::IValue& v) {
+  if (!v.isTensor()) return;
+  c10::TensorImpl* t = v.unsafeToTensorImpl();
+  if (t != c10::UndefinedTensorImpl::singleton()) t->bump_version();
 }
 
 void run_and_bump_written_versions(const c10::OperatorHandle& op, c10::DispatchKeySet keys,
                                    torch::jit::Stack* stack) {
   const auto& arguments = op.schema().arguments();
   const size_t start = stack->size() - arguments.size();
-  // the op pops its arguments: keep what it writes, with the argument's name
-  struct Written {
-    const std::string& name;
-    bool is_list;
-    std::vector<at::Tensor> tensors;
-  };
-  std::vector<Written> written;
+  // The op pops its arguments: keep what it writes. Copies of the IValues share their lists
+  // (one refcount each): copying every tensor into vectors took ~8% of an adam_ call on
+  // 1,000 one-element tensors.
+  std::vector<c10::IValue> written;
   for (size_t i = 0; i < arguments.size(); ++i) {
     const c10::AliasInfo* alias = arguments[i].alias_info();
-    if (alias != nullptr && alias->isWrite()) {
-      const c10::IValue& v = (*stack)[start + i];
-      written.push_back({arguments[i].name(), v.isTensorList(), tensors_of(v)});
-    }
+    if (alias != nullptr && alias->isWrite()) written.push_back((*stack)[start + i]);
   }
   {
     at::AutoDispatchBelowADInplaceOrView guard;
     op.redispatchBoxed(keys & c10::after_ADInplaceOrView_keyset, stack);
   }
   // only once the op has succeeded: a refused call changes nothing, its versions included
-  for (const Written& w : written) {
-    for (const at::Tensor& t : w.tensors) bump(t);
+  for (const c10::IValue& v : written) {
+    if (v.isTensorList()) {
+      for (const c10::IValue& t : v.toListRef()) bump(t);
+    } else {
+      bump(v);  // (None: nothing)
+    }
   }
 }
 

@@ -16,6 +16,13 @@ except ImportError as exc:  # pragma: no cover - only without a build
 WITH_CUDA: bool = bool(_C.with_cuda)
 
 
+def hold(tensors: list):
+    """Keeps C++ references to `tensors` while the returned object lives: an op call then
+    passes them without a GIL round trip each (csrc/module.cpp, TensorRefs). Only for
+    tensors nobody swaps: torch.utils.swap_tensors refuses a tensor referenced from C++."""
+    return _C.TensorRefs(tensors)
+
+
 def build_info() -> dict:
     return {
         "cpu": True,

@@ -34,7 +34,9 @@ ranks' bf16 gradients differ by, and is kept as a known survivor. FSDP2 with bf1
 and master weights had had no test at all: it has one now (masters sharded like the params,
 params their masters rounded, training as in one process).
 2026-12-07, later: M20/M21 (the stats rows' names, moved onto the plan's buckets), killed;
-the second by a check added for it (compiled FSDP2 steps keep their rows' names).
+the second by a check added for it (compiled FSDP2 steps keep their rows' names). M22 (the
+plan holding the params from C++ too, not only the state): killed by
+test_params_stay_swappable_after_steps, written for it.
 """
 
 from __future__ import annotations
@@ -223,6 +225,9 @@ PYTHON_MUTANTS = [
     ("M20", "fastdyn/optim/optimizer.py", 'b.names.append(group["param_names"][i])', "pass", OPT),
     ("M21", "fastdyn/optim/plan.py", "indices=self.indices, names=self.names, state_dicts=",
      "indices=self.indices, state_dicts=", "tests/distributed -k compiled_step"),
+    # C++ references to the state, never to the params (swap_tensors refuses those)
+    ("M22", "fastdyn/optim/optimizer.py", "b.held_state = hold([*chain.from_iterable(",
+     "b.held_state = hold([*b.params, *chain.from_iterable(", OPT),
     ("D4", "fastdyn/optim/sharded.py", "update_norm = lr.to(ratios.dtype) * ratios * u_norm",
      "update_norm = ratios * u_norm", "tests/distributed"),
     ("D5", "fastdyn/optim/sharded.py", "for ts in (b.master_params or b.params, grads)]",
@@ -278,7 +283,7 @@ NATIVE_MUTANTS = [
      f"tests/ops tests/optim {NATIVE_TESTS}"),
     ("X19", "csrc/include/fastdyn/math/adam.h", "fsqrt(amsgrad ? vmax : v)", "fsqrt(v)",
      f"tests/ops tests/optim {NATIVE_TESTS}"),
-    ("X20", "csrc/version_counters.cpp", "    for (const at::Tensor& t : w.tensors) bump(t);", "",
+    ("X20", "csrc/version_counters.cpp", "for (const c10::IValue& t : v.toListRef()) bump(t);", "",
      f"tests/ops tests/optim {NATIVE_TESTS}"),
     ("X21", "csrc/include/fastdyn/checks.h", "other == nullptr || s.begin >= other->end,",
      "other == nullptr || s.begin != other->begin,", f"tests/ops tests/optim {NATIVE_TESTS}"),

@@ -24,7 +24,10 @@ struct LarsNormsOp : SkipIfFoundInf {
     const P* __restrict__ p = static_cast<const P*>(meta.addr[kP][c.slot]);
     const P* __restrict__ g = static_cast<const P*>(meta.addr[kG][c.slot]);
     const float* __restrict__ master = static_cast<const float*>(meta.addr[kMaster][c.slot]);
-    const A inv = static_cast<A>(inverse_grad_scale(grad_scale));
+    // The scaled g is squared and the sum unscaled in double, as on the CPU: squaring the
+    // unscaled g in float made ||g|| 0 for a tensor of unscaled gradients under ~2.6e-23
+    // (then r = 1 where the CPU adapts).
+    const double inv = inverse_grad_scale(grad_scale);
     A g2 = A(0), p2 = A(0);
     struct Elem {
       A p, g;
@@ -33,14 +36,14 @@ struct LarsNormsOp : SkipIfFoundInf {
         c.begin, c.end,
         [&](int64_t i) {
           return Elem{kHasMaster ? static_cast<A>(master[i]) : static_cast<A>(p[i]),
-                      static_cast<A>(g[i]) * inv};
+                      static_cast<A>(g[i])};
         },
         [&](int64_t, const Elem& e) {
           g2 = math::fmadd(e.g, e.g, g2);
           p2 = math::fmadd(e.p, e.p, p2);
         });
     __shared__ double shared[32];
-    const double g2s = block_reduce(double(g2), SumOp{}, shared);
+    const double g2s = block_reduce(double(g2), SumOp{}, shared) * inv * inv;
     const double p2s = block_reduce(double(p2), SumOp{}, shared);
     if (threadIdx.x == 0) {
       partials[3 * c.global + 0] = g2s;

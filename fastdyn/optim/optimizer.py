@@ -31,6 +31,7 @@ from torch.optim import Optimizer
 
 import fastdyn.ops as ops
 from fastdyn import distributed
+from fastdyn._extension import hold
 from fastdyn.optim.plan import Bucket, grads_in_param_layout, plan_grads_in_param_layout
 from fastdyn.optim.stats import StepStats
 
@@ -434,6 +435,9 @@ class FusedOptimizer(Optimizer):
         for b in buckets.values():
             if b.started is not None:
                 b.later = b.once_started()
+            if not torch.compiler.is_compiling():
+                b.held_state = hold([*chain.from_iterable(b.state.values()), *b.steps,
+                                     *b.master_params])
         return list(buckets.values())
 
     def _check_plan_inputs(self, group_grads: list) -> dict:

@@ -6,7 +6,7 @@ the same objects."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -41,6 +41,9 @@ class Bucket:
     # theirs ran (the device knows, the host does not), and the bucket to run once it has.
     started: Optional[torch.Tensor] = None
     later: Optional["Bucket"] = None
+    # C++ references to the state lists (fastdyn._extension.hold), for eager steps; never to
+    # the params, which torch.utils.swap_tensors (module.to() on tensor subclasses) must swap
+    held_state: Any = None
 
     def once_started(self) -> "Bucket":
         """The same lists with the first step behind them (field by field: torch 2.6's dynamo

@@ -156,6 +156,27 @@ def test_lars_takes_the_norm_of_huge_scaled_grads_unscaled(backend, device):
 
 
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+def test_lars_takes_the_norm_of_tiny_unscaled_grads_from_their_scaled_squares(backend, device):
+    """Gradients of ~1e-24 under a loss scale of 2^40 (e.g. a layer that barely learns): the
+    scaled squares (~1e-24) are normal floats, the unscaled ones (~1e-48) are below float32's
+    range. ||g|| is the scaled grads' norm unscaled in float64 on every backend, so the ratio
+    adapts as the reference's does (CUDA had squared the unscaled grads in float32, Triton
+    had rounded the unscaled sum of squares to float32: ||g|| = 0, r = 1)."""
+    scale = 2.0 ** 40
+    group = make_group([4096, 5], torch.float32, device, buffers=1, steps=False)
+    group["grads"] = [g * 1e-24 * scale for g in group["grads"]]  # as a scaler leaves them
+    build = lars_args(0.9, 0.0, 1e-4, False, False, False, True,
+                      grad_scale=torch.tensor(scale, device=device))
+    ours, ref = run_both("lars_", backend, device, build, group)
+    assert_groups_close(ours, ref, torch.float32, orig=group)
+    # the ratio adapted: trust_coeff * ||p|| / (||g|| + wd * ||p|| + eps) ~ 10, not 1, and
+    # the step is r * lr * (g + wd * p), ~ r * lr * wd * p here
+    p0 = group["params"][0]
+    moved = (p0 - ours["params"][0]).abs().max()
+    assert float(moved) > 5 * 0.5 * 1e-4 * float(p0.abs().max())
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
 @pytest.mark.parametrize("case", ["lr 0 with trust_clip", "NaN param without weight decay"])
 def test_lars_reference_agrees_with_the_kernels_where_ieee_matters(backend, device, case):
     """The float64 reference divided r by lr in Python floats (ZeroDivisionError at lr = 0,

@@ -533,3 +533,32 @@ def test_master_weights_switched_on_a_live_optimizer_take_effect_at_the_next_ste
     opt.step()
     assert opt.state[p]["master_param"].dtype == torch.float32
     assert opt.state[p]["exp_avg"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("AdamW", dict(lr=1e-2)), ("SGD", dict(lr=1e-2, momentum=0.9)), ("LAMB", dict(lr=1e-2)),
+    ("LARS", dict(lr=0.5, weight_decay=1e-3)),
+    ("AdamW", dict(lr=1e-2, master_weights=True, track_stats=True)),  # (bf16 params)
+])
+def test_params_stay_swappable_after_steps(name, kwargs):
+    """The plan keeps C++ references to the optimizer's state (a GIL round trip a tensor
+    fewer per op call) but never to the params: torch.utils.swap_tensors, which module.to()
+    uses for tensor subclasses (and for every param under
+    torch.__future__.set_swap_module_params_on_conversion), refuses a tensor referenced from
+    C++ ("Expected use_count of t1 to be 1"). Swapped, the params train on."""
+    dtype = torch.bfloat16 if kwargs.get("master_weights") else torch.float32
+    model = mlp(dtype=dtype)
+    opt = getattr(fastdyn.optim, name)(model.parameters(), **kwargs)
+    data = regression_data(dtype=dtype)
+    train(model, opt, mlp_loss, data, 2)
+    ids = [id(p) for p in model.parameters()]
+    before = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        model.double().to(dtype)  # every param swapped twice, the Parameter objects kept
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(before)
+    assert [id(p) for p in model.parameters()] == ids
+    start = [p.detach().clone() for p in model.parameters()]
+    train(model, opt, mlp_loss, data, 2)
+    assert all(not torch.equal(a, p) for a, p in zip(start, model.parameters()))

@@ -20,15 +20,15 @@ def lars_(params, grads, momentum_buffers, master_params, lr, momentum, dampenin
         ratios = trust_ratios.float().contiguous()
     else:
         # the scaled sums come back in float64 and are unscaled there, as the native kernels
-        # unscale before squaring: a float32 scale**2 is inf from 2^64 (the norm read 0 and
-        # the ratio 1), and a float32 sum of scaled squares overflows first
+        # do: a float32 scale**2 is inf from 2^64 (the norm read 0 and the ratio 1), a float32
+        # sum of scaled squares overflows first, and the unscaled sum of tiny gradients'
+        # squares (1e-24 each) is below float32's range: its square root is not
         g2 = per_tensor_partials(grads, is_max=False, out_dtype=torch.float64)
         if grad_scale is not None:
             inv = grad_scale.reshape(()).double().reciprocal()
             g2 = g2 * inv * inv
-        g2 = g2.float()
         p2 = per_tensor_partials(master_params if master_params else params, is_max=False)
-        ratios = lars_trust_ratios(p2.sqrt(), g2.sqrt(), trust_coeff, weight_decay, eps,
+        ratios = lars_trust_ratios(p2.sqrt(), g2.sqrt().float(), trust_coeff, weight_decay, eps,
                                    as_float32(lr), trust_clip)
     ratios = where_adapting(ratios, adapting(weight_decay.reshape(()), always_adapt))
     momentum_update(params, grads, momentum_buffers, master_params, lr, momentum, dampening,
