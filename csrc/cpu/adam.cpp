@@ -66,9 +66,11 @@ void adam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
     using A = typename OpMath<P>::type;
     const auto h = math::adam_hyper<A>(scalar_value(beta1), beta2, eps, scalar_value(weight_decay),
                                        amsgrad, maximize, decoupled_weight_decay);
+    const auto scalars = per_tensor_of_step(
+        state_steps, [&](double step) { return math::adam_step_scalars<A>(h, ctx.lr, step); });
     for_each_chunk(plan, [&](const Chunk& c, int64_t ci) {
       const int64_t t = c.tensor, b = c.begin;
-      const auto s = math::adam_step_scalars<A>(h, ctx.lr, scalar_value(state_steps[t]));
+      const auto& s = scalars[t];
       auto run = [&](auto master_c, auto stats_c) {
         auto kernel = amsgrad ? adam_chunk<P, S, decltype(master_c)::value, decltype(stats_c)::value, true>
                               : adam_chunk<P, S, decltype(master_c)::value, decltype(stats_c)::value, false>;

@@ -80,9 +80,10 @@ void with_lamb_kernels(const UpdateGroup& grp, at::TensorList params, at::Tensor
     using S = typename decltype(stag)::type;
     using A = typename OpMath<P>::type;
     const auto h = math::lamb_hyper<A>(beta1, beta2, grad_averaging, eps, weight_decay);
-    auto scalars = [&](int64_t t) {
-      return math::lamb_step_scalars<A>(h, scalar_value(state_steps[t]), bias_correction);
-    };
+    const auto per_tensor = per_tensor_of_step(state_steps, [&](double step) {
+      return math::lamb_step_scalars<A>(h, step, bias_correction);
+    });
+    auto scalars = [&](int64_t t) -> const auto& { return per_tensor[t]; };
     auto moments = [&](const Chunk& c, StatsPartial* out) {
       const int64_t t = c.tensor, b = c.begin;
       const auto s = scalars(t);

@@ -38,6 +38,22 @@ inline StepContext begin_step(at::TensorList steps, const at::Tensor& lr,
   return ctx;
 }
 
+// f(step) for each tensor's step count, called once per run of equal counts (the usual
+// case: every tensor has the same): the bias corrections' two pow()s, per chunk, took ~5% of
+// an adam_ call on 1,000 one-element tensors.
+template <typename F>
+auto per_tensor_of_step(at::TensorList steps, F&& f) {
+  std::vector<decltype(f(0.0))> out;
+  out.reserve(steps.size());
+  double last = 0.0;
+  for (const at::Tensor& s : steps) {
+    const double step = scalar_value(s);
+    out.push_back(!out.empty() && step == last ? out.back() : f(step));
+    last = step;
+  }
+  return out;
+}
+
 // Per-chunk sums of squares of (grad, param, update) for track_stats.
 using StatsPartial = std::array<double, 3>;
 
