@@ -23,6 +23,12 @@ def hold(tensors: list):
     return _C.TensorRefs(tensors)
 
 
+# The optimizer plan's checks of objects swapped in (csrc/module.cpp): whether the values of a
+# tuple of dicts, in order, are the objects of a list; DataAddresses(tensors).matches(tensors).
+dict_values_are = _C.dict_values_are
+DataAddresses = _C.DataAddresses
+
+
 def build_info() -> dict:
     return {
         "cpu": True,
