@@ -36,7 +36,8 @@ params their masters rounded, training as in one process).
 2026-12-07, later: M20/M21 (the stats rows' names, moved onto the plan's buckets), killed;
 the second by a check added for it (compiled FSDP2 steps keep their rows' names). M22 (the
 plan holding the params from C++ too, not only the state): killed by
-test_params_stay_swappable_after_steps, written for it.
+test_params_stay_swappable_after_steps, written for it. M23 and X24/X25 (the plan's checks of
+swapped-in state and of params given new storage, moved into the extension): killed.
 """
 
 from __future__ import annotations

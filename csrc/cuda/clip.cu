@@ -13,7 +13,10 @@ namespace cuda {
 namespace {
 
 at::Tensor clip_grad_norm_(at::TensorList grads, double max_norm, double ord) {
-  const at::Device device = *check_clip_args(grads, ord);
+  const c10::optional<at::Device> checked = check_clip_args(grads, ord);
+  // (an empty list has no device: the dispatcher never sends one here)
+  TORCH_CHECK_VALUE(checked.has_value(), "grads: an empty list has no CUDA device");
+  const at::Device device = *checked;
   const c10::cuda::CUDAGuard guard(device);
   const auto opts = grads[0].options().dtype(at::kFloat);
   const int64_t n = static_cast<int64_t>(grads.size());

@@ -12,7 +12,10 @@ namespace {
 
 std::tuple<at::Tensor, at::Tensor> multi_tensor_norm(at::TensorList tensors, double ord,
                                                      bool per_tensor) {
-  const at::Device device = *check_norm_args(tensors, ord);
+  const c10::optional<at::Device> checked = check_norm_args(tensors, ord);
+  // (an empty list has no device: the dispatcher never sends one here)
+  TORCH_CHECK_VALUE(checked.has_value(), "tensors: an empty list has no CUDA device");
+  const at::Device device = *checked;
   TORCH_CHECK_VALUE(device.is_cuda(), "tensors must be CUDA tensors here, got ", device);
   const c10::cuda::CUDAGuard guard(device);
   const auto opts = tensors[0].options().dtype(at::kFloat);
