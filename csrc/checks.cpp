@@ -11,7 +11,9 @@
 namespace fastdyn {
 namespace {
 
-void check_norm(at::TensorList tensors, double ord) { check_norm_args(tensors, ord); }
+void check_norm(at::TensorList tensors, double ord, const c10::optional<at::Tensor>& inv_scale) {
+  check_norm_args(tensors, ord, inv_scale);
+}
 
 void check_scale(at::TensorList tensors, const at::Tensor& scale) { check_scale_args(tensors, scale); }
 

@@ -8,7 +8,11 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(fastdyn, m) {
-  m.def("multi_tensor_norm(Tensor[] tensors, float ord=2., bool per_tensor=False) -> (Tensor, Tensor)");
+  // With inv_scale: the norms of the tensors times inv_scale (loss-scaled gradients, unscaled
+  // without a write), their squares taken in float64 (see cpu/lane_sums.h, sum_squares_double).
+  m.def(
+      "multi_tensor_norm(Tensor[] tensors, float ord=2., bool per_tensor=False, "
+      "Tensor? inv_scale=None) -> (Tensor, Tensor)");
   m.def("multi_tensor_scale_(Tensor(a!)[] tensors, Tensor scale) -> ()");
   m.def(
       "multi_tensor_unscale_norm_(Tensor(a!)[] tensors, Tensor inv_scale, Tensor(b!) found_inf, "
@@ -52,7 +56,7 @@ TORCH_LIBRARY(fastdyn, m) {
   // Every op's argument checks alone (csrc/checks.cpp), for the Triton backend: the same
   // checks and messages as the C++ launchers, at ~0.2 us a param where the Python mirror
   // (fastdyn.ops.checks, kept for fake tensors) took ~5.
-  m.def("check_norm_args(Tensor[] tensors, float ord) -> ()");
+  m.def("check_norm_args(Tensor[] tensors, float ord, Tensor? inv_scale=None) -> ()");
   // what a step of several ops writes (fastdyn.optim: every bucket's params and state, before
   // the first op runs) shares no memory
   m.def("check_written_memory(Tensor[] tensors) -> ()");

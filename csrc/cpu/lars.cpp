@@ -18,14 +18,12 @@ template <typename P, bool kMaster>
 void lars_norms(const P* __restrict__ p, const P* __restrict__ g,
                 const float* __restrict__ master, int64_t n, double inv_scale, StatsPartial* out) {
   using A = typename OpMath<P>::type;
-  const auto sums = lane_sums<A, WideLanes<P>>(n, [&]<typename L>(int64_t i, L& norm_g, L& norm_p, L& unused) {
-    const L pv = kMaster ? load_lanes<L>(master + i) : load_lanes<L>(p + i);
-    const L gv = load_lanes<L>(g + i);
-    norm_g = gv;
-    norm_p = pv;
-    unused = L(A(0));
+  const auto sums = lane_sums<A, WideLanes<P>>(n, [&]<typename L>(int64_t i, L& norm_p, L& unused_b, L& unused_c) {
+    norm_p = kMaster ? load_lanes<L>(master + i) : load_lanes<L>(p + i);
+    unused_b = unused_c = L(A(0));
   });
-  *out = {sums[0] * inv_scale * inv_scale, sums[1], 0.0};
+  // g is squared as given (scaled) and in double, then unscaled: see sum_squares_double
+  *out = {sum_squares_double(g, n) * inv_scale * inv_scale, sums[0], 0.0};
 }
 
 void lars_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,

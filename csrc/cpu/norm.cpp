@@ -10,13 +10,17 @@ namespace cpu {
 namespace {
 
 std::tuple<at::Tensor, at::Tensor> multi_tensor_norm(at::TensorList tensors, double ord,
-                                                     bool per_tensor) {
-  check_norm_args(tensors, ord);
+                                                     bool per_tensor,
+                                                     const c10::optional<at::Tensor>& inv_scale) {
+  check_norm_args(tensors, ord, inv_scale);
+  // (read in double: a float64 inv_scale unrounded)
+  const double inv = inv_scale.has_value() ? scalar_value(*inv_scale) : 1.0;
   const auto opts = at::TensorOptions().dtype(at::kFloat).device(at::kCPU);
   at::Tensor total = at::empty({}, opts);
   at::Tensor per = at::empty({per_tensor ? static_cast<int64_t>(tensors.size()) : 0}, opts);
   multi_tensor_norm_into(tensors, ord, total.data_ptr<float>(),
-                         per_tensor ? per.data_ptr<float>() : nullptr);
+                         per_tensor ? per.data_ptr<float>() : nullptr,
+                         inv_scale.has_value() ? &inv : nullptr);
   return {total, per};
 }
 

@@ -24,11 +24,13 @@ struct LarsNormsOp : SkipIfFoundInf {
     const P* __restrict__ p = static_cast<const P*>(meta.addr[kP][c.slot]);
     const P* __restrict__ g = static_cast<const P*>(meta.addr[kG][c.slot]);
     const float* __restrict__ master = static_cast<const float*>(meta.addr[kMaster][c.slot]);
-    // The scaled g is squared and the sum unscaled in double, as on the CPU: squaring the
-    // unscaled g in float made ||g|| 0 for a tensor of unscaled gradients under ~2.6e-23
-    // (then r = 1 where the CPU adapts).
+    // The scaled g is squared and summed in double, then unscaled, as on the CPU
+    // (sum_squares_double): squared unscaled in float, a tensor of gradients under ~2.6e-23
+    // had ||g|| = 0 (r = 1); squared scaled in float, a scale of 2^76 made a gradient of 0.1
+    // an inf square (r = 0). One double FMA per element, in a kernel bound by memory.
     const double inv = inverse_grad_scale(grad_scale);
-    A g2 = A(0), p2 = A(0);
+    double g2 = 0.0;
+    A p2 = A(0);
     struct Elem {
       A p, g;
     };
@@ -39,11 +41,11 @@ struct LarsNormsOp : SkipIfFoundInf {
                       static_cast<A>(g[i])};
         },
         [&](int64_t, const Elem& e) {
-          g2 = math::fmadd(e.g, e.g, g2);
+          g2 = math::fmadd(static_cast<double>(e.g), static_cast<double>(e.g), g2);
           p2 = math::fmadd(e.p, e.p, p2);
         });
     __shared__ double shared[32];
-    const double g2s = block_reduce(double(g2), SumOp{}, shared) * inv * inv;
+    const double g2s = block_reduce(g2, SumOp{}, shared) * inv * inv;
     const double p2s = block_reduce(double(p2), SumOp{}, shared);
     if (threadIdx.x == 0) {
       partials[3 * c.global + 0] = g2s;

@@ -13,9 +13,11 @@
 #include <cstdio>
 #include <random>
 #include <utility>
+#include <vector>
 
 #include "check.h"
 #include "fastdyn/cpu/convert.h"
+#include "fastdyn/cpu/lane_sums.h"
 #include "fastdyn/cpu/lanes.h"
 #include "fastdyn/math/adam.h"
 #include "fastdyn/math/lamb.h"
@@ -183,6 +185,31 @@ static void test_math_lanes() {
               static_cast<long long>(mismatches));
 }
 
+// sum_squares_double (lane_sums.h) against a one-element double loop: values whose float
+// squares overflow (1e30) or vanish (1e-30) keep their squares, for every input type and
+// for lengths on both sides of the sixteen-element groups. Lane sums add in another order:
+// equal to a few ulps of double.
+template <typename T>
+static void test_sum_squares_double() {
+  std::mt19937 rng(1);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (float magnitude : {1e30f, 1e-30f, 1.0f}) {
+    for (int64_t n : {0, 1, 15, 16, 17, 33, 1000}) {
+      std::vector<T> x(static_cast<size_t>(n));
+      double expected = 0.0;
+      for (auto& v : x) {
+        v = static_cast<T>(normal(rng) * (std::is_same_v<T, c10::Half> ? 1.0f : magnitude));
+        const double d = static_cast<double>(static_cast<float>(v));
+        expected += d * d;
+      }
+      const double got = sum_squares_double(x.data(), n);
+      EXPECT(std::isfinite(got));
+      EXPECT(n == 0 || got > 0.0);
+      EXPECT(std::fabs(got - expected) <= 1e-14 * expected);
+    }
+  }
+}
+
 int main() {
   if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") ||
       !__builtin_cpu_supports("f16c")) {
@@ -197,6 +224,9 @@ int main() {
   test_selects<Lanes16<false>>();
   test_math_lanes<Lanes16<true>>();
   test_math_lanes<Lanes16<false>>();
+  test_sum_squares_double<float>();
+  test_sum_squares_double<c10::Half>();
+  test_sum_squares_double<c10::BFloat16>();
   std::printf("test_lanes: %d failures\n", failures);
   return failures == 0 ? 0 : 1;
 }

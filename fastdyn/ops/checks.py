@@ -266,9 +266,14 @@ def check_update_group(params, grads, states: dict, master_params, steps, lr, gr
 # ops and the references, as the C++ launchers check theirs. A fake kernel that checked
 # nothing let [cpu tensor, meta tensor] dispatch to it and return an uninitialised "norm".
 
-def norm_args(tensors, ord=2.0, per_tensor=False):
+def norm_args(tensors, ord=2.0, per_tensor=False, inv_scale=None):
     check_norm_ord(ord)
-    return check_float_list("tensors", tensors)
+    device = check_float_list("tensors", tensors)
+    if inv_scale is None:
+        return device
+    # an empty list with an inv_scale is on inv_scale's device
+    check_scalar_tensor("inv_scale", inv_scale, device or inv_scale.device)
+    return device or inv_scale.device
 
 
 def scale_args(tensors, scale):

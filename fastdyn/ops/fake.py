@@ -17,9 +17,9 @@ def _norm_outputs(tensors, per_tensor, device=None):
     return total, per
 
 
-def multi_tensor_norm(tensors, ord=2.0, per_tensor=False):
-    checks.norm_args(tensors, ord)
-    return _norm_outputs(tensors, per_tensor)
+def multi_tensor_norm(tensors, ord=2.0, per_tensor=False, inv_scale=None):
+    device = checks.norm_args(tensors, ord, inv_scale=inv_scale)
+    return _norm_outputs(tensors, per_tensor, device)
 
 
 def multi_tensor_unscale_norm_(tensors, inv_scale, found_inf, ord=2.0, per_tensor=False):

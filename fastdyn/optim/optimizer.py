@@ -739,10 +739,13 @@ class FusedOptimizer(Optimizer):
         self._global_grad_norm(plan, grads, grad_scale, found_inf)
 
     def _global_grad_norm(self, plan, grads, grad_scale, found_inf=None) -> torch.Tensor:
-        """L2 norm of every gradient of the optimizer, divided by grad_scale when a scaler
+        """L2 norm of every gradient of the optimizer, unscaled by grad_scale when a scaler
         gave one (as the stats' per-tensor norms: it was reported times the loss scale); the
         gradients of sharded DTensors count whole. With found_inf, also the inf check: the
-        scaled norm is inf or NaN where a gradient is."""
+        norm is inf or NaN where a gradient is. The scaled gradients are measured unscaled,
+        their squares in float64 (multi_tensor_norm's inv_scale): squared in float32, a
+        GradScaler scale of 2^76 (bf16 autocast, ~120k steps without an inf) made a gradient
+        of 0.1 an inf norm, and LAMB's clipping then zeroed the step."""
         by_place: dict = {}
         spans = []  # each bucket's (place key, start, length) in by_place
         for b, bucket_grads in zip(plan, grads):
@@ -755,24 +758,22 @@ class FusedOptimizer(Optimizer):
         per_tensor = self.track_stats and all(b.spec is None for b in plan)
         first = plan[0].device
         sq, per_place = [], {}
+        inv = None if grad_scale is None else grad_scale.double().reciprocal()
         # keyed by the place's key, not id(list): dynamo on torch 2.11 cannot trace id()
         for key, gs in by_place.items():
-            _, spec, wide = key
-            total, per_place[key] = _norms_of(gs, wide, per_tensor)
+            device, spec, wide = key
+            total, per_place[key] = _norms_of(gs, wide, per_tensor,
+                                              None if inv is None else _moved(inv, device))
             sq.append(_moved(distributed.sharded_norms(total, spec), first))
         self._runtime["grad_norms"] = None
         if per_tensor:
-            inv = None if grad_scale is None else grad_scale.reciprocal()
-            self._runtime["grad_norms"] = [
-                per_place[key][start:start + n] * (1 if inv is None else inv.to(first))
-                for key, start, n in spans]
+            self._runtime["grad_norms"] = [per_place[key][start:start + n]
+                                           for key, start, n in spans]
         if len({t.dtype for t in sq}) > 1:
             sq = [t.double() for t in sq]
         total = sq[0] if len(sq) == 1 else torch.linalg.vector_norm(torch.stack(sq))
         if found_inf is not None:
             found_inf.add_((~torch.isfinite(total)).to(found_inf.dtype).to(found_inf.device))
-        if grad_scale is not None:
-            total = total / grad_scale.to(total.device)
         self._runtime["grad_norm"] = total
         return total
 
@@ -913,14 +914,15 @@ class FusedOptimizer(Optimizer):
             self._runtime["started"], self._runtime["cohort_of"] = flags
 
 
-def _norms_of(grads: list, wide: bool, per_tensor: bool) -> tuple:
-    """L2 norm of `grads`, and each one's if per_tensor (else None): float32 from the fused
-    kernel, or float64 for float64 grads (a float32 norm put float64 LAMB's clipped update
-    1e-8 off the float64 reference)."""
+def _norms_of(grads: list, wide: bool, per_tensor: bool, inv_scale=None) -> tuple:
+    """L2 norm of `grads` (times inv_scale, when given), and each one's if per_tensor (else
+    None): float32 from the fused kernel, or float64 for float64 grads (a float32 norm put
+    float64 LAMB's clipped update 1e-8 off the float64 reference)."""
     if not wide:
-        total, per = ops.multi_tensor_l2norm(grads, per_tensor=per_tensor)
-        return total, per
+        return ops.multi_tensor_l2norm(grads, per_tensor=per_tensor, inv_scale=inv_scale)
     per = torch.stack(torch._foreach_norm(grads))
+    if inv_scale is not None:
+        per = per * inv_scale
     return torch.linalg.vector_norm(per), (per if per_tensor else None)
 
 

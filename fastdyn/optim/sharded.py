@@ -43,11 +43,12 @@ def lars_(b, grads, lr, momentum, weight_decay, grad_scale, found_inf, stats) ->
     """(A step known not to adapt runs as SGD, on the local shards: LARS's _run_bucket.) The
     op decides on the device whether the ratios apply (weight_decay a tensor)."""
     g = b.group
-    local = [ops.multi_tensor_l2norm(ts, per_tensor=True)[1]
-             for ts in (b.master_params or b.params, grads)]
-    param_norm, grad_norm = distributed.sharded_norms(torch.stack(local), b.spec)
-    if grad_scale is not None:
-        grad_norm = grad_norm / grad_scale.to(grad_norm.dtype)
+    param_norm = ops.multi_tensor_l2norm(b.master_params or b.params, per_tensor=True)[1]
+    # the scaled grads measured unscaled, their squares in float64, as lars_ does: squared in
+    # float32, a scale of 2^76 made a gradient of 0.1 an inf square
+    inv = None if grad_scale is None else grad_scale.double().reciprocal()
+    grad_norm = ops.multi_tensor_l2norm(grads, per_tensor=True, inv_scale=inv)[1]
+    param_norm, grad_norm = distributed.sharded_norms(torch.stack([param_norm, grad_norm]), b.spec)
     ratios = lars_trust_ratios(param_norm, grad_norm, float(g["trust_coeff"]), weight_decay,
                                float(g["eps"]), lr, bool(g["trust_clip"]))
     ops.lars_(b.params, grads, b.state.get("momentum_buffer", []), b.master_params, lr,

@@ -1,6 +1,6 @@
 import torch
 
-from fastdyn.ops.checks import check_float_list
+from fastdyn.ops.checks import check_float_list, check_scalar_tensor
 
 
 def tensor_norms(tensors, ord: float):
@@ -17,10 +17,18 @@ def tensor_norms(tensors, ord: float):
     return torch.linalg.vector_norm(torch.stack([p.to(per[0].device) for p in per]), ord), per
 
 
-def multi_tensor_norm(tensors, ord: float = 2.0, per_tensor: bool = False):
-    """Any vector-norm order (the kernels take 2 and inf; fastdyn.ops sends others here)."""
+def multi_tensor_norm(tensors, ord: float = 2.0, per_tensor: bool = False, inv_scale=None):
+    """Any vector-norm order (the kernels take 2 and inf; fastdyn.ops sends others here);
+    with inv_scale, of the tensors times it (in float64: ||c x|| = |c| ||x||)."""
     device = check_float_list("tensors", tensors)
+    if inv_scale is not None:
+        device = device or inv_scale.device
+        check_scalar_tensor("inv_scale", inv_scale, device)
     total, per = tensor_norms(tensors, ord)
+    if inv_scale is not None:
+        factor = inv_scale.detach().reshape(()).double().abs()
+        total = total.to(factor.device) * factor
+        per = [p * factor.to(p.device) for p in per]
     per_out = torch.stack(per).float() if (per_tensor and per) else torch.zeros(0, device=device)
     if not per_tensor:
         per_out = torch.zeros(0, device=device)

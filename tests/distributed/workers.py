@@ -204,10 +204,11 @@ def train_scaled(case: str, rank=None) -> list:
     """The case under torch.amp.GradScaler, which hands the step grad_scale: sharded LAMB and
     LARS take their trust ratios from the norms of the unscaled gradients (a ||g|| left times
     the scale shrinks LARS's ratio by it). On FSDP2 with `rank`, else in one process."""
-    cls, kwargs = CASES[case]
+    name, init_scale = SCALED_CASES[case]
+    cls, kwargs = CASES[name]
     model = make_model() if rank is None else _fsdp_model()
     opt = cls(model.parameters(), **kwargs)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
+    scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
     for x, y in batches():
         if rank is not None:
             x, y = rows(x, rank), rows(y, rank)
@@ -458,7 +459,10 @@ def _layout_on_one_rank(rank: int) -> dict:
 # what each rank runs, part by part; a part that raises is recorded as {"error": traceback}
 # so that the others still report (the tests of that part fail, or skip where the installed
 # torch cannot run it on the CPU)
-SCALED_CASES = ("lars", "lamb-clip")
+# case -> (CASES key, GradScaler's init_scale). At 2^80 the scaled gradients' squares pass
+# float32's range: squared in float32, ||g|| was inf and LARS's ratio 0 (params frozen).
+SCALED_CASES = {"lars": ("lars", 2.0 ** 8), "lamb-clip": ("lamb-clip", 2.0 ** 8),
+                "lars, scale 2^80": ("lars", 2.0 ** 80)}
 PARTS = {
     "fsdp": lambda rank: {c: _train_fsdp(c, rank) for c in CASES},
     "ddp": lambda rank: {c: _train_ddp(c, rank) for c in ("sgd-nesterov", "lamb-clip", "lars")},

@@ -1,5 +1,7 @@
 """lars_ against the float64 reference of the contract."""
 
+import math
+
 import pytest
 import torch
 from hypothesis import given
@@ -153,6 +155,25 @@ def test_lars_takes_the_norm_of_huge_scaled_grads_unscaled(backend, device):
     ours, ref = run_both("lars_", backend, device, build, group)
     assert_groups_close(ours, ref, torch.float32, orig=group)
     assert not torch.equal(ours["params"][0], group["params"][0])
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lars_takes_the_norm_of_grads_whose_scaled_squares_pass_float32(backend, device, dtype):
+    """A loss scale of 2^80 (GradScaler's after ~130k steps from 2^16 with no inf, as under
+    bf16 autocast) on gradients of ~0.1: each scaled square (~1e46) is past float32's range.
+    Squared in float, ||g|| was inf and the ratio 0 on every backend (the params frozen, no
+    found_inf); the squares are in float64 now. Sizes across the CUDA/CPU chunk and lane
+    blocks."""
+    scale = 2.0 ** 80
+    group = make_group([4096 + 3, 17, 1], dtype, device, buffers=1, steps=False)
+    group["grads"] = [g * scale for g in group["grads"]]  # exact: a power of two
+    assert all(float((g.float() ** 2).max()) == math.inf for g in group["grads"])
+    build = lars_args(0.9, 0.0, 1e-4, False, False, False, True,
+                      grad_scale=torch.tensor(scale, device=device))
+    ours, ref = run_both("lars_", backend, device, build, group)
+    assert_groups_close(ours, ref, dtype, orig=group)
+    assert not torch.equal(group["params"][0], ours["params"][0])  # r = 0 left it
 
 
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICES)

@@ -202,6 +202,49 @@ def test_bad_inputs(backend, device):
                                                    torch.zeros((), device=device))
 
 
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("scale", [2.0 ** 80, 2.0 ** 40, 3.0])
+def test_norms_of_scaled_tensors_unscaled_by_inv_scale(backend, device, dtype, scale):
+    """inv_scale gives the norms of the tensors times it, nothing written. At 2^80 the
+    given values' squares (~1e46) pass float32's range; at 2^40, values of ~1e-24 times the
+    scale: unscaled, their squares (~1e-48) are below it. Squared in float64, the norms are
+    the reference's either way (the inf norm too); sizes across every backend's chunks."""
+    sizes = [8193, 33, 1, 0]
+    true = [t * (1e-24 if scale == 2.0 ** 40 else 0.1) for t in rand_tensors(sizes, torch.float64, device)]
+    given = [(t * scale).to(dtype) for t in true]
+    inv = torch.tensor(1.0 / scale, dtype=torch.float64, device=device)
+    for ord in (2.0, math.inf):
+        with use_backend(backend):
+            before = [t.clone() for t in given]
+            total, per = fastdyn.ops.multi_tensor_norm(given, ord, per_tensor=True, inv_scale=inv)
+            assert all(torch.equal(a, b) for a, b in zip(given, before))
+        ref_total, ref_per = reference.multi_tensor_norm(given, ord, True, inv)
+        assert total.dtype == torch.float32 and total.device == given[0].device
+        assert torch.isfinite(total) and float(total) > 0, (ord, total)
+        torch.testing.assert_close(total.cpu(), ref_total.cpu(), rtol=NORM_RTOL, atol=0)
+        torch.testing.assert_close(per.cpu(), ref_per.cpu(), rtol=NORM_RTOL, atol=0)
+        # the reference is the plain float64 norm of the values times inv_scale
+        plain = torch.linalg.vector_norm(torch.cat([t.double().flatten() for t in given]) / scale, ord)
+        torch.testing.assert_close(ref_total.double().cpu(), plain.cpu(), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+def test_inv_scale_of_a_norm_is_checked_and_names_the_device_of_an_empty_list(backend, device):
+    with use_backend(backend):
+        total, per = fastdyn.ops.multi_tensor_norm([], 2.0, True, inv_scale=torch.ones((), device=device))
+        assert total.device.type == torch.device(device).type and float(total) == 0
+        assert per.shape == (0,)
+        x = [torch.ones(3, device=device)]
+        with pytest.raises(ValueError, match="inv_scale must hold one value"):
+            fastdyn.ops.multi_tensor_norm(x, inv_scale=torch.ones(2, device=device))
+        with pytest.raises(TypeError, match="inv_scale must be float32 or float64"):
+            fastdyn.ops.multi_tensor_norm(x, inv_scale=torch.ones((), dtype=torch.int64, device=device))
+        if device != "cpu":
+            with pytest.raises(ValueError, match="inv_scale is on cpu"):
+                fastdyn.ops.multi_tensor_norm(x, inv_scale=torch.ones(()))
+
+
 @cuda_only
 def test_mismatched_devices_named():
     with pytest.raises(ValueError, match=r"tensors\[1\] is on cuda:0 but the other tensors are on cpu"):

@@ -32,6 +32,7 @@ def samples(device):
     pos = lambda: [t.abs() for t in _lists(d)]  # noqa: E731
     yield "multi_tensor_norm", (_lists(d), 2.0, True), {}
     yield "multi_tensor_norm", (_lists(d), float("inf"), False), {}
+    yield "multi_tensor_norm", (_lists(d), 2.0, True, torch.tensor(2.0 ** -80, device=d)), {}
     yield "multi_tensor_scale_", (_lists(d), torch.tensor(0.5, device=d)), {}
     yield "multi_tensor_unscale_norm_", (_lists(d), torch.tensor(0.5, device=d),
                                          torch.zeros((), device=d), 2.0, True), {}

@@ -44,6 +44,12 @@ def variants():
                     dict(rows_ptr="*i64", partials_ptr="*fp64", inv_scale_ptr=placeholder,
                          found_inf_ptr=placeholder),
                     dict(N_COLS=4, ELEM=elem, IS_MAX=is_max, UNSCALE=unscale, **CHUNKS)))
+    for elem in (F32, F16, BF16):  # LARS's ||g|| of scaled grads (triton/lars.py)
+        out.append((f"norm {elem} squares in float64", norm._norm_chunks_kernel,
+                    dict(rows_ptr="*i64", partials_ptr="*fp64", inv_scale_ptr="*fp64",
+                         found_inf_ptr="*fp64"),
+                    dict(N_COLS=4, ELEM=elem, IS_MAX=False, UNSCALE=False, SQUARE_F64=True,
+                         **CHUNKS)))
     for elem in (F32, F16, BF16):
         out.append((f"scale {elem}", norm._scale_kernel, dict(rows_ptr="*i64"),
                     dict(N_COLS=4, ELEM=elem, **CHUNKS)))

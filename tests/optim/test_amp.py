@@ -202,12 +202,19 @@ def test_lamb_without_clipping_checks_for_inf_once_under_loss_scaler():
     assert scaler.found_inf(opt).item() == 1.0
 
 
-@pytest.mark.parametrize("name", ["Adam", "LAMB", "SGD"])
-def test_scaled_training_matches_unscaled(name):
+# A scale of 2^80 (GradScaler's after ~130k steps from 2^16 without an inf, as under bf16
+# autocast) squares the scaled gradients past float32's range: LARS's ||g|| and LAMB's
+# clipping norm were inf there (LARS's ratio 0, LAMB's clipped step 0), silently.
+SCALES = [2.0 ** 8, 2.0 ** 80]
+
+
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("name", ["Adam", "LAMB", "SGD", "LARS"])
+def test_scaled_training_matches_unscaled(name, scale):
     """Unscaling inside the kernels gives the same step as unscaled gradients."""
     plain, scaled = mlp(), mlp()
     o1, o2 = make(name, plain), make(name, scaled)
-    scaler = LossScaler("cpu", init_scale=2.0 ** 8, growth_interval=10 ** 6)
+    scaler = LossScaler("cpu", init_scale=scale, growth_interval=10 ** 6)
     data = regression_data()
     for _ in range(5):
         o1.zero_grad()
@@ -217,12 +224,14 @@ def test_scaled_training_matches_unscaled(name):
         scaler.scale(mlp_loss(scaled, data)).backward()
         scaler.step(o2)
         scaler.update()
+    assert scaler.get_scale() == scale  # no step skipped
     for p, q in zip(plain.parameters(), scaled.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("scale", SCALES)
 @pytest.mark.parametrize("kind", ["GradScaler", "LossScaler"])
-def test_lamb_clipping_under_a_scaler_matches_unscaled(kind):
+def test_lamb_clipping_under_a_scaler_matches_unscaled(kind, scale):
     """max_grad_norm below the gradients' norm at every step: the scaled run unscales and
     clips in its kernels as the unscaled run clips. (Whenever a scaler handed the step a
     grad_scale, dropping the clip coefficient went unseen: the other LAMB runs under a
@@ -232,7 +241,7 @@ def test_lamb_clipping_under_a_scaler_matches_unscaled(kind):
     o1 = fastdyn.optim.LAMB(plain.parameters(), **kw)
     o2 = fastdyn.optim.LAMB(scaled.parameters(), **kw)
     scaler_cls = torch.amp.GradScaler if kind == "GradScaler" else LossScaler
-    scaler = scaler_cls("cpu", init_scale=2.0 ** 8, growth_interval=10 ** 6)
+    scaler = scaler_cls("cpu", init_scale=scale, growth_interval=10 ** 6)
     data = regression_data()
     for _ in range(5):
         o1.zero_grad()
@@ -244,7 +253,7 @@ def test_lamb_clipping_under_a_scaler_matches_unscaled(kind):
         scaler.scale(mlp_loss(scaled, data)).backward()
         scaler.step(o2)
         scaler.update()
-    assert scaler.get_scale() == 2.0 ** 8  # no step skipped
+    assert scaler.get_scale() == scale  # no step skipped
     for p, q in zip(plain.parameters(), scaled.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 

@@ -7,9 +7,14 @@
 
 namespace fastdyn {
 
-inline c10::optional<at::Device> check_norm_args(at::TensorList tensors, double ord) {
+// An empty list with an inv_scale is on inv_scale's device.
+inline c10::optional<at::Device> check_norm_args(at::TensorList tensors, double ord,
+                                                 const c10::optional<at::Tensor>& inv_scale = {}) {
   check_norm_ord(ord);
-  return check_float_list("tensors", tensors);
+  const auto device = check_float_list("tensors", tensors);
+  if (!inv_scale.has_value()) return device;
+  check_scalar_tensor("inv_scale", *inv_scale, device.value_or(inv_scale->device()));
+  return device.value_or(inv_scale->device());
 }
 
 // An empty list still needs a one-element scale (on its own device): the kernels read it.

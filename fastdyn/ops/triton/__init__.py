@@ -47,13 +47,15 @@ def _device_guard(tensors, name: str):
 
 
 @torch.library.custom_op(f"{_NS}::multi_tensor_norm", mutates_args=())
-def multi_tensor_norm(tensors: List[torch.Tensor], ord: float = 2.0,
-                      per_tensor: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
-    _native_checks.check_norm_args(tensors, ord)
+def multi_tensor_norm(tensors: List[torch.Tensor], ord: float = 2.0, per_tensor: bool = False,
+                      inv_scale: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    _native_checks.check_norm_args(tensors, ord, inv_scale)
     if not tensors:  # (the reference's answer: a norm of nothing is 0; no device to launch on)
-        return torch.zeros((), dtype=torch.float32), torch.zeros(0, dtype=torch.float32)
+        device = inv_scale.device if inv_scale is not None else None
+        return (torch.zeros((), dtype=torch.float32, device=device),
+                torch.zeros(0, dtype=torch.float32, device=device))
     with _device_guard(tensors, "tensors"):
-        return _norm.multi_tensor_norm(tensors, ord, per_tensor)
+        return _norm.multi_tensor_norm(tensors, ord, per_tensor, inv_scale)
 
 
 @torch.library.custom_op(f"{_NS}::multi_tensor_scale_", mutates_args=("tensors",))

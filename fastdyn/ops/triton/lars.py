@@ -19,11 +19,13 @@ def lars_(params, grads, momentum_buffers, master_params, lr, momentum, dampenin
     if trust_ratios is not None:  # the caller's (norms all-reduced over shards)
         ratios = trust_ratios.float().contiguous()
     else:
-        # the scaled sums come back in float64 and are unscaled there, as the native kernels
-        # do: a float32 scale**2 is inf from 2^64 (the norm read 0 and the ratio 1), a float32
-        # sum of scaled squares overflows first, and the unscaled sum of tiny gradients'
-        # squares (1e-24 each) is below float32's range: its square root is not
-        g2 = per_tensor_partials(grads, is_max=False, out_dtype=torch.float64)
+        # the scaled grads are squared and summed in float64 and unscaled there, as the native
+        # kernels do (csrc/cpu/lane_sums.h, sum_squares_double): a float32 scale**2 is inf from
+        # 2^64 (the norm read 0 and the ratio 1), a float32 square of a gradient scaled by
+        # 2^76 is inf, and the unscaled squares of tiny gradients (1e-24) are below float32's
+        # range
+        g2 = per_tensor_partials(grads, is_max=False, out_dtype=torch.float64,
+                                 square_in_float64=True)
         if grad_scale is not None:
             inv = grad_scale.reshape(()).double().reciprocal()
             g2 = g2 * inv * inv

@@ -16,14 +16,15 @@ from fastdyn.ops.triton._multi_tensor import (BLOCK, CHUNK, LAUNCH, capturing, c
 @triton.jit
 def _norm_chunks_kernel(rows_ptr, partials_ptr, inv_scale_ptr, found_inf_ptr,
                         N_COLS: tl.constexpr, ELEM: tl.constexpr, IS_MAX: tl.constexpr,
-                        UNSCALE: tl.constexpr, CHUNK_: tl.constexpr, BLOCK_: tl.constexpr):
+                        UNSCALE: tl.constexpr, CHUNK_: tl.constexpr, BLOCK_: tl.constexpr,
+                        SQUARE_F64: tl.constexpr = False):
     pid = tl.program_id(0)
     row = rows_ptr + pid * N_COLS
     x_ptr = tl.load(row).to(tl.pointer_type(ELEM))
     off = tl.load(row + 1)
     length = tl.load(row + 2)
     offs = tl.arange(0, BLOCK_)
-    acc = tl.zeros([BLOCK_], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_], dtype=tl.float64 if SQUARE_F64 else tl.float32)
     bad = tl.zeros([BLOCK_], dtype=tl.int32)
     inv = 1.0
     if UNSCALE:
@@ -41,6 +42,9 @@ def _norm_chunks_kernel(rows_ptr, partials_ptr, inv_scale_ptr, found_inf_ptr,
         if IS_MAX:
             a = tl.abs(x)
             acc = tl.where((acc != acc) | (acc > a), acc, a)
+        elif SQUARE_F64:
+            xd = x.to(tl.float64)
+            acc = tl.fma(xd, xd, acc)
         else:
             acc = tl.fma(x, x, acc)
     if IS_MAX:
@@ -57,9 +61,11 @@ def _norm_chunks_kernel(rows_ptr, partials_ptr, inv_scale_ptr, found_inf_ptr,
 
 
 def per_tensor_partials(tensors, is_max: bool, inv_scale=None, found_inf=None,
-                        out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                        out_dtype: torch.dtype = torch.float32,
+                        square_in_float64: bool = False) -> torch.Tensor:
     """Sum of squares (or max |x|) of every tensor, [n] in `out_dtype` (combined in
-    float64); unscales in place first when inv_scale is given."""
+    float64); unscales in place first when inv_scale is given. `square_in_float64` squares
+    and sums every element in float64 (values whose squares pass float32's range)."""
     device = tensors[0].device
     by_dtype: dict = {}
     for i, t in enumerate(tensors):
@@ -74,7 +80,7 @@ def per_tensor_partials(tensors, is_max: bool, inv_scale=None, found_inf=None,
                 table.rows, partials, inv_scale if inv_scale is not None else partials,
                 found_inf if found_inf is not None else partials, N_COLS=table.n_cols,
                 ELEM=tl_dtype(dtype), IS_MAX=is_max, UNSCALE=inv_scale is not None,
-                CHUNK_=CHUNK, BLOCK_=BLOCK, **LAUNCH)
+                CHUNK_=CHUNK, BLOCK_=BLOCK, SQUARE_F64=square_in_float64, **LAUNCH)
         parts.append(segment_sum(partials, table, len(sub), is_max=is_max, out_dtype=out_dtype))
     if len(parts) == 1:
         return parts[0]
@@ -119,10 +125,27 @@ def norms(tensors, is_max: bool, inv_scale=None, found_inf=None):
     return torch.sqrt(per.sum(), out=total), torch.sqrt(per, out=roots)
 
 
-def multi_tensor_norm(tensors, ord: float, per_tensor: bool):
+def multi_tensor_norm(tensors, ord: float, per_tensor: bool, inv_scale=None):
     is_max = math.isinf(ord)
-    total, per = norms(tensors, is_max)
+    if inv_scale is None:
+        total, per = norms(tensors, is_max)
+    else:
+        total, per = scaled_norms(tensors, is_max, inv_scale)
     return total, (per if per_tensor else per.new_zeros(0))
+
+
+def scaled_norms(tensors, is_max: bool, inv_scale):
+    """norms() of the tensors times inv_scale, nothing written: the squares in float64
+    (csrc/cpu/lane_sums.h, sum_squares_double), the partials scaled in float64, each root
+    rounded once to float32."""
+    factor = inv_scale.reshape(()).double().abs()
+    if is_max:
+        per = per_tensor_partials(tensors, True).double() * factor
+        total = per.max().masked_fill(per.isnan().any(), float("nan"))
+        return total.float(), per.float()
+    per = per_tensor_partials(tensors, False, out_dtype=torch.float64,
+                              square_in_float64=True) * (factor * factor)
+    return per.sum().sqrt().float(), per.sqrt().float()
 
 
 def multi_tensor_unscale_norm_(tensors, inv_scale, found_inf, ord: float, per_tensor: bool):

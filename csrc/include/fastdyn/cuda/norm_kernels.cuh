@@ -8,6 +8,7 @@
 #include <ATen/ATen.h>
 
 #include <map>
+#include <type_traits>
 #include <vector>
 
 #include "fastdyn/cuda/multi_tensor_apply.cuh"
@@ -24,13 +25,15 @@ struct NormCombine {
   __device__ __forceinline__ A operator()(A a, A b) const { return math::norm_combine<K>(a, b); }
 };
 
-// Partial of one chunk: sum of squares (L2) or max |x| (inf), per thread in float.
-template <NormKind K, typename T>
+// Partial of one chunk: sum of squares (L2) or max |x| (inf), per thread in float; with
+// kWideSquares in double (multi_tensor_norm's inv_scale: loss-scaled values, whose float
+// squares pass float's range from a scale of ~2^60).
+template <NormKind K, typename T, bool kWideSquares = false>
 struct NormChunkOp {
   double* partials;
   __device__ __forceinline__ bool skip() const { return false; }
   __device__ __forceinline__ void operator()(const TensorListMeta<1>& meta, ChunkRef c) const {
-    using A = typename OpMath<T>::type;
+    using A = std::conditional_t<kWideSquares, double, typename OpMath<T>::type>;
     __shared__ double shared[32];
     const T* __restrict__ x = static_cast<const T*>(meta.addr[0][c.slot]);
     A acc = A(0);
@@ -94,15 +97,18 @@ void launch_per_tensor(const TensorListMeta<Depth>& meta, const double* partials
 
 // Single block: total = finish(combine(per_tensor partials)), per_tensor_out = finish(each);
 // with clip_coef, also torch's clipping coefficient min(max_norm / (total + 1e-6), 1), from
-// the float32 total that is returned (as torch's rule reads it).
+// the float32 total that is returned (as torch's rule reads it). With inv_scale, the partials
+// are those of the values times it (sums of squares times its square, maxima times |it|).
 template <NormKind K>
 __global__ void __launch_bounds__(1024) total_kernel(const double* per_tensor, int64_t n, float* total,
                                                      float* per_tensor_out, float* clip_coef,
-                                                     float max_norm) {
+                                                     float max_norm, ScalarRef inv_scale) {
   __shared__ double shared[32];
+  const double inv = inv_scale.present() ? inv_scale.get() : 1.0;
+  const double factor = K == NormKind::L2 ? inv * inv : fabs(inv);
   double acc = 0.0;
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    const double v = per_tensor[i];
+    const double v = per_tensor[i] * factor;
     acc = math::norm_combine<K>(acc, v);
     if (per_tensor_out) per_tensor_out[i] = static_cast<float>(math::norm_finish<K>(v));
   }
@@ -116,9 +122,9 @@ __global__ void __launch_bounds__(1024) total_kernel(const double* per_tensor, i
 
 template <NormKind K>
 void launch_total(const double* per_tensor, int64_t n, float* total, float* per_tensor_out,
-                  float* clip_coef = nullptr, float max_norm = 0.f) {
-  total_kernel<K><<<1, 1024, 0, c10::cuda::getCurrentCUDAStream()>>>(per_tensor, n, total,
-                                                                      per_tensor_out, clip_coef, max_norm);
+                  float* clip_coef = nullptr, float max_norm = 0.f, ScalarRef inv_scale = {}) {
+  total_kernel<K><<<1, 1024, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      per_tensor, n, total, per_tensor_out, clip_coef, max_norm, inv_scale);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -146,8 +152,9 @@ inline void dispatch_norm_kind(double ord, F&& f) {
 }
 
 // Per-tensor partials (sums of squares / max) of a mixed-dtype list into per_tensor[n],
-// optionally unscaling in place first (inv_scale/found_inf non-null).
-template <NormKind K>
+// optionally unscaling in place first (inv_scale/found_inf non-null); with kWideSquares,
+// squares in double (NormChunkOp).
+template <NormKind K, bool kWideSquares = false>
 void per_tensor_partials(at::TensorList ts, double* per_tensor, ScalarRef inv_scale = {},
                          float* found_inf = nullptr) {
   const int64_t n_chunks = count_chunks(ts);
@@ -163,7 +170,7 @@ void per_tensor_partials(at::TensorList ts, double* per_tensor, ScalarRef inv_sc
         if (inv_scale.ptr) {
           launch_apply(meta, UnscaleChunkOp<K, T>{partials_ptr, inv_scale, found_inf});
         } else {
-          launch_apply(meta, NormChunkOp<K, T>{partials_ptr});
+          launch_apply(meta, NormChunkOp<K, T, kWideSquares>{partials_ptr});
         }
         launch_per_tensor<K>(meta, partials_ptr, per_tensor);
       }, &kv.second, chunk_base);
