@@ -13,11 +13,19 @@ int main() {
   std::vector<at::Tensor> ts = {at::randn({1000}), at::randn({70001}), at::randn({3})};
   auto norm = c10::Dispatcher::singleton()
                   .findSchemaOrThrow("fastdyn::multi_tensor_norm", "")
-                  .typed<std::tuple<at::Tensor, at::Tensor>(at::TensorList, double, bool)>();
-  auto [total, per] = norm.call(ts, 2.0, true);
+                  .typed<std::tuple<at::Tensor, at::Tensor>(at::TensorList, double, bool,
+                                                            const std::optional<at::Tensor>&)>();
+  auto [total, per] = norm.call(ts, 2.0, true, std::nullopt);
   const double expected = at::cat({ts[0], ts[1], ts[2]}).to(at::kDouble).norm().item<double>();
   EXPECT(std::fabs(total.item<double>() - expected) <= 1e-5 * expected);
   EXPECT(per.size(0) == 3);
+  // with inv_scale: the norm of the tensors times it, here of values scaled by 2^80 (their
+  // float32 squares would be inf)
+  std::vector<at::Tensor> scaled = {ts[0] * std::ldexp(1.0, 80), ts[1] * std::ldexp(1.0, 80)};
+  const double expected2 = at::cat({ts[0], ts[1]}).to(at::kDouble).norm().item<double>();
+  auto [total2, per2] =
+      norm.call(scaled, 2.0, false, at::scalar_tensor(std::ldexp(1.0, -80), at::kDouble));
+  EXPECT(std::fabs(total2.item<double>() - expected2) <= 1e-5 * expected2);
 
   auto clip = c10::Dispatcher::singleton()
                   .findSchemaOrThrow("fastdyn::clip_grad_norm_", "")

@@ -377,8 +377,9 @@ class FusedOptimizer(Optimizer):
         # the key once the state exists: the next step finds this plan
         rt["plan_key"] = self._plan_key(group_grads)
         rt["plan_state"], rt["plan_params"] = self.state, [g["params"] for g in self.param_groups]
-        if not torch.compiler.is_compiling():
-            rt["plan_contents"] = self._plan_contents()
+        # (a plan built while compiling has none: the next eager step builds its own rather
+        # than check the objects against an older plan's contents and reuse this one)
+        rt["plan_contents"] = None if torch.compiler.is_compiling() else self._plan_contents()
         return plan
 
     def _build_plan(self, group_grads: list, may_skip: bool) -> list:

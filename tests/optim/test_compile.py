@@ -293,6 +293,30 @@ def test_compiled_step_sees_objects_swapped_between_steps(name, change):
 
 
 @pytest.mark.parametrize("name", ["SGD", "AdamW"])
+def test_eager_steps_after_a_compiled_one_step_the_state_they_see(name):
+    """One optimizer stepped eagerly, compiled, then eagerly: a compiled step that built a
+    new plan (around a state tensor swapped in) left the previous eager plan's record of the
+    objects in place, so the next eager step, the original tensor swapped back, found that
+    record matching and reused the compiled step's plan: it stepped the tensor no longer in
+    the state, and the state's did not move."""
+    torch._dynamo.reset()
+    key = "momentum_buffer" if name == "SGD" else "exp_avg"
+    p = torch.nn.Parameter(torch.ones(4))
+    opt = getattr(fastdyn.optim, name)([p], lr=0.1, **({"momentum": 0.9} if name == "SGD" else {}))
+    compiled_step = fullgraph_step(opt)[0]
+    p.grad = torch.ones(4)
+    opt.step()
+    opt.step()
+    held = opt.state[p][key]
+    opt.state[p][key] = held.clone()
+    compiled_step()
+    opt.state[p][key] = held
+    before = held.clone()
+    opt.step()
+    assert not torch.equal(held, before)
+
+
+@pytest.mark.parametrize("name", ["SGD", "AdamW"])
 def test_compiled_step_lets_loaded_masters_give_way_to_new_weights(name):
     """Weights loaded into a bf16 model after its optimizer's master checkpoint: the eager
     step keeps them (the masters give way where their rounding is not the param), the
