@@ -38,6 +38,9 @@ the second by a check added for it (compiled FSDP2 steps keep their rows' names)
 plan holding the params from C++ too, not only the state): killed by
 test_params_stay_swappable_after_steps, written for it. M23 and X24/X25 (the plan's checks of
 swapped-in state and of params given new storage, moved into the extension): killed.
+2026-12-08: M2, M10, D1, D5 moved onto the norms taken with inv_scale (float64 squares of
+loss-scaled gradients); T19, T20, X26-X28 (those squares and their unscaling on the Triton
+and CPU paths) added. All killed but D5, the known near-equivalent survivor.
 """
 
 from __future__ import annotations
