@@ -225,6 +225,7 @@ int main() {
   test_math_lanes<Lanes16<true>>();
   test_math_lanes<Lanes16<false>>();
   test_sum_squares_double<float>();
+  test_sum_squares_double<double>();
   test_sum_squares_double<c10::Half>();
   test_sum_squares_double<c10::BFloat16>();
   std::printf("test_lanes: %d failures\n", failures);

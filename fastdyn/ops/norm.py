@@ -31,6 +31,8 @@ def multi_tensor_norm(tensors: Iterable[torch.Tensor], ord: float = 2.0, per_ten
     tensors = _as_list(tensors)
     ord = float(ord)
     if not tensors:
+        if inv_scale is not None:
+            checks.norm_args(tensors, ord, inv_scale=inv_scale)
         device = inv_scale.device if isinstance(inv_scale, torch.Tensor) else None
         total = torch.zeros((), dtype=torch.float32, device=device)
         return total, (torch.zeros(0, dtype=torch.float32, device=device) if per_tensor else None)

@@ -48,7 +48,9 @@ def lars_(b, grads, lr, momentum, weight_decay, grad_scale, found_inf, stats) ->
     # float32, a scale of 2^76 made a gradient of 0.1 an inf square
     inv = None if grad_scale is None else grad_scale.double().reciprocal()
     grad_norm = ops.multi_tensor_l2norm(grads, per_tensor=True, inv_scale=inv)[1]
-    param_norm, grad_norm = distributed.sharded_norms(torch.stack([param_norm, grad_norm]), b.spec)
+    # (combined in float64: an unscaled norm under ~4e-23 squares to 0 in float32, r = 1)
+    param_norm, grad_norm = distributed.sharded_norms(
+        torch.stack([param_norm, grad_norm]).double(), b.spec)
     ratios = lars_trust_ratios(param_norm, grad_norm, float(g["trust_coeff"]), weight_decay,
                                float(g["eps"]), lr, bool(g["trust_clip"]))
     ops.lars_(b.params, grads, b.state.get("momentum_buffer", []), b.master_params, lr,

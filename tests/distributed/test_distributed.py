@@ -154,11 +154,12 @@ def test_grad_scaler_skips_on_every_rank(ranks):
 def test_fsdp2_under_grad_scaler_trains_like_one_process(ranks, case):
     """GradScaler's grad_scale reaches the sharded step's norms: ||g|| is the unscaled one.
     Under a scale of 2^80 the steps are those under 2^8 (a power of two scales the gradients
-    exactly), in one process and sharded."""
+    exactly), in one process and sharded; so are LARS's steps adapting on ||g|| alone with
+    the loss times 1e-24 (scale-free steps)."""
     params = workers.train_scaled(case)
-    name, scale = workers.SCALED_CASES[case]
-    if scale != 2.0 ** 8:
-        _close(params, workers.train_scaled(name), "one process's params")
+    name, scale, loss_factor = workers.SCALED_CASES[case]
+    if (scale, loss_factor) != (2.0 ** 8, 1.0):
+        _close(params, workers.train_scaled_as(name, 2.0 ** 8, 1.0), "one process's params")
     for r, seen in enumerate(part(ranks, "scaled")):
         _close(seen[case], params, f"rank {r} params")
 

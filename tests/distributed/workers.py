@@ -204,15 +204,20 @@ def train_scaled(case: str, rank=None) -> list:
     """The case under torch.amp.GradScaler, which hands the step grad_scale: sharded LAMB and
     LARS take their trust ratios from the norms of the unscaled gradients (a ||g|| left times
     the scale shrinks LARS's ratio by it). On FSDP2 with `rank`, else in one process."""
-    name, init_scale = SCALED_CASES[case]
-    cls, kwargs = CASES[name]
+    return train_scaled_as(*SCALED_CASES[case], rank=rank)
+
+
+def train_scaled_as(name: str, init_scale: float, loss_factor: float, rank=None) -> list:
+    """train_scaled of CASES or SCALED_ONLY's `name` under that scale, with the loss times
+    loss_factor."""
+    cls, kwargs = CASES.get(name) or SCALED_ONLY[name]
     model = make_model() if rank is None else _fsdp_model()
     opt = cls(model.parameters(), **kwargs)
     scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
     for x, y in batches():
         if rank is not None:
             x, y = rows(x, rank), rows(y, rank)
-        scaler.scale(F.mse_loss(model(x), y)).backward()
+        scaler.scale(F.mse_loss(model(x), y) * loss_factor).backward()
         scaler.step(opt)
         scaler.update()
         opt.zero_grad()
@@ -461,8 +466,16 @@ def _layout_on_one_rank(rank: int) -> dict:
 # torch cannot run it on the CPU)
 # case -> (CASES key, GradScaler's init_scale). At 2^80 the scaled gradients' squares pass
 # float32's range: squared in float32, ||g|| was inf and LARS's ratio 0 (params frozen).
-SCALED_CASES = {"lars": ("lars", 2.0 ** 8), "lamb-clip": ("lamb-clip", 2.0 ** 8),
-                "lars, scale 2^80": ("lars", 2.0 ** 80)}
+# LARS adapting on ||g|| alone (no weight decay, eps negligible) steps by lr * trust_coeff *
+# ||p|| * g / ||g||, whatever g's scale: gradients of ~1e-24 (a loss times 1e-24) train as
+# those of the plain loss, if ||g|| is not 0. Sharded, the norms were combined over the
+# ranks as float32 squares: an unscaled norm under ~4e-23 squared to 0, and r was 1.
+SCALED_ONLY = {"lars-adapt": (LARS, dict(lr=0.1, momentum=0.9, weight_decay=0.0,
+                                         always_adapt=True, eps=1e-30))}
+# case -> (CASES or SCALED_ONLY key, GradScaler's init_scale, factor of the loss)
+SCALED_CASES = {"lars": ("lars", 2.0 ** 8, 1.0), "lamb-clip": ("lamb-clip", 2.0 ** 8, 1.0),
+                "lars, scale 2^80": ("lars", 2.0 ** 80, 1.0),
+                "lars adapting, loss 1e-24, scale 2^40": ("lars-adapt", 2.0 ** 40, 1e-24)}
 PARTS = {
     "fsdp": lambda rank: {c: _train_fsdp(c, rank) for c in CASES},
     "ddp": lambda rank: {c: _train_ddp(c, rank) for c in ("sgd-nesterov", "lamb-clip", "lars")},

@@ -236,8 +236,9 @@ def test_inv_scale_of_a_norm_is_checked_and_names_the_device_of_an_empty_list(ba
         assert total.device.type == torch.device(device).type and float(total) == 0
         assert per.shape == (0,)
         x = [torch.ones(3, device=device)]
-        with pytest.raises(ValueError, match="inv_scale must hold one value"):
-            fastdyn.ops.multi_tensor_norm(x, inv_scale=torch.ones(2, device=device))
+        for tensors in (x, []):
+            with pytest.raises(ValueError, match="inv_scale must hold one value"):
+                fastdyn.ops.multi_tensor_norm(tensors, inv_scale=torch.ones(2, device=device))
         with pytest.raises(TypeError, match="inv_scale must be float32 or float64"):
             fastdyn.ops.multi_tensor_norm(x, inv_scale=torch.ones((), dtype=torch.int64, device=device))
         if device != "cpu":
