@@ -19,16 +19,15 @@ def tensor_norms(tensors, ord: float):
 
 def multi_tensor_norm(tensors, ord: float = 2.0, per_tensor: bool = False, inv_scale=None):
     """Any vector-norm order (the kernels take 2 and inf; fastdyn.ops sends others here);
-    with inv_scale, of the tensors times it (in float64: ||c x|| = |c| ||x||)."""
+    with inv_scale, of the tensors times it."""
     device = check_float_list("tensors", tensors)
     if inv_scale is not None:
         device = device or inv_scale.device
         check_scalar_tensor("inv_scale", inv_scale, device)
+        # the tensors times it, in float64 (no square leaves its range)
+        factor = inv_scale.detach().reshape(()).double()
+        tensors = [t.detach().double() * factor.to(t.device) for t in tensors]
     total, per = tensor_norms(tensors, ord)
-    if inv_scale is not None:
-        factor = inv_scale.detach().reshape(()).double().abs()
-        total = total.to(factor.device) * factor
-        per = [p * factor.to(p.device) for p in per]
     per_out = torch.stack(per).float() if (per_tensor and per) else torch.zeros(0, device=device)
     if not per_tensor:
         per_out = torch.zeros(0, device=device)

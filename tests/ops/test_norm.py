@@ -230,6 +230,21 @@ def test_norms_of_scaled_tensors_unscaled_by_inv_scale(backend, device, dtype, s
 
 
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("ord", [2.0, math.inf])
+def test_an_inf_inv_scale_gives_the_norms_of_the_tensors_times_inf(backend, device, ord):
+    """A zero loss scale (inv_scale inf): a tensor of zeros times inf is NaN, and so is the
+    total on every backend (the CPU kernels had scaled the combined sum: inf)."""
+    ts = [torch.ones(3, device=device), torch.zeros(2, device=device)]
+    inv = torch.tensor(math.inf, device=device)
+    with use_backend(backend):
+        total, per = fastdyn.ops.multi_tensor_norm(ts, ord, per_tensor=True, inv_scale=inv)
+    ref_total, ref_per = reference.multi_tensor_norm(ts, ord, True, inv)
+    assert math.isnan(float(total)) and math.isnan(float(ref_total))
+    assert float(per[0]) == math.inf and math.isnan(float(per[1]))
+    torch.testing.assert_close(per.cpu(), ref_per.cpu(), equal_nan=True)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
 def test_inv_scale_of_a_norm_is_checked_and_names_the_device_of_an_empty_list(backend, device):
     with use_backend(backend):
         total, per = fastdyn.ops.multi_tensor_norm([], 2.0, True, inv_scale=torch.ones((), device=device))

@@ -147,14 +147,18 @@ inline void multi_tensor_norm_into(at::TensorList ts, double ord, float* total_o
       partials[i] = inv_scale ? tensor_chunk_partial<K, true>(ts[c.tensor], c)
                               : tensor_chunk_partial<K>(ts[c.tensor], c);
     });
-    auto finish = [&](double partial) {
-      return static_cast<float>(
-          math::norm_finish<K>(inv_scale ? scaled_partial<K>(partial, *inv_scale) : partial));
-    };
-    const double total = reduce_partials<K>(plan, partials, per.data());
-    *total_out = finish(total);
+    double total = reduce_partials<K>(plan, partials, per.data());
+    if (inv_scale) {
+      // each tensor's partial scaled, then combined, as on CUDA and Triton (an inf inv_scale
+      // makes an all-zero tensor's norm NaN, 0 * inf, and so the total's)
+      total = 0.0;
+      for (double& v : per) total = math::norm_combine<K>(total, v = scaled_partial<K>(v, *inv_scale));
+    }
+    *total_out = static_cast<float>(math::norm_finish<K>(total));
     if (per_tensor_out) {
-      for (size_t t = 0; t < ts.size(); ++t) per_tensor_out[t] = finish(per[t]);
+      for (size_t t = 0; t < ts.size(); ++t) {
+        per_tensor_out[t] = static_cast<float>(math::norm_finish<K>(per[t]));
+      }
     }
   });
 }
