@@ -1,9 +1,8 @@
 """Triton LARS (mirrors csrc/cuda/lars.cu): per-tensor norms, trust ratios, momentum update."""
 
-import torch
 
 from fastdyn.ops.triton._multi_tensor import as_float32
-from fastdyn.ops.triton.norm import per_tensor_partials
+from fastdyn.ops.triton.norm import per_tensor_partials, scaled_norms
 from fastdyn.ops.triton.sgd import momentum_update
 from fastdyn.ops.trust_ratio import adapting, lars_trust_ratios, where_adapting
 
@@ -19,18 +18,13 @@ def lars_(params, grads, momentum_buffers, master_params, lr, momentum, dampenin
     if trust_ratios is not None:  # the caller's (norms all-reduced over shards)
         ratios = trust_ratios.float().contiguous()
     else:
-        # the scaled grads are squared and summed in float64 and unscaled there, as the native
-        # kernels do (csrc/cpu/lane_sums.h, sum_squares_double): a float32 scale**2 is inf from
-        # 2^64 (the norm read 0 and the ratio 1), a float32 square of a gradient scaled by
-        # 2^76 is inf, and the unscaled squares of tiny gradients (1e-24) are below float32's
-        # range
-        g2 = per_tensor_partials(grads, is_max=False, out_dtype=torch.float64,
-                                 square_in_float64=True)
-        if grad_scale is not None:
-            inv = grad_scale.reshape(()).double().reciprocal()
-            g2 = g2 * inv * inv
+        # ||g|| of the scaled grads squared in float64 and unscaled there, as the native kernels
+        # take it: a float32 square of a gradient scaled by 2^76 is inf (the ratio 0), the
+        # unscaled squares of tiny gradients (1e-24) are 0 (the ratio 1)
+        inv = None if grad_scale is None else grad_scale.reshape(()).double().reciprocal()
+        grad_norms = scaled_norms(grads, False, inv)[1]
         p2 = per_tensor_partials(master_params if master_params else params, is_max=False)
-        ratios = lars_trust_ratios(p2.sqrt(), g2.sqrt().float(), trust_coeff, weight_decay, eps,
+        ratios = lars_trust_ratios(p2.sqrt(), grad_norms, trust_coeff, weight_decay, eps,
                                    as_float32(lr), trust_clip)
     ratios = where_adapting(ratios, adapting(weight_decay.reshape(()), always_adapt))
     momentum_update(params, grads, momentum_buffers, master_params, lr, momentum, dampening,

@@ -135,10 +135,10 @@ def multi_tensor_norm(tensors, ord: float, per_tensor: bool, inv_scale=None):
 
 
 def scaled_norms(tensors, is_max: bool, inv_scale):
-    """norms() of the tensors times inv_scale, nothing written: the squares in float64
-    (csrc/cpu/lane_sums.h, sum_squares_double), the partials scaled in float64, each root
-    rounded once to float32."""
-    factor = inv_scale.reshape(()).double().abs()
+    """norms() of the tensors times inv_scale (None: 1), nothing written: the squares in
+    float64 (csrc/cpu/lane_sums.h, sum_squares_double), the partials scaled in float64, each
+    root rounded once to float32."""
+    factor = 1.0 if inv_scale is None else inv_scale.reshape(()).double().abs()
     if is_max:
         per = per_tensor_partials(tensors, True).double() * factor
         total = per.max().masked_fill(per.isnan().any(), float("nan"))
